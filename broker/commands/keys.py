@@ -1,0 +1,47 @@
+"""``sv-broker keys generate``: a partner key pair and the registry entry for the operators."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from schemas.envelope import KEY_ID_RE, PARTY_ID_RE
+from schemas.keyfile import generate
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    keys = sub.add_parser("keys", help="partner signing keys", description="Partner signing keys.")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    gen = keys_sub.add_parser(
+        "generate",
+        help="generate an Ed25519 key pair for a partner",
+        description=(
+            "Generate an Ed25519 key pair. The private key is written to OUT/<kid>.key.pem with mode 0600 "
+            "(keep it on the partner's side); the registry entry to send to the broker's operators is "
+            "printed and written to OUT/<kid>.pub.toml."
+        ),
+    )
+    gen.add_argument("--partner", required=True, help="partner id, as in policies/parties.toml")
+    gen.add_argument("--out", required=True, type=Path, help="directory for the key files")
+    gen.add_argument("--kid", help="key id (default: <partner>-<UTC timestamp>)")
+    gen.add_argument("--valid-days", type=int, default=365, help="validity period in days (default: %(default)s)")
+    gen.set_defaults(handler=run_generate)
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    if not PARTY_ID_RE.fullmatch(args.partner):
+        print(f"error: {args.partner!r} is not a valid partner id (lower-case letters, digits, '-')", file=sys.stderr)
+        return 2
+    if args.kid is not None and not KEY_ID_RE.fullmatch(args.kid):
+        print(f"error: {args.kid!r} is not a valid key id", file=sys.stderr)
+        return 2
+    try:
+        _, entry, key_path = generate(args.partner, args.out, kid=args.kid, valid_days=args.valid_days)
+    except FileExistsError as exc:
+        print(f"error: {exc.filename} already exists; refusing to overwrite a private key", file=sys.stderr)
+        return 2
+    print(f"# private key written to {key_path} (mode 0600): keep it secret, never send it", file=sys.stderr)
+    print("# registry entry: send this to the broker's operators", file=sys.stderr)
+    sys.stdout.write(entry.to_toml())
+    return 0

@@ -1,0 +1,35 @@
+"""``sv-broker schemas export``: write the JSON Schema files partners build adapters against."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from schemas.export import SCHEMA_DIR, all_schemas, export, render
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    schemas = sub.add_parser("schemas", help="the wire contract's JSON Schema files", description="JSON Schemas.")
+    schemas_sub = schemas.add_subparsers(dest="schemas_command", required=True, metavar="ACTION")
+    exp = schemas_sub.add_parser(
+        "export", help="write JSON Schema files", description="Write the envelope and event JSON Schemas."
+    )
+    exp.add_argument("--out", type=Path, default=SCHEMA_DIR, help="directory (default: %(default)s)")
+    exp.add_argument("--check", action="store_true", help="only check the files in --out are up to date")
+    exp.set_defaults(handler=run_export)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    if args.check:
+        stale = [
+            name
+            for name, schema in all_schemas().items()
+            if not (args.out / name).is_file() or (args.out / name).read_text(encoding="utf-8") != render(schema)
+        ]
+        for name in stale:
+            print(f"out of date: {args.out / name}", file=sys.stderr)
+        return 1 if stale else 0
+    for path in export(args.out):
+        print(path)
+    return 0

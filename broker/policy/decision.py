@@ -1,0 +1,57 @@
+"""The policy engine's output types: what the pipeline releases, and why anything was not.
+
+Defined first, as the contract between the engine (``broker/policy/engine.py``) and the
+orchestrator (``broker/pipeline.py``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+
+def record_id(source: str, message_id: str, consumer: str, agreement_id: str) -> str:
+    """Deterministic record id: the same message released to the same consumer under the same
+    agreement always has the same id, so redelivery after a crash is recognisably the same
+    release (idempotency, DESIGN.md invariant 2).  The agreement *revision* is deliberately not
+    part of it: a revision bump between a crash and its redelivery must not double-release.
+    """
+    digest = hashlib.sha256(f"{source}\x00{message_id}\x00{consumer}\x00{agreement_id}".encode()).hexdigest()
+    return f"rec-{digest[:32]}"
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """One minimised record for one consumer under one agreement flow."""
+
+    consumer: str
+    agreement_id: str
+    agreement_revision: int
+    flow_id: str
+    record_id: str
+    record: dict[str, Any]  # JSON-ready: only the released fields, transformed as declared
+    fields: tuple[str, ...]  # output field names released, sorted
+    rules: tuple[str, ...]  # rule ids that produced them, aligned with ``fields``
+    purpose: str
+    lawful_basis: tuple[str, ...]
+    retention_days: int
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why an agreement (or the absence of one) released nothing for a consumer."""
+
+    reason: str  # stable code: no_agreement, not_yet_valid, expired, review_overdue, ...
+    message: str
+    agreement_id: str | None = None
+    consumer: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    source: str
+    message_id: str
+    event_type: str
+    releases: tuple[Release, ...]
+    refusals: tuple[Refusal, ...]

@@ -1,0 +1,39 @@
+"""One frozen settings object, built once (from CLI flags / environment) and passed down."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+from broker.stages.freshness import FreshnessWindow
+from schemas.strictjson import DEFAULT_MAX_BYTES
+
+REPO_POLICIES = Path(__file__).resolve().parent.parent / "policies"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    policy_dir: Path = REPO_POLICIES
+    keys_dir: Path | None = None  # default: policy_dir / "keys"
+    secrets_file: Path | None = None  # pseudonymisation secrets; never in the repository
+    data_dir: Path = Path("var")
+    max_body_bytes: int = DEFAULT_MAX_BYTES
+    freshness: FreshnessWindow = field(default_factory=FreshnessWindow)
+    # RabbitMQ mode
+    amqp_url: str | None = None
+    amqp_prefix: str = "sv"
+    check_user_id: bool = True
+    delivery_limit: int = 5
+    prefetch: int = 256
+    publish_timeout: timedelta = timedelta(seconds=10)
+    # HTTP
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    # audit group commit
+    audit_batch_max: int = 512
+    audit_batch_wait: timedelta = timedelta(milliseconds=2)
+
+    @property
+    def effective_keys_dir(self) -> Path:
+        return self.keys_dir if self.keys_dir is not None else self.policy_dir / "keys"

@@ -1,0 +1,49 @@
+"""Stage 3: is the payload a valid event of its declared type and version? (pure)"""
+
+from __future__ import annotations
+
+import json
+
+from pydantic import ValidationError
+
+from broker.stages.types import Validated, Verified
+from schemas.errors import ContractError, Reason
+from schemas.events import DIRECT_IDENTIFIER_FIELDS, EVENT_MODELS
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "data"
+
+
+def validate(verified: Verified) -> Validated:
+    env = verified.envelope
+    model = EVENT_MODELS.get((env.type, env.version))
+    if model is None:
+        raise ContractError(
+            Reason.UNKNOWN_EVENT_TYPE, f"There is no schema for {env.type!r} version {env.version}.", field="dataschema"
+        )
+    identifiers = sorted(name for name in env.data if name.lower() in DIRECT_IDENTIFIER_FIELDS)
+    if identifiers:
+        # DOMAIN.md / PCSC Act s.16: health data must be anonymised at source, so an event carrying
+        # a direct identifier is refused (not stripped), so the sender fixes its export.
+        raise ContractError(
+            Reason.DIRECT_IDENTIFIER,
+            f"The event carries the direct identifier field {identifiers[0]!r}; remove it from the export.",
+            field=identifiers[0],
+        )
+    try:
+        # Validated in pydantic's strict JSON mode: ISO dates and enum values arrive as strings,
+        # but no other coercion ("12" is not 12).  The body was already strictly parsed.
+        event = model.model_validate_json(json.dumps(env.data, ensure_ascii=False, allow_nan=False), strict=True)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        path = _field_path(tuple(first["loc"]))
+        if first["type"] == "extra_forbidden":
+            message = f"The field {path!r} is not part of {env.type} v{env.version}."
+        else:
+            message = f"The field {path!r} is invalid: {first['msg']}."
+        count = exc.error_count()
+        if count > 1:
+            message += f" ({count - 1} more problem(s).)"
+        raise ContractError(Reason.SCHEMA_INVALID, message, field=path) from None
+    return Validated(verified=verified, event=event)

@@ -1,0 +1,200 @@
+"""The envelope: CloudEvents 1.0 structured JSON, plus two extension attributes for signing.
+
+```
+{
+  "specversion": "1.0",
+  "id": "<message id: stable per source record>",
+  "source": "<partner id>",
+  "type": "<event type>",                       e.g. "ae_assault"
+  "dataschema": "urn:sv-broker:schema:<type>:v<version>",
+  "time": "<RFC 3339 produced-at, with offset>",
+  "datacontenttype": "application/json",
+  "keyid": "<registered key id>",              extension: which partner key signed
+  "signature": "<base64url Ed25519 signature>", extension
+  "data": { ...event payload... }
+}
+```
+
+The signature is Ed25519 over the RFC 8785 canonical bytes of the whole envelope *without* the
+``signature`` member, so every attribute (id, source, type, time, key id, payload) is bound by it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+
+from schemas.canonical import canonicalize
+from schemas.errors import ContractError, Reason
+from schemas.signing import b64u_encode
+
+SPECVERSION = "1.0"
+CONTENT_TYPE = "application/json"
+SIGNATURE_ATTR = "signature"
+
+REQUIRED_ATTRS = ("specversion", "id", "source", "type", "dataschema", "time", "keyid", SIGNATURE_ATTR, "data")
+OPTIONAL_ATTRS = ("datacontenttype",)
+ALLOWED_ATTRS = frozenset(REQUIRED_ATTRS + OPTIONAL_ATTRS)
+
+ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:\-]{7,127}$")
+PARTY_ID_RE = re.compile(r"^[a-z0-9][a-z0-9\-]{1,62}$")
+KEY_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,63}$")
+TYPE_RE = re.compile(r"^[a-z][a-z0-9_]{1,40}$")
+DATASCHEMA_RE = re.compile(r"^urn:sv-broker:schema:(?P<type>[a-z][a-z0-9_]{1,40}):v(?P<version>[1-9][0-9]{0,3})$")
+# RFC 3339 with a mandatory offset; fromisoformat alone would accept week dates, no offset, etc.
+TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$")
+
+
+def dataschema_for(event_type: str, version: int) -> str:
+    return f"urn:sv-broker:schema:{event_type}:v{version}"
+
+
+def format_time(moment: datetime) -> str:
+    if moment.tzinfo is None:
+        raise ValueError("time must be timezone-aware")
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_time(text: str) -> datetime:
+    if not TIME_RE.fullmatch(text):
+        raise ValueError("not an RFC 3339 date-time with offset")
+    main, frac, zone = text[:19], "", text[19:]
+    if zone.startswith("."):
+        cut = max(zone.find("Z"), zone.find("+"), zone.find("-"))
+        frac, zone = zone[:cut][:7], zone[cut:]  # Python keeps microseconds
+    return datetime.fromisoformat(main + frac + ("+00:00" if zone == "Z" else zone))
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """A structurally valid envelope: every attribute present, well formed and of the right type.
+
+    It says nothing about authenticity: that is what the broker's verify stage establishes.
+    """
+
+    id: str
+    source: str
+    type: str
+    version: int
+    time: datetime
+    keyid: str
+    signature: str
+    data: dict[str, Any]
+    signed_bytes: bytes  # RFC 8785 bytes of the envelope without ``signature``
+
+
+def _attr(doc: dict[str, Any], name: str, pattern: re.Pattern[str]) -> str:
+    value = doc[name]
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        raise ContractError(Reason.ENVELOPE_INVALID, f"The envelope attribute {name!r} is malformed.", field=name)
+    return value
+
+
+def envelope_from_document(doc: dict[str, Any]) -> Envelope:
+    """Check the envelope's shape (not its authenticity) and compute the bytes that were signed."""
+    missing = [name for name in REQUIRED_ATTRS if name not in doc]
+    if missing:
+        raise ContractError(Reason.ENVELOPE_INVALID, f"The envelope lacks {', '.join(missing)}.", field=missing[0])
+    extra = sorted(set(doc) - ALLOWED_ATTRS)
+    if extra:
+        raise ContractError(
+            Reason.ENVELOPE_INVALID, f"The envelope has unknown attribute(s) {', '.join(extra)}.", field=extra[0]
+        )
+    if doc["specversion"] != SPECVERSION:
+        raise ContractError(
+            Reason.UNSUPPORTED_SPECVERSION, f"specversion must be {SPECVERSION!r}.", field="specversion"
+        )
+    if "datacontenttype" in doc and doc["datacontenttype"] != CONTENT_TYPE:
+        raise ContractError(
+            Reason.ENVELOPE_INVALID, f"datacontenttype must be {CONTENT_TYPE!r}.", field="datacontenttype"
+        )
+    message_id = _attr(doc, "id", ID_RE)
+    source = _attr(doc, "source", PARTY_ID_RE)
+    event_type = _attr(doc, "type", TYPE_RE)
+    schema = _attr(doc, "dataschema", DATASCHEMA_RE)
+    keyid = _attr(doc, "keyid", KEY_ID_RE)
+    signature = doc[SIGNATURE_ATTR]
+    if not isinstance(signature, str) or len(signature) > 128:
+        raise ContractError(Reason.ENVELOPE_INVALID, "The signature must be a base64url string.", field="signature")
+    match = DATASCHEMA_RE.fullmatch(schema)
+    assert match is not None
+    if match.group("type") != event_type:
+        raise ContractError(
+            Reason.ENVELOPE_INVALID, "dataschema names a different event type than 'type'.", field="dataschema"
+        )
+    try:
+        produced = parse_time(doc["time"]) if isinstance(doc["time"], str) else None
+    except ValueError:
+        produced = None
+    if produced is None:
+        raise ContractError(Reason.ENVELOPE_INVALID, "time must be an RFC 3339 date-time with an offset.", field="time")
+    data = doc["data"]
+    if not isinstance(data, dict):
+        raise ContractError(Reason.ENVELOPE_INVALID, "data must be a JSON object.", field="data")
+    unsigned = {k: v for k, v in doc.items() if k != SIGNATURE_ATTR}
+    return Envelope(
+        id=message_id,
+        source=source,
+        type=event_type,
+        version=int(match.group("version")),
+        time=produced,
+        keyid=keyid,
+        signature=signature,
+        data=data,
+        signed_bytes=canonicalize(unsigned),
+    )
+
+
+def message_id_key(private_key: Ed25519PrivateKey) -> bytes:
+    """A per-partner secret for message ids, derived from the signing key (nothing else to keep)."""
+    seed = private_key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+    return hmac.new(seed, b"sv-broker message-id v1", hashlib.sha256).digest()
+
+
+def message_id(partner_id: str, source_record_key: str, id_key: bytes) -> str:
+    """The stable message id of a source record: a resend of the same record has the same id.
+
+    A keyed hash, not a plain one: source record keys (attendance numbers, incident numbers) are
+    small spaces that a plain hash would let anyone who sees the id enumerate back to the record.
+    """
+    mac = hmac.new(id_key, f"{partner_id}\x00{source_record_key}".encode(), hashlib.sha256).hexdigest()
+    return f"{partner_id}:{mac[:32]}"
+
+
+def build_signed(
+    *,
+    private_key: Ed25519PrivateKey,
+    partner_id: str,
+    keyid: str,
+    event_type: str,
+    version: int,
+    message_id: str,
+    data: dict[str, Any],
+    produced_at: datetime,
+) -> dict[str, Any]:
+    """Build and sign an envelope document; ``data`` must already be JSON-ready (model_dump(mode='json'))."""
+    doc: dict[str, Any] = {
+        "specversion": SPECVERSION,
+        "id": message_id,
+        "source": partner_id,
+        "type": event_type,
+        "dataschema": dataschema_for(event_type, version),
+        "time": format_time(produced_at),
+        "datacontenttype": CONTENT_TYPE,
+        "keyid": keyid,
+        "data": data,
+    }
+    doc[SIGNATURE_ATTR] = b64u_encode(private_key.sign(canonicalize(doc)))
+    return doc
+
+
+def encode(doc: dict[str, Any]) -> bytes:
+    """Wire bytes of an envelope (canonical form: compact, and identical however often it is sent)."""
+    return canonicalize(doc)
