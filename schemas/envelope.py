@@ -31,7 +31,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
-from schemas.canonical import canonicalize
+from schemas.canonical import canonicalize, canonicalize_plain
 from schemas.errors import ContractError, Reason
 from schemas.signing import b64u_encode
 
@@ -97,8 +97,11 @@ def _attr(doc: dict[str, Any], name: str, pattern: re.Pattern[str]) -> str:
     return value
 
 
-def envelope_from_document(doc: dict[str, Any]) -> Envelope:
-    """Check the envelope's shape (not its authenticity) and compute the bytes that were signed."""
+def envelope_from_document(doc: dict[str, Any], *, plain: bool = False) -> Envelope:
+    """Check the envelope's shape (not its authenticity) and compute the bytes that were signed.
+
+    ``plain``: the parser found no float and no non-BMP text, so the fast canonical path applies.
+    """
     missing = [name for name in REQUIRED_ATTRS if name not in doc]
     if missing:
         raise ContractError(Reason.ENVELOPE_INVALID, f"The envelope lacks {', '.join(missing)}.", field=missing[0])
@@ -148,7 +151,7 @@ def envelope_from_document(doc: dict[str, Any]) -> Envelope:
         keyid=keyid,
         signature=signature,
         data=data,
-        signed_bytes=canonicalize(unsigned),
+        signed_bytes=canonicalize_plain(unsigned) if plain else canonicalize(unsigned),
     )
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 from schemas.errors import ContractError, Reason
@@ -62,10 +63,14 @@ def _float(text: str) -> float:
     return value
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
 def _has_lone_surrogate(text: str) -> bool:
     # Python decodes "\ud800" escapes to lone surrogate code points; valid pairs are already
     # combined by the json module, so any code point left in the surrogate block is unpaired.
-    return any("\ud800" <= ch <= "\udfff" for ch in text)
+    return _SURROGATE.search(text) is not None
 
 
 def _check_tree(value: Any, depth: int) -> None:
@@ -84,8 +89,25 @@ def _check_tree(value: Any, depth: int) -> None:
             _check_tree(item, depth + 1)
 
 
+# A member name that sorts differently by UTF-16 code units than by code points needs a character
+# beyond the BMP (literal, or escaped as a surrogate pair). A document with no float (the parser
+# sees every float literal) and no such text has RFC 8785 bytes equal to the json module's sorted
+# compact output (``schemas.canonical.canonicalize_plain``). False positives only cost speed.
+_NON_BMP = re.compile("[\U00010000-\U0010ffff]")
+
+
+def _bmp_only(text: str) -> bool:
+    return not (_NON_BMP.search(text) or _SURROGATE_ESCAPE.search(text))
+
+
 def parse_strict(body: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> dict[str, Any]:
     """Parse ``body`` as one JSON object, refusing everything listed in the module docstring."""
+    return parse_document(body, max_bytes=max_bytes)[0]
+
+
+def parse_document(body: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[dict[str, Any], bool]:
+    """:func:`parse_strict`, plus whether the document is "plain" (no float, no non-BMP text), in
+    which case its canonical form can be produced by the fast path."""
     if len(body) > max_bytes:
         raise ContractError(Reason.BODY_TOO_LARGE, f"The body is {len(body)} bytes; the limit is {max_bytes} bytes.")
     if body.startswith(b"\xef\xbb\xbf"):
@@ -96,8 +118,17 @@ def parse_strict(body: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> dict[str
         raise ContractError(Reason.INVALID_UTF8, f"The body is not valid UTF-8 (byte offset {exc.start}).") from None
     if _has_lone_surrogate(text):  # cannot come from strict UTF-8, kept for str callers' safety
         raise ContractError(Reason.LONE_SURROGATE, "The body holds an unpaired surrogate.")
+    floats: list[float] = []
+
+    def _float_seen(literal: str) -> float:
+        number = _float(literal)
+        floats.append(number)
+        return number
+
     try:
-        value = json.loads(text, object_pairs_hook=_pairs, parse_constant=_constant, parse_int=_int, parse_float=_float)
+        value = json.loads(
+            text, object_pairs_hook=_pairs, parse_constant=_constant, parse_int=_int, parse_float=_float_seen
+        )
     except ContractError:
         raise
     except json.JSONDecodeError as exc:
@@ -112,5 +143,9 @@ def parse_strict(body: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> dict[str
         raise ContractError(
             Reason.NOT_AN_OBJECT, f"The top-level JSON value is a {type(value).__name__}, not an object."
         )
-    _check_tree(value, 0)
-    return value
+    # Fast path: strict UTF-8 text cannot hold a surrogate, so only a \uD8xx-\uDFxx escape can make
+    # one; and JSON cannot nest deeper than its count of opening brackets. Walk the tree only when
+    # either is possible.
+    if _SURROGATE_ESCAPE.search(text) or text.count("{") + text.count("[") > MAX_DEPTH:
+        _check_tree(value, 0)
+    return value, not floats and _bmp_only(text)

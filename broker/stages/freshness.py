@@ -47,3 +47,24 @@ class ReplayState(StrEnum):
 def is_duplicate(state: ReplayState) -> bool:
     """A message whose releases are all done is a duplicate: acknowledged, recorded, not released again."""
     return state is ReplayState.DONE
+
+
+class ReplayVerdict(StrEnum):
+    PROCESS = "process"  # new, or seen but not finished (crash mid-way): release, idempotently
+    DUPLICATE = "duplicate"  # same id, same content, finished: acknowledge, do not release again
+    CONFLICT = "conflict"  # same id, different content: refuse (``replayed``)
+
+
+def replay_verdict(state: ReplayState, seen_content: str | None, content: str) -> ReplayVerdict:
+    """Decide what a message id already in the replay guard means.
+
+    Threat: an id reused for different content would otherwise be silently swallowed as a
+    "duplicate" (the new content lost) or, worse, released under the old id's record ids,
+    overwriting what consumers hold. A resend of the same content (an adapter re-run with a new
+    ``time`` and signature) is a harmless duplicate.
+    """
+    if state is ReplayState.NEW:
+        return ReplayVerdict.PROCESS
+    if seen_content is not None and seen_content != content:
+        return ReplayVerdict.CONFLICT
+    return ReplayVerdict.DUPLICATE if is_duplicate(state) else ReplayVerdict.PROCESS

@@ -7,14 +7,14 @@ from datetime import datetime
 
 from broker.stages.types import Received
 from schemas.envelope import envelope_from_document
-from schemas.strictjson import parse_strict
+from schemas.strictjson import parse_document
 
 
 def parse(body: bytes, *, max_bytes: int, now: datetime) -> Received:
     """Raise :class:`schemas.errors.ContractError` with a stable reason on any refusal."""
-    document = parse_strict(body, max_bytes=max_bytes)
+    document, plain = parse_document(body, max_bytes=max_bytes)
     return Received(
-        envelope=envelope_from_document(document),
+        envelope=envelope_from_document(document, plain=plain),
         body_sha256=hashlib.sha256(body).hexdigest(),
         received_at=now,
     )

@@ -1,0 +1,310 @@
+"""Broker throughput against a naive relay, latency at a fixed offered load, RSS, HTTP ingest.
+
+Run: .venv/bin/python bench/bench_broker.py [--events 20000] [--amqp-url URL]
+
+On the same RabbitMQ and the same preloaded signed messages, in one run:
+  (a) naive aio-pika relays: consume -> republish persistent with confirms -> ack, prefetch 256,
+      no verification / policy / audit. Two shapes, both "naive": a sequential iterator loop, and a
+      consume callback (aio-pika runs each callback as a task, so up to 256 confirms overlap).
+  (b) the full broker (a separate process): strict parse, Ed25519 verify, schema validation,
+      agreements with two entitled consumers per event, confirmed releases + receipts, durable
+      hash-chained audit (SQLite FULL sync).
+Then p50/p99 end-to-end latency (publish -> record in the consumer queue) at 1,000 msg/s offered,
+the broker's peak RSS, and the embedded HTTP ingest rate against a bare aiohttp handler.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import aio_pika
+import aiohttp
+from aiohttp import web
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from adapters.synthetic import SyntheticGenerator  # noqa: E402
+from broker.demo import DemoEnvironment, prepare_environment  # noqa: E402
+from broker.ports.amqp import Names  # noqa: E402
+from broker.service import Broker  # noqa: E402
+from broker.settings import Settings  # noqa: E402
+
+PERSISTENT = aio_pika.DeliveryMode.PERSISTENT
+QUORUM = {"x-queue-type": "quorum"}
+
+
+def two_consumer_bodies(env: DemoEnvironment, count: int) -> list[tuple[str, bytes]]:
+    """Royal Derby A&E assaults: each entitles exactly two consumers under the sample agreements."""
+    gen = SyntheticGenerator(seed=99)
+    out = []
+    for _ in range(count):
+        rec = gen.ae_assault("uhdb-royal-derby-ed")
+        body = env.signers[rec.partner].sign_bytes("ae_assault", rec.data(), source_key=rec.source_key)
+        out.append(("uhdb-royal-derby-ed.ae_assault", body))
+    return out
+
+
+async def preload(url: str, exchange_name: str, bodies: list[tuple[str, bytes]]) -> None:
+    connection = await aio_pika.connect(url)
+    channel = await connection.channel(publisher_confirms=True)
+    exchange = await channel.get_exchange(exchange_name)
+    for i in range(0, len(bodies), 500):
+        await asyncio.gather(
+            *(
+                exchange.publish(aio_pika.Message(body, delivery_mode=PERSISTENT), key, mandatory=True)
+                for key, body in bodies[i : i + 500]
+            )
+        )
+    await connection.close()
+
+
+async def naive_relay(url: str, bodies: list[tuple[str, bytes]], *, concurrent: bool) -> float:
+    prefix = f"bench-relay-{uuid.uuid4().hex[:8]}"
+    connection = await aio_pika.connect(url)
+    channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+    source_exchange = await channel.declare_exchange(f"{prefix}.in", aio_pika.ExchangeType.TOPIC, durable=True)
+    source = await channel.declare_queue(f"{prefix}.in", durable=True, arguments=QUORUM)
+    await source.bind(source_exchange, "#")
+    out_exchange = await channel.declare_exchange(f"{prefix}.out", aio_pika.ExchangeType.DIRECT, durable=True)
+    sink = await channel.declare_queue(f"{prefix}.out", durable=True, arguments=QUORUM)
+    await sink.bind(out_exchange, "out")
+    await preload(url, f"{prefix}.in", bodies)
+
+    consume_channel = await connection.channel()
+    await consume_channel.set_qos(prefetch_count=256)
+    queue = await consume_channel.get_queue(f"{prefix}.in")
+    done = asyncio.Event()
+    count = 0
+
+    async def relay(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        nonlocal count
+        await out_exchange.publish(aio_pika.Message(message.body, delivery_mode=PERSISTENT), "out", mandatory=True)
+        await message.ack()
+        count += 1
+        if count == len(bodies):
+            done.set()
+
+    started = time.perf_counter()
+    if concurrent:
+        tag = await queue.consume(relay)
+        await done.wait()
+        await queue.cancel(tag)
+    else:
+        async with queue.iterator() as it:
+            async for message in it:
+                await relay(message)
+                if done.is_set():
+                    break
+    elapsed = time.perf_counter() - started
+    await channel.queue_delete(f"{prefix}.in")
+    await channel.queue_delete(f"{prefix}.out")
+    await channel.exchange_delete(f"{prefix}.in")
+    await channel.exchange_delete(f"{prefix}.out")
+    await connection.close()
+    return len(bodies) / elapsed
+
+
+def start_broker(env: DemoEnvironment, url: str, prefix: str, data_dir: Path, ready: Path) -> subprocess.Popen[bytes]:
+    ready.unlink(missing_ok=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "broker.cli", "serve", "--amqp-url", url, "--amqp-prefix", prefix,
+            "--data-dir", str(data_dir), "--keys-dir", str(env.keys_dir), "--secrets", str(env.secrets_file),
+            "--port", "0", "--no-user-id-check", "--ready-file", str(ready), "--log-level", "WARNING",
+        ],
+        cwd=Path(__file__).resolve().parent.parent,
+    )  # fmt: skip
+    while not ready.exists():
+        if proc.poll() is not None:
+            raise RuntimeError("broker exited")
+        time.sleep(0.05)
+    return proc
+
+
+def received(db: Path) -> int:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return int(conn.execute("SELECT COUNT(*) FROM audit WHERE kind = 'received'").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def delete_topology(url: str, prefix: str) -> None:
+    from tests.conftest import delete_prefixed
+
+    await delete_prefixed(url, prefix)
+
+
+async def broker_throughput(
+    env: DemoEnvironment, url: str, bodies: list[tuple[str, bytes]], work: Path
+) -> tuple[float, float, float, float]:
+    prefix = f"bench-broker-{uuid.uuid4().hex[:8]}"
+    data_dir = work / prefix
+    proc = start_broker(env, url, prefix, data_dir, work / "ready")  # declares the topology
+    proc.send_signal(signal.SIGTERM)
+    proc.wait()
+    await preload(url, Names(prefix).ingest_exchange, bodies)
+    db = data_dir / "broker.db"
+    proc = start_broker(env, url, prefix, data_dir, work / "ready")
+    started = time.perf_counter()
+    while received(db) < len(bodies):
+        await asyncio.sleep(0.02)
+    elapsed = time.perf_counter() - started
+    throughput = len(bodies) / elapsed
+
+    # Latency at a fixed offered load of 1,000 msg/s, records read from a consumer queue.
+    latency_bodies = two_consumer_bodies(env, 8000)[:8000]
+    latency_bodies = [(k, b) for k, b in latency_bodies]
+    connection = await aio_pika.connect(url)
+    channel = await connection.channel(publisher_confirms=True)
+    exchange = await channel.get_exchange(Names(prefix).ingest_exchange)
+    consumer_channel = await connection.channel()
+    await consumer_channel.set_qos(prefetch_count=1000)
+    queue = await consumer_channel.get_queue(Names(prefix).consumer_queue("derby-csp-analysts"))
+    await queue.purge()
+    sent_at: dict[str, float] = {}
+    latencies: list[float] = []
+    all_in = asyncio.Event()
+
+    async def on_record(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        record = json.loads(message.body)
+        key = record["produced_at"]  # unique per message here (see below)
+        if key in sent_at:
+            latencies.append(time.perf_counter() - sent_at.pop(key))
+        await message.ack()
+        if len(latencies) >= len(latency_bodies):
+            all_in.set()
+
+    tag = await queue.consume(on_record)
+    gen = SyntheticGenerator(seed=7)
+    signer = env.signers["uhdb-royal-derby-ed"]
+    from datetime import UTC, datetime, timedelta
+
+    base = datetime.now(UTC)
+    rate = 1000.0
+    t0 = time.perf_counter()
+    pending = []
+    for i in range(len(latency_bodies)):
+        rec = gen.ae_assault("uhdb-royal-derby-ed")
+        produced = base + timedelta(milliseconds=i)  # a unique produced_at to match records to sends
+        doc = signer.sign("ae_assault", rec.data(), source_key=rec.source_key, produced_at=produced)
+        from schemas.envelope import encode, format_time
+
+        body = encode(doc)
+        target = t0 + i / rate
+        delay = target - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        sent_at[format_time(produced)] = time.perf_counter()
+        pending.append(
+            asyncio.ensure_future(
+                exchange.publish(aio_pika.Message(body, delivery_mode=PERSISTENT), "uhdb-royal-derby-ed.ae_assault")
+            )
+        )
+    await asyncio.gather(*pending)
+    try:
+        await asyncio.wait_for(all_in.wait(), timeout=60)
+    except TimeoutError:
+        pass
+    await queue.cancel(tag)
+    rss = peak_rss_mb(proc.pid)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait()
+    await connection.close()
+    await delete_topology(url, prefix)
+    latencies.sort()
+    p50 = statistics.median(latencies) * 1000
+    p99 = latencies[int(len(latencies) * 0.99) - 1] * 1000
+    return throughput, p50, p99, rss
+
+
+async def http_ingest(env: DemoEnvironment, work: Path, count: int) -> tuple[float, float]:
+    bodies = [body for _, body in two_consumer_bodies(env, count)]
+    settings = Settings(keys_dir=env.keys_dir, secrets_file=env.secrets_file, data_dir=work / "http", http_port=0)
+
+    async def blast(url: str) -> float:
+        semaphore = asyncio.Semaphore(64)
+        async with aiohttp.ClientSession() as session:
+
+            async def post(body: bytes) -> None:
+                async with semaphore, session.post(url, data=body) as resp:
+                    await resp.read()
+                    assert resp.status in (200, 202), resp.status
+
+            started = time.perf_counter()
+            await asyncio.gather(*(post(b) for b in bodies))
+            return len(bodies) / (time.perf_counter() - started)
+
+    broker = Broker(settings)
+    await broker.start()
+    try:
+        rate = await blast(f"{broker.url}/v1/events")
+    finally:
+        await broker.stop()
+
+    async def accept(_request: web.Request) -> web.Response:
+        return web.json_response({"status": "accepted"}, status=202)
+
+    app = web.Application()
+    app.router.add_post("/v1/events", accept)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        bare = await blast(f"http://127.0.0.1:{port}/v1/events")
+    finally:
+        await runner.cleanup()
+    return rate, bare
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=20000)
+    parser.add_argument("--http-events", type=int, default=5000)
+    parser.add_argument("--amqp-url", default=os.environ.get("SV_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/"))
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="sv-bench-") as tmp:
+        work = Path(tmp)
+        env = prepare_environment(work / "env")
+        bodies = two_consumer_bodies(env, args.events)
+        print(
+            f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+        )
+        print(f"messages: {len(bodies)} signed ae_assault events, each entitling two consumers\n")
+        sequential = await naive_relay(args.amqp_url, bodies, concurrent=False)
+        print(f"(a1) naive relay, sequential iterator:       {sequential:8.0f} msg/s")
+        concurrent = await naive_relay(args.amqp_url, bodies, concurrent=True)
+        print(f"(a2) naive relay, consume callback (tasks):  {concurrent:8.0f} msg/s")
+        full, p50, p99, rss = await broker_throughput(env, args.amqp_url, bodies, work)
+        print(f"(b)  full broker pipeline:                   {full:8.0f} msg/s")
+        print(f"     ratio b/a1 = {full / sequential:.2f}   ratio b/a2 = {full / concurrent:.2f}")
+        print(f"     latency at 1,000 msg/s offered: p50 {p50:.1f} ms, p99 {p99:.1f} ms; broker peak RSS {rss:.0f} MB")
+        rate, bare = await http_ingest(env, work, args.http_events)
+        print(f"\nembedded HTTP ingest (durable audit + records): {rate:8.0f} msg/s")
+        print(f"bare aiohttp 202 handler, same client:          {bare:8.0f} msg/s   ratio {rate / bare:.2f}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

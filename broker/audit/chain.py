@@ -1,0 +1,99 @@
+"""The audit trail's hash chain: sealing entries and verifying a chain (pure, no I/O).
+
+Each entry is a JSON object holding its sequence number, the previous entry's hash and what
+happened (ids, codes and hashes; never payloads).  Its hash is SHA-256 over the RFC 8785 bytes
+of the object, so any edit, deletion, insertion or reordering breaks the chain at a sequence
+number that :func:`verify_chain` names.  (A rebuilt chain is caught by signed checkpoints kept
+outside the broker, not by the chain alone.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from schemas.canonical import canonicalize
+from schemas.envelope import format_time
+
+GENESIS = "0" * 64
+
+
+class Kind(StrEnum):
+    RECEIVED = "received"
+    REJECTED = "rejected"
+    RELEASED = "released"
+    WITHHELD = "withheld"  # accepted, but no agreement entitles anyone (with the reasons)
+    DUPLICATE = "duplicate"
+    DEAD_LETTERED = "dead_lettered"
+    ACCESSED = "accessed"
+    PURGED = "purged"
+    STARTED = "started"  # broker start: configuration fingerprint (agreements, registry)
+
+
+@dataclass(frozen=True, slots=True)
+class Draft:
+    """An audit entry before it has a place in the chain."""
+
+    kind: Kind
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Sealed:
+    seq: int
+    hash: str
+    body: bytes  # canonical JSON, stored verbatim
+    kind: Kind
+    at: str
+    attrs: dict[str, Any]
+
+
+def seal(draft: Draft, *, seq: int, prev: str, at: datetime) -> Sealed:
+    stamp = format_time(at)
+    body = canonicalize({"seq": seq, "prev": prev, "at": stamp, "kind": draft.kind.value, **draft.attrs})
+    return Sealed(seq, hashlib.sha256(body).hexdigest(), body, draft.kind, stamp, draft.attrs)
+
+
+@dataclass(frozen=True, slots=True)
+class ChainReport:
+    ok: bool
+    entries: int
+    head_seq: int
+    head_hash: str
+    first_bad_seq: int | None = None
+    problem: str | None = None
+
+
+def verify_chain(
+    rows: Iterable[tuple[int, bytes, str]], *, start_seq: int = 1, start_prev: str = GENESIS
+) -> ChainReport:
+    """Recompute the chain over ``(seq, body, hash)`` rows in storage order.
+
+    Reports the first sequence number at which the stored chain stops being the chain that was
+    written: a body that does not hash to its stored hash (modified), a ``prev`` that is not the
+    previous entry's hash (deleted, inserted or swapped), or a sequence number out of step.
+    """
+    expected_seq, prev, count = start_seq, start_prev, 0
+    for seq, body, stored_hash in rows:
+        bad_at = min(seq, expected_seq)
+        if hashlib.sha256(body).hexdigest() != stored_hash:
+            return ChainReport(False, count, expected_seq - 1, prev, bad_at, "entry content does not match its hash")
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            return ChainReport(False, count, expected_seq - 1, prev, bad_at, "entry is not JSON")
+        if canonicalize(doc) != body:
+            return ChainReport(False, count, expected_seq - 1, prev, bad_at, "entry is not in canonical form")
+        if seq != expected_seq or doc.get("seq") != seq:
+            return ChainReport(
+                False, count, expected_seq - 1, prev, bad_at, f"sequence out of step (expected {expected_seq})"
+            )
+        if doc.get("prev") != prev:
+            return ChainReport(False, count, expected_seq - 1, prev, seq, "previous-hash link is broken")
+        prev, expected_seq, count = stored_hash, expected_seq + 1, count + 1
+    return ChainReport(True, count, expected_seq - 1, prev)

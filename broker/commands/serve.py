@@ -1,0 +1,97 @@
+"""``sv-broker serve``: run the broker (embedded by default; RabbitMQ with --amqp-url)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+from broker.cli import add_policy_args
+from broker.logs import configure
+from broker.settings import Settings
+from broker.stages.freshness import FreshnessWindow
+from schemas.errors import ContractError
+from schemas.strictjson import DEFAULT_MAX_BYTES
+
+
+def add_runtime_args(parser: argparse.ArgumentParser) -> None:
+    add_policy_args(parser)
+    parser.add_argument("--secrets", type=Path, default=None, help="pseudonymisation secrets file (TOML, not in git)")
+    parser.add_argument(
+        "--amqp-url",
+        default=os.environ.get("SV_BROKER_AMQP_URL"),
+        help="RabbitMQ URL; without it the broker runs embedded (HTTP ingest, SQLite)",
+    )
+    parser.add_argument("--amqp-prefix", default="sv", help="prefix of exchange and queue names (default: %(default)s)")
+    parser.add_argument("--amqp-user-map", type=Path, default=None, help="TOML [users] AMQP user -> partner id")
+    parser.add_argument(
+        "--no-user-id-check",
+        action="store_true",
+        help="do not require the AMQP user_id to match the envelope's partner (on by default)",
+    )
+    parser.add_argument("--delivery-limit", type=int, default=5, help="x-delivery-limit of the ingest queue")
+    parser.add_argument("--prefetch", type=int, default=256, help="AMQP prefetch and largest batch")
+    parser.add_argument(
+        "--data-dir", type=Path, default=Path("var"), help="SQLite store directory (default: %(default)s)"
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=8080, help="HTTP port, 0 for any free port (default: %(default)s)")
+    parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BYTES, help="body limit in bytes")
+    parser.add_argument("--max-age-hours", type=float, default=168.0, help="freshness: oldest accepted message time")
+    parser.add_argument("--max-future-seconds", type=float, default=300.0, help="freshness: allowed clock skew ahead")
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    return Settings(
+        policy_dir=args.policy_dir,
+        keys_dir=args.keys_dir,
+        secrets_file=args.secrets,
+        data_dir=args.data_dir,
+        max_body_bytes=args.max_body_bytes,
+        freshness=FreshnessWindow(
+            max_age=timedelta(hours=args.max_age_hours), max_future=timedelta(seconds=args.max_future_seconds)
+        ),
+        amqp_url=args.amqp_url,
+        amqp_prefix=args.amqp_prefix,
+        check_user_id=not args.no_user_id_check,
+        delivery_limit=args.delivery_limit,
+        prefetch=args.prefetch,
+        http_host=args.host,
+        http_port=args.port,
+    )
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    cmd = sub.add_parser(
+        "serve",
+        help="run the broker",
+        description=(
+            "Run the broker. Embedded (default): partners POST signed envelopes to /v1/events; records, "
+            "replay guard and audit live in SQLite under --data-dir. With --amqp-url: consume the RabbitMQ "
+            "ingest queue and deliver to per-consumer queues. SIGTERM finishes in-flight messages and exits."
+        ),
+    )
+    add_runtime_args(cmd)
+    cmd.add_argument("--ready-file", type=Path, default=None, help="write the HTTP URL here once ready")
+    cmd.add_argument("--log-level", default="INFO", help="log level (default: %(default)s)")
+    cmd.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from broker.policy.loader import PolicyError
+    from broker.policy.secrets import SecretsError
+    from broker.service import load_user_map, serve_forever
+
+    configure(args.log_level)
+    try:
+        asyncio.run(serve_forever(settings_from(args), load_user_map(args.amqp_user_map), args.ready_file))
+    except (ContractError, PolicyError, SecretsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0

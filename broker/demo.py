@@ -1,0 +1,349 @@
+"""The demo: the whole system on one machine, keys and secrets generated at run time.
+
+Partners' synthetic adapters sign events of all four types (Friday/Saturday night peaks, ages
+11-25, the named districts) and send them to a broker started on a free port; a few bad messages
+are mixed in; the demo then shows what each consumer received, what was refused and why, and
+verifies the audit trail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import shutil
+import sqlite3
+import tempfile
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from adapters.signer import Signer, generate_keyring
+from adapters.synthetic import SyntheticGenerator
+from broker.ports.sqlite_store import verify_audit_file
+from broker.registry import load_registry
+from broker.service import Broker
+from broker.settings import REPO_POLICIES, Settings
+from schemas import envelope
+from schemas.keyfile import KeyEntry, public_bytes
+
+PARTNERS = (
+    "uhdb-royal-derby-ed",
+    "crh-chesterfield-ed",
+    "derby-city-education",
+    "derbyshire-cc-education",
+    "derby-pubwatch",
+    "chesterfield-pubwatch",
+    "derbyshire-police",
+)
+
+Print = Callable[[str], None]
+
+
+@dataclass
+class DemoEnvironment:
+    """Keys, secrets and the policy directory for a broker run, all made at run time."""
+
+    workdir: Path
+    signers: dict[str, Signer]
+    keys_dir: Path
+    secrets_file: Path
+    revoked: Signer
+    stranger: Signer  # a key the registry has never heard of
+    agreement_ids: list[str] = field(default_factory=list)
+
+
+def agreement_ids(policy_dir: Path) -> list[str]:
+    import tomllib
+
+    ids = []
+    for path in sorted((policy_dir / "agreements").glob("*.toml")):
+        with path.open("rb") as fh:
+            ids.append(str(tomllib.load(fh)["id"]))
+    return ids
+
+
+def prepare_environment(workdir: Path, policy_dir: Path = REPO_POLICIES) -> DemoEnvironment:
+    keys_dir = workdir / "keys"
+    signers = generate_keyring(PARTNERS, keys_dir)
+    # A second police key, revoked: signatures under it must be refused.
+    revoked_key = Ed25519PrivateKey.generate()
+    now = datetime.now(UTC).replace(microsecond=0)
+    revoked_entry = KeyEntry(
+        "derbyshire-police-k0", "derbyshire-police", public_bytes(revoked_key), now - timedelta(days=400), revoked=True
+    )
+    with (keys_dir / "partners.toml").open("a", encoding="utf-8") as fh:
+        fh.write("\n" + revoked_entry.to_toml())
+    ids = agreement_ids(policy_dir)
+    secrets_file = workdir / "secrets.toml"
+    fd = os.open(secrets_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write("# generated for this demo run only\n[pseudonym_secrets]\n")
+        for agreement_id in ids:
+            fh.write(f'"{agreement_id}" = "{secrets.token_hex(32)}"\n')
+    return DemoEnvironment(
+        workdir=workdir,
+        signers=signers,
+        keys_dir=keys_dir,
+        secrets_file=secrets_file,
+        revoked=Signer.create("derbyshire-police", "derbyshire-police-k0", revoked_key),
+        stranger=Signer.create("derbyshire-police", "derbyshire-police-k9", Ed25519PrivateKey.generate()),
+        agreement_ids=ids,
+    )
+
+
+def bad_messages(env: DemoEnvironment, gen: SyntheticGenerator) -> list[tuple[str, bytes]]:
+    """A few messages every broker must refuse, each for its own reason."""
+    out: list[tuple[str, bytes]] = []
+    rec = gen.police_sv_offence()
+    doc = env.signers["derbyshire-police"].sign("police_sv_offence", rec.data(), source_key=rec.source_key)
+    doc["data"]["district"] = "E07000035"  # altered after signing
+    out.append(("tampered after signing", envelope.encode(doc)))
+    rec = gen.police_sv_offence()
+    out.append(
+        (
+            "signed with an unregistered key",
+            env.stranger.sign_bytes("police_sv_offence", rec.data(), source_key=rec.source_key),
+        )
+    )
+    rec = gen.police_sv_offence()
+    out.append(
+        (
+            "signed with a revoked key",
+            env.revoked.sign_bytes("police_sv_offence", rec.data(), source_key=rec.source_key),
+        )
+    )
+    rec = gen.ae_assault()
+    data = rec.data() | {"nhs_number": "9434765919"}  # a (synthetic) direct identifier
+    out.append(
+        (
+            "A&E export carrying an NHS number",
+            env.signers["uhdb-royal-derby-ed"].sign_bytes("ae_assault", data, source_key=rec.source_key),
+        )
+    )
+    rec = gen.school_exclusion()
+    out.append(
+        (
+            "police key used for a school exclusion",
+            env.signers["derbyshire-police"].sign_bytes("school_exclusion", rec.data(), source_key=rec.source_key),
+        )
+    )
+    out.append(("not JSON at all", b'{"specversion": "1.0", "id": '))
+    return out
+
+
+def good_messages(env: DemoEnvironment, gen: SyntheticGenerator, count: int) -> list[tuple[str, bytes]]:
+    return [
+        (rec.partner, env.signers[rec.partner].sign_bytes(rec.event.EVENT_TYPE, rec.data(), source_key=rec.source_key))
+        for rec in gen.mixed(count)
+    ]
+
+
+async def _post_all(url: str, bodies: list[bytes], concurrency: int = 32) -> list[tuple[int, dict[str, Any]]]:
+    results: list[tuple[int, dict[str, Any]]] = [(0, {})] * len(bodies)
+    semaphore = asyncio.Semaphore(concurrency)
+    async with aiohttp.ClientSession() as session:
+
+        async def post(i: int, body: bytes) -> None:
+            async with (
+                semaphore,
+                session.post(
+                    f"{url}/v1/events", data=body, headers={"Content-Type": "application/cloudevents+json"}
+                ) as resp,
+            ):
+                results[i] = (resp.status, await resp.json())
+
+        await asyncio.gather(*(post(i, body) for i, body in enumerate(bodies)))
+    return results
+
+
+def _records_by_consumer(db: Path) -> tuple[Counter[str], dict[str, dict[str, Any]]]:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        counts: Counter[str] = Counter()
+        samples: dict[str, dict[str, Any]] = {}
+        for consumer, body in conn.execute("SELECT consumer, body FROM records ORDER BY id"):
+            counts[consumer] += 1
+            samples.setdefault(consumer, json.loads(body))
+        return counts, samples
+    finally:
+        conn.close()
+
+
+def _audit_kinds(db: Path) -> Counter[str]:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return Counter(dict(conn.execute("SELECT kind, COUNT(*) FROM audit GROUP BY kind").fetchall()))
+    finally:
+        conn.close()
+
+
+async def run_embedded(workdir: Path, events: int, say: Print) -> int:
+    env = prepare_environment(workdir)
+    gen = SyntheticGenerator(seed=int.from_bytes(os.urandom(2), "big"))
+    say(
+        f"Generated Ed25519 keys for {len(env.signers)} partners and pseudonym secrets for "
+        f"{len(env.agreement_ids)} agreements in {workdir} (nothing from the repository)."
+    )
+    settings = Settings(keys_dir=env.keys_dir, secrets_file=env.secrets_file, data_dir=workdir / "var", http_port=0)
+    broker = Broker(settings)
+    await broker.start()
+    try:
+        say(f"Broker (embedded: HTTP ingest, SQLite WAL store) listening on {broker.url}\n")
+        good = good_messages(env, gen, events)
+        bad = bad_messages(env, gen)
+        started = asyncio.get_running_loop().time()
+        results = await _post_all(broker.url, [body for _, body in good])
+        elapsed = asyncio.get_running_loop().time() - started
+        replay = await _post_all(broker.url, [good[0][1], good[1][1]])
+        bad_results = await _post_all(broker.url, [body for _, body in bad])
+    finally:
+        await broker.stop()
+    db = settings.data_dir / "broker.db"
+    by_partner = Counter(partner for partner, _ in good)
+    accepted = sum(1 for status, _ in results if status == 202)
+    say(
+        f"Partners sent {len(good)} signed events in {elapsed:.2f} s ({len(good) / elapsed:.0f}/s): "
+        + ", ".join(f"{p} {n}" for p, n in sorted(by_partner.items()))
+    )
+    say(f"  accepted {accepted}, records released {sum(r.get('records', 0) for _, r in results)}\n")
+
+    counts, samples = _records_by_consumer(db)
+    registry = load_registry(settings.policy_dir, settings.keys_dir)
+    say("What each consumer received (minimised records only):")
+    for consumer in sorted(registry.consumers):
+        say(f"  {consumer:<30} {counts.get(consumer, 0):>6} records")
+    for consumer, sample in sorted(samples.items()):
+        say(
+            f"\n  sample for {consumer} ({sample['event_type']} under {sample['agreement']['id']} "
+            f"rev {sample['agreement']['revision']}):"
+        )
+        say("    " + json.dumps(sample["data"], sort_keys=True))
+    say("\nRefused, with the receipt each sender got:")
+    for (label, _), (status, receipt) in zip(bad, bad_results, strict=True):
+        say(f"  {label:<42} HTTP {status}  {receipt.get('reason')}: {receipt.get('message')}")
+    for status, receipt in replay:
+        say(
+            f"  {'the same event sent again (replay)':<42} HTTP {status}  {receipt.get('status')}: "
+            "acknowledged, not released again"
+        )
+    report = verify_audit_file(db)
+    kinds = _audit_kinds(db)
+    say("\nAudit trail: " + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())))
+    if report.ok:
+        say(
+            f"  hash chain verified: {report.entries} entries intact, head #{report.head_seq} "
+            f"{report.head_hash[:16]}…  (sv-broker audit verify --db {db})"
+        )
+    else:
+        say(f"  AUDIT CHAIN BROKEN at #{report.first_bad_seq}: {report.problem}")
+    return 0 if report.ok and accepted == len(good) else 1
+
+
+async def run_amqp(workdir: Path, events: int, amqp_url: str, say: Print) -> int:
+    import aio_pika
+
+    from broker.ports.amqp import Names
+
+    env = prepare_environment(workdir)
+    gen = SyntheticGenerator(seed=int.from_bytes(os.urandom(2), "big"))
+    prefix = f"sv-demo-{uuid.uuid4().hex[:8]}"
+    names = Names(prefix)
+    settings = Settings(
+        keys_dir=env.keys_dir,
+        secrets_file=env.secrets_file,
+        data_dir=workdir / "var",
+        http_port=0,
+        amqp_url=amqp_url,
+        amqp_prefix=prefix,
+        # The demo publishes as one RabbitMQ user for every partner; in production each partner
+        # has its own account and this check stays on (see `sv-broker rabbitmq definitions`).
+        check_user_id=False,
+    )
+    say(f"Generated keys for {len(env.signers)} partners; RabbitMQ topology prefix {prefix!r}.")
+    broker = Broker(settings)
+    await broker.start()
+    registry = load_registry(settings.policy_dir, settings.keys_dir)
+    connection = await aio_pika.connect_robust(amqp_url)
+    try:
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        exchange = await channel.get_exchange(names.ingest_exchange)
+        good = good_messages(env, gen, events)
+        bad = bad_messages(env, gen)
+        started = asyncio.get_running_loop().time()
+
+        async def publish(partner: str, body: bytes, event_type: str) -> None:
+            message = aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
+            await exchange.publish(message, f"{partner}.{event_type}", mandatory=True, timeout=30)
+
+        await asyncio.gather(*(publish(p, b, json.loads(b)["type"]) for p, b in good))
+        await asyncio.gather(*(publish("derbyshire-police", b, "unknown") for _, b in bad))
+        say(
+            f"Published {len(good) + len(bad)} events with publisher confirms "
+            f"in {asyncio.get_running_loop().time() - started:.2f} s"
+        )
+        expected = len(good) + len(bad)
+        for _ in range(600):
+            if broker.pipeline is not None and broker.pipeline.stats.processed >= expected:
+                break
+            await asyncio.sleep(0.1)
+        say("\nConsumer queues (each holds only its own minimised records):")
+        for consumer in sorted(registry.consumers):
+            queue = await channel.declare_queue(names.consumer_queue(consumer), passive=True)
+            count = queue.declaration_result.message_count
+            sample = await queue.get(no_ack=True, fail=False)
+            say(f"  {names.consumer_queue(consumer):<48} {count:>6} records")
+            if sample is not None:
+                say("      e.g. " + json.dumps(json.loads(sample.body)["data"], sort_keys=True))
+        quarantine = await channel.declare_queue(names.quarantine_queue, passive=True)
+        say(f"\nQuarantine: {quarantine.declaration_result.message_count} messages, reasons in headers:")
+        while (msg := await quarantine.get(no_ack=True, fail=False)) is not None:
+            headers = msg.headers or {}
+            say(f"  {headers.get('reason')!s}: {headers.get('reason_message')!s}")
+    finally:
+        await broker.stop()
+        await _delete_topology(connection, names, registry)
+        await connection.close()
+    db = settings.data_dir / "broker.db"
+    report = verify_audit_file(db)
+    say("\nAudit trail: " + ", ".join(f"{k} {n}" for k, n in sorted(_audit_kinds(db).items())))
+    say(f"  hash chain {'verified' if report.ok else 'BROKEN'}: {report.entries} entries")
+    return 0 if report.ok else 1
+
+
+async def _delete_topology(connection: Any, names: Any, registry: Any) -> None:
+    channel = await connection.channel()
+    queues = [names.ingest_queue, names.dead_letter_queue, names.quarantine_queue]
+    queues += [names.consumer_queue(c) for c in registry.consumers]
+    queues += [names.receipts_queue(p) for p in registry.partners]
+    for queue in queues:
+        await channel.queue_delete(queue)
+    for exchange in (
+        names.ingest_exchange,
+        names.dead_letter_exchange,
+        names.deliver_exchange,
+        names.quarantine_exchange,
+        names.receipts_exchange,
+    ):
+        await channel.exchange_delete(exchange)
+    await channel.close()
+
+
+def run(events: int, amqp_url: str | None, keep: Path | None, say: Print = print) -> int:
+    workdir = keep or Path(tempfile.mkdtemp(prefix="sv-broker-demo-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        if amqp_url:
+            return asyncio.run(run_amqp(workdir, events, amqp_url, say))
+        return asyncio.run(run_embedded(workdir, events, say))
+    finally:
+        if keep is None:
+            shutil.rmtree(workdir, ignore_errors=True)

@@ -1,0 +1,78 @@
+"""The policy engine: one validated event in, one :class:`Decision` out.
+
+Pure (no I/O, no await, no clock of its own: ``now`` is passed in) and fast: everything was
+parsed, type-checked and indexed at load (``loader.py``), so a decision is a dictionary lookup, a
+few comparisons and one small dictionary per entitled flow.
+
+Default deny throughout (DESIGN.md invariant 1): a consumer gets a record only from a flow that
+names it, for this partner, event type and version, of an agreement in force at ``now`` whose row
+conditions hold; the record holds only the fields that flow's rules name, transformed as declared.
+Every agreement considered and not applied says why (:class:`Refusal`).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from broker.policy.decision import Decision, Refusal, Release, record_id
+from broker.policy.model import PolicySet, RefusalReason
+from broker.stages.types import Validated
+
+__all__ = ["decide"]
+
+
+def decide(validated: Validated, policy: PolicySet, now: datetime) -> Decision:
+    if now.tzinfo is None:
+        raise ValueError("decide needs a timezone-aware now")
+    env = validated.envelope
+    event = validated.event
+    plan = policy.plan(env.source, env.type, env.version)
+    releases: list[Release] = []
+    refusals: list[Refusal] = list(plan.refusals)
+    for flow in plan.flows:
+        # Fail closed outside the agreement's window or past its review date (ICO Data Sharing
+        # Code: an agreement is reviewed regularly; an unreviewed one is not a basis to share).
+        if now < flow.starts:
+            refusals.extend(flow.window_refusals[RefusalReason.NOT_YET_VALID])
+            continue
+        if now >= flow.ends:
+            refusals.extend(flow.window_refusals[RefusalReason.EXPIRED])
+            continue
+        if now >= flow.review_due:
+            refusals.extend(flow.window_refusals[RefusalReason.REVIEW_OVERDUE])
+            continue
+        failed = -1
+        for i, condition in enumerate(flow.conditions):
+            if not condition.test(event):
+                failed = i
+                break
+        if failed >= 0:
+            refusals.extend(flow.condition_refusals[failed])
+            continue
+        record = {output: apply(getattr(event, source)) for source, output, apply in flow.steps}
+        ag = flow.agreement
+        for consumer in flow.consumers:
+            releases.append(
+                Release(
+                    consumer=consumer,
+                    agreement_id=ag.id,
+                    agreement_revision=ag.revision,
+                    flow_id=flow.id,
+                    record_id=record_id(env.source, env.id, consumer, ag.id),
+                    record=dict(record),  # one dict per consumer: no aliasing between releases
+                    fields=flow.fields,
+                    rules=flow.rule_ids,
+                    purpose=ag.purpose,
+                    lawful_basis=ag.lawful_basis,
+                    retention_days=ag.retention_days,
+                )
+            )
+    if not releases and not refusals:  # pragma: no cover - a plan always has flows or a refusal
+        refusals.append(Refusal(RefusalReason.NO_AGREEMENT.value, "No agreement covers this event."))
+    return Decision(
+        source=env.source,
+        message_id=env.id,
+        event_type=env.type,
+        releases=tuple(releases),
+        refusals=tuple(refusals),
+    )

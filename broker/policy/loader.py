@@ -1,0 +1,996 @@
+"""Agreement files (TOML) -> a compiled, immutable :class:`PolicySet`.
+
+Every refusal names the file, the key path (and a best-effort line), a stable reason code and a
+sentence, so an IG lead can fix the file without reading code.  The broker refuses to start on any
+error: an agreement half-loaded is an agreement that releases something nobody signed.
+
+The file format (one agreement per file, ``policies/agreements/<id>.toml``)::
+
+    id = "dsa-istv-ae-2026"                 # file name must be <id>.toml
+    title = "..."
+    revision = 3                            # only ever goes up (policies/revisions.lock)
+    parties = ["uhdb-royal-derby-ed", "derby-csp-analysts", ...]   # every flow party is listed
+    purpose = "..."
+    lawful_basis = ["UK GDPR Art 6(1)(e)", "DPA 2018 Sch 1 Pt 2 para 10"]
+    valid_from = 2026-04-01                 # TOML dates, UK local days, inclusive
+    valid_to = 2028-03-31
+    review_by = 2027-03-31
+    retention_days = 365
+
+    [bands]                                 # named band sets for generalise to = "band"
+    sv-age = ["0-10", "11-17", "18-24", "25-34", "35-49", "50-64", "65+"]
+
+    [groups.key-stage]                      # named group sets for generalise to = "group"
+    KS3 = ["7", "8", "9"]
+
+    [rule_sets]                             # optional: rule lists shared by several flows
+    district-level = [ { id = "...", field = "...", action = "keep" }, ... ]
+
+    [[flows]]
+    id = "ae-to-derby-csp"
+    partners = ["uhdb-royal-derby-ed"]
+    event_type = "ae_assault"
+    versions = [1]
+    consumers = ["derby-csp-analysts"]
+    when = [ { field = "district", in = ["E06000015"] } ]          # optional row conditions
+    rules = [                                                       # or rule_set = "district-level"
+      { id = "ae-arrival-week", field = "arrival_datetime", action = "generalise", to = "week", as = "arrival_week" },
+    ]
+
+Everything not named by a rule is dropped.  Unknown keys anywhere are errors, not ignored: a
+misspelt ``when`` would otherwise silently widen a release.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+from broker.policy.conditions import compile_condition
+from broker.policy.model import (
+    FORMS_FOR_KIND,
+    NEEDS_REASON,
+    PSEUDONYMISABLE,
+    SCHEMA_FIELDS,
+    Action,
+    Agreement,
+    Band,
+    CompiledCondition,
+    CompiledRule,
+    FieldSpec,
+    Flow,
+    Form,
+    PlanKey,
+    PolicySet,
+    SpecError,
+    build_plan,
+    finish_flow,
+)
+from broker.policy.model import CheckCode as C
+from broker.policy.transforms import (
+    MIN_SECRET_BYTES,
+    check_groups_fit,
+    compile_generalise,
+    compile_keep,
+    compile_pseudonymise,
+    parse_bands,
+    parse_groups,
+)
+from broker.registry import Registry
+from schemas.events import DIRECT_IDENTIFIER_FIELDS, EVENT_MODELS, EVENT_TYPES
+
+__all__ = [
+    "Document",
+    "PolicyError",
+    "PolicySet",
+    "Problem",
+    "build_policy",
+    "compile_policy",
+    "load_policy",
+    "read_documents",
+    "read_lock",
+    "render_lock",
+    "uses_pseudonyms",
+]
+
+AGREEMENTS_DIR = "agreements"
+LOCK_FILE = "revisions.lock"
+
+ID_RE = re.compile(r"^[a-z0-9][a-z0-9\-]{1,62}$")
+OUTPUT_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+REQUIRED_KEYS = (
+    "id",
+    "title",
+    "revision",
+    "parties",
+    "purpose",
+    "lawful_basis",
+    "valid_from",
+    "valid_to",
+    "review_by",
+    "retention_days",
+    "flows",
+)
+AGREEMENT_KEYS = frozenset({*REQUIRED_KEYS, "bands", "groups", "rule_sets", "notes"})
+FLOW_KEYS = frozenset({"id", "partners", "event_type", "versions", "consumers", "when", "rules", "rule_set", "notes"})
+RULE_KEYS = frozenset({"id", "field", "action", "to", "as", "bands", "groups", "reason"})
+MAX_RETENTION_DAYS = 3650
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    severity: str  # "error" or "warning"
+    path: str
+    key: str
+    code: C
+    message: str
+    line: int | None = None
+
+    def __str__(self) -> str:
+        where = self.path + (f":{self.line}" if self.line else "")
+        key = f" {self.key}:" if self.key else ""
+        return f"{where}:{key} {self.code.value}: {self.message}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "severity": self.severity,
+            "file": self.path,
+            "line": self.line,
+            "key": self.key,
+            "reason": self.code.value,
+            "message": self.message,
+        }
+
+
+class PolicyError(Exception):
+    """Agreements refused at load: the first error, with every problem found in ``problems``."""
+
+    def __init__(self, problem: Problem, problems: Iterable[Problem] = ()) -> None:
+        super().__init__(str(problem))
+        self.path = problem.path
+        self.key = problem.key
+        self.line = problem.line
+        self.reason = problem.code.value
+        self.message = problem.message
+        self.problems = tuple(problems) or (problem,)
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    """One agreement file as read: its path, its text (for line numbers) and its TOML."""
+
+    path: str
+    doc: dict[str, Any]
+    text: str = ""
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+
+def read_documents(policy_dir: Path) -> tuple[list[Document], list[Problem]]:
+    documents: list[Document] = []
+    problems: list[Problem] = []
+    folder = policy_dir / AGREEMENTS_DIR
+    for path in sorted(folder.glob("*.toml")) if folder.is_dir() else []:
+        try:
+            text = path.read_text(encoding="utf-8")
+            documents.append(Document(str(path), tomllib.loads(text), text))
+        except OSError as exc:
+            problems.append(Problem("error", str(path), "", C.FILE_UNREADABLE, f"cannot read: {exc.strerror}"))
+        except UnicodeDecodeError:
+            problems.append(Problem("error", str(path), "", C.FILE_UNREADABLE, "not UTF-8"))
+        except tomllib.TOMLDecodeError as exc:
+            line = re.search(r"line (\d+)", str(exc))
+            problems.append(
+                Problem("error", str(path), "", C.INVALID_TOML, str(exc), int(line.group(1)) if line else None)
+            )
+    return documents, problems
+
+
+def read_lock(policy_dir: Path) -> tuple[dict[str, int] | None, list[Problem]]:
+    """``policies/revisions.lock``: the highest revision accepted per agreement (None if absent).
+
+    Why a committed lock: the threat is a rollback, an older and wider revision of an agreement
+    restored by a bad merge or by someone with write access to the policy folder.  The revision in
+    the file alone cannot show that; the lock, changed only by ``policy check --update-lock`` and
+    reviewed like any other commit, can.
+    """
+    path = policy_dir / LOCK_FILE
+    if not path.is_file():
+        return None, []
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        return None, [Problem("error", str(path), "", C.LOCK_INVALID, f"cannot read the lock: {exc}")]
+    table = doc.get("revisions", {})
+    problems = [
+        Problem("error", str(path), key, C.LOCK_INVALID, "unknown key; expected [revisions]")
+        for key in doc
+        if key != "revisions"
+    ]
+    lock: dict[str, int] = {}
+    if not isinstance(table, dict):
+        return None, [Problem("error", str(path), "revisions", C.LOCK_INVALID, "must be a table")]
+    for agreement_id, revision in table.items():
+        if not isinstance(revision, int) or isinstance(revision, bool) or revision < 1:
+            problems.append(
+                Problem("error", str(path), f"revisions.{agreement_id}", C.LOCK_INVALID, "must be a positive integer")
+            )
+        else:
+            lock[agreement_id] = revision
+    return lock, problems
+
+
+def render_lock(revisions: Mapping[str, int]) -> str:
+    lines = [
+        "# The highest revision accepted per agreement. Written by `sv-broker policy check --update-lock`;",
+        "# review changes to it like any other policy change. The broker refuses to load an agreement",
+        "# whose revision is below the one recorded here (a rolled-back, possibly wider, agreement).",
+        "",
+        "[revisions]",
+    ]
+    lines += [f'"{agreement_id}" = {revision}' for agreement_id, revision in sorted(revisions.items())]
+    return "\n".join(lines) + "\n"
+
+
+# --- line finding (best effort: tomllib gives no positions) ---------------------------------------
+
+
+def _kv(key: str, value: str) -> str:
+    return rf"\b{re.escape(key)}\s*=\s*[\"']{re.escape(value)}[\"']"
+
+
+def _key(key: str) -> str:
+    return rf"(?m)^\s*[\"']?{re.escape(key)}[\"']?\s*=|^\s*\[{re.escape(key)}[.\]]"
+
+
+def _line_of(text: str, anchors: tuple[str, ...]) -> int | None:
+    if not text or not anchors:
+        return None
+    pos = 0
+    found: int | None = None
+    for anchor in anchors:
+        match = re.compile(anchor, re.MULTILINE).search(text, pos)
+        if match is None:
+            break
+        pos = match.start()
+        found = text.count("\n", 0, pos) + 1 + (1 if text[pos] == "\n" else 0)
+    return found
+
+
+# --- compiling ----------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _RuleSource:
+    table: Any
+    key: str
+    anchors: tuple[str, ...]
+
+
+class _Compiler:
+    def __init__(self, registry: Registry, secrets: Mapping[str, bytes], lock: Mapping[str, int] | None) -> None:
+        self.registry = registry
+        self.secrets = secrets
+        self.lock = lock
+        self.problems: list[Problem] = []
+
+    # reporting
+    def _add(
+        self, severity: str, document: Document, key: str, code: C, message: str, anchors: tuple[str, ...]
+    ) -> None:
+        self.problems.append(Problem(severity, document.path, key, code, message, _line_of(document.text, anchors)))
+
+    def error(self, document: Document, key: str, code: C, message: str, anchors: tuple[str, ...] = ()) -> None:
+        self._add("error", document, key, code, message, anchors)
+
+    def warn(self, document: Document, key: str, code: C, message: str, anchors: tuple[str, ...] = ()) -> None:
+        self._add("warning", document, key, code, message, anchors)
+
+    # typed getters: each records a problem and returns None on a bad value
+    def _str(self, document: Document, table: Mapping[str, Any], key: str, where: str) -> str | None:
+        value = table.get(key)
+        if not isinstance(value, str) or not value.strip():
+            self.error(document, where, C.BAD_VALUE, f"{key} must be a non-empty string", (_key(key),))
+            return None
+        return value
+
+    def _date(self, document: Document, doc: Mapping[str, Any], key: str) -> date | None:
+        value = doc.get(key)
+        if isinstance(value, datetime) or not isinstance(value, date):
+            self.error(document, key, C.BAD_VALUE, f"{key} must be a TOML date, e.g. 2026-04-01", (_key(key),))
+            return None
+        return value
+
+    def _id_list(self, document: Document, value: Any, where: str, anchors: tuple[str, ...]) -> list[str]:
+        if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+            self.error(document, where, C.BAD_VALUE, "must be a non-empty list of ids", anchors)
+            return []
+        return list(dict.fromkeys(value))
+
+    # the agreement
+    def agreement(self, document: Document) -> tuple[Agreement, list[Flow]] | None:
+        doc = document.doc
+        before = self._error_count()
+        for key in sorted(set(doc) - AGREEMENT_KEYS):
+            self.error(document, key, C.UNKNOWN_KEY, f"unknown setting {key!r}", (_key(key),))
+        for key in REQUIRED_KEYS:
+            if key not in doc:
+                self.error(document, key, C.MISSING_KEY, f"the agreement must say {key}")
+        if self._error_count() > before and "id" not in doc:
+            return None
+        agreement_id = self._str(document, doc, "id", "id")
+        if agreement_id is not None and not ID_RE.fullmatch(agreement_id):
+            self.error(document, "id", C.BAD_VALUE, "id must be lower-case letters, digits and '-'", (_key("id"),))
+            agreement_id = None
+        if agreement_id is None:
+            return None
+        stem = Path(document.path).stem
+        if document.path.endswith(".toml") and stem != agreement_id:
+            self.error(
+                document, "id", C.FILE_NAME_MISMATCH, f"the file must be named {agreement_id}.toml", (_key("id"),)
+            )
+        title = self._str(document, doc, "title", "title") or ""
+        purpose = self._str(document, doc, "purpose", "purpose") or ""
+        revision = doc.get("revision")
+        if not isinstance(revision, int) or isinstance(revision, bool) or revision < 1:
+            self.error(document, "revision", C.BAD_VALUE, "revision must be a positive integer", (_key("revision"),))
+            revision = 0
+        elif self.lock is not None and self.lock.get(agreement_id, 0) > revision:
+            self.error(
+                document,
+                "revision",
+                C.REVISION_DECREASED,
+                f"revision {revision} is below revision {self.lock[agreement_id]} recorded in {LOCK_FILE}; an "
+                "agreement's revision only goes up (a lower one may be a rolled-back, wider agreement)",
+                (_key("revision"),),
+            )
+        parties = self._id_list(document, doc.get("parties"), "parties", (_key("parties"),))
+        for party in parties:
+            if party not in self.registry.partners and party not in self.registry.consumers:
+                self.error(
+                    document,
+                    "parties",
+                    C.UNKNOWN_PARTY,
+                    f"party {party!r} is not in the registry (parties.toml)",
+                    (_key("parties"),),
+                )
+        basis = doc.get("lawful_basis")
+        if not isinstance(basis, list) or not basis or not all(isinstance(b, str) and b.strip() for b in basis):
+            self.error(
+                document,
+                "lawful_basis",
+                C.BAD_VALUE,
+                "lawful_basis must be a non-empty list of citations",
+                (_key("lawful_basis"),),
+            )
+            basis = []
+        valid_from = self._date(document, doc, "valid_from")
+        valid_to = self._date(document, doc, "valid_to")
+        review_by = self._date(document, doc, "review_by")
+        if valid_from and valid_to and valid_to < valid_from:
+            self.error(document, "valid_to", C.DATES_INCONSISTENT, "valid_to is before valid_from", (_key("valid_to"),))
+        if valid_from and review_by and review_by < valid_from:
+            self.error(
+                document, "review_by", C.DATES_INCONSISTENT, "review_by is before valid_from", (_key("review_by"),)
+            )
+        if valid_to and review_by and review_by > valid_to:
+            self.warn(
+                document,
+                "review_by",
+                C.DATES_INCONSISTENT,
+                "review_by is after valid_to: the agreement ends unreviewed",
+                (_key("review_by"),),
+            )
+        retention = doc.get("retention_days")
+        if not isinstance(retention, int) or isinstance(retention, bool) or not 1 <= retention <= MAX_RETENTION_DAYS:
+            self.error(
+                document,
+                "retention_days",
+                C.BAD_VALUE,
+                f"retention_days must be an integer from 1 to {MAX_RETENTION_DAYS}",
+                (_key("retention_days"),),
+            )
+            retention = 0
+
+        bands = self._band_sets(document, doc.get("bands", {}))
+        groups = self._group_sets(document, doc.get("groups", {}))
+        rule_sets = self._rule_sets(document, doc.get("rule_sets", {}))
+
+        uses_pseudonyms = self._uses_pseudonyms(doc, rule_sets)
+        secret = self.secrets.get(agreement_id)
+        if uses_pseudonyms and secret is None:
+            # The engine refuses to start an agreement that pseudonymises without its own secret:
+            # a default or shared key would make pseudonyms linkable across agreements.
+            self.error(
+                document,
+                "",
+                C.SECRET_MISSING,
+                f"agreement {agreement_id} pseudonymises but no secret is loaded for it: add it to the "
+                f'secrets file ([pseudonym_secrets] {agreement_id} = "<hex>") or set '
+                f"SV_BROKER_SECRET_{agreement_id.upper().replace('-', '_')}",
+                (r'\baction\s*=\s*"pseudonymise"',),
+            )
+        elif uses_pseudonyms and secret is not None and len(secret) < MIN_SECRET_BYTES:
+            self.error(
+                document,
+                "",
+                C.SECRET_WEAK,
+                f"the secret for {agreement_id} is {len(secret)} bytes; at least {MIN_SECRET_BYTES} are required",
+            )
+
+        agreement = Agreement(
+            id=agreement_id,
+            title=title,
+            revision=revision,
+            parties=tuple(parties),
+            purpose=purpose,
+            lawful_basis=tuple(basis),
+            valid_from=valid_from or date.min,
+            valid_to=valid_to or date.min,
+            review_by=review_by or date.min,
+            retention_days=retention,
+            path=document.path,
+            pseudonymises=uses_pseudonyms,
+        )
+        flows = self._flows(document, agreement, set(parties), bands, groups, rule_sets, secret)
+        self._unused(document, doc, flows)
+        if self._error_count() > before:
+            return None
+        return agreement, flows
+
+    def _error_count(self) -> int:
+        return sum(1 for p in self.problems if p.severity == "error")
+
+    def _band_sets(self, document: Document, table: Any) -> dict[str, tuple[Band, ...]]:
+        out: dict[str, tuple[Band, ...]] = {}
+        if not isinstance(table, dict):
+            self.error(document, "bands", C.BAD_BAND, "bands must be a table of name = [labels]", (_key("bands"),))
+            return out
+        for name, labels in table.items():
+            try:
+                out[name] = parse_bands(labels, f"bands.{name}")
+            except SpecError as exc:
+                self.error(document, exc.key, exc.code, exc.message, (r"(?m)^\s*\[bands\]", _key(name)))
+        return out
+
+    def _group_sets(self, document: Document, table: Any) -> dict[str, dict[str, str]]:
+        out: dict[str, dict[str, str]] = {}
+        if not isinstance(table, dict):
+            self.error(document, "groups", C.BAD_GROUP, "groups must be a table of group sets", (_key("groups"),))
+            return out
+        for name, groups in table.items():
+            try:
+                out[name] = parse_groups(groups, f"groups.{name}")
+            except SpecError as exc:
+                self.error(document, exc.key, exc.code, exc.message, (rf"\[groups\.{re.escape(name)}\]",))
+        return out
+
+    def _rule_sets(self, document: Document, table: Any) -> dict[str, list[_RuleSource]]:
+        out: dict[str, list[_RuleSource]] = {}
+        if not isinstance(table, dict):
+            self.error(document, "rule_sets", C.BAD_VALUE, "rule_sets must be a table of name = [rules]")
+            return out
+        for name, rules in table.items():
+            if not isinstance(rules, list) or not rules:
+                self.error(document, f"rule_sets.{name}", C.BAD_VALUE, "a rule set must be a non-empty list of rules")
+                continue
+            out[name] = [
+                _RuleSource(rule, self._rule_key(f"rule_sets.{name}", i, rule), (_key(name), *self._rule_anchor(rule)))
+                for i, rule in enumerate(rules)
+            ]
+        return out
+
+    @staticmethod
+    def _rule_key(prefix: str, index: int, rule: Any) -> str:
+        rid = rule.get("id") if isinstance(rule, dict) else None
+        return f"{prefix}[{rid!r}]" if isinstance(rid, str) else f"{prefix}[{index}]"
+
+    @staticmethod
+    def _rule_anchor(rule: Any) -> tuple[str, ...]:
+        rid = rule.get("id") if isinstance(rule, dict) else None
+        return (_kv("id", rid),) if isinstance(rid, str) else ()
+
+    @staticmethod
+    def _uses_pseudonyms(doc: Mapping[str, Any], rule_sets: Mapping[str, list[_RuleSource]]) -> bool:
+        return uses_pseudonyms(doc)
+
+    def _flows(
+        self,
+        document: Document,
+        agreement: Agreement,
+        parties: set[str],
+        bands: Mapping[str, tuple[Band, ...]],
+        groups: Mapping[str, dict[str, str]],
+        rule_sets: Mapping[str, list[_RuleSource]],
+        secret: bytes | None,
+    ) -> list[Flow]:
+        flows_raw = document.doc.get("flows")
+        if not isinstance(flows_raw, list) or not flows_raw:
+            if "flows" in document.doc:
+                self.error(document, "flows", C.BAD_VALUE, "flows must be one or more [[flows]] tables")
+            return []
+        flows: list[Flow] = []
+        flow_ids: set[str] = set()
+        rule_ids: dict[str, str] = {}  # rule id -> key of its declaration
+        for declared in rule_sets.values():
+            for source in declared:
+                self._note_rule_id(document, source, rule_ids)
+        taken: dict[tuple[str, str, int, str], str] = {}  # (partner, type, version, consumer) -> flow id
+        for index, raw in enumerate(flows_raw):
+            fid = raw.get("id") if isinstance(raw, dict) else None
+            where = f"flows[{fid!r}]" if isinstance(fid, str) else f"flows[{index}]"
+            anchors: tuple[str, ...] = (_kv("id", fid),) if isinstance(fid, str) else (r"\[\[flows\]\]",) * (index + 1)
+            if not isinstance(raw, dict):
+                self.error(document, where, C.BAD_VALUE, "a flow must be a table")
+                continue
+            errors_before = self._error_count()
+            for key in sorted(set(raw) - FLOW_KEYS):
+                self.error(document, f"{where}.{key}", C.UNKNOWN_KEY, f"unknown flow setting {key!r}", anchors)
+            flow_id = self._str(document, raw, "id", f"{where}.id")
+            if flow_id is not None:
+                if not ID_RE.fullmatch(flow_id):
+                    self.error(document, f"{where}.id", C.BAD_VALUE, "a flow id is lower-case letters, digits, '-'")
+                if flow_id in flow_ids:
+                    self.error(document, f"{where}.id", C.DUPLICATE_ID, f"flow id {flow_id!r} is used twice", anchors)
+                flow_ids.add(flow_id)
+            event_type = raw.get("event_type")
+            if not isinstance(event_type, str) or event_type not in EVENT_TYPES:
+                self.error(
+                    document,
+                    f"{where}.event_type",
+                    C.UNKNOWN_EVENT_TYPE,
+                    f"event_type {event_type!r} is not one of {sorted(EVENT_TYPES)}",
+                    anchors,
+                )
+                event_type = None
+            versions_raw = raw.get("versions")
+            versions: list[int] = []
+            if (
+                not isinstance(versions_raw, list)
+                or not versions_raw
+                or not all(isinstance(v, int) and not isinstance(v, bool) for v in versions_raw)
+            ):
+                self.error(document, f"{where}.versions", C.BAD_VALUE, "versions must be a list like [1]", anchors)
+            elif event_type is not None:
+                for v in dict.fromkeys(versions_raw):
+                    if (event_type, v) in EVENT_MODELS:
+                        versions.append(v)
+                    else:
+                        self.error(
+                            document,
+                            f"{where}.versions",
+                            C.UNKNOWN_EVENT_VERSION,
+                            f"there is no schema for {event_type} version {v}",
+                            anchors,
+                        )
+            partners = self._id_list(document, raw.get("partners"), f"{where}.partners", anchors)
+            for partner in partners:
+                known = self.registry.partners.get(partner)
+                if known is None:
+                    hint = " (it is a consumer)" if partner in self.registry.consumers else ""
+                    self.error(
+                        document,
+                        f"{where}.partners",
+                        C.UNKNOWN_PARTY,
+                        f"partner {partner!r} is not a registered partner{hint}",
+                        anchors,
+                    )
+                    continue
+                if partner not in parties:
+                    self.error(
+                        document,
+                        f"{where}.partners",
+                        C.PARTY_NOT_IN_AGREEMENT,
+                        f"partner {partner!r} is not listed in the agreement's parties",
+                        anchors,
+                    )
+                if event_type is not None and event_type not in known.event_types:
+                    self.error(
+                        document,
+                        f"{where}.partners",
+                        C.PARTNER_CANNOT_SEND,
+                        f"partner {partner!r} is not registered to send {event_type}",
+                        anchors,
+                    )
+            consumers = self._id_list(document, raw.get("consumers"), f"{where}.consumers", anchors)
+            for consumer in consumers:
+                if consumer not in self.registry.consumers:
+                    hint = " (it is a partner)" if consumer in self.registry.partners else ""
+                    self.error(
+                        document,
+                        f"{where}.consumers",
+                        C.UNKNOWN_PARTY,
+                        f"consumer {consumer!r} is not a registered consumer{hint}",
+                        anchors,
+                    )
+                elif consumer not in parties:
+                    self.error(
+                        document,
+                        f"{where}.consumers",
+                        C.PARTY_NOT_IN_AGREEMENT,
+                        f"consumer {consumer!r} is not listed in the agreement's parties",
+                        anchors,
+                    )
+            # Rules: inline or a named rule set, never both (which would win is not obvious).
+            sources: list[_RuleSource] = []
+            if ("rules" in raw) == ("rule_set" in raw):
+                self.error(
+                    document, where, C.BAD_VALUE, "a flow needs exactly one of rules = [...] or rule_set", anchors
+                )
+            elif "rule_set" in raw:
+                set_name = raw["rule_set"]
+                if not isinstance(set_name, str) or set_name not in rule_sets:
+                    self.error(
+                        document,
+                        f"{where}.rule_set",
+                        C.UNKNOWN_RULE_SET,
+                        f"no rule set {set_name!r} in [rule_sets]",
+                        anchors,
+                    )
+                else:
+                    sources = rule_sets[set_name]
+            elif not isinstance(raw["rules"], list) or not raw["rules"]:
+                self.error(document, f"{where}.rules", C.BAD_VALUE, "rules must be a non-empty list", anchors)
+            else:
+                sources = [
+                    _RuleSource(r, self._rule_key(f"{where}.rules", i, r), (*anchors, *self._rule_anchor(r)))
+                    for i, r in enumerate(raw["rules"])
+                ]
+                for source in sources:
+                    self._note_rule_id(document, source, rule_ids)
+            when = raw.get("when", [])
+            if not isinstance(when, list):
+                self.error(document, f"{where}.when", C.BAD_CONDITION, "when must be a list of conditions", anchors)
+                when = []
+
+            conditions: list[CompiledCondition] = []
+            rules: list[CompiledRule] = []
+            for version in versions:
+                assert event_type is not None
+                fields = SCHEMA_FIELDS[(event_type, version)]
+                conditions = self._conditions(document, when, fields, where, anchors)
+                rules = self._rules(document, agreement, sources, fields, bands, groups, secret, where)
+            if self._error_count() > errors_before or flow_id is None or event_type is None:
+                continue
+            for partner in partners:
+                for version in versions:
+                    for consumer in consumers:
+                        slot = (partner, event_type, version, consumer)
+                        if slot in taken:
+                            # Two releases with one record id (record ids do not include the flow),
+                            # and an IG lead could not tell which rules applied.
+                            self.error(
+                                document,
+                                f"{where}.consumers",
+                                C.CONSUMER_IN_TWO_FLOWS,
+                                f"consumer {consumer!r} already receives {event_type} v{version} from {partner} "
+                                f"in flow {taken[slot]!r}; one flow per consumer per partner and event",
+                                anchors,
+                            )
+                        taken[slot] = flow_id
+            flows.append(
+                finish_flow(
+                    Flow(
+                        agreement=agreement,
+                        id=flow_id,
+                        index=index,
+                        partners=frozenset(partners),
+                        event_type=event_type,
+                        versions=frozenset(versions),
+                        consumers=tuple(consumers),
+                        conditions=tuple(conditions),
+                        rules=tuple(rules),
+                    )
+                )
+            )
+        return flows
+
+    def _note_rule_id(self, document: Document, source: _RuleSource, rule_ids: dict[str, str]) -> None:
+        rid = source.table.get("id") if isinstance(source.table, dict) else None
+        if not isinstance(rid, str):
+            return
+        if rid in rule_ids and rule_ids[rid] != source.key:
+            self.error(
+                document,
+                source.key,
+                C.DUPLICATE_ID,
+                f"rule id {rid!r} is also used at {rule_ids[rid]}; rule ids name one rule each in the decision",
+                source.anchors,
+            )
+        rule_ids.setdefault(rid, source.key)
+
+    def _conditions(
+        self,
+        document: Document,
+        when: list[Any],
+        fields: Mapping[str, FieldSpec],
+        where: str,
+        anchors: tuple[str, ...],
+    ) -> list[CompiledCondition]:
+        out: list[CompiledCondition] = []
+        for i, table in enumerate(when):
+            key = f"{where}.when[{i}]"
+            field = table.get("field") if isinstance(table, dict) else None
+            cond_anchors = (*anchors, r"\bwhen\s*=", *((_kv("field", field),) if isinstance(field, str) else ()))
+            try:
+                out.append(compile_condition(table, fields, key))
+            except SpecError as exc:
+                self.error(document, exc.key or key, exc.code, exc.message, cond_anchors)
+        return out
+
+    def _rules(
+        self,
+        document: Document,
+        agreement: Agreement,
+        sources: list[_RuleSource],
+        fields: Mapping[str, FieldSpec],
+        bands: Mapping[str, tuple[Band, ...]],
+        groups: Mapping[str, dict[str, str]],
+        secret: bytes | None,
+        where: str,
+    ) -> list[CompiledRule]:
+        out: list[CompiledRule] = []
+        outputs: dict[str, str] = {}
+        for source in sources:
+            try:
+                rule = self._rule(agreement, source, fields, bands, groups, secret)
+            except SpecError as exc:
+                self.error(document, f"{source.key}{exc.key}", exc.code, exc.message, source.anchors)
+                continue
+            if rule.output in outputs:
+                self.error(
+                    document,
+                    f"{source.key}.as",
+                    C.DUPLICATE_OUTPUT,
+                    f"rules {outputs[rule.output]!r} and {rule.id!r} both release {rule.output!r} in {where}",
+                    source.anchors,
+                )
+                continue
+            outputs[rule.output] = rule.id
+            out.append(rule)
+        return out
+
+    @staticmethod
+    def _rule(
+        agreement: Agreement,
+        source: _RuleSource,
+        fields: Mapping[str, FieldSpec],
+        bands: Mapping[str, tuple[Band, ...]],
+        groups: Mapping[str, dict[str, str]],
+        secret: bytes | None,
+    ) -> CompiledRule:
+        table = source.table
+        if not isinstance(table, dict):
+            raise SpecError(C.BAD_VALUE, "a rule must be a table { id = ..., field = ..., action = ... }")
+        unknown = sorted(set(table) - RULE_KEYS)
+        if unknown:
+            raise SpecError(C.UNKNOWN_KEY, f"unknown rule setting(s) {unknown}")
+        rid = table.get("id")
+        if not isinstance(rid, str) or not ID_RE.fullmatch(rid):
+            raise SpecError(C.BAD_VALUE, 'a rule needs id = "<lower-case-id>" (it names the rule in decisions)', ".id")
+        name = table.get("field")
+        if not isinstance(name, str):
+            raise SpecError(C.BAD_VALUE, 'a rule needs field = "<event field>"', ".field")
+        action_raw = table.get("action")
+        if name.lower() in DIRECT_IDENTIFIER_FIELDS:
+            # A direct identifier is never released in any form (DOMAIN.md; PCSC Act 2022 s.16 does
+            # not cover patient data). The contract refuses such events, so this is belt and braces
+            # against an agreement written for an export that should never reach the broker.
+            raise SpecError(
+                C.DIRECT_IDENTIFIER,
+                f"{name!r} is a direct identifier and may not be named as {action_raw!r} (or at all)",
+                ".field",
+            )
+        spec = fields.get(name)
+        if spec is None:
+            raise SpecError(C.UNKNOWN_FIELD, f"the event has no field {name!r}", ".field")
+        output = table.get("as", name)
+        if not isinstance(output, str) or not OUTPUT_RE.fullmatch(output):
+            raise SpecError(C.BAD_VALUE, "as must be a lower_snake_case field name", ".as")
+        if output.lower() in DIRECT_IDENTIFIER_FIELDS:
+            raise SpecError(C.DIRECT_IDENTIFIER, f"output name {output!r} reads as a direct identifier", ".as")
+        reason = table.get("reason")
+        if reason is not None and (not isinstance(reason, str) or not reason.strip()):
+            raise SpecError(C.BAD_VALUE, "reason must be a sentence", ".reason")
+        try:
+            action = Action(str(action_raw))
+        except ValueError:
+            raise SpecError(
+                C.UNKNOWN_TRANSFORM, f"action {action_raw!r} is not one of {[a.value for a in Action]}", ".action"
+            ) from None
+        if action is not Action.GENERALISE:
+            extra = sorted({"to", "bands", "groups"} & set(table))
+            if extra:
+                raise SpecError(C.BAD_VALUE, f'{extra} only go with action = "generalise"', f".{extra[0]}")
+        if action is Action.KEEP:
+            if spec.kind in NEEDS_REASON and reason is None:
+                raise SpecError(
+                    C.REASON_REQUIRED,
+                    f'{name!r} is {spec.kind} (a quasi-identifier); keeping it needs reason = "..." saying why',
+                    ".reason",
+                )
+            return CompiledRule(rid, name, output, action, compile_keep(spec), reason=reason)
+        if action is Action.PSEUDONYMISE:
+            if spec.kind not in PSEUDONYMISABLE:
+                raise SpecError(
+                    C.TRANSFORM_TYPE_MISMATCH,
+                    f"pseudonymise does not fit {name!r} ({spec.kind}); it fits "
+                    f"{sorted(k.value for k in PSEUDONYMISABLE)} fields",
+                    ".action",
+                )
+            if secret is None:
+                # SECRET_MISSING is reported once for the agreement, which is then not started; the
+                # rule is never compiled with a default key.
+                return CompiledRule(rid, name, output, action, _no_secret, reason=reason)
+            return CompiledRule(
+                rid, name, output, action, compile_pseudonymise(spec, secret, agreement.id), reason=reason
+            )
+        to = table.get("to")
+        try:
+            form = Form(str(to))
+        except ValueError:
+            raise SpecError(
+                C.UNKNOWN_TRANSFORM, f"generalise to {to!r} is not one of {[f.value for f in Form]}", ".to"
+            ) from None
+        fitting = FORMS_FOR_KIND.get(spec.kind, frozenset())
+        if form not in fitting:
+            fits = ", ".join(sorted(f.value for f in fitting)) or "nothing (keep, pseudonymise or drop it)"
+            raise SpecError(
+                C.TRANSFORM_TYPE_MISMATCH,
+                f"generalise to {form.value!r} does not fit {name!r} ({spec.kind}); it fits: {fits}",
+                ".to",
+            )
+        if form is Form.LSOA and reason is None:
+            raise SpecError(C.REASON_REQUIRED, 'releasing an LSOA needs reason = "..." saying why', ".reason")
+        if form is Form.BAND:
+            set_name = table.get("bands")
+            if not isinstance(set_name, str) or set_name not in bands:
+                raise SpecError(C.UNKNOWN_BAND_SET, f"bands = {set_name!r} names no set in [bands]", ".bands")
+            apply = compile_generalise(form, spec, bands=bands[set_name])
+            return CompiledRule(rid, name, output, action, apply, form, set_name, reason)
+        if "bands" in table:
+            raise SpecError(C.BAD_VALUE, 'bands only goes with to = "band"', ".bands")
+        if form is Form.GROUP:
+            set_name = table.get("groups")
+            if not isinstance(set_name, str) or set_name not in groups:
+                raise SpecError(C.UNKNOWN_GROUP_SET, f"groups = {set_name!r} names no set in [groups]", ".groups")
+            check_groups_fit(groups[set_name], spec, set_name, ".groups")
+            apply = compile_generalise(form, spec, groups=groups[set_name])
+            return CompiledRule(rid, name, output, action, apply, form, set_name, reason)
+        if "groups" in table:
+            raise SpecError(C.BAD_VALUE, 'groups only goes with to = "group"', ".groups")
+        return CompiledRule(rid, name, output, action, compile_generalise(form, spec), form, None, reason)
+
+    def _unused(self, document: Document, doc: Mapping[str, Any], flows: list[Flow]) -> None:
+        used_bands = {r.detail for f in flows for r in f.rules if r.form is Form.BAND}
+        used_groups = {r.detail for f in flows for r in f.rules if r.form is Form.GROUP}
+        used_sets = {
+            f.get("rule_set")
+            for f in doc.get("flows", [])
+            if isinstance(f, dict) and isinstance(f.get("rule_set"), str)
+        }
+        for section, used in (("bands", used_bands), ("groups", used_groups), ("rule_sets", used_sets)):
+            table = doc.get(section, {})
+            for name in table if isinstance(table, dict) else {}:
+                if name not in used:
+                    self.warn(document, f"{section}.{name}", C.UNUSED, f"{section} entry {name!r} is used by no flow")
+
+
+def uses_pseudonyms(doc: Mapping[str, Any]) -> bool:
+    """Whether an agreement document has any pseudonymise rule (and so needs a secret)."""
+    tables: list[Any] = []
+    rule_sets = doc.get("rule_sets")
+    for rules in rule_sets.values() if isinstance(rule_sets, dict) else []:
+        tables.extend(rules if isinstance(rules, list) else [])
+    flows = doc.get("flows")
+    for flow in flows if isinstance(flows, list) else []:
+        if isinstance(flow, dict) and isinstance(flow.get("rules"), list):
+            tables.extend(flow["rules"])
+    return any(isinstance(t, dict) and t.get("action") == Action.PSEUDONYMISE.value for t in tables)
+
+
+def _no_secret(value: Any) -> None:
+    raise RuntimeError("an agreement without its pseudonymisation secret is never started")
+
+
+def compile_policy(
+    documents: Iterable[Document],
+    registry: Registry,
+    secrets: Mapping[str, bytes],
+    lock: Mapping[str, int] | None = None,
+) -> tuple[PolicySet, list[Problem]]:
+    """Compile every document; agreements with errors are left out of the set and reported."""
+    compiler = _Compiler(registry, secrets, lock)
+    agreements: dict[str, Agreement] = {}
+    flows: list[Flow] = []
+    seen: dict[str, str] = {}
+    for document in documents:
+        agreement_id = document.doc.get("id")
+        if isinstance(agreement_id, str) and agreement_id in seen:
+            compiler.error(
+                document,
+                "id",
+                C.DUPLICATE_AGREEMENT,
+                f"agreement {agreement_id} is also defined in {seen[agreement_id]}",
+                (_key("id"),),
+            )
+            continue
+        if isinstance(agreement_id, str):
+            seen[agreement_id] = document.path
+        result = compiler.agreement(document)
+        if result is not None:
+            agreement, agreement_flows = result
+            agreements[agreement.id] = agreement
+            flows.extend(agreement_flows)
+    # One secret per agreement: two agreements sharing a key is a configuration slip that the
+    # HMAC message's agreement id would still contain, but it defeats key separation, so refuse.
+    by_secret: dict[bytes, str] = {}
+    for agreement in agreements.values():
+        secret = secrets.get(agreement.id)
+        if agreement.pseudonymises and secret is not None:
+            if secret in by_secret:
+                compiler.problems.append(
+                    Problem(
+                        "error",
+                        agreement.path,
+                        "",
+                        C.SECRET_REUSED,
+                        f"agreements {by_secret[secret]} and {agreement.id} have the same secret; each needs its own",
+                    )
+                )
+            by_secret.setdefault(secret, agreement.id)
+    problems = list(dict.fromkeys(compiler.problems))
+    return _policy_set(agreements, flows, registry), problems
+
+
+def _policy_set(agreements: Mapping[str, Agreement], flows: list[Flow], registry: Registry) -> PolicySet:
+    ordered = tuple(sorted(flows, key=lambda f: (f.agreement.id, f.index)))
+    keys: set[PlanKey] = set()
+    for partner in registry.partners.values():
+        for event_type, version in EVENT_MODELS:
+            if event_type in partner.event_types:
+                keys.add((partner.id, event_type, version))
+    for flow in ordered:
+        keys.update((p, flow.event_type, v) for p in flow.partners for v in flow.versions)
+    return PolicySet(
+        agreements=dict(agreements),
+        flows=ordered,
+        plans={key: build_plan(ordered, key) for key in sorted(keys)},
+        consumers_in_flows=frozenset(c for f in ordered for c in f.consumers),
+    )
+
+
+def _raise_on_errors(problems: list[Problem]) -> None:
+    errors = [p for p in problems if p.severity == "error"]
+    if errors:
+        raise PolicyError(errors[0], errors)
+
+
+def build_policy(
+    documents: Iterable[Document | tuple[str, Mapping[str, Any]]],
+    registry: Registry,
+    secrets: Mapping[str, bytes],
+    lock: Mapping[str, int] | None = None,
+) -> PolicySet:
+    """Compile in-memory agreement documents (tests, tools); raises :class:`PolicyError` on any error."""
+    docs = [d if isinstance(d, Document) else Document(d[0], dict(d[1])) for d in documents]
+    policy, problems = compile_policy(docs, registry, secrets, lock)
+    _raise_on_errors(problems)
+    return policy
+
+
+def load_policy(policy_dir: Path, registry: Registry, secrets: Mapping[str, bytes]) -> PolicySet:
+    """Load ``policy_dir/agreements/*.toml`` (checked against ``policy_dir/revisions.lock`` when
+    present) and compile them; raises :class:`PolicyError` on any error, so the broker does not
+    start on agreements it cannot apply exactly as written."""
+    documents, problems = read_documents(policy_dir)
+    lock, lock_problems = read_lock(policy_dir)
+    policy, compile_problems = compile_policy(documents, registry, secrets, lock)
+    _raise_on_errors([*problems, *lock_problems, *compile_problems])
+    return policy

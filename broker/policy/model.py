@@ -1,0 +1,475 @@
+"""What a data sharing agreement says, in the compiled form the engine runs.
+
+An agreement file (``policies/agreements/<id>.toml``, read by ``loader.py``) becomes an
+:class:`Agreement` and its :class:`Flow` s; every rule and row condition is compiled at load into a
+small callable, and flows are indexed by (partner, event type, version) into :class:`Plan` s, so
+``engine.decide`` does no parsing, no lookups by name and no type checks on the hot path.
+
+Schema field *kinds* (:func:`schema_fields`) are derived from the event models themselves, so the
+lint's "does this transform fit this field" check can never drift from the wire contract.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from dataclasses import field as dc_field
+from datetime import date, datetime, time, timedelta
+from enum import StrEnum
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from pydantic import AwareDatetime, StringConstraints
+
+from broker.policy.decision import Refusal
+from schemas.events import EVENT_MODELS, EventModel
+from schemas.events.common import District
+
+LONDON = ZoneInfo("Europe/London")
+"""Agreement dates and every time generalisation are read in UK local time: a "Friday night" or an
+agreement that "ends on 31 March" means what the signatories meant, across BST changes."""
+
+JsonValue = str | int | bool | list[str] | None
+"""What a released field may hold: plain JSON scalars, or a list of code strings."""
+
+LSOA_PATTERN = r"^E01\d{6}$"
+
+
+class FieldKind(StrEnum):
+    """The kind of an event field, which decides which transforms fit it."""
+
+    TEXT = "text"  # free text (unpatterned string): a quasi-identifier, released only with a reason
+    STRING = "string"  # a patterned code or reference (site code, URN, licence ref)
+    INT = "int"
+    BOOL = "bool"
+    DATE = "date"
+    DATETIME = "datetime"
+    CODE = "code"  # one value of a code list (StrEnum)
+    CODE_LIST = "code_list"  # a list of code-list values
+    DISTRICT = "district"  # a local authority GSS code
+    LSOA = "lsoa"  # an LSOA GSS code: small-area location, released only with a reason
+
+
+class Action(StrEnum):
+    KEEP = "keep"
+    GENERALISE = "generalise"
+    PSEUDONYMISE = "pseudonymise"
+
+
+class Form(StrEnum):
+    """The forms of ``generalise``."""
+
+    BAND = "band"  # integer (age, sessions) -> a band label declared in the agreement
+    WEEK = "week"  # date / date-time -> ISO week, "2026-W41"
+    MONTH = "month"  # -> "2026-10"
+    QUARTER = "quarter"  # -> "2026-Q4" (calendar quarter)
+    DAY_OF_WEEK = "day_of_week"  # -> "Friday"
+    HOUR = "hour"  # date-time -> local hour 0..23
+    DAY_PART = "day_part"  # date-time -> night / morning / afternoon / evening
+    NTE_PEAK = "nte_peak"  # date-time -> true in the strategy's Friday/Saturday 18:00-06:00 peak
+    DISTRICT = "district"  # location -> district GSS code
+    LSOA = "lsoa"  # location -> LSOA GSS code
+    GROUP = "group"  # code (or list of codes) -> group label(s) declared in the agreement
+
+
+FORMS_FOR_KIND: Mapping[FieldKind, frozenset[Form]] = {
+    FieldKind.INT: frozenset({Form.BAND}),
+    FieldKind.DATE: frozenset({Form.WEEK, Form.MONTH, Form.QUARTER, Form.DAY_OF_WEEK}),
+    FieldKind.DATETIME: frozenset(
+        {Form.WEEK, Form.MONTH, Form.QUARTER, Form.DAY_OF_WEEK, Form.HOUR, Form.DAY_PART, Form.NTE_PEAK}
+    ),
+    FieldKind.DISTRICT: frozenset({Form.DISTRICT}),
+    FieldKind.LSOA: frozenset({Form.LSOA}),
+    FieldKind.CODE: frozenset({Form.GROUP}),
+    FieldKind.CODE_LIST: frozenset({Form.GROUP}),
+}
+
+PSEUDONYMISABLE: frozenset[FieldKind] = frozenset({FieldKind.STRING, FieldKind.TEXT, FieldKind.INT, FieldKind.LSOA})
+"""Kinds a keyed pseudonym makes sense for: identifiers of things (a school, a premises) to link
+records within one agreement without naming them. A pseudonym of a date or a 4-value code would
+hide nothing useful and suggest a protection that is not there."""
+
+NEEDS_REASON: frozenset[FieldKind] = frozenset({FieldKind.TEXT, FieldKind.LSOA})
+"""Kinds that may leave as they are only if the rule names a reason: free text and small-area
+location are quasi-identifiers (DOMAIN.md, ECDS: "must be coarsened or dropped ... unless an
+agreement names a reason"; ICO Data Sharing Code: data minimisation)."""
+
+
+class RefusalReason(StrEnum):
+    """Stable codes for "this agreement released nothing here" (audit, explain, dashboards)."""
+
+    NO_AGREEMENT = "no_agreement"
+    NOT_YET_VALID = "not_yet_valid"
+    EXPIRED = "expired"
+    REVIEW_OVERDUE = "review_overdue"
+    ROW_CONDITION_FALSE = "row_condition_false"
+    PARTNER_NOT_IN_FLOW = "partner_not_in_flow"
+    VERSION_NOT_IN_FLOW = "version_not_in_flow"
+
+
+class CheckCode(StrEnum):
+    """Stable codes of the problems ``policy check`` (and ``load_policy``) report."""
+
+    # (ruff S105 reads the SECRET_* names as passwords; they are reason codes.)
+
+    # file / document shape
+    FILE_UNREADABLE = "file_unreadable"
+    INVALID_TOML = "invalid_toml"
+    MISSING_KEY = "missing_key"
+    UNKNOWN_KEY = "unknown_key"
+    BAD_VALUE = "bad_value"
+    FILE_NAME_MISMATCH = "file_name_mismatch"
+    DUPLICATE_AGREEMENT = "duplicate_agreement"
+    DATES_INCONSISTENT = "dates_inconsistent"
+    # parties and flows
+    UNKNOWN_PARTY = "unknown_party"
+    PARTY_NOT_IN_AGREEMENT = "party_not_in_agreement"
+    PARTNER_CANNOT_SEND = "partner_cannot_send"
+    UNKNOWN_EVENT_TYPE = "unknown_event_type"
+    UNKNOWN_EVENT_VERSION = "unknown_event_version"
+    CONSUMER_IN_TWO_FLOWS = "consumer_in_two_flows"
+    DUPLICATE_ID = "duplicate_id"
+    # rules
+    UNKNOWN_FIELD = "unknown_field"
+    DIRECT_IDENTIFIER = "direct_identifier"
+    TRANSFORM_TYPE_MISMATCH = "transform_type_mismatch"
+    UNKNOWN_TRANSFORM = "unknown_transform"
+    DUPLICATE_OUTPUT = "duplicate_output"
+    REASON_REQUIRED = "reason_required"
+    UNKNOWN_BAND_SET = "unknown_band_set"
+    BAD_BAND = "bad_band"
+    OVERLAPPING_BANDS = "overlapping_bands"
+    UNKNOWN_GROUP_SET = "unknown_group_set"
+    BAD_GROUP = "bad_group"
+    UNKNOWN_RULE_SET = "unknown_rule_set"
+    # row conditions
+    BAD_CONDITION = "bad_condition"
+    # secrets and revisions
+    SECRET_MISSING = "secret_missing"  # noqa: S105
+    SECRET_WEAK = "secret_weak"  # noqa: S105
+    SECRET_REUSED = "secret_reused"  # noqa: S105
+    REVISION_DECREASED = "revision_decreased"
+    LOCK_INVALID = "lock_invalid"
+    # warnings
+    EXPIRES_SOON = "expires_soon"
+    REVIEW_DUE_SOON = "review_due_soon"
+    EXPIRED = "expired"
+    REVIEW_OVERDUE = "review_overdue"
+    NOT_YET_VALID = "not_yet_valid"
+    REVISION_NOT_LOCKED = "revision_not_locked"
+    UNUSED = "unused"
+
+
+class SpecError(Exception):
+    """One problem in one item of an agreement, raised by the compile helpers and recorded by the
+    loader with the file and key path (so one bad rule does not hide the next)."""
+
+    def __init__(self, code: CheckCode, message: str, key: str = "") -> None:
+        super().__init__(f"{code.value}: {message}")
+        self.code = code
+        self.message = message
+        self.key = key
+
+
+# --- schema introspection -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FieldSpec:
+    name: str
+    kind: FieldKind
+    optional: bool
+    codes: frozenset[str] = frozenset()  # CODE / CODE_LIST / DISTRICT: the code list's values
+    python_type: type | None = None  # the StrEnum for codes, else the base type
+
+
+def _unwrap(annotation: Any) -> tuple[Any, list[Any], bool]:
+    """(base type, constraint metadata, optional) of a pydantic field annotation."""
+    optional = False
+    metadata: list[Any] = []
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        optional = len(args) != len(typing.get_args(annotation))
+        if len(args) != 1:
+            raise TypeError(f"unsupported union {annotation!r}")
+        annotation = args[0]
+    if typing.get_origin(annotation) is typing.Annotated:
+        annotation, *extra = typing.get_args(annotation)
+        metadata.extend(extra)
+    return annotation, metadata, optional
+
+
+def _kind_of(base: Any, metadata: list[Any]) -> tuple[FieldKind, frozenset[str], type | None]:
+    if base is AwareDatetime or base is datetime:
+        return FieldKind.DATETIME, frozenset(), datetime
+    if base is date:
+        return FieldKind.DATE, frozenset(), date
+    if base is bool:
+        return FieldKind.BOOL, frozenset(), bool
+    if base is int:
+        return FieldKind.INT, frozenset(), int
+    if isinstance(base, type) and issubclass(base, StrEnum):
+        kind = FieldKind.DISTRICT if issubclass(base, District) else FieldKind.CODE
+        return kind, frozenset(m.value for m in base), base
+    if typing.get_origin(base) is list:
+        (item,) = typing.get_args(base)
+        if isinstance(item, type) and issubclass(item, StrEnum):
+            return FieldKind.CODE_LIST, frozenset(m.value for m in item), item
+    if base is str:
+        patterns = [m.pattern for m in metadata if isinstance(m, StringConstraints) and m.pattern]
+        if LSOA_PATTERN in patterns:
+            return FieldKind.LSOA, frozenset(), str
+        return (FieldKind.STRING if patterns else FieldKind.TEXT), frozenset(), str
+    raise TypeError(f"no policy field kind for {base!r}")
+
+
+def schema_fields(model: type[EventModel]) -> dict[str, FieldSpec]:
+    """Every field of an event model with its policy kind."""
+    out: dict[str, FieldSpec] = {}
+    for name, info in model.model_fields.items():
+        base, metadata, optional = _unwrap(info.annotation)
+        metadata = [*info.metadata, *metadata]
+        kind, codes, python_type = _kind_of(base, metadata)
+        out[name] = FieldSpec(name, kind, optional or not info.is_required(), codes, python_type)
+    return out
+
+
+SCHEMA_FIELDS: Mapping[tuple[str, int], Mapping[str, FieldSpec]] = {
+    key: schema_fields(model) for key, model in EVENT_MODELS.items()
+}
+
+
+# --- compiled agreements ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Band:
+    label: str
+    low: int
+    high: int | None  # None: open-ended ("65+")
+
+    def contains(self, value: int) -> bool:
+        return value >= self.low and (self.high is None or value <= self.high)
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRule:
+    id: str
+    field: str  # source field in the event
+    output: str  # field name in the released record
+    action: Action
+    apply: Callable[[Any], JsonValue] = dc_field(repr=False, compare=False)
+    form: Form | None = None
+    detail: str | None = None  # band set / group set name
+    reason: str | None = None
+
+    def describe(self) -> str:
+        if self.action is Action.KEEP:
+            return "keep"
+        if self.action is Action.PSEUDONYMISE:
+            return "pseudonymise (keyed HMAC-SHA256, this agreement's secret)"
+        suffix = f" ({self.detail})" if self.detail else ""
+        return f"generalise to {self.form}{suffix}"
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledCondition:
+    field: str
+    op: str
+    text: str  # for people: "pupil_age between 11 and 17"
+    test: Callable[[EventModel], bool] = dc_field(repr=False, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Agreement:
+    id: str
+    title: str
+    revision: int
+    parties: tuple[str, ...]
+    purpose: str
+    lawful_basis: tuple[str, ...]
+    valid_from: date
+    valid_to: date
+    review_by: date
+    retention_days: int
+    path: str
+    pseudonymises: bool = False
+
+    # The window in absolute time, computed once: valid from the start of ``valid_from`` to the
+    # end of ``valid_to`` (inclusive days, UK local time); review overdue from the day after.
+    @property
+    def starts(self) -> datetime:
+        return local_midnight(self.valid_from)
+
+    @property
+    def ends(self) -> datetime:
+        return local_midnight(self.valid_to + timedelta(days=1))
+
+    @property
+    def review_due(self) -> datetime:
+        return local_midnight(self.review_by + timedelta(days=1))
+
+    def state(self, now: datetime) -> RefusalReason | None:
+        """Why this agreement releases nothing at ``now``, or None when it is in force."""
+        if now < self.starts:
+            return RefusalReason.NOT_YET_VALID
+        if now >= self.ends:
+            return RefusalReason.EXPIRED
+        if now >= self.review_due:
+            # ICO Data Sharing Code: an agreement past its review date is not being governed;
+            # fail closed until the partnership reviews it and bumps the revision.
+            return RefusalReason.REVIEW_OVERDUE
+        return None
+
+
+def local_midnight(day: date) -> datetime:
+    return datetime.combine(day, time(0, 0), tzinfo=LONDON)
+
+
+@dataclass(frozen=True, slots=True)
+class Flow:
+    agreement: Agreement
+    id: str
+    index: int  # position in the file, for messages
+    partners: frozenset[str]
+    event_type: str
+    versions: frozenset[int]
+    consumers: tuple[str, ...]
+    conditions: tuple[CompiledCondition, ...]
+    rules: tuple[CompiledRule, ...]  # sorted by output name
+    # Precomputed so ``decide`` allocates nothing but the records themselves.
+    fields: tuple[str, ...] = ()
+    rule_ids: tuple[str, ...] = ()
+    steps: tuple[tuple[str, str, Callable[[Any], JsonValue]], ...] = dc_field(default=(), repr=False, compare=False)
+    starts: datetime = dc_field(default=datetime.min, repr=False, compare=False)
+    ends: datetime = dc_field(default=datetime.max, repr=False, compare=False)
+    review_due: datetime = dc_field(default=datetime.max, repr=False, compare=False)
+    window_refusals: Mapping[RefusalReason, tuple[Refusal, ...]] = dc_field(default_factory=dict, repr=False)
+    condition_refusals: tuple[tuple[Refusal, ...], ...] = dc_field(default=(), repr=False)
+
+
+def finish_flow(flow: Flow) -> Flow:
+    """Fill in a flow's precomputed parts (sorted fields, steps, refusals)."""
+    ag = flow.agreement
+    rules = tuple(sorted(flow.rules, key=lambda r: r.output))
+
+    def refusals(reason: RefusalReason, message: str) -> tuple[Refusal, ...]:
+        return tuple(Refusal(reason.value, message, ag.id, consumer) for consumer in flow.consumers)
+
+    windows = {
+        RefusalReason.NOT_YET_VALID: refusals(
+            RefusalReason.NOT_YET_VALID, f"Agreement {ag.id} r{ag.revision} is not valid until {ag.valid_from}."
+        ),
+        RefusalReason.EXPIRED: refusals(
+            RefusalReason.EXPIRED, f"Agreement {ag.id} r{ag.revision} expired at the end of {ag.valid_to}."
+        ),
+        RefusalReason.REVIEW_OVERDUE: refusals(
+            RefusalReason.REVIEW_OVERDUE,
+            f"Agreement {ag.id} r{ag.revision} was due for review by {ag.review_by}; nothing is released "
+            "until it is reviewed.",
+        ),
+    }
+    conditions = tuple(
+        refusals(
+            RefusalReason.ROW_CONDITION_FALSE,
+            f"Flow {flow.id!r} of agreement {ag.id} releases only when {cond.text}; this event does not match.",
+        )
+        for cond in flow.conditions
+    )
+    return Flow(
+        agreement=ag,
+        id=flow.id,
+        index=flow.index,
+        partners=flow.partners,
+        event_type=flow.event_type,
+        versions=flow.versions,
+        consumers=flow.consumers,
+        conditions=flow.conditions,
+        rules=rules,
+        fields=tuple(r.output for r in rules),
+        rule_ids=tuple(r.id for r in rules),
+        steps=tuple((r.field, r.output, r.apply) for r in rules),
+        starts=ag.starts,
+        ends=ag.ends,
+        review_due=ag.review_due,
+        window_refusals=windows,
+        condition_refusals=conditions,
+    )
+
+
+PlanKey = tuple[str, str, int]  # (partner, event type, version)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Everything ``decide`` needs for one (partner, event type, version)."""
+
+    flows: tuple[Flow, ...]
+    refusals: tuple[Refusal, ...]  # static: agreements that cover the type but not this partner/version
+
+
+def build_plan(flows: tuple[Flow, ...], key: PlanKey) -> Plan:
+    partner, event_type, version = key
+    matching: list[Flow] = []
+    refusals: list[Refusal] = []
+    by_agreement: dict[str, list[Flow]] = {}
+    for flow in flows:
+        if flow.event_type == event_type:
+            by_agreement.setdefault(flow.agreement.id, []).append(flow)
+    for agreement_id in sorted(by_agreement):
+        ag_flows = by_agreement[agreement_id]
+        hits = [f for f in ag_flows if partner in f.partners and version in f.versions]
+        if hits:
+            matching.extend(hits)
+        elif any(partner in f.partners for f in ag_flows):
+            versions = sorted({v for f in ag_flows if partner in f.partners for v in f.versions})
+            refusals.append(
+                Refusal(
+                    RefusalReason.VERSION_NOT_IN_FLOW.value,
+                    f"Agreement {agreement_id} covers {event_type} from {partner} only in version(s) "
+                    f"{', '.join(map(str, versions))}, not v{version}.",
+                    agreement_id,
+                )
+            )
+        else:
+            refusals.append(
+                Refusal(
+                    RefusalReason.PARTNER_NOT_IN_FLOW.value,
+                    f"Agreement {agreement_id} covers {event_type} but not from {partner}.",
+                    agreement_id,
+                )
+            )
+    if not by_agreement:
+        refusals.append(
+            Refusal(
+                RefusalReason.NO_AGREEMENT.value,
+                f"No agreement has a flow for {event_type} v{version} from {partner}; nothing is released.",
+            )
+        )
+    return Plan(tuple(matching), tuple(refusals))
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySet:
+    """The loaded, compiled agreements: immutable, shared by every pipeline worker."""
+
+    agreements: Mapping[str, Agreement]
+    flows: tuple[Flow, ...]
+    plans: Mapping[PlanKey, Plan]
+    consumers_in_flows: frozenset[str]
+
+    def plan(self, partner: str, event_type: str, version: int) -> Plan:
+        key = (partner, event_type, version)
+        plan = self.plans.get(key)
+        # Keys not precomputed (a partner not registered for the type cannot get past verify, but
+        # the engine does not rely on that) are planned on the fly, same rules.
+        return plan if plan is not None else build_plan(self.flows, key)
+
+    def flow(self, agreement_id: str, flow_id: str) -> Flow | None:
+        for flow in self.flows:
+            if flow.agreement.id == agreement_id and flow.id == flow_id:
+                return flow
+        return None

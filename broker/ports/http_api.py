@@ -1,0 +1,110 @@
+"""HTTP: partner ingest (embedded mode, or beside RabbitMQ), health and readiness (aiohttp)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from broker.logs import get_logger
+from broker.pipeline import Pipeline
+from broker.stages.outcome import Inbound, Status
+from schemas.errors import Reason
+
+log = get_logger("sv_broker.http")
+
+READY_CHECKS = web.AppKey("ready_checks", list[Callable[[], Awaitable[bool]]])
+PIPELINE = web.AppKey("pipeline", Pipeline)
+
+_STATUS_BY_REASON: dict[str, int] = {
+    Reason.BODY_TOO_LARGE: 413,
+    Reason.UNKNOWN_PARTNER: 401,
+    Reason.UNKNOWN_KEY: 401,
+    Reason.KEY_REVOKED: 401,
+    Reason.KEY_EXPIRED: 401,
+    Reason.KEY_NOT_YET_VALID: 401,
+    Reason.BAD_SIGNATURE: 401,
+    Reason.TYPE_NOT_REGISTERED: 403,
+    Reason.PUBLISHER_MISMATCH: 403,
+    Reason.SCHEMA_INVALID: 422,
+    Reason.DIRECT_IDENTIFIER: 422,
+    Reason.UNKNOWN_EVENT_TYPE: 422,
+}
+
+
+def http_status(reason: str | None) -> int:
+    return _STATUS_BY_REASON.get(reason or "", 400)
+
+
+def problem(status: int, reason: str, message: str, **extra: Any) -> web.Response:
+    body = {"reason": reason, "message": message, **extra}
+    return web.json_response(body, status=status, dumps=lambda v: json.dumps(v, ensure_ascii=False))
+
+
+async def _read_limited(request: web.Request, limit: int) -> bytes:
+    """Read at most ``limit + 1`` bytes: enough to know the body is too large, never more
+    (threat: memory exhaustion by an endless body)."""
+    chunks: list[bytes] = []
+    size = 0
+    while size <= limit:
+        chunk = await request.content.read(min(65536, limit + 1 - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+async def ingest(request: web.Request) -> web.Response:
+    pipeline = request.app[PIPELINE]
+    body = await _read_limited(request, pipeline.settings.max_body_bytes)
+    [outcome] = await pipeline.process([Inbound(body=body, transport="http")])
+    receipt = outcome.receipt(pipeline.clock())
+    if outcome.status is Status.ACCEPTED:
+        return web.json_response(receipt, status=202)
+    if outcome.status is Status.DUPLICATE:
+        return web.json_response(receipt, status=200)
+    if outcome.status is Status.FAILED:
+        return problem(500, "internal_error", "The broker could not process the message; it kept nothing. Retry.")
+    return web.json_response(receipt, status=http_status(outcome.reason))
+
+
+async def healthz(_request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    checks = request.app[READY_CHECKS]
+    results = [await check() for check in checks]
+    ok = all(results)
+    return web.json_response({"ready": ok}, status=200 if ok else 503)
+
+
+@web.middleware
+async def errors_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Nothing crashes the service and nothing leaks a traceback: unexpected errors become a 500
+    with a stable reason; aiohttp's own HTTP errors become JSON with a reason code."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        reason = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(exc.status, "http_error")
+        return problem(exc.status, reason, exc.reason)
+    except Exception as exc:
+        log.exception("http_handler_failed", path=request.path, error=type(exc).__name__)
+        return problem(500, "internal_error", "The broker hit an internal error; nothing was kept. Retry.")
+
+
+def build_app(pipeline: Pipeline, ready_checks: list[Callable[[], Awaitable[bool]]]) -> web.Application:
+    app = web.Application(middlewares=[errors_middleware], client_max_size=pipeline.settings.max_body_bytes + 1024)
+    app[PIPELINE] = pipeline
+    app[READY_CHECKS] = ready_checks
+    app.router.add_post("/v1/events", ingest)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app

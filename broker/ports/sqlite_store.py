@@ -1,0 +1,323 @@
+"""SQLite (WAL) implementation of the storage port, with group commit.
+
+One writer thread owns the write connection and the head of the audit chain.  Callers hand it
+commit units; it drains whatever is queued (up to ``batch_max``) into ONE transaction and one
+fsync, then wakes every caller whose unit was in it.  Durability therefore costs one fsync per
+group, not per message, and the chain is extended by one thread only, so it cannot fork.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from broker.audit.chain import GENESIS, ChainReport, Kind, seal, verify_chain
+from broker.ports.store import NOT_SEEN, CommitUnit, ReplayKey, Seen
+from broker.stages.freshness import ReplayState
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY,
+    at TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    message_id TEXT,
+    source TEXT,
+    consumer TEXT,
+    agreement_id TEXT,
+    record_id TEXT,
+    body BLOB NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_message ON audit(message_id);
+CREATE INDEX IF NOT EXISTS audit_record ON audit(record_id);
+CREATE INDEX IF NOT EXISTS audit_source ON audit(source, seq);
+CREATE INDEX IF NOT EXISTS audit_consumer ON audit(consumer, seq);
+CREATE INDEX IF NOT EXISTS audit_agreement ON audit(agreement_id, seq);
+CREATE INDEX IF NOT EXISTS audit_kind ON audit(kind, seq);
+CREATE INDEX IF NOT EXISTS audit_at ON audit(at);
+CREATE TABLE IF NOT EXISTS seen (
+    source TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    state TEXT NOT NULL,
+    content_sha256 TEXT,
+    first_seen TEXT NOT NULL,
+    PRIMARY KEY (source, message_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS releases (
+    record_id TEXT PRIMARY KEY,
+    audit_seq INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS records (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    record_id TEXT NOT NULL UNIQUE,
+    consumer TEXT NOT NULL,
+    agreement_id TEXT NOT NULL,
+    agreement_revision INTEGER NOT NULL,
+    event_type TEXT NOT NULL,
+    source TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    released_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS records_consumer ON records(consumer, id);
+CREATE INDEX IF NOT EXISTS records_expiry ON records(expires_at);
+CREATE TABLE IF NOT EXISTS quarantine (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    message TEXT NOT NULL,
+    source TEXT,
+    message_id TEXT,
+    body_sha256 TEXT NOT NULL,
+    body BLOB
+);
+"""
+
+_STOP = object()
+
+
+def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    if readonly:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False, isolation_level=None)
+    else:
+        conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        # FULL: a commit is on disk when it returns, so an ack/response after it never loses data.
+        conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA busy_timeout=10000")
+    return conn
+
+
+class _Job:
+    __slots__ = ("future", "loop", "unit")
+
+    def __init__(self, unit: CommitUnit, loop: asyncio.AbstractEventLoop, future: asyncio.Future[None]) -> None:
+        self.unit, self.loop, self.future = unit, loop, future
+
+
+def _resolve(future: asyncio.Future[None], error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
+
+
+class SqliteStore:
+    def __init__(self, path: Path, *, batch_max: int = 512) -> None:
+        self.path = path
+        self.batch_max = batch_max
+        self._jobs: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._read_lock = threading.Lock()
+        self.head_seq = 0
+        self.head_hash = GENESIS
+        self.commits = 0  # transactions written (for the group-commit figures)
+        self.units = 0
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        writer = connect(self.path)
+        writer.executescript(SCHEMA)
+        row = writer.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+        if row is not None:
+            self.head_seq, self.head_hash = int(row[0]), str(row[1])
+        self._reader = connect(self.path)
+        self._thread = threading.Thread(target=self._writer_loop, args=(writer,), name="sqlite-writer", daemon=True)
+        self._thread.start()
+
+    async def close(self) -> None:
+        if self._thread is not None:
+            self._jobs.put(_STOP)
+            await asyncio.to_thread(self._thread.join)
+            self._thread = None
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+    # -- writes ----------------------------------------------------------------------------------
+    async def commit(self, unit: CommitUnit) -> None:
+        if self._thread is None:
+            raise RuntimeError("store is not open")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._jobs.put(_Job(unit, loop, future))
+        await future
+
+    def _writer_loop(self, conn: sqlite3.Connection) -> None:
+        try:
+            while True:
+                first = self._jobs.get()
+                if first is _STOP:
+                    return
+                assert isinstance(first, _Job)
+                jobs = [first]
+                stop = False
+                while len(jobs) < self.batch_max:
+                    try:
+                        nxt = self._jobs.get_nowait()
+                    except queue.Empty:
+                        break
+                    if nxt is _STOP:
+                        stop = True
+                        break
+                    assert isinstance(nxt, _Job)
+                    jobs.append(nxt)
+                error: BaseException | None = None
+                try:
+                    self._write(conn, [job.unit for job in jobs])
+                except BaseException as exc:  # report to every waiter; the writer keeps running
+                    error = exc
+                for job in jobs:
+                    with contextlib.suppress(RuntimeError):  # loop already closed
+                        job.loop.call_soon_threadsafe(_resolve, job.future, error)
+                if stop:
+                    return
+        finally:
+            conn.close()
+
+    def _write(self, conn: sqlite3.Connection, units: list[CommitUnit]) -> None:
+        seq, prev = self.head_seq, self.head_hash
+        now = datetime.now(UTC)
+        stamp = now.isoformat()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for unit in units:
+                for (source, message_id), seen in unit.seen:
+                    conn.execute(
+                        "INSERT INTO seen(source, message_id, state, content_sha256, first_seen) "
+                        "VALUES (?, ?, ?, ?, ?) "
+                        "ON CONFLICT(source, message_id) DO UPDATE SET state = excluded.state, "
+                        "content_sha256 = coalesce(seen.content_sha256, excluded.content_sha256) "
+                        "WHERE seen.state != 'done'",
+                        (source, message_id, seen.state.value, seen.content_sha256, stamp),
+                    )
+                for draft in unit.drafts:
+                    attrs = draft.attrs
+                    record_id = attrs.get("record_id")
+                    if draft.kind is Kind.RELEASED:
+                        cur = conn.execute(
+                            "INSERT OR IGNORE INTO releases(record_id, audit_seq) VALUES (?, ?)", (record_id, seq + 1)
+                        )
+                        if cur.rowcount == 0:
+                            continue  # already audited as released (a redelivery): exactly once
+                    seq += 1
+                    entry = seal(draft, seq=seq, prev=prev, at=now)
+                    conn.execute(
+                        "INSERT INTO audit(seq, at, kind, message_id, source, consumer, agreement_id, record_id, "
+                        "body, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            seq,
+                            entry.at,
+                            draft.kind.value,
+                            attrs.get("message_id"),
+                            attrs.get("source"),
+                            attrs.get("consumer"),
+                            attrs.get("agreement_id"),
+                            record_id,
+                            entry.body,
+                            entry.hash,
+                        ),
+                    )
+                    prev = entry.hash
+                for rec in unit.records:
+                    conn.execute(
+                        "INSERT OR IGNORE INTO records(record_id, consumer, agreement_id, agreement_revision, "
+                        "event_type, source, message_id, released_at, expires_at, body) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            rec.record_id,
+                            rec.consumer,
+                            rec.agreement_id,
+                            rec.agreement_revision,
+                            rec.event_type,
+                            rec.source,
+                            rec.message_id,
+                            rec.released_at.isoformat(),
+                            rec.expires_at.isoformat(),
+                            rec.body,
+                        ),
+                    )
+                for item in unit.quarantine:
+                    conn.execute(
+                        "INSERT INTO quarantine(at, reason, message, source, message_id, body_sha256, body) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            item.at.isoformat(),
+                            item.reason,
+                            item.message,
+                            item.source,
+                            item.message_id,
+                            item.body_sha256,
+                            item.body,
+                        ),
+                    )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        self.head_seq, self.head_hash = seq, prev
+        self.commits += 1
+        self.units += len(units)
+
+    # -- reads -----------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        if self._reader is None:
+            raise RuntimeError("store is not open")
+        with self._read_lock:
+            yield self._reader
+
+    async def replay_states(self, keys: Sequence[ReplayKey]) -> dict[ReplayKey, Seen]:
+        if not keys:
+            return {}
+        return await asyncio.to_thread(self._replay_states, list(keys))
+
+    def _replay_states(self, keys: list[ReplayKey]) -> dict[ReplayKey, Seen]:
+        out: dict[ReplayKey, Seen] = {}
+        with self._read() as conn:
+            for i in range(0, len(keys), 400):
+                chunk = keys[i : i + 400]
+                where = " OR ".join("(source = ? AND message_id = ?)" for _ in chunk)
+                params = [part for key in chunk for part in key]
+                sql = f"SELECT source, message_id, state, content_sha256 FROM seen WHERE {where}"  # noqa: S608
+                for source, message_id, state, content in conn.execute(sql, params):
+                    out[(source, message_id)] = Seen(ReplayState(state), content)
+        return {key: out.get(key, NOT_SEEN) for key in keys}
+
+    async def ping(self) -> bool:
+        def check() -> bool:
+            with self._read() as conn:
+                conn.execute("SELECT 1").fetchone()
+            return self._thread is not None and self._thread.is_alive()
+
+        try:
+            return await asyncio.to_thread(check)
+        except (sqlite3.Error, RuntimeError):
+            return False
+
+    async def verify_audit(self) -> ChainReport:
+        return await asyncio.to_thread(verify_audit_file, self.path)
+
+
+def verify_audit_file(path: Path) -> ChainReport:
+    """Verify the audit chain of a store file, read-only (the ``audit verify`` command)."""
+    conn = connect(path, readonly=True)
+    try:
+        rows = (
+            (int(seq), bytes(body), str(h))
+            for seq, body, h in conn.execute("SELECT seq, body, hash FROM audit ORDER BY seq")
+        )
+        return verify_chain(rows)
+    finally:
+        conn.close()

@@ -1,0 +1,183 @@
+"""Wiring: build the ports and the pipeline from settings, run, and shut down gracefully."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import tomllib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aio_pika
+from aio_pika.abc import AbstractRobustConnection
+from aiohttp import web
+
+from broker.audit.chain import Draft, Kind
+from broker.logs import get_logger
+from broker.pipeline import DecideFn, Pipeline
+from broker.policy.engine import decide
+from broker.policy.loader import PolicySet, load_policy
+from broker.policy.secrets import load_secrets
+from broker.ports.amqp import AmqpDelivery, AmqpIngest, DeadLetterAuditor, Names, declare_topology
+from broker.ports.delivery import Delivery, StoreDelivery
+from broker.ports.http_api import build_app
+from broker.ports.sqlite_store import SqliteStore
+from broker.ports.store import CommitUnit
+from broker.registry import Registry, load_registry
+from broker.settings import Settings
+
+log = get_logger("sv_broker.service")
+
+
+def config_fingerprint(settings: Settings) -> str:
+    """SHA-256 over the registry, key files and agreements in force: the audit's STARTED entry
+    records it so an IG lead can tell exactly which agreements governed a period."""
+    digest = hashlib.sha256()
+    files = [settings.policy_dir / "parties.toml"]
+    files += sorted((settings.policy_dir / "agreements").glob("*.toml"))
+    files += sorted(settings.effective_keys_dir.glob("*.toml"))
+    for path in files:
+        if path.is_file():
+            digest.update(path.name.encode() + b"\x00" + path.read_bytes() + b"\x00")
+    return digest.hexdigest()
+
+
+def load_user_map(path: Path | None) -> dict[str, str]:
+    """AMQP user name -> partner id (default: the user name is the partner id)."""
+    if path is None:
+        return {}
+    with path.open("rb") as fh:
+        users = tomllib.load(fh).get("users", {})
+    return {str(k): str(v) for k, v in users.items()}
+
+
+def bound_port(site: web.TCPSite, requested: int) -> int:
+    """The port actually bound (``requested`` may be 0: any free port)."""
+    server = site._server
+    sockets = getattr(server, "sockets", None) or []
+    return int(sockets[0].getsockname()[1]) if sockets else requested
+
+
+@dataclass
+class Broker:
+    settings: Settings
+    user_map: dict[str, str] = field(default_factory=dict)
+    decide_fn: DecideFn = decide
+    registry: Registry | None = None
+    policy: PolicySet | None = None
+    store: SqliteStore | None = None
+    pipeline: Pipeline | None = None
+    connection: AbstractRobustConnection | None = None
+    ingest: AmqpIngest | None = None
+    dead_letters: DeadLetterAuditor | None = None
+    runner: web.AppRunner | None = None
+    port: int = 0
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.settings.http_host}:{self.port}"
+
+    async def start(self) -> None:
+        settings = self.settings
+        self.registry = load_registry(settings.policy_dir, settings.keys_dir)
+        secrets = load_secrets(settings.secrets_file, os.environ)
+        self.policy = load_policy(settings.policy_dir, self.registry, secrets)
+        self.store = SqliteStore(settings.data_dir / "broker.db", batch_max=settings.audit_batch_max)
+        await self.store.open()
+        await self.store.commit(
+            CommitUnit(
+                drafts=[
+                    Draft(
+                        Kind.STARTED,
+                        {
+                            "config_sha256": config_fingerprint(settings),
+                            "mode": "amqp" if settings.amqp_url else "embedded",
+                            "agreements": {a.id: a.revision for a in self.policy.agreements.values()},
+                        },
+                    )
+                ]
+            )
+        )
+        ready_checks: list[Callable[[], Awaitable[bool]]] = [self.store.ping]
+        delivery: Delivery
+        if settings.amqp_url:
+            self.connection = await aio_pika.connect_robust(settings.amqp_url)
+            names = Names(settings.amqp_prefix)
+            publish_channel = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
+            topology = await declare_topology(publish_channel, names, self.registry, settings.delivery_limit)
+            amqp_delivery = AmqpDelivery(topology, self.registry, settings.publish_timeout.total_seconds())
+            delivery = amqp_delivery
+            self.pipeline = Pipeline(
+                settings, self.registry, self.policy, self.store, delivery, decide_fn=self.decide_fn
+            )
+            consume_channel = await self.connection.channel(publisher_confirms=False)
+            await consume_channel.set_qos(prefetch_count=settings.prefetch)
+            ingest_queue = await consume_channel.get_queue(names.ingest_queue, ensure=True)
+            self.ingest = AmqpIngest(
+                settings, self.pipeline, consume_channel, ingest_queue, self.registry, self.user_map
+            )
+            await self.ingest.start()
+            self._tasks.append(asyncio.create_task(self.ingest.run(), name="amqp-ingest"))
+            dead_channel = await self.connection.channel(publisher_confirms=False)
+            await dead_channel.set_qos(prefetch_count=16)
+            dead_queue = await dead_channel.get_queue(names.dead_letter_queue, ensure=True)
+            self.dead_letters = DeadLetterAuditor(self.store, amqp_delivery, topology, dead_queue, self.user_map)
+            await self.dead_letters.start()
+            connection = self.connection
+
+            async def amqp_ready() -> bool:
+                return not connection.is_closed
+
+            ready_checks.append(amqp_ready)
+        else:
+            delivery = StoreDelivery()
+            self.pipeline = Pipeline(
+                settings, self.registry, self.policy, self.store, delivery, decide_fn=self.decide_fn
+            )
+        app = build_app(self.pipeline, ready_checks)
+        self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=10)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, settings.http_host, settings.http_port)
+        await site.start()
+        self.port = bound_port(site, settings.http_port)
+        log.info("broker_started", mode="amqp" if settings.amqp_url else "embedded", url=self.url)
+
+    async def stop(self) -> None:
+        """Graceful: stop taking work, finish what is in flight, make it durable, then close."""
+        if self.ingest is not None:
+            await self.ingest.stop_consuming()
+        if self.dead_letters is not None:
+            await self.dead_letters.stop()
+        if self.runner is not None:
+            await self.runner.cleanup()  # waits for in-flight HTTP requests
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(task, timeout=30)
+        if self.pipeline is not None:
+            with contextlib.suppress(Exception):
+                await self.pipeline.flush()
+        if self.connection is not None:
+            await self.connection.close()
+        if self.store is not None:
+            await self.store.close()
+        log.info("broker_stopped")
+
+
+async def serve_forever(settings: Settings, user_map: dict[str, str], ready_file: Path | None = None) -> None:
+    import signal
+
+    broker = Broker(settings, user_map)
+    await broker.start()
+    if ready_file is not None:
+        await asyncio.to_thread(ready_file.write_text, broker.url, "utf-8")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("broker_stopping")
+    await broker.stop()
