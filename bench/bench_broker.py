@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -28,6 +29,7 @@ import sys
 import tempfile
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aio_pika
@@ -36,11 +38,12 @@ from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from adapters.synthetic import SyntheticGenerator  # noqa: E402
-from broker.demo import DemoEnvironment, prepare_environment  # noqa: E402
-from broker.ports.amqp import Names  # noqa: E402
-from broker.service import Broker  # noqa: E402
-from broker.settings import Settings  # noqa: E402
+from adapters.synthetic import SyntheticGenerator
+from broker.demo import DemoEnvironment, prepare_environment
+from broker.ports.amqp import Names
+from broker.service import Broker
+from broker.settings import Settings
+from schemas.envelope import encode, format_time
 
 PERSISTENT = aio_pika.DeliveryMode.PERSISTENT
 QUORUM = {"x-queue-type": "quorum"}
@@ -167,20 +170,20 @@ async def broker_throughput(
     db = data_dir / "broker.db"
     proc = start_broker(env, url, prefix, data_dir, work / "ready")
     started = time.perf_counter()
-    while received(db) < len(bodies):
+    while received(db) < len(bodies):  # noqa: ASYNC110 - polling another process's database
         await asyncio.sleep(0.02)
     elapsed = time.perf_counter() - started
     throughput = len(bodies) / elapsed
+    print(f"(b)  full broker pipeline:                   {throughput:8.0f} msg/s", flush=True)
 
     # Latency at a fixed offered load of 1,000 msg/s, records read from a consumer queue.
-    latency_bodies = two_consumer_bodies(env, 8000)[:8000]
-    latency_bodies = [(k, b) for k, b in latency_bodies]
+    latency_count = 8000
     connection = await aio_pika.connect(url)
     channel = await connection.channel(publisher_confirms=True)
     exchange = await channel.get_exchange(Names(prefix).ingest_exchange)
     consumer_channel = await connection.channel()
     await consumer_channel.set_qos(prefetch_count=1000)
-    queue = await consumer_channel.get_queue(Names(prefix).consumer_queue("derby-csp-analysts"))
+    queue = await consumer_channel.get_queue(Names(prefix).consumer_queue("derbyshire-vru"))
     await queue.purge()
     sent_at: dict[str, float] = {}
     latencies: list[float] = []
@@ -192,24 +195,20 @@ async def broker_throughput(
         if key in sent_at:
             latencies.append(time.perf_counter() - sent_at.pop(key))
         await message.ack()
-        if len(latencies) >= len(latency_bodies):
+        if len(latencies) >= latency_count:
             all_in.set()
 
     tag = await queue.consume(on_record)
     gen = SyntheticGenerator(seed=7)
     signer = env.signers["uhdb-royal-derby-ed"]
-    from datetime import UTC, datetime, timedelta
-
     base = datetime.now(UTC)
     rate = 1000.0
     t0 = time.perf_counter()
     pending = []
-    for i in range(len(latency_bodies)):
+    for i in range(latency_count):
         rec = gen.ae_assault("uhdb-royal-derby-ed")
         produced = base + timedelta(milliseconds=i)  # a unique produced_at to match records to sends
         doc = signer.sign("ae_assault", rec.data(), source_key=rec.source_key, produced_at=produced)
-        from schemas.envelope import encode, format_time
-
         body = encode(doc)
         target = t0 + i / rate
         delay = target - time.perf_counter()
@@ -222,10 +221,8 @@ async def broker_throughput(
             )
         )
     await asyncio.gather(*pending)
-    try:
+    with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(all_in.wait(), timeout=60)
-    except TimeoutError:
-        pass
     await queue.cancel(tag)
     rss = peak_rss_mb(proc.pid)
     proc.send_signal(signal.SIGTERM)
@@ -233,6 +230,8 @@ async def broker_throughput(
     await connection.close()
     await delete_topology(url, prefix)
     latencies.sort()
+    if not latencies:
+        raise RuntimeError("no record arrived in the latency phase")
     p50 = statistics.median(latencies) * 1000
     p99 = latencies[int(len(latencies) * 0.99) - 1] * 1000
     return throughput, p50, p99, rss
@@ -290,7 +289,8 @@ async def main() -> None:
         env = prepare_environment(work / "env")
         bodies = two_consumer_bodies(env, args.events)
         print(
-            f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+            f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, "
+            f"Python {platform.python_version()}"
         )
         print(f"messages: {len(bodies)} signed ae_assault events, each entitling two consumers\n")
         sequential = await naive_relay(args.amqp_url, bodies, concurrent=False)
@@ -298,7 +298,6 @@ async def main() -> None:
         concurrent = await naive_relay(args.amqp_url, bodies, concurrent=True)
         print(f"(a2) naive relay, consume callback (tasks):  {concurrent:8.0f} msg/s")
         full, p50, p99, rss = await broker_throughput(env, args.amqp_url, bodies, work)
-        print(f"(b)  full broker pipeline:                   {full:8.0f} msg/s")
         print(f"     ratio b/a1 = {full / sequential:.2f}   ratio b/a2 = {full / concurrent:.2f}")
         print(f"     latency at 1,000 msg/s offered: p50 {p50:.1f} ms, p99 {p99:.1f} ms; broker peak RSS {rss:.0f} MB")
         rate, bare = await http_ingest(env, work, args.http_events)

@@ -22,6 +22,8 @@ COMMAND_MODULES = (
     "broker.commands.serve",
     "broker.commands.audit",
     "broker.commands.demo",
+    "broker.commands.token",
+    "broker.commands.rabbitmq",
 )
 
 Handler = Callable[[argparse.Namespace], int]

@@ -241,7 +241,7 @@ async def run_embedded(workdir: Path, events: int, say: Print) -> int:
     if report.ok:
         say(
             f"  hash chain verified: {report.entries} entries intact, head #{report.head_seq} "
-            f"{report.head_hash[:16]}…  (sv-broker audit verify --db {db})"
+            f"{report.head_hash[:16]}…  (--keep DIR keeps the store: sv-broker audit verify --data-dir DIR/var)"
         )
     else:
         say(f"  AUDIT CHAIN BROKEN at #{report.first_bad_seq}: {report.problem}")

@@ -109,7 +109,9 @@ class Broker:
             names = Names(settings.amqp_prefix)
             publish_channel = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
             topology = await declare_topology(publish_channel, names, self.registry, settings.delivery_limit)
-            amqp_delivery = AmqpDelivery(topology, self.registry, settings.publish_timeout.total_seconds())
+            amqp_delivery = AmqpDelivery(
+                publish_channel, topology, self.registry, settings.publish_timeout.total_seconds()
+            )
             delivery = amqp_delivery
             self.pipeline = Pipeline(
                 settings, self.registry, self.policy, self.store, delivery, decide_fn=self.decide_fn

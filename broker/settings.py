@@ -25,7 +25,9 @@ class Settings:
     amqp_prefix: str = "sv"
     check_user_id: bool = True
     delivery_limit: int = 5
-    prefetch: int = 256
+    prefetch: int = 768  # unacknowledged deliveries; room for several batches in flight
+    batch_max: int = 256  # largest batch the pipeline processes at once
+    batches_in_flight: int = 3
     publish_timeout: timedelta = timedelta(seconds=10)
     # HTTP
     http_host: str = "127.0.0.1"

@@ -33,7 +33,11 @@ def add_runtime_args(parser: argparse.ArgumentParser) -> None:
         help="do not require the AMQP user_id to match the envelope's partner (on by default)",
     )
     parser.add_argument("--delivery-limit", type=int, default=5, help="x-delivery-limit of the ingest queue")
-    parser.add_argument("--prefetch", type=int, default=256, help="AMQP prefetch and largest batch")
+    parser.add_argument("--prefetch", type=int, default=768, help="AMQP prefetch (default: %(default)s)")
+    parser.add_argument("--batch-max", type=int, default=256, help="largest batch (default: %(default)s)")
+    parser.add_argument(
+        "--batches-in-flight", type=int, default=3, help="batches processed concurrently (default: %(default)s)"
+    )
     parser.add_argument(
         "--data-dir", type=Path, default=Path("var"), help="SQLite store directory (default: %(default)s)"
     )
@@ -59,6 +63,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         check_user_id=not args.no_user_id_check,
         delivery_limit=args.delivery_limit,
         prefetch=args.prefetch,
+        batch_max=args.batch_max,
+        batches_in_flight=args.batches_in_flight,
         http_host=args.host,
         http_port=args.port,
     )

@@ -42,7 +42,7 @@ _KINDS: Mapping[str, frozenset[FieldKind]] = {
 
 
 def _scalar(value: Any) -> Any:
-    return value.value if isinstance(value, StrEnum) else value
+    return value._value_ if isinstance(value, StrEnum) else value
 
 
 def _check_value(spec: FieldSpec, value: Any, key: str) -> Any:
@@ -118,7 +118,7 @@ def compile_condition(table: Any, fields: Mapping[str, FieldSpec], key: str) -> 
 
             def test(event: EventModel) -> bool:
                 value = getattr(event, name)
-                return value is not None and any(v.value in values for v in value)
+                return value is not None and any(v._value_ in values for v in value)
 
             text = f"{name} includes any of [{shown}]"
     elif op == "between":

@@ -120,6 +120,8 @@ AGREEMENT_KEYS = frozenset({*REQUIRED_KEYS, "bands", "groups", "rule_sets", "not
 FLOW_KEYS = frozenset({"id", "partners", "event_type", "versions", "consumers", "when", "rules", "rule_set", "notes"})
 RULE_KEYS = frozenset({"id", "field", "action", "to", "as", "bands", "groups", "reason"})
 MAX_RETENTION_DAYS = 3650
+EARLIEST_DATE = date(2000, 1, 1)
+LATEST_DATE = date(2999, 12, 31)
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,6 +252,8 @@ def _key(key: str) -> str:
 
 
 def _line_of(text: str, anchors: tuple[str, ...]) -> int | None:
+    """The line of the last anchor, each searched after the previous one (e.g. a flow's id, then
+    a rule id inside it); None if the first is not found."""
     if not text or not anchors:
         return None
     pos = 0
@@ -258,8 +262,10 @@ def _line_of(text: str, anchors: tuple[str, ...]) -> int | None:
         match = re.compile(anchor, re.MULTILINE).search(text, pos)
         if match is None:
             break
-        pos = match.start()
-        found = text.count("\n", 0, pos) + 1 + (1 if text[pos] == "\n" else 0)
+        matched = match.group()
+        start = match.start() + len(matched) - len(matched.lstrip())  # skip blank lines \s* ate
+        found = text.count("\n", 0, start) + 1
+        pos = match.end()
     return found
 
 
@@ -304,6 +310,12 @@ class _Compiler:
         value = doc.get(key)
         if isinstance(value, datetime) or not isinstance(value, date):
             self.error(document, key, C.BAD_VALUE, f"{key} must be a TOML date, e.g. 2026-04-01", (_key(key),))
+            return None
+        if not EARLIEST_DATE <= value <= LATEST_DATE:
+            # An agreement has a real term (ICO Data Sharing Code); and 9999-12-31 would overflow.
+            self.error(
+                document, key, C.BAD_VALUE, f"{key} must be between {EARLIEST_DATE} and {LATEST_DATE}", (_key(key),)
+            )
             return None
         return value
 
@@ -402,9 +414,9 @@ class _Compiler:
         groups = self._group_sets(document, doc.get("groups", {}))
         rule_sets = self._rule_sets(document, doc.get("rule_sets", {}))
 
-        uses_pseudonyms = self._uses_pseudonyms(doc, rule_sets)
+        pseudonymises = uses_pseudonyms(doc)
         secret = self.secrets.get(agreement_id)
-        if uses_pseudonyms and secret is None:
+        if pseudonymises and secret is None:
             # The engine refuses to start an agreement that pseudonymises without its own secret:
             # a default or shared key would make pseudonyms linkable across agreements.
             self.error(
@@ -416,7 +428,7 @@ class _Compiler:
                 f"SV_BROKER_SECRET_{agreement_id.upper().replace('-', '_')}",
                 (r'\baction\s*=\s*"pseudonymise"',),
             )
-        elif uses_pseudonyms and secret is not None and len(secret) < MIN_SECRET_BYTES:
+        elif pseudonymises and secret is not None and len(secret) < MIN_SECRET_BYTES:
             self.error(
                 document,
                 "",
@@ -436,10 +448,10 @@ class _Compiler:
             review_by=review_by or date.min,
             retention_days=retention,
             path=document.path,
-            pseudonymises=uses_pseudonyms,
+            pseudonymises=pseudonymises,
         )
         flows = self._flows(document, agreement, set(parties), bands, groups, rule_sets, secret)
-        self._unused(document, doc, flows)
+        self._unused(document, doc)
         if self._error_count() > before:
             return None
         return agreement, flows
@@ -496,10 +508,6 @@ class _Compiler:
         rid = rule.get("id") if isinstance(rule, dict) else None
         return (_kv("id", rid),) if isinstance(rid, str) else ()
 
-    @staticmethod
-    def _uses_pseudonyms(doc: Mapping[str, Any], rule_sets: Mapping[str, list[_RuleSource]]) -> bool:
-        return uses_pseudonyms(doc)
-
     def _flows(
         self,
         document: Document,
@@ -537,7 +545,13 @@ class _Compiler:
                 if not ID_RE.fullmatch(flow_id):
                     self.error(document, f"{where}.id", C.BAD_VALUE, "a flow id is lower-case letters, digits, '-'")
                 if flow_id in flow_ids:
-                    self.error(document, f"{where}.id", C.DUPLICATE_ID, f"flow id {flow_id!r} is used twice", anchors)
+                    self.error(
+                        document,
+                        f"{where}.id",
+                        C.DUPLICATE_ID,
+                        f"flow id {flow_id!r} is used twice",
+                        (*anchors, _kv("id", flow_id)),  # the second use
+                    )
                 flow_ids.add(flow_id)
             event_type = raw.get("event_type")
             if not isinstance(event_type, str) or event_type not in EVENT_TYPES:
@@ -546,7 +560,7 @@ class _Compiler:
                     f"{where}.event_type",
                     C.UNKNOWN_EVENT_TYPE,
                     f"event_type {event_type!r} is not one of {sorted(EVENT_TYPES)}",
-                    anchors,
+                    (*anchors, _key("event_type")),
                 )
                 event_type = None
             versions_raw = raw.get("versions")
@@ -556,7 +570,13 @@ class _Compiler:
                 or not versions_raw
                 or not all(isinstance(v, int) and not isinstance(v, bool) for v in versions_raw)
             ):
-                self.error(document, f"{where}.versions", C.BAD_VALUE, "versions must be a list like [1]", anchors)
+                self.error(
+                    document,
+                    f"{where}.versions",
+                    C.BAD_VALUE,
+                    "versions must be a list like [1]",
+                    (*anchors, _key("versions")),
+                )
             elif event_type is not None:
                 for v in dict.fromkeys(versions_raw):
                     if (event_type, v) in EVENT_MODELS:
@@ -567,7 +587,7 @@ class _Compiler:
                             f"{where}.versions",
                             C.UNKNOWN_EVENT_VERSION,
                             f"there is no schema for {event_type} version {v}",
-                            anchors,
+                            (*anchors, _key("versions")),
                         )
             partners = self._id_list(document, raw.get("partners"), f"{where}.partners", anchors)
             for partner in partners:
@@ -579,7 +599,7 @@ class _Compiler:
                         f"{where}.partners",
                         C.UNKNOWN_PARTY,
                         f"partner {partner!r} is not a registered partner{hint}",
-                        anchors,
+                        (*anchors, _key("partners")),
                     )
                     continue
                 if partner not in parties:
@@ -588,7 +608,7 @@ class _Compiler:
                         f"{where}.partners",
                         C.PARTY_NOT_IN_AGREEMENT,
                         f"partner {partner!r} is not listed in the agreement's parties",
-                        anchors,
+                        (*anchors, _key("partners")),
                     )
                 if event_type is not None and event_type not in known.event_types:
                     self.error(
@@ -596,7 +616,7 @@ class _Compiler:
                         f"{where}.partners",
                         C.PARTNER_CANNOT_SEND,
                         f"partner {partner!r} is not registered to send {event_type}",
-                        anchors,
+                        (*anchors, _key("partners")),
                     )
             consumers = self._id_list(document, raw.get("consumers"), f"{where}.consumers", anchors)
             for consumer in consumers:
@@ -607,7 +627,7 @@ class _Compiler:
                         f"{where}.consumers",
                         C.UNKNOWN_PARTY,
                         f"consumer {consumer!r} is not a registered consumer{hint}",
-                        anchors,
+                        (*anchors, _key("consumers")),
                     )
                 elif consumer not in parties:
                     self.error(
@@ -615,7 +635,7 @@ class _Compiler:
                         f"{where}.consumers",
                         C.PARTY_NOT_IN_AGREEMENT,
                         f"consumer {consumer!r} is not listed in the agreement's parties",
-                        anchors,
+                        (*anchors, _key("consumers")),
                     )
             # Rules: inline or a named rule set, never both (which would win is not obvious).
             sources: list[_RuleSource] = []
@@ -631,12 +651,14 @@ class _Compiler:
                         f"{where}.rule_set",
                         C.UNKNOWN_RULE_SET,
                         f"no rule set {set_name!r} in [rule_sets]",
-                        anchors,
+                        (*anchors, _key("rule_set")),
                     )
                 else:
                     sources = rule_sets[set_name]
             elif not isinstance(raw["rules"], list) or not raw["rules"]:
-                self.error(document, f"{where}.rules", C.BAD_VALUE, "rules must be a non-empty list", anchors)
+                self.error(
+                    document, f"{where}.rules", C.BAD_VALUE, "rules must be a non-empty list", (*anchors, _key("rules"))
+                )
             else:
                 sources = [
                     _RuleSource(r, self._rule_key(f"{where}.rules", i, r), (*anchors, *self._rule_anchor(r)))
@@ -646,7 +668,13 @@ class _Compiler:
                     self._note_rule_id(document, source, rule_ids)
             when = raw.get("when", [])
             if not isinstance(when, list):
-                self.error(document, f"{where}.when", C.BAD_CONDITION, "when must be a list of conditions", anchors)
+                self.error(
+                    document,
+                    f"{where}.when",
+                    C.BAD_CONDITION,
+                    "when must be a list of conditions",
+                    (*anchors, _key("when")),
+                )
                 when = []
 
             conditions: list[CompiledCondition] = []
@@ -671,7 +699,7 @@ class _Compiler:
                                 C.CONSUMER_IN_TWO_FLOWS,
                                 f"consumer {consumer!r} already receives {event_type} v{version} from {partner} "
                                 f"in flow {taken[slot]!r}; one flow per consumer per partner and event",
-                                anchors,
+                                (*anchors, _key("consumers")),
                             )
                         taken[slot] = flow_id
             flows.append(
@@ -867,23 +895,26 @@ class _Compiler:
             raise SpecError(C.BAD_VALUE, 'groups only goes with to = "group"', ".groups")
         return CompiledRule(rid, name, output, action, compile_generalise(form, spec), form, None, reason)
 
-    def _unused(self, document: Document, doc: Mapping[str, Any], flows: list[Flow]) -> None:
-        used_bands = {r.detail for f in flows for r in f.rules if r.form is Form.BAND}
-        used_groups = {r.detail for f in flows for r in f.rules if r.form is Form.GROUP}
-        used_sets = {
-            f.get("rule_set")
-            for f in doc.get("flows", [])
-            if isinstance(f, dict) and isinstance(f.get("rule_set"), str)
+    def _unused(self, document: Document, doc: Mapping[str, Any]) -> None:
+        # From the document, not the compiled flows: a flow with an error must not make the band
+        # set it names look unused (one problem reported, not two).
+        tables = _rule_tables(doc)
+        flows = doc.get("flows")
+        flow_tables = [f for f in flows if isinstance(f, dict)] if isinstance(flows, list) else []
+        used = {
+            "bands": {t["bands"] for t in tables if isinstance(t.get("bands"), str)},
+            "groups": {t["groups"] for t in tables if isinstance(t.get("groups"), str)},
+            "rule_sets": {f["rule_set"] for f in flow_tables if isinstance(f.get("rule_set"), str)},
         }
-        for section, used in (("bands", used_bands), ("groups", used_groups), ("rule_sets", used_sets)):
+        for section, names in used.items():
             table = doc.get(section, {})
             for name in table if isinstance(table, dict) else {}:
-                if name not in used:
+                if name not in names:
                     self.warn(document, f"{section}.{name}", C.UNUSED, f"{section} entry {name!r} is used by no flow")
 
 
-def uses_pseudonyms(doc: Mapping[str, Any]) -> bool:
-    """Whether an agreement document has any pseudonymise rule (and so needs a secret)."""
+def _rule_tables(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Every rule table of an agreement document, in rule sets and in flows."""
     tables: list[Any] = []
     rule_sets = doc.get("rule_sets")
     for rules in rule_sets.values() if isinstance(rule_sets, dict) else []:
@@ -892,7 +923,12 @@ def uses_pseudonyms(doc: Mapping[str, Any]) -> bool:
     for flow in flows if isinstance(flows, list) else []:
         if isinstance(flow, dict) and isinstance(flow.get("rules"), list):
             tables.extend(flow["rules"])
-    return any(isinstance(t, dict) and t.get("action") == Action.PSEUDONYMISE.value for t in tables)
+    return [t for t in tables if isinstance(t, dict)]
+
+
+def uses_pseudonyms(doc: Mapping[str, Any]) -> bool:
+    """Whether an agreement document has any pseudonymise rule (and so needs a secret)."""
+    return any(t.get("action") == Action.PSEUDONYMISE.value for t in _rule_tables(doc))
 
 
 def _no_secret(value: Any) -> None:

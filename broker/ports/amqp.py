@@ -17,12 +17,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aio_pika
+import aiormq
 from aio_pika.abc import (
     AbstractChannel,
     AbstractExchange,
     AbstractIncomingMessage,
     AbstractQueue,
 )
+from pamqp.commands import Basic
 
 from broker.audit.chain import Draft, Kind
 from broker.logs import get_logger
@@ -32,7 +34,7 @@ from broker.ports.store import CommitUnit, Store
 from broker.registry import Registry
 from broker.settings import Settings
 from broker.stages.outcome import Inbound, Outcome, Status, sha256_hex
-from schemas.canonical import canonicalize
+from schemas.canonical import canonicalize_plain
 from schemas.errors import Reason
 
 log = get_logger("sv_broker.amqp")
@@ -98,111 +100,194 @@ class Topology:
 QUORUM: dict[str, Any] = {"x-queue-type": "quorum"}
 
 
+@dataclass(frozen=True, slots=True)
+class TopologySpec:
+    """Every exchange, queue and binding, as data: declared by the broker at start and written
+    into the RabbitMQ definitions file (``sv-broker rabbitmq definitions``) from this one source."""
+
+    exchanges: tuple[tuple[str, str], ...]  # (name, type)
+    queues: tuple[tuple[str, dict[str, Any]], ...]  # (name, arguments); all durable
+    bindings: tuple[tuple[str, str, str], ...]  # (exchange, queue, routing key)
+
+
+def topology_spec(names: Names, registry: Registry, delivery_limit: int) -> TopologySpec:
+    ingest_args: dict[str, Any] = {
+        **QUORUM,
+        # RabbitMQ 3.10 quorum queues have no default limit: without one, a message that makes the
+        # broker fail is redelivered forever (a poison message stalls the queue).
+        "x-delivery-limit": delivery_limit,
+        "x-dead-letter-exchange": names.dead_letter_exchange,
+        # at-least-once dead-lettering: a dead-lettered message is not lost if the DLX target is
+        # briefly unavailable; it requires overflow=reject-publish on the source queue.
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+    }
+    exchanges = [
+        (names.dead_letter_exchange, "fanout"),
+        (names.ingest_exchange, "topic"),
+        (names.deliver_exchange, "direct"),
+        (names.quarantine_exchange, "fanout"),
+        (names.receipts_exchange, "direct"),
+    ]
+    queues: list[tuple[str, dict[str, Any]]] = [
+        (names.dead_letter_queue, dict(QUORUM)),
+        (names.ingest_queue, ingest_args),
+        (names.quarantine_queue, dict(QUORUM)),
+    ]
+    bindings = [
+        (names.dead_letter_exchange, names.dead_letter_queue, ""),
+        (names.ingest_exchange, names.ingest_queue, "#"),
+        (names.quarantine_exchange, names.quarantine_queue, ""),
+    ]
+    for consumer in sorted(registry.consumers):
+        queues.append((names.consumer_queue(consumer), dict(QUORUM)))
+        bindings.append((names.deliver_exchange, names.consumer_queue(consumer), consumer))
+    for partner in sorted(registry.partners):
+        queues.append((names.receipts_queue(partner), dict(QUORUM)))
+        bindings.append((names.receipts_exchange, names.receipts_queue(partner), partner))
+    return TopologySpec(tuple(exchanges), tuple(queues), tuple(bindings))
+
+
 async def declare_topology(channel: AbstractChannel, names: Names, registry: Registry, delivery_limit: int) -> Topology:
     """Declare every exchange, queue and binding; idempotent (same arguments every time)."""
-    durable = aio_pika.ExchangeType
-    dlx = await channel.declare_exchange(names.dead_letter_exchange, durable.FANOUT, durable=True)
-    dead = await channel.declare_queue(names.dead_letter_queue, durable=True, arguments=QUORUM)
-    await dead.bind(dlx, routing_key="")
-    ingest = await channel.declare_exchange(names.ingest_exchange, durable.TOPIC, durable=True)
-    ingest_queue = await channel.declare_queue(
-        names.ingest_queue,
-        durable=True,
-        arguments={
-            **QUORUM,
-            # RabbitMQ 3.10 quorum queues have no default limit: without one, a message that makes
-            # the broker fail is redelivered forever (a poison message stalls the partition).
-            "x-delivery-limit": delivery_limit,
-            "x-dead-letter-exchange": names.dead_letter_exchange,
-            # at-least-once dead-lettering: a dead-lettered message is not lost if the DLX target
-            # is briefly unavailable; it needs overflow=reject-publish on the source queue.
-            "x-dead-letter-strategy": "at-least-once",
-            "x-overflow": "reject-publish",
-        },
+    spec = topology_spec(names, registry, delivery_limit)
+    exchanges = {
+        name: await channel.declare_exchange(name, aio_pika.ExchangeType(kind), durable=True)
+        for name, kind in spec.exchanges
+    }
+    queues = {name: await channel.declare_queue(name, durable=True, arguments=args) for name, args in spec.queues}
+    for exchange, queue, key in spec.bindings:
+        await queues[queue].bind(exchanges[exchange], routing_key=key)
+    return Topology(
+        ingest=exchanges[names.ingest_exchange],
+        deliver=exchanges[names.deliver_exchange],
+        quarantine=exchanges[names.quarantine_exchange],
+        receipts=exchanges[names.receipts_exchange],
     )
-    await ingest_queue.bind(ingest, routing_key="#")
-    deliver = await channel.declare_exchange(names.deliver_exchange, durable.DIRECT, durable=True)
-    for consumer in sorted(registry.consumers):
-        queue = await channel.declare_queue(names.consumer_queue(consumer), durable=True, arguments=QUORUM)
-        await queue.bind(deliver, routing_key=consumer)
-    quarantine = await channel.declare_exchange(names.quarantine_exchange, durable.FANOUT, durable=True)
-    quarantine_queue = await channel.declare_queue(names.quarantine_queue, durable=True, arguments=QUORUM)
-    await quarantine_queue.bind(quarantine, routing_key="")
-    receipts = await channel.declare_exchange(names.receipts_exchange, durable.DIRECT, durable=True)
-    for partner in sorted(registry.partners):
-        queue = await channel.declare_queue(names.receipts_queue(partner), durable=True, arguments=QUORUM)
-        await queue.bind(receipts, routing_key=partner)
-    return Topology(ingest=ingest, deliver=deliver, quarantine=quarantine, receipts=receipts)
 
 
-def _persistent(body: bytes, *, message_id: str | None, headers: Mapping[str, Any] | None = None) -> aio_pika.Message:
-    return aio_pika.Message(
-        body,
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        content_type="application/json",
-        message_id=message_id,
-        headers=dict(headers or {}),
-        timestamp=datetime.now(UTC),
-    )
+@dataclass(frozen=True, slots=True)
+class Publish:
+    exchange: str
+    routing_key: str
+    body: bytes
+    message_id: str  # unique per publish: aiormq matches a basic.return to its publish by it
+    headers: dict[str, Any] | None = None
 
 
 class AmqpDelivery:
-    """Publishes records, quarantine and receipts with confirms; returns only when all are confirmed."""
+    """Publishes records, quarantine and receipts with confirms; returns only when all are confirmed.
+
+    Publishes go straight to the aiormq channel under aio-pika (same frames, same confirms) with
+    ``wait=False``: the channel lock is held only while a frame is queued, not until it is on the
+    wire, so a batch's publishes overlap and their confirms arrive together (measured in
+    ``bench/bench_broker.py``).
+    """
 
     stores_records = False
 
-    def __init__(self, topology: Topology, registry: Registry, timeout: float) -> None:
+    def __init__(self, channel: AbstractChannel, topology: Topology, registry: Registry, timeout: float) -> None:
+        self.channel = channel
         self.topology = topology
         self.registry = registry
         self.timeout = timeout
 
-    async def publish(self, exchange: AbstractExchange, message: aio_pika.Message, routing_key: str) -> None:
-        try:
-            await exchange.publish(message, routing_key, mandatory=True, timeout=self.timeout)
-        except TimeoutError as exc:
-            raise DeliveryFailed(f"publish to {exchange.name} not confirmed in {self.timeout}s") from exc
-        except aio_pika.exceptions.DeliveryError as exc:
-            raise DeliveryFailed(f"publish to {exchange.name} was returned or nacked") from exc
+    async def publish_all(self, publishes: Sequence[Publish]) -> None:
+        if not publishes:
+            return
+        if self.channel.is_closed:
+            raise DeliveryFailed("the publishing channel is closed")
+        underlay = await self.channel.get_underlay_channel()
+        if not isinstance(underlay, aiormq.Channel):  # the concrete channel has ``wait``
+            raise DeliveryFailed(f"unexpected channel type {type(underlay).__name__}")
 
-    def receipt_message(self, outcome: Outcome, at: datetime) -> aio_pika.Message | None:
-        if outcome.receipt_to is None or outcome.receipt_to not in self.registry.partners:
-            return None
-        return _persistent(canonicalize(outcome.receipt(at)), message_id=outcome.message_id)
+        async def one(item: Publish) -> None:
+            properties = Basic.Properties(
+                delivery_mode=2,  # persistent: survives a RabbitMQ restart
+                content_type="application/json",
+                message_id=item.message_id,
+                headers=item.headers,
+            )
+            result = await underlay.basic_publish(
+                item.body,
+                exchange=item.exchange,
+                routing_key=item.routing_key,
+                properties=properties,
+                mandatory=True,  # unroutable is an error, never a silent drop
+                wait=False,
+            )
+            if not isinstance(result, Basic.Ack):
+                raise DeliveryFailed(f"publish to {item.exchange} was not acknowledged ({type(result).__name__})")
+
+        try:
+            # One deadline for the whole batch (cheaper than one timer per publish); a timeout
+            # cancels what is outstanding and counts as "not confirmed".
+            async with asyncio.timeout(self.timeout):
+                results = await asyncio.gather(*(one(p) for p in publishes), return_exceptions=True)
+        except TimeoutError as exc:
+            raise DeliveryFailed(f"publishes not confirmed within {self.timeout}s") from exc
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            # A timeout, a nack, a return or a lost channel: all mean "not confirmed".
+            raise DeliveryFailed(f"{len(errors)} of {len(results)} publishes not confirmed") from errors[0]
+
+    def receipts(self, outcomes: Sequence[Outcome], at: datetime) -> list[Publish]:
+        """One receipts message per partner per batch: ``{"receipts": [receipt, ...]}``.
+
+        Batched because a receipt per message was a third of all publishes (each costs a frame,
+        a confirm and ~100 us of client CPU); partners read them in bulk anyway.
+        """
+        by_partner: dict[str, list[dict[str, Any]]] = {}
+        for outcome in outcomes:
+            if outcome.receipt_to is not None and outcome.receipt_to in self.registry.partners:
+                by_partner.setdefault(outcome.receipt_to, []).append(outcome.receipt(at))
+        return [
+            Publish(
+                self.topology.receipts.name,
+                partner,
+                canonicalize_plain({"receipts": items}),
+                f"receipts:{partner}:{items[0]['body_sha256']}:{len(items)}",
+            )
+            for partner, items in by_partner.items()
+        ]
 
     async def deliver(self, items: Sequence[Delivered]) -> None:
-        publishes = []
+        publishes: list[Publish] = []
         for item in items:
             outcome = item.outcome
             for release in outcome.releases:
-                message = _persistent(
-                    item.record_bodies[release.record_id],
-                    message_id=release.record_id,
-                    headers={"agreement_id": release.agreement_id, "event_type": outcome.event_type or ""},
+                # No headers: everything a consumer needs is in the body, and every property
+                # costs encoding time on the hot path.
+                publishes.append(
+                    Publish(
+                        self.topology.deliver.name,
+                        release.consumer,
+                        item.record_bodies[release.record_id],
+                        release.record_id,
+                    )
                 )
-                publishes.append(self.publish(self.topology.deliver, message, release.consumer))
             if outcome.status is Status.REJECTED:
                 keep = outcome.reason != Reason.DIRECT_IDENTIFIER.value  # see stages.outcome.quarantine_item
-                message = _persistent(
-                    item.inbound.body if keep else b"",
-                    message_id=outcome.message_id,
-                    headers={
-                        "reason": outcome.reason or "",
-                        "reason_message": outcome.message or "",
-                        "body_sha256": outcome.body_sha256,
-                        "source": outcome.source or "",
-                        "verified": outcome.verified,
-                        "body_kept": keep,
-                    },
+                publishes.append(
+                    Publish(
+                        self.topology.quarantine.name,
+                        "",
+                        item.inbound.body if keep else b"",
+                        f"quarantine:{outcome.body_sha256}:{len(publishes)}",
+                        {
+                            "reason": outcome.reason or "",
+                            "reason_message": outcome.message or "",
+                            "body_sha256": outcome.body_sha256,
+                            "source": outcome.source or "",
+                            "message_id": outcome.message_id or "",
+                            "verified": outcome.verified,
+                            "body_kept": keep,
+                        },
+                    )
                 )
-                publishes.append(self.publish(self.topology.quarantine, message, ""))
-            receipt = self.receipt_message(outcome, item.at)
-            if receipt is not None and outcome.receipt_to is not None:
-                publishes.append(self.publish(self.topology.receipts, receipt, outcome.receipt_to))
-        if publishes:
-            results = await asyncio.gather(*publishes, return_exceptions=True)
-            errors = [r for r in results if isinstance(r, BaseException)]
-            if errors:
-                raise DeliveryFailed(f"{len(errors)} of {len(results)} publishes not confirmed") from errors[0]
+        if items:
+            publishes.extend(self.receipts([item.outcome for item in items], items[0].at))
+        await self.publish_all(publishes)
 
 
 class AmqpIngest:
@@ -224,13 +309,18 @@ class AmqpIngest:
         self.registry = registry
         self.user_map = user_map
         self.buffer: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        self.acks = AckTracker()
         self.consumer_tag: str | None = None
         self.stopping = asyncio.Event()
         self.idle = asyncio.Event()
         self.idle.set()
 
     async def start(self) -> None:
-        self.consumer_tag = await self.queue.consume(self.buffer.put, no_ack=False)
+        self.consumer_tag = await self.queue.consume(self._on_message, no_ack=False)
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        self.acks.delivered(message)
+        self.buffer.put_nowait(message)
 
     async def stop_consuming(self) -> None:
         self.stopping.set()
@@ -257,21 +347,28 @@ class AmqpIngest:
         )
 
     async def run(self) -> None:
-        max_batch = max(1, self.settings.prefetch)
+        """Take batches off the buffer and process up to ``max_inflight`` of them at once, so one
+        batch's CPU work overlaps the previous batch's audit fsync and publish confirms."""
+        max_batch = max(1, self.settings.batch_max)
+        slots = asyncio.Semaphore(self.settings.batches_in_flight)
+        tasks: set[asyncio.Task[None]] = set()
         while not (self.stopping.is_set() and self.buffer.empty()):
             try:
                 first = await asyncio.wait_for(self.buffer.get(), timeout=0.5)
             except TimeoutError:
-                await self.pipeline.flush()
+                if not tasks:
+                    await self.pipeline.flush()
                 continue
-            self.idle.clear()
+            await slots.acquire()
             batch = [first]
             while len(batch) < max_batch and not self.buffer.empty():
                 batch.append(self.buffer.get_nowait())
-            try:
-                await self._handle(batch)
-            finally:
-                self.idle.set()
+            task = asyncio.create_task(self._handle(batch))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            task.add_done_callback(lambda _t: slots.release())
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
         await self.pipeline.flush()
 
     async def _handle(self, batch: list[AbstractIncomingMessage]) -> None:
@@ -280,23 +377,69 @@ class AmqpIngest:
         except Exception as exc:
             # I/O failure of ours (store, publish): nothing is acknowledged, all is redelivered.
             log.warning("batch_failed", size=len(batch), error=type(exc).__name__, detail=str(exc)[:200])
+            await asyncio.sleep(0.5)
             for message in batch:
                 with contextlib.suppress(Exception):
                     await message.nack(requeue=True)
-            await asyncio.sleep(0.5)
+            self.acks.forget(batch)
             return
-        failed = [m for m, o in zip(batch, outcomes, strict=True) if o.status is Status.FAILED]
         try:
-            for message in failed:
-                await message.nack(requeue=True)  # counted by x-delivery-limit, then dead-lettered
-            if not failed:
-                await batch[-1].ack(multiple=True)  # one frame acknowledges the whole batch
-            else:
-                for message, outcome in zip(batch, outcomes, strict=True):
-                    if outcome.status is not Status.FAILED:
-                        await message.ack()
+            for message, outcome in zip(batch, outcomes, strict=True):
+                if outcome.status is Status.FAILED:
+                    await message.nack(requeue=True)  # counted by x-delivery-limit, then dead-lettered
+            await self.acks.done(batch)
         except Exception as exc:  # channel lost: the deliveries come back; releases are idempotent
             log.warning("ack_failed", size=len(batch), error=type(exc).__name__)
+
+
+class AckTracker:
+    """Acknowledges finished deliveries with as few frames as possible, never one too early.
+
+    Batches finish out of order when several are in flight, so a plain ``ack(multiple=True)`` on a
+    batch's last tag could acknowledge an earlier, unfinished batch (and lose it on a crash). This
+    keeps the set of delivery tags not yet finished and acknowledges ``multiple`` only up to the
+    lowest of them: one frame per contiguous run of finished work.
+    """
+
+    def __init__(self) -> None:
+        self.channel: object | None = None
+        self.pending: dict[int, AbstractIncomingMessage] = {}  # delivered, not finished
+        self.finished: dict[int, AbstractIncomingMessage] = {}  # finished, not yet acknowledged
+
+    def delivered(self, message: AbstractIncomingMessage) -> None:
+        if message.channel is not self.channel:
+            # A new channel after a reconnect numbers its deliveries from 1 again; what was
+            # outstanding on the old one is redelivered by RabbitMQ anyway.
+            self.channel = message.channel
+            self.pending.clear()
+            self.finished.clear()
+        if message.delivery_tag is not None:
+            self.pending[message.delivery_tag] = message
+
+    def forget(self, batch: list[AbstractIncomingMessage]) -> None:
+        for message in batch:
+            if message.delivery_tag is not None and message.channel is self.channel:
+                self.pending.pop(message.delivery_tag, None)
+
+    async def done(self, batch: list[AbstractIncomingMessage]) -> None:
+        for message in batch:
+            tag = message.delivery_tag
+            if tag is None or message.channel is not self.channel:
+                continue
+            self.pending.pop(tag, None)
+            if not message.processed:  # a nacked poison message is finished but not acked
+                self.finished[tag] = message
+        if not self.finished:
+            return
+        low = min(self.pending) if self.pending else None
+        ready = [tag for tag in self.finished if low is None or tag < low]
+        if not ready:
+            return
+        top = max(ready)
+        message = self.finished[top]
+        for tag in ready:
+            del self.finished[tag]
+        await message.ack(multiple=True)
 
 
 class DeadLetterAuditor:
@@ -363,15 +506,17 @@ class DeadLetterAuditor:
                     ]
                 )
             )
-            q_message = _persistent(
-                message.body,
-                message_id=message.message_id,
-                headers={"reason": "dead_lettered", "reason_message": sentence, "body_sha256": body_hash},
-            )
-            await self.delivery.publish(self.topology.quarantine, q_message, "")
-            receipt = self.delivery.receipt_message(outcome, datetime.now(UTC))
-            if receipt is not None and publisher is not None:
-                await self.delivery.publish(self.topology.receipts, receipt, publisher)
+            publishes = [
+                Publish(
+                    self.topology.quarantine.name,
+                    "",
+                    message.body,
+                    f"quarantine:{body_hash}:dead",
+                    {"reason": "dead_lettered", "reason_message": sentence, "body_sha256": body_hash},
+                )
+            ]
+            publishes.extend(self.delivery.receipts([outcome], datetime.now(UTC)))
+            await self.delivery.publish_all(publishes)
             await message.ack()
         except Exception as exc:
             log.warning("dead_letter_audit_failed", error=type(exc).__name__)

@@ -13,13 +13,16 @@ import contextlib
 import queue
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 from broker.audit.chain import GENESIS, ChainReport, Kind, seal, verify_chain
-from broker.ports.store import NOT_SEEN, CommitUnit, ReplayKey, Seen
+from broker.ports.store import NOT_SEEN, Checkpoint, CommitUnit, ReplayKey, Seen
 from broker.stages.freshness import ReplayState
+from schemas.envelope import format_time
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit (
@@ -68,6 +71,18 @@ CREATE TABLE IF NOT EXISTS records (
 );
 CREATE INDEX IF NOT EXISTS records_consumer ON records(consumer, id);
 CREATE INDEX IF NOT EXISTS records_expiry ON records(expires_at);
+CREATE TABLE IF NOT EXISTS audit_records (
+    seq INTEGER NOT NULL,
+    record_id TEXT NOT NULL,
+    PRIMARY KEY (record_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS checkpoints (
+    seq INTEGER PRIMARY KEY,
+    head_hash TEXT NOT NULL,
+    at TEXT NOT NULL,
+    kid TEXT NOT NULL,
+    signature TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS quarantine (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     at TEXT NOT NULL,
@@ -81,6 +96,7 @@ CREATE TABLE IF NOT EXISTS quarantine (
 """
 
 _STOP = object()
+T = TypeVar("T")
 
 
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
@@ -230,6 +246,14 @@ class SqliteStore:
                         ),
                     )
                     prev = entry.hash
+                    # Entries about many records (reads, purges) are indexed per record, so an IG
+                    # lead's per-record trace finds them.
+                    many = attrs.get("record_ids")
+                    if isinstance(many, list):
+                        conn.executemany(
+                            "INSERT OR IGNORE INTO audit_records(seq, record_id) VALUES (?, ?)",
+                            [(seq, rid) for rid in many],
+                        )
                 for rec in unit.records:
                     conn.execute(
                         "INSERT OR IGNORE INTO records(record_id, consumer, agreement_id, agreement_revision, "
@@ -243,8 +267,8 @@ class SqliteStore:
                             rec.event_type,
                             rec.source,
                             rec.message_id,
-                            rec.released_at.isoformat(),
-                            rec.expires_at.isoformat(),
+                            format_time(rec.released_at),
+                            format_time(rec.expires_at),
                             rec.body,
                         ),
                     )
@@ -253,7 +277,7 @@ class SqliteStore:
                         "INSERT INTO quarantine(at, reason, message, source, message_id, body_sha256, body) "
                         "VALUES (?, ?, ?, ?, ?, ?, ?)",
                         (
-                            item.at.isoformat(),
+                            format_time(item.at),
                             item.reason,
                             item.message,
                             item.source,
@@ -261,6 +285,13 @@ class SqliteStore:
                             item.body_sha256,
                             item.body,
                         ),
+                    )
+                if unit.purge:
+                    conn.executemany("DELETE FROM records WHERE record_id = ?", [(rid,) for rid in unit.purge])
+                for cp in unit.checkpoints:
+                    conn.execute(
+                        "INSERT OR IGNORE INTO checkpoints(seq, head_hash, at, kid, signature) VALUES (?, ?, ?, ?, ?)",
+                        (cp.seq, cp.head_hash, cp.at, cp.kid, cp.signature),
                     )
             conn.execute("COMMIT")
         except BaseException:
@@ -308,6 +339,129 @@ class SqliteStore:
 
     async def verify_audit(self) -> ChainReport:
         return await asyncio.to_thread(verify_audit_file, self.path)
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a read-only query function on a reader connection, off the event loop."""
+
+        def run() -> T:
+            with self._read() as conn:
+                return fn(conn)
+
+        return await asyncio.to_thread(run)
+
+    # -- queries (used through ``read``) ---------------------------------------------------------
+    @staticmethod
+    def feed_page(
+        conn: sqlite3.Connection,
+        consumer: str,
+        *,
+        after: int,
+        limit: int,
+        event_type: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+    ) -> list[FeedRow]:
+        """One page of a consumer's records in id order. Ids are assigned by the single writer in
+        commit order, so paging by ``id > after`` never skips or repeats a record, however many
+        arrive meanwhile."""
+        sql = (
+            "SELECT id, record_id, event_type, agreement_id, released_at, body FROM records "
+            "WHERE consumer = ? AND id > ?"
+        )
+        params: list[object] = [consumer, after]
+        if event_type:
+            sql += " AND event_type = ?"
+            params.append(event_type)
+        if since:
+            sql += " AND released_at >= ?"
+            params.append(since)
+        if until:
+            sql += " AND released_at < ?"
+            params.append(until)
+        sql += " ORDER BY id LIMIT ?"
+        params.append(limit)
+        return [
+            FeedRow(int(i), str(rid), str(et), str(ag), str(at), bytes(body))
+            for i, rid, et, ag, at, body in conn.execute(sql, params)
+        ]
+
+    @staticmethod
+    def audit_page(conn: sqlite3.Connection, query: AuditQuery) -> list[tuple[int, bytes]]:
+        clauses: list[str] = ["seq > ?"]
+        params: list[object] = [query.after]
+        for column, value in (
+            ("message_id", query.message_id),
+            ("source", query.source),
+            ("consumer", query.consumer),
+            ("agreement_id", query.agreement_id),
+            ("kind", query.kind),
+        ):
+            if value:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        if query.record_id:
+            clauses.append("(record_id = ? OR seq IN (SELECT seq FROM audit_records WHERE record_id = ?))")
+            params.extend([query.record_id, query.record_id])
+        if query.since:
+            clauses.append("at >= ?")
+            params.append(query.since)
+        if query.until:
+            clauses.append("at < ?")
+            params.append(query.until)
+        sql = f"SELECT seq, body FROM audit WHERE {' AND '.join(clauses)} ORDER BY seq LIMIT ?"  # noqa: S608
+        params.append(query.limit)
+        return [(int(seq), bytes(body)) for seq, body in conn.execute(sql, params)]
+
+    @staticmethod
+    def expired(conn: sqlite3.Connection, now: str, limit: int = 1000) -> list[tuple[str, str, str]]:
+        return [
+            (str(r), str(c), str(a))
+            for r, c, a in conn.execute(
+                "SELECT record_id, consumer, agreement_id FROM records WHERE expires_at <= ? "
+                "ORDER BY expires_at LIMIT ?",
+                (now, limit),
+            )
+        ]
+
+    @staticmethod
+    def checkpoints_list(conn: sqlite3.Connection) -> list[Checkpoint]:
+        return [
+            Checkpoint(int(seq), str(h), str(at), str(kid), str(sig))
+            for seq, h, at, kid, sig in conn.execute(
+                "SELECT seq, head_hash, at, kid, signature FROM checkpoints ORDER BY seq"
+            )
+        ]
+
+    @staticmethod
+    def record_message(conn: sqlite3.Connection, record_id: str) -> str | None:
+        row = conn.execute(
+            "SELECT message_id FROM audit WHERE record_id = ? AND message_id IS NOT NULL LIMIT 1", (record_id,)
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+
+@dataclass(frozen=True, slots=True)
+class FeedRow:
+    id: int
+    record_id: str
+    event_type: str
+    agreement_id: str
+    released_at: str
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AuditQuery:
+    after: int = 0
+    limit: int = 100
+    message_id: str | None = None
+    record_id: str | None = None
+    source: str | None = None
+    consumer: str | None = None
+    agreement_id: str | None = None
+    kind: str | None = None
+    since: str | None = None
+    until: str | None = None
 
 
 def verify_audit_file(path: Path) -> ChainReport:

@@ -55,6 +55,17 @@ class QuarantineItem:
     body: bytes | None  # None when keeping the body would itself hold personal data
 
 
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """A signed statement of the chain head: (sequence, head hash, time), Ed25519 by the broker."""
+
+    seq: int
+    head_hash: str
+    at: str
+    kid: str
+    signature: str
+
+
 @dataclass(slots=True)
 class CommitUnit:
     """Everything one batch makes durable, in one transaction.
@@ -67,12 +78,16 @@ class CommitUnit:
     records: list[StoredRecord] = field(default_factory=list)
     seen: list[tuple[ReplayKey, Seen]] = field(default_factory=list)
     quarantine: list[QuarantineItem] = field(default_factory=list)
+    purge: list[str] = field(default_factory=list)  # record ids to delete (retention)
+    checkpoints: list[Checkpoint] = field(default_factory=list)
 
     def extend(self, other: CommitUnit) -> None:
         self.drafts.extend(other.drafts)
         self.records.extend(other.records)
         self.seen.extend(other.seen)
         self.quarantine.extend(other.quarantine)
+        self.purge.extend(other.purge)
+        self.checkpoints.extend(other.checkpoints)
 
 
 class Store(Protocol):

@@ -13,7 +13,7 @@ from typing import Any
 from broker.audit.chain import Draft, Kind
 from broker.policy.decision import Refusal, Release
 from broker.ports.store import QuarantineItem, StoredRecord
-from schemas.canonical import canonicalize
+from schemas.canonical import canonicalize_plain
 from schemas.envelope import format_time
 from schemas.errors import Reason
 
@@ -69,8 +69,9 @@ class Outcome:
 
 def record_body(outcome: Outcome, release: Release) -> bytes:
     """The minimised record as the consumer receives it: deterministic, so a redelivered copy is
-    byte-identical and its hash matches the audit entry."""
-    return canonicalize(
+    byte-identical and its hash matches the audit entry. Canonical (RFC 8785) by the fast path:
+    event models have no float field, so no released value is a float, and every key is ours."""
+    return canonicalize_plain(
         {
             "record_id": release.record_id,
             "consumer": release.consumer,
