@@ -117,14 +117,16 @@ class SyntheticRecord:
 
 class SyntheticGenerator:
     def __init__(self, seed: int = 2026, start: datetime | None = None, days: int = 28) -> None:
+        self.seed = seed
         self.rng = random.Random(seed)
         self.start = start or datetime(2026, 10, 1, tzinfo=UTC)
         self.days = days
         self.counter = 0
 
     def _key(self, prefix: str) -> str:
+        # The seed is part of the key: two generators never invent the same source record.
         self.counter += 1
-        return f"{prefix}-{self.counter:07d}"
+        return f"{prefix}-{self.seed}-{self.counter:07d}"
 
     def ae_assault(self, partner: str = "uhdb-royal-derby-ed") -> SyntheticRecord:
         rng = self.rng

@@ -9,13 +9,19 @@ import os
 import tomllib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import aio_pika
 from aio_pika.abc import AbstractRobustConnection
 from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker.audit.chain import Draft, Kind
+from broker.audit.checkpoints import sign_checkpoint
+from broker.auth.broker_key import broker_public_jwks, load_or_create_broker_key
+from broker.auth.tokens import TokenVerifier, load_jwks
 from broker.logs import get_logger
 from broker.pipeline import DecideFn, Pipeline
 from broker.policy.engine import decide
@@ -23,11 +29,13 @@ from broker.policy.loader import PolicySet, load_policy
 from broker.policy.secrets import load_secrets
 from broker.ports.amqp import AmqpDelivery, AmqpIngest, DeadLetterAuditor, Names, declare_topology
 from broker.ports.delivery import Delivery, StoreDelivery
+from broker.ports.http_access import AccessContext, add_routes, agreement_summaries
 from broker.ports.http_api import build_app
 from broker.ports.sqlite_store import SqliteStore
-from broker.ports.store import CommitUnit
+from broker.ports.store import Checkpoint, CommitUnit
 from broker.registry import Registry, load_registry
 from broker.settings import Settings
+from schemas.envelope import format_time
 
 log = get_logger("sv_broker.service")
 
@@ -74,8 +82,12 @@ class Broker:
     ingest: AmqpIngest | None = None
     dead_letters: DeadLetterAuditor | None = None
     runner: web.AppRunner | None = None
+    access: AccessContext | None = None
     port: int = 0
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _key: tuple[str, Ed25519PrivateKey] | None = None
+    _last_checkpoint: tuple[int, float] = (0, 0.0)
 
     @property
     def url(self) -> str:
@@ -88,6 +100,13 @@ class Broker:
         self.policy = load_policy(settings.policy_dir, self.registry, secrets)
         self.store = SqliteStore(settings.data_dir / "broker.db", batch_max=settings.audit_batch_max)
         await self.store.open()
+        self._key = await asyncio.to_thread(load_or_create_broker_key, settings.effective_broker_key)
+        kid, private_key = self._key
+        token_keys = {kid: private_key.public_key()}
+        if settings.token_jwks_file is not None:
+            # An identity provider's keys: configuration, not code (and read once, here).
+            token_keys.update(load_jwks(settings.token_jwks_file))
+        verifier = TokenVerifier(token_keys, issuer=settings.token_issuer, audience=settings.token_audience)
         await self.store.commit(
             CommitUnit(
                 drafts=[
@@ -141,12 +160,101 @@ class Broker:
                 settings, self.registry, self.policy, self.store, delivery, decide_fn=self.decide_fn
             )
         app = build_app(self.pipeline, ready_checks)
+        self.access = AccessContext(
+            store=self.store,
+            verifier=verifier,
+            registry=self.registry,
+            policy=self.policy,
+            public_jwks=broker_public_jwks(kid, private_key),
+            checkpoint_keys={kid: private_key.public_key()},
+            clock=self.clock,
+            warn_within=settings.warn_within,
+        )
+        add_routes(app, self.access)
         self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=10)
         await self.runner.setup()
         site = web.TCPSite(self.runner, settings.http_host, settings.http_port)
         await site.start()
         self.port = bound_port(site, settings.http_port)
+        self._warn_agreements()
+        self._tasks.append(asyncio.create_task(self._checkpoint_loop(), name="checkpoints"))
+        self._tasks.append(asyncio.create_task(self._retention_loop(), name="retention"))
         log.info("broker_started", mode="amqp" if settings.amqp_url else "embedded", url=self.url)
+
+    # -- signed checkpoints ------------------------------------------------------------------------
+    async def checkpoint(self) -> Checkpoint | None:
+        """Sign the current head of the audit chain (if it moved since the last checkpoint)."""
+        assert self.store is not None
+        assert self._key is not None
+        seq, head = self.store.head
+        if seq == 0 or seq == self._last_checkpoint[0]:
+            return None
+        kid, private_key = self._key
+        cp = sign_checkpoint(private_key, kid, seq, head, self.clock())
+        await self.store.commit(CommitUnit(checkpoints=[cp]))
+        self._last_checkpoint = (seq, asyncio.get_running_loop().time())
+        return cp
+
+    async def _checkpoint_loop(self) -> None:
+        assert self.store is not None
+        every, interval = self.settings.checkpoint_every, self.settings.checkpoint_interval.total_seconds()
+        while True:
+            await asyncio.sleep(min(1.0, interval))
+            seq, _ = self.store.head
+            last_seq, last_at = self._last_checkpoint
+            if seq - last_seq >= every or (seq > last_seq and asyncio.get_running_loop().time() - last_at >= interval):
+                try:
+                    await self.checkpoint()
+                except Exception as exc:  # a checkpoint is retried next round; never kill the broker
+                    log.warning("checkpoint_failed", error=type(exc).__name__)
+
+    # -- retention -------------------------------------------------------------------------------
+    async def purge_expired(self, now: datetime | None = None) -> int:
+        """Delete records past their agreement's retention period; each purge is audited in the same
+        transaction as the deletion (ICO code: secure deletion, and being able to show it)."""
+        assert self.store is not None
+        stamp = format_time(now or self.clock())
+        total = 0
+        while True:
+            rows = await self.store.read(partial(SqliteStore.expired, now=stamp, limit=1000))
+            if not rows:
+                return total
+            groups: dict[tuple[str, str], list[str]] = {}
+            for record_id, consumer, agreement_id in rows:
+                groups.setdefault((consumer, agreement_id), []).append(record_id)
+            drafts = [
+                Draft(
+                    Kind.PURGED,
+                    {
+                        "consumer": consumer,
+                        "agreement_id": agreement_id,
+                        "reason": "retention_expired",
+                        "count": len(ids),
+                        "record_ids": ids,
+                    },
+                )
+                for (consumer, agreement_id), ids in sorted(groups.items())
+            ]
+            await self.store.commit(CommitUnit(drafts=drafts, purge=[r[0] for r in rows]))
+            total += len(rows)
+            log.info("records_purged", count=len(rows))
+
+    def _warn_agreements(self) -> None:
+        assert self.policy is not None
+        for summary in agreement_summaries(self.policy, self.clock(), self.settings.warn_within):
+            if summary["state"] != "in_force":
+                log.warning("agreement_not_in_force", agreement_id=summary["id"], state=summary["state"])
+            for warning in summary["warnings"]:
+                log.warning("agreement_attention", agreement_id=summary["id"], warning=warning)
+
+    async def _retention_loop(self) -> None:
+        while True:
+            try:
+                await self.purge_expired()
+                self._warn_agreements()
+            except Exception as exc:
+                log.warning("retention_failed", error=type(exc).__name__)
+            await asyncio.sleep(self.settings.retention_interval.total_seconds())
 
     async def stop(self) -> None:
         """Graceful: stop taking work, finish what is in flight, make it durable, then close."""
@@ -154,9 +262,13 @@ class Broker:
             await self.ingest.stop_consuming()
         if self.dead_letters is not None:
             await self.dead_letters.stop()
+        if self.access is not None:
+            self.access.stopping.set()  # ends event streams
         if self.runner is not None:
             await self.runner.cleanup()  # waits for in-flight HTTP requests
         for task in self._tasks:
+            if task.get_name() in ("checkpoints", "retention"):
+                task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait_for(task, timeout=30)
         if self.pipeline is not None:
@@ -165,6 +277,9 @@ class Broker:
         if self.connection is not None:
             await self.connection.close()
         if self.store is not None:
+            with contextlib.suppress(Exception):
+                await self.store.commit(CommitUnit(drafts=[Draft(Kind.STOPPED, {})]))
+                await self.checkpoint()  # the final head, signed
             await self.store.close()
         log.info("broker_stopped")
 

@@ -32,9 +32,22 @@ class Settings:
     # HTTP
     http_host: str = "127.0.0.1"
     http_port: int = 8080
+    # tokens and checkpoints
+    broker_key_file: Path | None = None  # default: data_dir / "broker-key.pem"
+    token_jwks_file: Path | None = None  # an identity provider's public keys, besides the broker's own
+    token_issuer: str = "urn:sv-broker"  # noqa: S105 - an issuer URN, not a secret
+    token_audience: str = "sv-broker-api"  # noqa: S105 - an audience name, not a secret
+    checkpoint_every: int = 1000  # entries between signed checkpoints ...
+    checkpoint_interval: timedelta = timedelta(seconds=60)  # ... or this long, whichever first
+    retention_interval: timedelta = timedelta(hours=1)
+    warn_within: timedelta = timedelta(days=30)  # agreements ending / due for review this soon
     # audit group commit
     audit_batch_max: int = 512
     audit_batch_wait: timedelta = timedelta(milliseconds=2)
+
+    @property
+    def effective_broker_key(self) -> Path:
+        return self.broker_key_file if self.broker_key_file is not None else self.data_dir / "broker-key.pem"
 
     @property
     def effective_keys_dir(self) -> Path:

@@ -30,9 +30,11 @@ class Kind(StrEnum):
     WITHHELD = "withheld"  # accepted, but no agreement entitles anyone (with the reasons)
     DUPLICATE = "duplicate"
     DEAD_LETTERED = "dead_lettered"
-    ACCESSED = "accessed"
+    ACCESSED = "accessed"  # an analyst's or IG lead's read: who, what, which records
+    ACCESS_DENIED = "access_denied"  # a refused token or a read outside the caller's rights
     PURGED = "purged"
     STARTED = "started"  # broker start: configuration fingerprint (agreements, registry)
+    STOPPED = "stopped"  # graceful shutdown
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,9 +74,16 @@ class ChainReport:
 
 
 def verify_chain(
-    rows: Iterable[tuple[int, bytes, str]], *, start_seq: int = 1, start_prev: str = GENESIS
+    rows: Iterable[tuple[int, bytes, str]],
+    *,
+    start_seq: int = 1,
+    start_prev: str = GENESIS,
+    collect: set[int] | None = None,
+    collected: dict[int, str] | None = None,
 ) -> ChainReport:
     """Recompute the chain over ``(seq, body, hash)`` rows in storage order.
+
+    ``collect``/``collected``: the hashes at these sequence numbers are recorded (for checkpoints).
 
     Reports the first sequence number at which the stored chain stops being the chain that was
     written: a body that does not hash to its stored hash (modified), a ``prev`` that is not the
@@ -97,5 +106,7 @@ def verify_chain(
             )
         if doc.get("prev") != prev:
             return ChainReport(False, count, expected_seq - 1, prev, seq, "previous-hash link is broken")
+        if collect is not None and collected is not None and seq in collect:
+            collected[seq] = stored_hash
         prev, expected_seq, count = stored_hash, expected_seq + 1, count + 1
     return ChainReport(True, count, expected_seq - 1, prev)

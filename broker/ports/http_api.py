@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -17,6 +18,16 @@ log = get_logger("sv_broker.http")
 
 READY_CHECKS = web.AppKey("ready_checks", list[Callable[[], Awaitable[bool]]])
 PIPELINE = web.AppKey("pipeline", Pipeline)
+
+
+class ApiError(Exception):
+    """A refusal with an HTTP status, a stable reason code and a sentence (rendered as JSON)."""
+
+    def __init__(self, status: int, reason: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.status, self.reason, self.message = status, reason, message
+        self.headers = headers or {}
+
 
 _STATUS_BY_REASON: dict[str, int] = {
     Reason.BODY_TOO_LARGE: 413,
@@ -38,9 +49,11 @@ def http_status(reason: str | None) -> int:
     return _STATUS_BY_REASON.get(reason or "", 400)
 
 
-def problem(status: int, reason: str, message: str, **extra: Any) -> web.Response:
+def problem(
+    status: int, reason: str, message: str, headers: dict[str, str] | None = None, **extra: Any
+) -> web.Response:
     body = {"reason": reason, "message": message, **extra}
-    return web.json_response(body, status=status, dumps=lambda v: json.dumps(v, ensure_ascii=False))
+    return web.json_response(body, status=status, headers=headers, dumps=lambda v: json.dumps(v, ensure_ascii=False))
 
 
 async def _read_limited(request: web.Request, limit: int) -> bytes:
@@ -90,11 +103,15 @@ async def errors_middleware(
     with a stable reason; aiohttp's own HTTP errors become JSON with a reason code."""
     try:
         return await handler(request)
+    except ApiError as exc:
+        return problem(exc.status, exc.reason, exc.message, exc.headers)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         reason = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(exc.status, "http_error")
         return problem(exc.status, reason, exc.reason)
+    except (ConnectionResetError, asyncio.CancelledError):
+        raise  # the client went away (e.g. closed an event stream): nothing to answer
     except Exception as exc:
         log.exception("http_handler_failed", path=request.path, error=type(exc).__name__)
         return problem(500, "internal_error", "The broker hit an internal error; nothing was kept. Retry.")

@@ -135,8 +135,7 @@ class SqliteStore:
         self._thread: threading.Thread | None = None
         self._reader: sqlite3.Connection | None = None
         self._read_lock = threading.Lock()
-        self.head_seq = 0
-        self.head_hash = GENESIS
+        self.head: tuple[int, str] = (0, GENESIS)  # one attribute: read atomically by other threads
         self.commits = 0  # transactions written (for the group-commit figures)
         self.units = 0
 
@@ -147,7 +146,7 @@ class SqliteStore:
         writer.executescript(SCHEMA)
         row = writer.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
         if row is not None:
-            self.head_seq, self.head_hash = int(row[0]), str(row[1])
+            self.head = (int(row[0]), str(row[1]))
         self._reader = connect(self.path)
         self._thread = threading.Thread(target=self._writer_loop, args=(writer,), name="sqlite-writer", daemon=True)
         self._thread.start()
@@ -203,7 +202,7 @@ class SqliteStore:
             conn.close()
 
     def _write(self, conn: sqlite3.Connection, units: list[CommitUnit]) -> None:
-        seq, prev = self.head_seq, self.head_hash
+        seq, prev = self.head
         now = datetime.now(UTC)
         stamp = now.isoformat()
         conn.execute("BEGIN IMMEDIATE")
@@ -297,7 +296,7 @@ class SqliteStore:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        self.head_seq, self.head_hash = seq, prev
+        self.head = (seq, prev)
         self.commits += 1
         self.units += len(units)
 
@@ -387,6 +386,16 @@ class SqliteStore:
 
     @staticmethod
     def audit_page(conn: sqlite3.Connection, query: AuditQuery) -> list[tuple[int, bytes]]:
+        return [(seq, body) for seq, body, _ in SqliteStore.audit_page_with_hash(conn, query)]
+
+    @staticmethod
+    def all_audit_rows(conn: sqlite3.Connection) -> list[tuple[int, bytes, str]]:
+        return [
+            (int(s), bytes(b), str(h)) for s, b, h in conn.execute("SELECT seq, body, hash FROM audit ORDER BY seq")
+        ]
+
+    @staticmethod
+    def audit_page_with_hash(conn: sqlite3.Connection, query: AuditQuery) -> list[tuple[int, bytes, str]]:
         clauses: list[str] = ["seq > ?"]
         params: list[object] = [query.after]
         for column, value in (
@@ -408,9 +417,9 @@ class SqliteStore:
         if query.until:
             clauses.append("at < ?")
             params.append(query.until)
-        sql = f"SELECT seq, body FROM audit WHERE {' AND '.join(clauses)} ORDER BY seq LIMIT ?"  # noqa: S608
+        sql = f"SELECT seq, body, hash FROM audit WHERE {' AND '.join(clauses)} ORDER BY seq LIMIT ?"  # noqa: S608
         params.append(query.limit)
-        return [(int(seq), bytes(body)) for seq, body in conn.execute(sql, params)]
+        return [(int(seq), bytes(body), str(h)) for seq, body, h in conn.execute(sql, params)]
 
     @staticmethod
     def expired(conn: sqlite3.Connection, now: str, limit: int = 1000) -> list[tuple[str, str, str]]:
