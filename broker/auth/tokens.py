@@ -43,7 +43,7 @@ ALGORITHM = "EdDSA"  # the one algorithm we accept: pinned, never taken from the
 _ACCEPTED_TYPES = frozenset({"at+jwt", "application/at+jwt"})
 # Headers that tell a verifier where to find a key, or that change how the token is processed.
 # Honouring any of them lets the sender choose the key that verifies its own token [RFC 8725 3.10]
-# (jku/x5u also make the verifier fetch a URL: SSRF); ``crit`` names extensions we do not
+# (jku/x5u also make the verifier fetch a URL: SSRF [RFC 8725 2.9]); ``crit`` names extensions we do not
 # implement (RFC 7515 4.1.11 says refuse); ``b64`` (RFC 7797) changes what the signature covers.
 FORBIDDEN_HEADERS = ("jku", "x5u", "jwk", "x5c", "crit", "b64")
 _KID_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")
@@ -120,14 +120,14 @@ def _plain_text(value: object, limit: int = _MAX_TEXT_CLAIM) -> TypeGuard[str]:
 
 
 def _read_header(token: str) -> dict[str, Any]:
-    """The unverified JOSE header, parsed strictly. Only used to choose the key [RFC 8725 2.1]."""
+    """The unverified JOSE header, parsed strictly. Only used to choose the key [RFC 8725 3.10]."""
     parts = token.split(".")
     if len(parts) != 3:  # compact JWS only: a 5-part JWE or a JSON serialisation is not a token of ours
         raise _fail(AuthReason.TOKEN_MALFORMED, "The token is not a compact JWS (three dot-separated parts).")
     try:
         raw = b64u_decode(parts[0])
         # Strict JSON: a duplicated "alg" or "kid" read one way here and another way by a second
-        # parser is a verification bypass [RFC 8725 2.8; RFC 7515 4 "unique header names"].
+        # parser is a verification bypass [RFC 8725 2.6; RFC 7515 4 "unique header names"].
         header = parse_strict(raw, max_bytes=_MAX_HEADER_BYTES)
     except (ValueError, ContractError):
         raise _fail(AuthReason.TOKEN_MALFORMED, "The token's header is not strict base64url JSON.") from None

@@ -15,7 +15,7 @@ import csv
 import io
 import json
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
@@ -94,7 +94,7 @@ async def analyst_for(request: web.Request) -> tuple[Principal, str]:
     """The analyst and the consumer feed they asked for; refused unless it is their own."""
     principal = await authenticate(request, frozenset({ANALYST}))
     consumer = request.match_info["consumer"]
-    if principal.consumer != consumer:
+    if principal.consumer != consumer or consumer not in request.app[ACCESS].registry.consumers:
         # Threat: an analyst of one consumer reading another's records (horizontal escalation).
         await _audit(
             request.app[ACCESS],
@@ -328,6 +328,7 @@ async def audit_export(request: web.Request) -> web.StreamResponse:
     principal = await authenticate(request, AUDIT_ROLES)
     ctx = request.app[ACCESS]
     fmt = _format(request, ("jsonl", "csv"))
+    first = _audit_query(request, 0, MAX_PAGE)  # parameters are checked before the stream starts
     await _audit_read(ctx, principal, "audit_export", request.path, {"query": _filters(request), "format": fmt})
     response = web.StreamResponse(
         headers={
@@ -341,7 +342,7 @@ async def audit_export(request: web.Request) -> web.StreamResponse:
         await response.write((",".join(columns) + "\n").encode())
     after = 0
     while True:
-        query = _audit_query(request, after, MAX_PAGE)
+        query = replace(first, after=after)
         rows = await ctx.store.read(partial(SqliteStore.audit_page_with_hash, query=query))
         if not rows:
             break

@@ -84,6 +84,12 @@ async def ingest(request: web.Request) -> web.Response:
     return web.json_response(receipt, status=http_status(outcome.reason))
 
 
+async def openapi(_request: web.Request) -> web.Response:
+    from broker.ports.openapi import document
+
+    return web.json_response(document())
+
+
 async def healthz(_request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
@@ -124,4 +130,5 @@ def build_app(pipeline: Pipeline, ready_checks: list[Callable[[], Awaitable[bool
     app.router.add_post("/v1/events", ingest)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/openapi.json", openapi)
     return app

@@ -1,0 +1,352 @@
+"""The OpenAPI 3.1 document of the whole HTTP API, served at ``/openapi.json``.
+
+Written by hand (aiohttp has no schema of its own) and held to the running app by the tests:
+every route the app serves is here, and schemathesis checks that responses match it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from schemas.events import EVENT_TYPES
+from schemas.export import envelope_schema
+
+JSON = "application/json"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {JSON: {"schema": schema}}}
+
+
+def _problem(description: str) -> dict[str, Any]:
+    return _json(_ref("Problem"), description)
+
+
+AUTH_ERRORS = {
+    "401": _problem("No token, or a token refused (reason code says why); audited."),
+    "403": _problem("The caller's role or consumer does not allow this; audited."),
+}
+TIME_PARAM = {"type": "string", "format": "date-time"}
+
+
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+
+
+def _path(name: str, description: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}, "description": description}
+
+
+AUDIT_FILTERS = [
+    _query("message_id", {"type": "string"}, "entries about this message"),
+    _query("record_id", {"type": "string"}, "entries about this record (releases, reads, purges)"),
+    _query("source", {"type": "string"}, "entries about this partner's messages"),
+    _query("consumer", {"type": "string"}, "entries about this consumer"),
+    _query("agreement_id", {"type": "string"}, "entries under this agreement"),
+    _query("kind", {"type": "string"}, "entry kind: received, rejected, released, accessed, ..."),
+    _query("since", TIME_PARAM, "at or after this time"),
+    _query("until", TIME_PARAM, "before this time"),
+]
+
+
+def document() -> dict[str, Any]:
+    envelope = envelope_schema()
+    envelope.pop("$schema", None)
+    envelope.pop("$id", None)
+    secured: list[dict[str, list[str]]] = [{"bearer": []}]
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "sv-broker",
+            "version": "1",
+            "description": (
+                "Secure information-sharing broker for the Derby and Derbyshire Serious Violence partnership: "
+                "partner ingest, analysts' feeds, the IG audit API. Every read and refusal is audited."
+            ),
+        },
+        "paths": {
+            "/v1/events": {
+                "post": {
+                    "summary": "Send one signed envelope (embedded ingest)",
+                    "requestBody": {
+                        "required": True,
+                        "content": {JSON: {"schema": envelope}, "application/cloudevents+json": {"schema": envelope}},
+                    },
+                    "responses": {
+                        "202": _json(_ref("Receipt"), "Accepted; audit entries and records are durable."),
+                        "200": _json(_ref("Receipt"), "A duplicate of a message already processed."),
+                        "400": _json(_ref("Receipt"), "Refused: malformed, stale or replayed (reason code)."),
+                        "401": _json(_ref("Receipt"), "Refused: signature or key (reason code)."),
+                        "403": _json(_ref("Receipt"), "Refused: the partner may not send this type."),
+                        "413": _json(_ref("Receipt"), "Refused: body over the limit."),
+                        "422": _json(_ref("Receipt"), "Refused: schema invalid or a direct identifier present."),
+                        "500": _problem("Our fault; nothing was kept. Retry."),
+                    },
+                }
+            },
+            "/healthz": {"get": {"summary": "Liveness", "responses": {"200": _json(_ref("Health"), "Alive.")}}},
+            "/readyz": {
+                "get": {
+                    "summary": "Readiness: the store (and RabbitMQ) answer",
+                    "responses": {"200": _json(_ref("Ready"), "Ready."), "503": _json(_ref("Ready"), "Not ready.")},
+                }
+            },
+            "/openapi.json": {
+                "get": {"summary": "This document", "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1.")}}
+            },
+            "/v1/feeds/{consumer}/records": {
+                "get": {
+                    "summary": "A page of the caller's own consumer feed (analyst role)",
+                    "security": secured,
+                    "parameters": [
+                        _path("consumer", "consumer id; must be the analyst's own"),
+                        _query("after", {"type": "string"}, "cursor from the previous page's next_cursor"),
+                        _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "page size"),
+                        _query("event_type", {"type": "string", "enum": sorted(EVENT_TYPES)}, "only this type"),
+                        _query("since", TIME_PARAM, "released at or after"),
+                        _query("until", TIME_PARAM, "released before"),
+                        _query("format", {"type": "string", "enum": ["json", "csv"]}, "response format"),
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "Records in release order; the cursor never skips or repeats.",
+                            "content": {JSON: {"schema": _ref("FeedPage")}, "text/csv": {"schema": {"type": "string"}}},
+                        },
+                        "400": _problem("A bad parameter (reason code)."),
+                        **AUTH_ERRORS,
+                    },
+                }
+            },
+            "/v1/feeds/{consumer}/stream": {
+                "get": {
+                    "summary": "Server-Sent Events of new records; resumes after Last-Event-ID (analyst role)",
+                    "security": secured,
+                    "parameters": [
+                        _path("consumer", "consumer id; must be the analyst's own"),
+                        {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string"}},
+                        _query("event_type", {"type": "string", "enum": sorted(EVENT_TYPES)}, "only this type"),
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "An event stream",
+                            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                        },
+                        "400": _problem("A bad parameter."),
+                        **AUTH_ERRORS,
+                    },
+                }
+            },
+            "/v1/audit/entries": {
+                "get": {
+                    "summary": "Query the audit trail (ig or admin role)",
+                    "security": secured,
+                    "parameters": [
+                        *AUDIT_FILTERS,
+                        _query("after", {"type": "string", "pattern": "^[0-9]+$"}, "sequence number to page after"),
+                        _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "page size"),
+                    ],
+                    "responses": {
+                        "200": _json(_ref("AuditPage"), "Matching entries."),
+                        "400": _problem("A bad parameter."),
+                        **AUTH_ERRORS,
+                    },
+                }
+            },
+            "/v1/audit/export": {
+                "get": {
+                    "summary": "Export matching entries: JSONL (verifiable offline) or CSV (ig or admin role)",
+                    "security": secured,
+                    "parameters": [
+                        *AUDIT_FILTERS,
+                        _query("format", {"type": "string", "enum": ["jsonl", "csv"]}, "format"),
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "The export",
+                            "content": {
+                                "application/x-ndjson": {"schema": {"type": "string"}},
+                                "text/csv": {"schema": {"type": "string"}},
+                            },
+                        },
+                        "400": _problem("A bad parameter."),
+                        **AUTH_ERRORS,
+                    },
+                }
+            },
+            "/v1/audit/trace/{record_id}": {
+                "get": {
+                    "summary": "Everything that happened to one record (ig or admin role)",
+                    "security": secured,
+                    "parameters": [_path("record_id", "record id")],
+                    "responses": {
+                        "200": _json(_ref("Trace"), "The trace."),
+                        "404": _problem("Unknown record."),
+                        **AUTH_ERRORS,
+                    },
+                }
+            },
+            "/v1/audit/checkpoints": {
+                "get": {
+                    "summary": "The signed checkpoints and the broker's public key (ig or admin role)",
+                    "security": secured,
+                    "responses": {"200": _json(_ref("Checkpoints"), "Checkpoints."), **AUTH_ERRORS},
+                }
+            },
+            "/v1/audit/verify": {
+                "get": {
+                    "summary": "Verify the chain and checkpoints now (ig or admin role)",
+                    "security": secured,
+                    "responses": {"200": _json(_ref("VerifyReport"), "The report."), **AUTH_ERRORS},
+                }
+            },
+            "/v1/agreements": {
+                "get": {
+                    "summary": "The agreements, their state and warnings (any role)",
+                    "security": secured,
+                    "responses": {"200": _json(_ref("Agreements"), "Agreements."), **AUTH_ERRORS},
+                }
+            },
+        },
+        "components": {
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT (EdDSA, typ at+jwt)"}
+            },
+            "schemas": {
+                "Problem": {
+                    "type": "object",
+                    "required": ["reason", "message"],
+                    "properties": {"reason": {"type": "string"}, "message": {"type": "string"}},
+                },
+                "Receipt": {
+                    "type": "object",
+                    "required": ["status", "body_sha256", "at"],
+                    "properties": {
+                        "status": {"enum": ["accepted", "duplicate", "rejected"]},
+                        "message_id": {"type": ["string", "null"]},
+                        "source": {"type": ["string", "null"]},
+                        "body_sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                        "at": {"type": "string"},
+                        "records": {"type": "integer", "minimum": 0},
+                        "reason": {"type": "string"},
+                        "message": {"type": "string"},
+                    },
+                },
+                "Health": {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}},
+                "Ready": {"type": "object", "required": ["ready"], "properties": {"ready": {"type": "boolean"}}},
+                "Record": {
+                    "type": "object",
+                    "required": ["record_id", "consumer", "event_type", "agreement", "data", "released_at"],
+                    "properties": {
+                        "record_id": {"type": "string"},
+                        "consumer": {"type": "string"},
+                        "event_type": {"type": "string"},
+                        "source": {"type": ["string", "null"]},
+                        "produced_at": {"type": ["string", "null"]},
+                        "released_at": {"type": "string"},
+                        "agreement": {
+                            "type": "object",
+                            "required": ["id", "revision"],
+                            "properties": {"id": {"type": "string"}, "revision": {"type": "integer"}},
+                        },
+                        "data": {"type": "object"},
+                    },
+                },
+                "FeedPage": {
+                    "type": "object",
+                    "required": ["consumer", "count", "next_cursor", "records"],
+                    "properties": {
+                        "consumer": {"type": "string"},
+                        "count": {"type": "integer"},
+                        "next_cursor": {"type": "string"},
+                        "records": {"type": "array", "items": _ref("Record")},
+                    },
+                },
+                "AuditEntry": {
+                    "type": "object",
+                    "required": ["seq", "prev", "at", "kind"],
+                    "properties": {
+                        "seq": {"type": "integer", "minimum": 1},
+                        "prev": {"type": "string"},
+                        "at": {"type": "string"},
+                        "kind": {"type": "string"},
+                    },
+                },
+                "AuditPage": {
+                    "type": "object",
+                    "required": ["count", "next_after", "entries"],
+                    "properties": {
+                        "count": {"type": "integer"},
+                        "next_after": {"type": "integer"},
+                        "entries": {"type": "array", "items": _ref("AuditEntry")},
+                    },
+                },
+                "Trace": {
+                    "type": "object",
+                    "required": ["record_id", "message_id", "entries"],
+                    "properties": {
+                        "record_id": {"type": "string"},
+                        "message_id": {"type": "string"},
+                        "entries": {"type": "array", "items": _ref("AuditEntry")},
+                    },
+                },
+                "Checkpoints": {
+                    "type": "object",
+                    "required": ["format", "checkpoints", "public_keys"],
+                    "properties": {
+                        "format": {"type": "string"},
+                        "public_keys": {"type": "object"},
+                        "checkpoints": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["seq", "head_hash", "at", "kid", "signature"],
+                                "properties": {
+                                    "seq": {"type": "integer"},
+                                    "head_hash": {"type": "string"},
+                                    "at": {"type": "string"},
+                                    "kid": {"type": "string"},
+                                    "signature": {"type": "string"},
+                                },
+                            },
+                        },
+                    },
+                },
+                "VerifyReport": {
+                    "type": "object",
+                    "required": ["ok", "entries", "head_seq", "head_hash"],
+                    "properties": {
+                        "ok": {"type": "boolean"},
+                        "entries": {"type": "integer"},
+                        "head_seq": {"type": "integer"},
+                        "head_hash": {"type": "string"},
+                        "checkpoints_checked": {"type": "integer"},
+                        "first_bad_seq": {"type": ["integer", "null"]},
+                        "problem": {"type": ["string", "null"]},
+                    },
+                },
+                "Agreements": {
+                    "type": "object",
+                    "required": ["agreements"],
+                    "properties": {
+                        "agreements": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["id", "revision", "state", "warnings"],
+                                "properties": {
+                                    "id": {"type": "string"},
+                                    "revision": {"type": "integer"},
+                                    "state": {"enum": ["in_force", "not_yet_valid", "expired", "review_overdue"]},
+                                    "warnings": {"type": "array", "items": {"type": "string"}},
+                                },
+                            },
+                        }
+                    },
+                },
+            },
+        },
+    }

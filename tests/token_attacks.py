@@ -1,0 +1,198 @@
+"""The token attack matrix (RFC 8725 and the classic JWT bypasses), as (case, token, expected reason).
+
+Self-contained (stdlib, cryptography, pyjwt only) so the HTTP tests can reuse it: every token here
+must be refused with 401 and audited. Tokens are built by hand where pyjwt would refuse to produce
+them (alg none, HS256 keyed with a public key, duplicate header members, forbidden headers).
+Times are relative to the wall clock at the call.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+Signer = Callable[[bytes], bytes]
+
+
+def _b64u(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def _compact(header: dict[str, Any] | bytes, claims: dict[str, Any], sign: Signer | None) -> str:
+    head = _b64u(header if isinstance(header, bytes) else _json(header))
+    signing_input = f"{head}.{_b64u(_json(claims))}"
+    signature = sign(signing_input.encode("ascii")) if sign is not None else b""
+    return f"{signing_input}.{_b64u(signature)}"
+
+
+def attack_tokens(
+    private_key: Ed25519PrivateKey, kid: str, *, issuer: str, audience: str
+) -> list[tuple[str, str, str]]:
+    """Every case must be refused by a verifier configured with ``{kid: private_key.public_key()}``,
+    ``issuer`` and ``audience``, with the given reason code."""
+    now = int(time.time())
+    claims: dict[str, Any] = {
+        "iss": issuer,
+        "sub": "attacker@example.org",
+        "aud": audience,
+        "iat": now,
+        "nbf": now,
+        "exp": now + 600,
+        "jti": "attack",
+        "role": "admin",
+    }
+    header: dict[str, Any] = {"alg": "EdDSA", "typ": "at+jwt", "kid": kid}
+    ours: Signer = private_key.sign
+    other_key = Ed25519PrivateKey.generate()
+    theirs: Signer = other_key.sign
+    public_raw = private_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    public_pem = private_key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+
+    def hs256(secret: bytes) -> Signer:
+        return lambda data: hmac.new(secret, data, hashlib.sha256).digest()
+
+    def with_claims(**changes: Any) -> dict[str, Any]:
+        out = {**claims, **changes}
+        return {k: v for k, v in out.items() if v is not None}
+
+    def without(name: str) -> dict[str, Any]:
+        return {k: v for k, v in claims.items() if k != name}
+
+    def with_header(**changes: Any) -> dict[str, Any]:
+        out = {**header, **changes}
+        return {k: v for k, v in out.items() if v is not None}
+
+    other_jwk = json.loads(jwt.algorithms.OKPAlgorithm.to_jwk(other_key.public_key()))
+    ec_key = ec.generate_private_key(ec.SECP256R1())
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+    def pyjwt(alg: str, key: Any) -> str:
+        return jwt.encode(claims, key, algorithm=alg, headers={"kid": kid, "typ": "at+jwt"})
+
+    valid = _compact(header, claims, ours)
+    head, body, sig = valid.split(".")
+    tampered_body = _b64u(_json({**claims, "sub": "someone-else@example.org"}))
+
+    cases: list[tuple[str, str, str]] = [
+        # -- algorithm: pinned to EdDSA [RFC 8725 2.1, 3.1]
+        ("alg_none", _compact(with_header(alg="none"), claims, None), "token_alg_not_allowed"),
+        ("alg_none_mixed_case", _compact(with_header(alg="nOnE"), claims, None), "token_alg_not_allowed"),
+        ("alg_missing", _compact(with_header(alg=None), claims, ours), "token_alg_not_allowed"),
+        (
+            "hs256_keyed_with_raw_public_key",
+            _compact(with_header(alg="HS256"), claims, hs256(public_raw)),
+            "token_alg_not_allowed",
+        ),
+        (
+            "hs256_keyed_with_pem_public_key",
+            _compact(with_header(alg="HS256"), claims, hs256(public_pem)),
+            "token_alg_not_allowed",
+        ),
+        ("es256_other_key", pyjwt("ES256", ec_key), "token_alg_not_allowed"),
+        ("rs256_other_key", pyjwt("RS256", rsa_key), "token_alg_not_allowed"),
+        (
+            "alg_ed448_header_ed25519_signature",
+            _compact(with_header(alg="Ed448"), claims, ours),
+            "token_alg_not_allowed",
+        ),
+        ("alg_ed25519_fully_specified", _compact(with_header(alg="Ed25519"), claims, ours), "token_alg_not_allowed"),
+        # -- key selection: kid from the configured set only, never a key-locating header [RFC 8725 3.10]
+        ("unknown_kid", _compact(with_header(kid="some-other-key"), claims, theirs), "token_unknown_kid"),
+        ("kid_path_traversal", _compact(with_header(kid="../../etc/passwd"), claims, ours), "token_unknown_kid"),
+        ("kid_sql_injection", _compact(with_header(kid="x' OR '1'='1"), claims, ours), "token_unknown_kid"),
+        ("kid_not_a_string", _compact(with_header(kid=7), claims, ours), "token_unknown_kid"),
+        ("kid_missing", _compact(with_header(kid=None), claims, ours), "token_unknown_kid"),
+        (
+            "jku_header",
+            _compact(with_header(jku="https://attacker.example/jwks.json"), claims, theirs),
+            "token_forbidden_header",
+        ),
+        (
+            "x5u_header",
+            _compact(with_header(x5u="https://attacker.example/cert.pem"), claims, theirs),
+            "token_forbidden_header",
+        ),
+        ("jwk_header_embedded_key", _compact(with_header(jwk=other_jwk), claims, theirs), "token_forbidden_header"),
+        ("x5c_header", _compact(with_header(x5c=["MIIBfake"]), claims, theirs), "token_forbidden_header"),
+        (
+            "crit_header",
+            _compact(with_header(crit=["exp-ext"], **{"exp-ext": 1}), claims, ours),
+            "token_forbidden_header",
+        ),
+        ("b64_false_header", _compact(with_header(b64=False, crit=["b64"]), claims, ours), "token_forbidden_header"),
+        # -- explicit typing [RFC 8725 3.11]
+        ("typ_jwt", _compact(with_header(typ="JWT"), claims, ours), "token_bad_type"),
+        ("typ_missing", _compact(with_header(typ=None), claims, ours), "token_bad_type"),
+        ("typ_id_token", _compact(with_header(typ="id_token+jwt"), claims, ours), "token_bad_type"),
+        # -- signature
+        ("other_ed25519_key_under_our_kid", _compact(header, claims, theirs), "token_bad_signature"),
+        ("tampered_claims", f"{head}.{tampered_body}.{sig}", "token_bad_signature"),
+        ("signature_stripped", f"{head}.{body}.", "token_bad_signature"),
+        # -- time
+        (
+            "expired",
+            _compact(header, with_claims(iat=now - 7200, nbf=now - 7200, exp=now - 3600), ours),
+            "token_expired",
+        ),
+        ("nbf_in_future", _compact(header, with_claims(nbf=now + 3600, exp=now + 7200), ours), "token_not_yet_valid"),
+        (
+            "iat_in_future",
+            _compact(header, with_claims(iat=now + 3600, nbf=None, exp=now + 7200), ours),
+            "token_not_yet_valid",
+        ),
+        # "exp": 1e999 would be Infinity to a lenient parser: a token that never expires
+        ("exp_not_a_number", _compact(header, with_claims(exp="tomorrow"), ours), "token_malformed"),
+        # -- required claims
+        ("missing_exp", _compact(header, without("exp"), ours), "token_missing_claim"),
+        ("missing_iat", _compact(header, without("iat"), ours), "token_missing_claim"),
+        ("missing_aud", _compact(header, without("aud"), ours), "token_missing_claim"),
+        ("missing_iss", _compact(header, without("iss"), ours), "token_missing_claim"),
+        ("missing_sub", _compact(header, without("sub"), ours), "token_missing_claim"),
+        ("missing_role", _compact(header, without("role"), ours), "token_missing_claim"),
+        # -- audience and issuer [RFC 8725 3.8, 3.9]
+        ("wrong_audience", _compact(header, with_claims(aud="some-other-api"), ours), "token_bad_audience"),
+        ("audience_list_without_ours", _compact(header, with_claims(aud=["a", "b"]), ours), "token_bad_audience"),
+        ("issuer_prefix_of_ours", _compact(header, with_claims(iss=issuer[:-1]), ours), "token_bad_issuer"),
+        ("issuer_extends_ours", _compact(header, with_claims(iss=issuer + ".evil"), ours), "token_bad_issuer"),
+        ("issuer_other", _compact(header, with_claims(iss="https://idp.attacker.example"), ours), "token_bad_issuer"),
+        # -- roles
+        ("role_unknown", _compact(header, with_claims(role="superuser"), ours), "token_bad_role"),
+        ("analyst_without_consumer", _compact(header, with_claims(role="analyst"), ours), "token_consumer_required"),
+        (
+            "analyst_with_consumer_list",
+            _compact(header, with_claims(role="analyst", consumer=["a-b", "c-d"]), ours),
+            "token_consumer_required",
+        ),
+        (
+            "ig_with_consumer",
+            _compact(header, with_claims(role="ig", consumer="derby-csp-analysts"), ours),
+            "token_bad_role",
+        ),
+        # -- malformed
+        ("empty", "", "token_missing"),
+        ("not_a_jwt", "not-a-token", "token_malformed"),
+        ("jwe_five_parts", "a.b.c.d.e", "token_malformed"),
+        ("header_not_json", f"{_b64u(b'not json')}.{body}.{sig}", "token_malformed"),
+        (
+            "header_duplicate_alg",
+            _compact(b'{"alg":"none","alg":"EdDSA","typ":"at+jwt","kid":"' + kid.encode() + b'"}', claims, ours),
+            "token_malformed",
+        ),
+        ("oversized", valid + "A" * 9000, "token_malformed"),
+        ("non_ascii", valid + "é", "token_malformed"),
+    ]
+    return cases
