@@ -45,6 +45,9 @@ def add_runtime_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8080, help="HTTP port, 0 for any free port (default: %(default)s)")
     parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BYTES, help="body limit in bytes")
     parser.add_argument("--max-age-hours", type=float, default=168.0, help="freshness: oldest accepted message time")
+    parser.add_argument("--token-jwks", type=Path, default=None, help="an identity provider's EdDSA public keys (JWKS)")
+    parser.add_argument("--token-issuer", default="urn:sv-broker", help="accepted token issuer (exact match)")
+    parser.add_argument("--token-audience", default="sv-broker-api", help="required token audience")
     parser.add_argument("--max-future-seconds", type=float, default=300.0, help="freshness: allowed clock skew ahead")
 
 
@@ -58,6 +61,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
         freshness=FreshnessWindow(
             max_age=timedelta(hours=args.max_age_hours), max_future=timedelta(seconds=args.max_future_seconds)
         ),
+        token_jwks_file=args.token_jwks,
+        token_issuer=args.token_issuer,
+        token_audience=args.token_audience,
         amqp_url=args.amqp_url,
         amqp_prefix=args.amqp_prefix,
         check_user_id=not args.no_user_id_check,
