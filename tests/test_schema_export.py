@@ -134,6 +134,9 @@ def schema_errors(value: Any, schema: dict[str, Any], root: dict[str, Any], path
         elif key in {"maxLength", "maxItems"}:
             if isinstance(value, (str, list)) and len(value) > arg:
                 errors.append(f"{path}: too long")
+        elif key == "uniqueItems":
+            if arg and isinstance(value, list) and len({json.dumps(v, sort_keys=True) for v in value}) != len(value):
+                errors.append(f"{path}: items repeat")
         elif key == "minimum":
             if isinstance(value, int) and value < arg:
                 errors.append(f"{path}: below minimum")

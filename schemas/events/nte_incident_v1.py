@@ -61,7 +61,7 @@ class NteIncidentV1(EventModel):
     lsoa: Lsoa | None = None
     injury: bool
     weapon_involved: bool
-    action_taken: Annotated[list[NteAction], Field(min_length=1, max_length=6)]
+    action_taken: Annotated[list[NteAction], Field(min_length=1, max_length=6, json_schema_extra={"uniqueItems": True})]
     police_called: bool
     police_reference: PoliceReference | None = None
     cctv_available: bool

@@ -75,7 +75,9 @@ class SchoolExclusionV1(EventModel):
     exclusion_type: ExclusionType
     start_date: date
     sessions: Annotated[int, Field(ge=1, le=190)]  # a session is half a school day
-    reason_codes: Annotated[list[ExclusionReason], Field(min_length=1, max_length=3)]
+    reason_codes: Annotated[
+        list[ExclusionReason], Field(min_length=1, max_length=3, json_schema_extra={"uniqueItems": True})
+    ]
     year_group: YearGroup
     term: Term
     academic_year: AcademicYear
