@@ -6,14 +6,16 @@ import asyncio
 import contextlib
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from adapters.signer import Signer, generate_keyring
+from broker.demo import DemoEnvironment, prepare_environment
 from broker.registry import Registry, load_registry
-from broker.settings import REPO_POLICIES
+from broker.service import Broker
+from broker.settings import REPO_POLICIES, Settings
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 TESTVECTORS = SHARED / "testvectors"
@@ -41,6 +43,24 @@ def signers(keys_dir: Path) -> dict[str, Signer]:
 @pytest.fixture(scope="session")
 def registry(signers: dict[str, Signer], keys_dir: Path) -> Registry:
     return load_registry(REPO_POLICIES, keys_dir)
+
+
+@pytest.fixture(scope="session")
+def env(tmp_path_factory: pytest.TempPathFactory) -> DemoEnvironment:
+    """Partner keys (plus a revoked and an unregistered one) and pseudonym secrets, made at run time."""
+    return prepare_environment(tmp_path_factory.mktemp("env"))
+
+
+@pytest.fixture
+async def broker(env: DemoEnvironment, tmp_path: Path) -> AsyncIterator[Broker]:
+    """An embedded broker on a free loopback port with its own store."""
+    settings = Settings(keys_dir=env.keys_dir, secrets_file=env.secrets_file, data_dir=tmp_path, http_port=0)
+    instance = Broker(settings)
+    await instance.start()
+    try:
+        yield instance
+    finally:
+        await instance.stop()
 
 
 # -- RabbitMQ -------------------------------------------------------------------------------------

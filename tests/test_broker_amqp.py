@@ -15,7 +15,7 @@ import aio_pika
 import pytest
 
 from adapters.synthetic import SyntheticGenerator
-from broker.demo import DemoEnvironment, prepare_environment
+from broker.demo import DemoEnvironment
 from broker.policy.decision import Decision
 from broker.policy.engine import decide
 from broker.policy.loader import PolicySet
@@ -27,11 +27,6 @@ from broker.stages.types import Validated
 from schemas import envelope
 from tests.helpers import audit_entries, expected_records
 from tests.test_broker_embedded import EVENT_PARTNERS
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> DemoEnvironment:
-    return prepare_environment(tmp_path_factory.mktemp("env"))
 
 
 @dataclass

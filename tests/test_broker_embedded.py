@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
 from adapters.synthetic import SyntheticGenerator
-from broker.demo import DemoEnvironment, prepare_environment
+from broker.demo import DemoEnvironment
 from broker.ports.sqlite_store import verify_audit_file
 from broker.service import Broker
-from broker.settings import Settings
 from schemas import envelope
 from tests.helpers import audit_entries, expected_records, query
 
@@ -28,22 +25,6 @@ EVENT_PARTNERS = [
     ("nte_incident", "chesterfield-pubwatch"),
     ("police_sv_offence", "derbyshire-police"),
 ]
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> DemoEnvironment:
-    return prepare_environment(tmp_path_factory.mktemp("env"))
-
-
-@pytest.fixture
-async def broker(env: DemoEnvironment, tmp_path: Path) -> AsyncIterator[Broker]:
-    settings = Settings(keys_dir=env.keys_dir, secrets_file=env.secrets_file, data_dir=tmp_path, http_port=0)
-    instance = Broker(settings)
-    await instance.start()
-    try:
-        yield instance
-    finally:
-        await instance.stop()
 
 
 async def post(broker: Broker, body: bytes) -> tuple[int, dict[str, Any]]:

@@ -7,38 +7,19 @@ import asyncio
 import csv
 import io
 import json
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
 from adapters.synthetic import SyntheticGenerator
 from broker.auth.broker_key import load_or_create_broker_key
 from broker.auth.tokens import DEFAULT_AUDIENCE, DEFAULT_ISSUER, issue_token
-from broker.demo import DemoEnvironment, prepare_environment
+from broker.demo import DemoEnvironment
 from broker.service import Broker
-from broker.settings import Settings
 from tests.helpers import audit_entries, query
 from tests.token_attacks import attack_tokens
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> DemoEnvironment:
-    return prepare_environment(tmp_path_factory.mktemp("env"))
-
-
-@pytest.fixture
-async def broker(env: DemoEnvironment, tmp_path: Path) -> AsyncIterator[Broker]:
-    settings = Settings(keys_dir=env.keys_dir, secrets_file=env.secrets_file, data_dir=tmp_path, http_port=0)
-    instance = Broker(settings)
-    await instance.start()
-    try:
-        yield instance
-    finally:
-        await instance.stop()
 
 
 def token(broker: Broker, role: str, consumer: str | None = None, sub: str = "someone@example.org") -> str:
