@@ -21,9 +21,10 @@ def verify(received: Received, registry: Registry, *, publisher: str | None = No
     if publisher is not None and publisher != env.source:
         # Threat: a partner with valid credentials on the bus publishing an envelope claiming to
         # be another partner (e.g. replaying that partner's captured message under its own login).
+        who = f"account {publisher!r}" if publisher else "a publisher that set no AMQP user_id"
         raise ContractError(
             Reason.PUBLISHER_MISMATCH,
-            f"The message was published by account {publisher!r}, not by the envelope's source.",
+            f"The message was published by {who}, not by the envelope's source.",
             field="source",
         )
     key = registry.key(env.keyid)
