@@ -162,3 +162,26 @@ def test_verify_chain_empty_is_ok() -> None:
     report = verify_chain([])
     assert report.ok
     assert report.head_hash == GENESIS
+
+
+def test_two_writers_on_one_store_do_not_fork_the_chain(tmp_path: Path) -> None:
+    """Two broker processes sharing one store (competing consumers on one host) each extend the
+    chain from the head on disk, so the chain stays one chain."""
+
+    async def go() -> None:
+        first, second = SqliteStore(tmp_path / "broker.db"), SqliteStore(tmp_path / "broker.db")
+        await first.open()
+        await second.open()
+        units = [
+            (store, CommitUnit(drafts=[Draft(Kind.RECEIVED, {"message_id": f"m-{i}"})]))
+            for i in range(60)
+            for store in (first, second)
+        ]
+        await asyncio.gather(*(store.commit(unit) for store, unit in units))
+        await first.close()
+        await second.close()
+
+    asyncio.run(go())
+    report = verify_audit_file(tmp_path / "broker.db")
+    assert report.ok, report.problem
+    assert report.entries == 120

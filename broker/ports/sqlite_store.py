@@ -202,11 +202,14 @@ class SqliteStore:
             conn.close()
 
     def _write(self, conn: sqlite3.Connection, units: list[CommitUnit]) -> None:
-        seq, prev = self.head
         now = datetime.now(UTC)
-        stamp = now.isoformat()
+        stamp = format_time(now)
         conn.execute("BEGIN IMMEDIATE")
         try:
+            # The head is read inside the write transaction (which holds SQLite's write lock), not
+            # taken from memory: another broker process sharing this store cannot fork the chain.
+            row = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+            seq, prev = (int(row[0]), str(row[1])) if row is not None else (0, GENESIS)
             for unit in units:
                 for (source, message_id), seen in unit.seen:
                     conn.execute(
