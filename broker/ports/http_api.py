@@ -11,13 +11,52 @@ from aiohttp import web
 
 from broker.logs import get_logger
 from broker.pipeline import Pipeline
-from broker.stages.outcome import Inbound, Status
+from broker.stages.outcome import Inbound, Outcome, Status
 from schemas.errors import Reason
 
 log = get_logger("sv_broker.http")
 
+
+class IngestBatcher:
+    """Gathers concurrent HTTP posts into one pipeline batch: one replay-guard query and one audit
+    commit for all of them, instead of one each. A post waits at most for the batch in progress.
+    """
+
+    def __init__(self, pipeline: Pipeline, batch_max: int = 256) -> None:
+        self.pipeline = pipeline
+        self.batch_max = batch_max
+        self.queue: asyncio.Queue[tuple[Inbound, asyncio.Future[Outcome]]] = asyncio.Queue()
+        self.task: asyncio.Task[None] | None = None
+
+    async def submit(self, inbound: Inbound) -> Outcome:
+        if self.task is None or self.task.done():
+            self.task = asyncio.create_task(self._run(), name="http-ingest-batcher")
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self.queue.put_nowait((inbound, future))
+        return await future
+
+    async def _run(self) -> None:
+        while not self.queue.empty():
+            items = [self.queue.get_nowait() for _ in range(min(self.batch_max, self.queue.qsize()))]
+            try:
+                outcomes = await self.pipeline.process([inbound for inbound, _ in items])
+            except Exception as exc:  # every waiter learns; nothing was acknowledged to anyone
+                for _, future in items:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, future), outcome in zip(items, outcomes, strict=True):
+                if not future.done():
+                    future.set_result(outcome)
+
+    async def close(self) -> None:
+        if self.task is not None:
+            await asyncio.gather(self.task, return_exceptions=True)
+
+
 READY_CHECKS = web.AppKey("ready_checks", list[Callable[[], Awaitable[bool]]])
 PIPELINE = web.AppKey("pipeline", Pipeline)
+BATCHER = web.AppKey("batcher", IngestBatcher)
 
 
 class ApiError(Exception):
@@ -73,7 +112,7 @@ async def _read_limited(request: web.Request, limit: int) -> bytes:
 async def ingest(request: web.Request) -> web.Response:
     pipeline = request.app[PIPELINE]
     body = await _read_limited(request, pipeline.settings.max_body_bytes)
-    [outcome] = await pipeline.process([Inbound(body=body, transport="http")])
+    outcome = await request.app[BATCHER].submit(Inbound(body=body, transport="http"))
     receipt = outcome.receipt(pipeline.clock())
     if outcome.status is Status.ACCEPTED:
         return web.json_response(receipt, status=202)
@@ -126,6 +165,7 @@ async def errors_middleware(
 def build_app(pipeline: Pipeline, ready_checks: list[Callable[[], Awaitable[bool]]]) -> web.Application:
     app = web.Application(middlewares=[errors_middleware], client_max_size=pipeline.settings.max_body_bytes + 1024)
     app[PIPELINE] = pipeline
+    app[BATCHER] = IngestBatcher(pipeline, pipeline.settings.batch_max)
     app[READY_CHECKS] = ready_checks
     app.router.add_post("/v1/events", ingest)
     app.router.add_get("/healthz", healthz)
