@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "broker.commands.demo",
     "broker.commands.token",
     "broker.commands.rabbitmq",
+    "broker.commands.adapter",
 )
 
 Handler = Callable[[argparse.Namespace], int]

@@ -116,7 +116,7 @@ class Pipeline:
 
     async def _process_guarded(self, items: list[_Item], keys: list[ReplayKey], now: datetime) -> list[Outcome]:
         states = await self.store.replay_states(keys)
-        seen_in_batch: set[ReplayKey] = set()
+        seen_in_batch: dict[ReplayKey, str] = {}  # key -> content hash of its first copy here
 
         # Step 6: policy decisions (pure) for messages not already done.
         for item in items:
@@ -125,6 +125,9 @@ class Pipeline:
             key = self._key(item.validated)
             seen = states[key]
             verdict = replay_verdict(seen.state, seen.content_sha256, item.content_sha256)
+            if key in seen_in_batch and verdict is ReplayVerdict.PROCESS:
+                # A second copy in this very batch: judged against the first copy's content.
+                verdict = replay_verdict(ReplayState.DONE, seen_in_batch[key], item.content_sha256)
             if verdict is ReplayVerdict.CONFLICT:
                 item.outcome = self._outcome(
                     item,
@@ -133,10 +136,10 @@ class Pipeline:
                     message="This message id was already used for different content; a new record needs a new id.",
                 )
                 continue
-            if verdict is ReplayVerdict.DUPLICATE or key in seen_in_batch:
+            if verdict is ReplayVerdict.DUPLICATE:
                 item.outcome = self._outcome(item, Status.DUPLICATE)
                 continue
-            seen_in_batch.add(key)
+            seen_in_batch[key] = item.content_sha256
             try:
                 decision = self.decide(item.validated, self.policy, now)
             except Exception as exc:  # a fault of ours: leave it unacknowledged (poison handling)

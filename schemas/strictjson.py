@@ -47,6 +47,13 @@ def _constant(name: str) -> Any:
 
 
 def _int(text: str) -> int:
+    # Checked on the literal first: int() of a literal over 4,300 digits raises its own error
+    # (CPython's digit limit), and a long literal would cost CPU to convert anyway.
+    if len(text.lstrip("-")) > 16:
+        raise ContractError(
+            Reason.INTEGER_OUT_OF_RANGE,
+            "An integer is outside +-(2^53 - 1), where JSON parsers disagree on its value.",
+        )
     value = int(text)
     if not -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
         raise ContractError(

@@ -300,3 +300,32 @@ async def test_connection_loss_loses_nothing_and_releases_once(start_broker: Sta
     redelivered = [e for e in audit_entries(h.db, "received") if e.get("redelivered")]
     assert redelivered, "the connection loss should have sent unacknowledged deliveries back"
     assert verify_audit_file(h.db).ok
+
+
+async def test_a_store_outage_holds_messages_and_dead_letters_none(start_broker: Starter, env: DemoEnvironment) -> None:
+    """A store (or RabbitMQ) outage longer than delivery_limit retries must not dead-letter valid
+    messages: the broker retries holding them unacknowledged, then releases each once."""
+    h = await start_broker(check_user_id=False, delivery_limit=2)
+    assert h.broker.store is not None
+    store = h.broker.store
+    real_commit = store.commit
+    outage_until = asyncio.get_running_loop().time() + 2.5
+
+    async def failing_commit(unit: Any) -> None:
+        if asyncio.get_running_loop().time() < outage_until:
+            raise OSError("simulated disk outage")
+        await real_commit(unit)
+
+    store.commit = failing_commit  # type: ignore[method-assign]
+    gen = SyntheticGenerator(seed=25)
+    police = env.signers["derbyshire-police"]
+    for _ in range(10):
+        rec = gen.police_sv_offence()
+        await h.publish(police.sign_bytes("police_sv_offence", rec.data(), source_key=rec.source_key), "x.y")
+    await h.wait_processed(10, timeout=30)
+    assert h.broker.pipeline is not None
+    assert h.broker.pipeline.stats.accepted == 10
+    assert audit_entries(h.db, "dead_lettered") == []
+    assert await h.drain(h.names.quarantine_queue) == []
+    released = [(e["message_id"], e["consumer"]) for e in audit_entries(h.db, "released")]
+    assert len(released) == len(set(released)) > 0

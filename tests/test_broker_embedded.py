@@ -189,3 +189,17 @@ async def test_audit_entries_hold_no_payload(broker: Broker, env: DemoEnvironmen
     text = json.dumps(audit_entries(db(broker)))
     for value in (rec.data()["premises_name"], rec.data().get("police_reference") or "\x00", rec.data()["lsoa"]):
         assert value not in text
+
+
+async def test_one_id_with_two_contents_in_one_batch_is_refused(broker: Broker, env: DemoEnvironment) -> None:
+    from broker.stages.outcome import Inbound, Status
+
+    police = env.signers["derbyshire-police"]
+    rec = SyntheticGenerator(seed=15).police_sv_offence()
+    first = police.sign_bytes("police_sv_offence", rec.data(), source_key=rec.source_key)
+    other = rec.data() | {"knife_involved": not rec.data()["knife_involved"]}
+    second = police.sign_bytes("police_sv_offence", other, source_key=rec.source_key)
+    assert broker.pipeline is not None
+    outcomes = await broker.pipeline.process([Inbound(first), Inbound(second), Inbound(first)])
+    assert [o.status for o in outcomes] == [Status.ACCEPTED, Status.REJECTED, Status.DUPLICATE]
+    assert outcomes[1].reason == "replayed"

@@ -243,3 +243,44 @@ async def test_agreements_listing_with_warnings(broker: Broker) -> None:
     assert broker.policy is not None
     soon = agreement_summaries(broker.policy, broker.clock(), timedelta(days=100000))
     assert any(s["warnings"] for s in soon if s["state"] == "in_force")
+
+
+async def test_event_stream_ends_when_the_token_expires(broker: Broker, env: DemoEnvironment) -> None:
+    consumer = "derbyshire-police-licensing"
+    kid, key = load_or_create_broker_key(broker.settings.effective_broker_key)
+    short = issue_token(
+        key, kid, sub="s", role="analyst", consumer=consumer, ttl=timedelta(seconds=1),
+        issuer=DEFAULT_ISSUER, audience=DEFAULT_AUDIENCE,
+    )  # fmt: skip
+    events: list[str] = []
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{broker.url}/v1/feeds/{consumer}/stream", headers=auth(short)) as resp,
+    ):
+        assert resp.status == 200
+        await asyncio.sleep(1.3)
+        await send(broker, env, 2, seed=9)  # released after the token expired: must not be streamed
+        async for raw in resp.content:
+            line = raw.decode().strip()
+            if line.startswith("event: "):
+                events.append(line[7:])
+    assert events == ["token_expired"]
+
+
+async def test_bad_query_parameters_are_400_not_500(broker: Broker) -> None:
+    ig = token(broker, "ig")
+    analyst = token(broker, "analyst", "derby-csp-analysts")
+    feed = "/v1/feeds/derby-csp-analysts/records"
+    import base64
+
+    huge_cursor = base64.urlsafe_b64encode(b"v1:" + b"9" * 30).decode().rstrip("=")
+    for path, tok, params in (
+        (feed, analyst, {"limit": "\u00b2"}),
+        (feed, analyst, {"after": huge_cursor}),
+        (feed, analyst, {"since": "0001-01-01T00:00:00+01:00"}),
+        ("/v1/audit/entries", ig, {"after": "\u00b2"}),
+        ("/v1/audit/entries", ig, {"after": "9" * 30}),
+        ("/v1/audit/export", ig, {"until": "0001-01-01T00:00:00+01:00"}),
+    ):
+        status, body, _ = await get(broker, path, tok, **params)
+        assert status == 400, (path, params, body)

@@ -71,6 +71,11 @@ def test_integer_beyond_safe_range(value: int) -> None:
     refused(b'{"n": ' + str(value).encode() + b"}", Reason.INTEGER_OUT_OF_RANGE)
 
 
+def test_integer_literal_beyond_pythons_digit_limit() -> None:
+    # int() of a literal over 4,300 digits raises its own ValueError: must still be this refusal.
+    refused(b'{"n": 1' + b"1" * 5000 + b"}", Reason.INTEGER_OUT_OF_RANGE)
+
+
 def test_integer_beyond_safe_range_nested() -> None:
     refused(b'{"a": [1, {"b": 9007199254740992}]}', Reason.INTEGER_OUT_OF_RANGE)
 

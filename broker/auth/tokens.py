@@ -93,6 +93,7 @@ class Principal:
     consumer: str | None  # set for (and only for) role "analyst"
     issuer: str
     token_id: str | None  # jti
+    expires_at: datetime | None = None  # exp: long-lived uses (event streams) must stop here
 
 
 def _utc_now() -> datetime:
@@ -307,6 +308,7 @@ class TokenVerifier:
             consumer=consumer if role == "analyst" else None,
             issuer=self.issuer,
             token_id=jti,
+            expires_at=datetime.fromtimestamp(float(claims["exp"]), UTC),
         )
 
 

@@ -200,6 +200,8 @@ def run_trace(args: argparse.Namespace) -> int:
 def run_export(args: argparse.Namespace) -> int:
     import csv
 
+    from broker.ports.http_access import csv_cell
+
     conn = connect(_db(args), readonly=True)
     columns = ["seq", "at", "kind", "message_id", "source", "consumer", "agreement_id", "record_id", "reason"]
     count, after = 0, 0
@@ -214,7 +216,8 @@ def run_export(args: argparse.Namespace) -> int:
                         fh.write(export_line(seq, body, entry_hash) + "\n")
                     else:
                         entry = json.loads(body)
-                        writer.writerow([entry.get(c, "") if c != "seq" else seq for c in columns])
+                        # csv_cell: no spreadsheet formulas from audited values (CSV injection)
+                        writer.writerow([csv_cell(entry.get(c)) if c != "seq" else seq for c in columns])
                 count += len(rows)
                 after = rows[-1][0]
     finally:

@@ -389,14 +389,23 @@ class AmqpIngest:
         await self.pipeline.flush()
 
     async def _handle(self, batch: list[DeliveredMessage]) -> None:
-        try:
-            outcomes = await self.pipeline.process([self._inbound(m) for m in batch])
-        except Exception as exc:
-            # I/O failure of ours (store, publish): nothing is acknowledged, all is redelivered.
-            log.warning("batch_failed", size=len(batch), error=type(exc).__name__, detail=str(exc)[:200])
-            await asyncio.sleep(0.5)
-            await self.acks.nack(batch)
-            return
+        inbounds = [self._inbound(m) for m in batch]
+        delay = 0.25
+        while True:
+            try:
+                outcomes = await self.pipeline.process(inbounds)
+                break
+            except Exception as exc:
+                # An I/O failure of ours (store, publish not confirmed): retry here, holding the
+                # deliveries unacknowledged. Not nack: on quorum queues every requeue counts toward
+                # x-delivery-limit, so a short outage would dead-letter good messages. Releases are
+                # idempotent and audited once, so a retry cannot double anything.
+                log.warning("batch_failed", size=len(batch), error=type(exc).__name__, retry_in=delay)
+                channel_gone = any(getattr(m.channel, "is_closed", False) for m in batch[:1])
+                if self.stopping.is_set() or channel_gone:
+                    return  # the deliveries return to the queue with the channel; nothing is lost
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
         try:
             failed = [m for m, o in zip(batch, outcomes, strict=True) if o.status is Status.FAILED]
             if failed:

@@ -14,6 +14,7 @@ import binascii
 import csv
 import io
 import json
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -117,13 +118,16 @@ def encode_cursor(record_row_id: int) -> str:
     return base64.urlsafe_b64encode(f"v1:{record_row_id}".encode()).rstrip(b"=").decode()
 
 
+_SMALL_INT = re.compile(r"[0-9]{1,18}")  # ASCII digits only ("²".isdigit() is True), and < 2^63
+
+
 def decode_cursor(cursor: str | None) -> int:
     if not cursor:
         return 0
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         version, _, number = text.partition(":")
-        if version != "v1" or not number.isdigit():
+        if version != "v1" or not _SMALL_INT.fullmatch(number):
             raise ValueError(cursor)
         return int(number)
     except (ValueError, binascii.Error, UnicodeDecodeError):
@@ -132,7 +136,7 @@ def decode_cursor(cursor: str | None) -> int:
 
 def _limit(request: web.Request, default: int = 100) -> int:
     raw = request.query.get("limit", str(default))
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
+    if not _SMALL_INT.fullmatch(raw) or not 1 <= int(raw) <= MAX_PAGE:
         raise ApiError(400, "bad_limit", f"limit must be an integer from 1 to {MAX_PAGE}.")
     return int(raw)
 
@@ -143,7 +147,7 @@ def _time(request: web.Request, name: str) -> str | None:
         return None
     try:
         return format_time(parse_time(raw))
-    except ValueError:
+    except (ValueError, OverflowError):
         raise ApiError(400, "bad_time", f"{name} must be an RFC 3339 date-time with an offset.") from None
 
 
@@ -157,7 +161,7 @@ def _format(request: web.Request, allowed: tuple[str, ...]) -> str:
     return fmt
 
 
-def _csv_cell(value: Any) -> str:
+def csv_cell(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, bool):
@@ -227,12 +231,12 @@ async def feed_records(request: web.Request) -> web.StreamResponse:
     for rec in records:
         writer.writerow(
             [
-                _csv_cell(rec["record_id"]),
-                _csv_cell(rec["released_at"]),
-                _csv_cell(rec["event_type"]),
-                _csv_cell(rec["agreement"]["id"]),
-                _csv_cell(rec["agreement"]["revision"]),
-                *(_csv_cell(rec["data"].get(f)) for f in data_fields),
+                csv_cell(rec["record_id"]),
+                csv_cell(rec["released_at"]),
+                csv_cell(rec["event_type"]),
+                csv_cell(rec["agreement"]["id"]),
+                csv_cell(rec["agreement"]["revision"]),
+                *(csv_cell(rec["data"].get(f)) for f in data_fields),
             ]
         )
     return web.Response(
@@ -252,6 +256,11 @@ async def feed_stream(request: web.Request) -> web.StreamResponse:
     await response.prepare(request)
     idle = 0.0
     while not ctx.stopping.is_set():
+        if principal.expires_at is not None and ctx.clock() >= principal.expires_at:
+            # The token was checked when the stream opened; it must not outlive the token (a
+            # stolen or revoked-by-expiry token would otherwise read new records for ever).
+            await response.write(b"event: token_expired\ndata: {}\n\n")
+            break
         rows = await _page(request, consumer, after, 200)
         if rows:
             # Audited before the records are written to the wire.
@@ -309,7 +318,7 @@ async def audit_entries(request: web.Request) -> web.Response:
     principal = await authenticate(request, AUDIT_ROLES)
     ctx = request.app[ACCESS]
     after_raw = request.query.get("after", "0")
-    if not after_raw.isdigit():
+    if not _SMALL_INT.fullmatch(after_raw):
         raise ApiError(400, "bad_cursor", "after must be a sequence number.")
     query = _audit_query(request, int(after_raw), _limit(request))
     rows = await ctx.store.read(lambda conn: SqliteStore.audit_page(conn, query))
@@ -354,7 +363,7 @@ async def audit_export(request: web.Request) -> web.StreamResponse:
             writer = csv.writer(out)
             for seq, body, _ in rows:
                 entry = json.loads(body)
-                writer.writerow([_csv_cell(entry.get(c)) if c != "seq" else seq for c in columns])
+                writer.writerow([csv_cell(entry.get(c)) if c != "seq" else seq for c in columns])
         await response.write(out.getvalue().encode())
         after = rows[-1][0]
     await response.write_eof()
