@@ -125,7 +125,12 @@ class Broker:
         delivery: Delivery
         if settings.amqp_url:
             # Reconnect quickly after a connection loss (aio-pika waits 5 s by default).
-            self.connection = await aio_pika.connect_robust(settings.amqp_url, reconnect_interval=1.0)
+            self.connection = await aio_pika.connect_robust(
+                settings.amqp_url,
+                reconnect_interval=1.0,
+                # Named, so operators (and tests) can tell the broker's connection apart.
+                client_properties={"connection_name": f"sv-broker {settings.amqp_prefix}"},
+            )
             names = Names(settings.amqp_prefix)
             publish_channel = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
             topology = await declare_topology(publish_channel, names, self.registry, settings.delivery_limit)

@@ -132,6 +132,7 @@ def _error(message: str) -> int:
 
 def run_push(args: argparse.Namespace) -> int:
     from adapters.mapping import MappingError, load_mapping
+    from adapters.prepare import WorkerFailed
     from adapters.publish_amqp import AmqpSink, login_user
     from adapters.publish_http import HttpSink
     from adapters.push import PushOptions, default_report_path, default_state_path, push
@@ -204,8 +205,9 @@ def run_push(args: argparse.Namespace) -> int:
         summary = asyncio.run(push(options, None if args.dry_run else make_sink))
     except StateError as exc:
         return _error(str(exc))
-    except ConnectionError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (ConnectionError, WorkerFailed) as exc:
+        # Nothing unconfirmed was recorded as sent: the same command again picks up from here.
+        print(f"error: {exc}; run the same command again to finish", file=sys.stderr)
         return EXIT_NOT_CONFIRMED
     for line in summary.lines():
         print(line)

@@ -1,0 +1,769 @@
+"""Mapping files: how one partner export's columns become one event type's fields.
+
+A mapping is data (TOML), written by the partner's data manager, not code. It names, for every
+event field it fills, the column it comes from and how to read it: a date format, a code table
+translating the partner's local codes to the contract's, age bands, list separators, defaults.
+How to read a cell follows from the event field's type in the schema (a date field is read as a
+date, a boolean field as yes/no), so a mapping says only what differs between exports.
+
+Loading checks the mapping against the event model, so mistakes surface once, before a row is
+read: an unknown field, a required field left unmapped, a code table translating into a value
+the schema does not have, and a column that looks like a direct identifier (a mapping may never
+read one: DOMAIN.md, health feeds are anonymised at source). Event fields a mapping does not name
+are not sent at all (data minimisation at the source: UK GDPR Art 5(1)(c)).
+
+Mapping a row is pure: values in, an event payload or a list of problems out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import tomllib
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from enum import Enum, StrEnum
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import AwareDatetime, ValidationError
+
+from adapters.datetimes import (
+    Format,
+    FormatError,
+    ValueFormatError,
+    compile_format,
+    parse_date,
+    parse_datetime,
+)
+from adapters.identifiers import looks_like_identifier
+from adapters.report import Problem
+from schemas.envelope import PARTY_ID_RE
+from schemas.events import EVENT_MODELS, EventModel
+
+BUILTIN_DIR = Path(__file__).resolve().parent / "mappings"
+
+Row = Mapping[str, Any]  # one export row: column -> cell (CSV: str; JSON lines: any JSON value)
+
+
+class MappingError(ValueError):
+    """The mapping file itself is wrong; ``where`` points into it (e.g. ``fields.arrival_datetime``)."""
+
+    def __init__(self, where: str, message: str) -> None:
+        super().__init__(f"{where}: {message}" if where else message)
+        self.where = where
+
+
+class CellError(Exception):
+    """One cell could not be read; the row is reported and not sent."""
+
+    def __init__(self, column: str, reason: Problem, message: str) -> None:
+        super().__init__(message)
+        self.column = column
+        self.reason = reason
+        self.message = message
+
+
+# -- what each event field needs, from the schema ---------------------------------------------------
+
+
+class Kind(StrEnum):
+    TEXT = "text"  # str or a code list (enum)
+    INT = "int"
+    BOOL = "bool"
+    DATE = "date"
+    DATETIME = "datetime"
+    LIST = "list"  # a list of codes
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    name: str
+    kind: Kind
+    enum: type[Enum] | None  # the code list, for TEXT and LIST fields that have one
+    required: bool
+
+
+def _unwrap(annotation: Any) -> Any:
+    """Strip ``Optional[...]`` and ``Annotated[...]`` down to the underlying type."""
+    while True:
+        origin = typing.get_origin(annotation)
+        if origin is typing.Annotated:
+            annotation = typing.get_args(annotation)[0]
+        elif origin in (typing.Union, types.UnionType):
+            args = [a for a in typing.get_args(annotation) if a is not type(None)]
+            if len(args) != 1:
+                return annotation
+            annotation = args[0]
+        else:
+            return annotation
+
+
+def _target(name: str, annotation: Any, required: bool) -> Target:
+    base = _unwrap(annotation)
+    if typing.get_origin(base) is list:
+        (element,) = typing.get_args(base)
+        element = _unwrap(element)
+        return Target(
+            name, Kind.LIST, element if isinstance(element, type) and issubclass(element, Enum) else None, required
+        )
+    if base is AwareDatetime or (isinstance(base, type) and issubclass(base, datetime)):
+        return Target(name, Kind.DATETIME, None, required)
+    if isinstance(base, type) and issubclass(base, Enum):
+        return Target(name, Kind.TEXT, base, required)
+    if base is bool:
+        return Target(name, Kind.BOOL, None, required)
+    if base is int:
+        return Target(name, Kind.INT, None, required)
+    if base is date:
+        return Target(name, Kind.DATE, None, required)
+    if base is str:
+        return Target(name, Kind.TEXT, None, required)
+    raise TypeError(f"no mapping support for field {name!r} of type {annotation!r}")
+
+
+def targets(model: type[EventModel]) -> dict[str, Target]:
+    return {name: _target(name, info.annotation, info.is_required()) for name, info in model.model_fields.items()}
+
+
+# -- the compiled mapping ------------------------------------------------------------------------------
+
+Converter = Callable[[Row], Any]  # returns the field's value, or None when the export gives none
+
+DEFAULT_EMPTY = ("", "NULL", "null", "N/A", "n/a")
+DEFAULT_TRUE = ("y", "yes", "true", "t", "1")
+DEFAULT_FALSE = ("n", "no", "false", "f", "0")
+FORMATS = ("csv", "jsonl")
+
+
+@dataclass(frozen=True, slots=True)
+class FieldRule:
+    target: Target
+    label: str  # the column(s) it reads, for the report
+    columns: tuple[str, ...]
+    convert: Converter
+
+
+@dataclass(frozen=True, slots=True)
+class Mapped:
+    """A row that mapped and validated: ready to sign."""
+
+    record_key: str
+    data: dict[str, Any]  # JSON-ready payload, exactly as it will be signed
+    content_sha256: str  # of (event type, version, payload): what the broker compares on a resend
+    data_json: str  # the payload's canonical JSON (RFC 8785)
+
+
+@dataclass(frozen=True, slots=True)
+class CellProblem:
+    column: str
+    reason: Problem
+    message: str
+
+
+@dataclass(frozen=True)
+class ExportMapping:
+    name: str
+    description: str
+    event_type: str
+    version: int
+    model: type[EventModel]
+    format: str | None
+    partner: str | None
+    record_key: tuple[str, ...]
+    encoding: str
+    delimiter: str
+    timezone: str
+    rules: tuple[FieldRule, ...]
+    origin: str = ""
+    empty_values: frozenset[str] = field(default_factory=frozenset)
+    source: dict[str, Any] | None = field(default=None, repr=False)  # the TOML document (for a worker process)
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """Every column the mapping reads (record key first), without repeats."""
+        seen = dict.fromkeys(self.record_key)
+        for rule in self.rules:
+            seen.update(dict.fromkeys(rule.columns))
+        return tuple(seen)
+
+    def key_of(self, row: Row) -> str | None:
+        parts = []
+        for column in self.record_key:
+            value = row.get(column)
+            if isinstance(value, bool) or not isinstance(value, (str, int)):
+                return None
+            text = str(value).strip()
+            if text in self.empty_values:
+                return None
+            parts.append(text)
+        return "/".join(parts)
+
+    def map_row(self, row: Row) -> Mapped | list[CellProblem]:
+        """Map and validate one row; every problem in it is reported, not only the first."""
+        key = self.key_of(row)
+        problems: list[CellProblem] = []
+        if key is None:
+            problems.append(
+                CellProblem(
+                    " + ".join(self.record_key),
+                    Problem.MISSING_RECORD_KEY,
+                    "The record key is empty: without it a re-run could not recognise this row.",
+                )
+            )
+        values: dict[str, Any] = {}
+        for rule in self.rules:
+            try:
+                value = rule.convert(row)
+            except CellError as exc:
+                problems.append(CellProblem(exc.column, exc.reason, exc.message))
+                continue
+            if value is not None:
+                values[rule.target.name] = value
+            elif rule.target.required:
+                problems.append(
+                    CellProblem(
+                        rule.label, Problem.MISSING_VALUE, f"{rule.target.name} is required and the cell is empty."
+                    )
+                )
+        if problems:
+            return problems
+        assert key is not None
+        try:
+            # Lax mode only to turn code strings into the schema's enums: every value already has
+            # its field's Python type (converted above), so nothing is coerced across types.
+            event = self.model.model_validate(values, strict=False)
+        except ValidationError as exc:
+            return [self._schema_problem(error) for error in exc.errors(include_url=False)]
+        data = event.model_dump(mode="json", exclude_none=True)
+        # The payload's canonical JSON (no model has a float field, member names are ASCII: the
+        # C encoder's sorted compact output is RFC 8785), computed once: hashed here for the
+        # state file, and the signed envelope is assembled around it (adapters.signer.EnvelopeWriter).
+        data_json = json.dumps(data, ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False)
+        try:
+            content = hashlib.sha256(f'["{self.event_type}",{self.version},{data_json}]'.encode()).hexdigest()
+        except UnicodeEncodeError:
+            # A JSON lines export can smuggle a lone surrogate ("\ud800") into text: no UTF-8 form,
+            # so no canonical form either (RFC 8785); the broker's parser refuses it too.
+            return [CellProblem("", Problem.BAD_VALUE, "A text value holds an invalid character (a lone surrogate).")]
+        return Mapped(key, data, content, data_json)
+
+    def _schema_problem(self, error: Any) -> CellProblem:
+        loc = error.get("loc") or ()
+        message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+        if loc and isinstance(loc[0], str):
+            name = loc[0]
+            rule = next((r for r in self.rules if r.target.name == name), None)
+            return CellProblem(rule.label if rule else name, Problem.SCHEMA_INVALID, f"{name}: {message}")
+        return CellProblem("", Problem.SCHEMA_INVALID, message)
+
+
+# -- loading -------------------------------------------------------------------------------------------
+
+_MAPPING_KEYS = {
+    "name",
+    "description",
+    "event_type",
+    "version",
+    "format",
+    "partner",
+    "record_key",
+    "encoding",
+    "delimiter",
+    "timezone",
+    "empty_values",
+}
+_FIELD_KEYS = {
+    "column",
+    "columns",
+    "time_column",
+    "value",
+    "format",
+    "time_format",
+    "codes",
+    "separator",
+    "period",
+    "bands",
+    "default",
+    "true_values",
+    "false_values",
+}
+
+
+def builtin_mappings() -> dict[str, Path]:
+    return {path.stem: path for path in sorted(BUILTIN_DIR.glob("*.toml"))}
+
+
+def resolve(source: str | Path) -> Path:
+    """A path, or the name of a mapping shipped with the adapter (``ae-istv``)."""
+    path = Path(source)
+    if path.exists():
+        return path
+    builtin = builtin_mappings().get(str(source))
+    if builtin is not None:
+        return builtin
+    known = ", ".join(builtin_mappings()) or "none"
+    raise MappingError("", f"no mapping file {str(source)!r} (built-in mappings: {known})")
+
+
+def load_mapping(source: str | Path) -> ExportMapping:
+    path = resolve(source)
+    try:
+        with path.open("rb") as fh:
+            doc = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise MappingError(str(path), f"not valid TOML ({exc})") from None
+    return compile_mapping(doc, origin=str(path))
+
+
+def _str(where: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise MappingError(where, "must be a non-empty string")
+    return value.strip()
+
+
+def _str_list(where: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise MappingError(where, "must be a string or a non-empty list of strings")
+    return tuple(_str(f"{where}[{i}]", v) for i, v in enumerate(value))
+
+
+def _not_identifier(where: str, column: str) -> str:
+    looks = looks_like_identifier(column)
+    if looks is not None:
+        raise MappingError(
+            where,
+            f"column {column!r} looks like a direct identifier ({looks}); a mapping may never read one "
+            "(identifiers stay in the partner's system: PCSC Act 2022 s.16 does not cover patient data)",
+        )
+    return column
+
+
+def compile_mapping(doc: dict[str, Any], *, origin: str = "") -> ExportMapping:
+    unknown = sorted(set(doc) - {"mapping", "fields", "codes", "bands"})
+    if unknown:
+        raise MappingError("", f"unknown table(s) {', '.join(unknown)} (expected mapping, fields, codes, bands)")
+    head = doc.get("mapping")
+    if not isinstance(head, dict):
+        raise MappingError("mapping", "the [mapping] table is missing")
+    extra = sorted(set(head) - _MAPPING_KEYS)
+    if extra:
+        raise MappingError("mapping", f"unknown key(s) {', '.join(extra)}")
+    name = _str("mapping.name", head.get("name"))
+    event_type = _str("mapping.event_type", head.get("event_type"))
+    version = head.get("version", 1)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise MappingError("mapping.version", "must be an integer")
+    model = EVENT_MODELS.get((event_type, version))
+    if model is None:
+        known = ", ".join(f"{t} v{v}" for t, v in sorted(EVENT_MODELS))
+        raise MappingError("mapping.event_type", f"no event type {event_type!r} v{version} (known: {known})")
+    fmt = head.get("format")
+    if fmt is not None and fmt not in FORMATS:
+        raise MappingError("mapping.format", f"must be one of {', '.join(FORMATS)}")
+    partner = head.get("partner")
+    if partner is not None and (not isinstance(partner, str) or not PARTY_ID_RE.fullmatch(partner)):
+        raise MappingError("mapping.partner", "must be a partner id (lower-case letters, digits, '-')")
+    record_key = tuple(
+        _not_identifier("mapping.record_key", c) for c in _str_list("mapping.record_key", head.get("record_key"))
+    )
+    encoding = head.get("encoding", "utf-8-sig")
+    try:
+        "".encode(encoding)
+    except (LookupError, TypeError):
+        raise MappingError("mapping.encoding", f"unknown encoding {encoding!r}") from None
+    delimiter = head.get("delimiter", ",")
+    if not isinstance(delimiter, str) or len(delimiter) != 1:
+        raise MappingError("mapping.delimiter", "must be one character")
+    zone_name = head.get("timezone", "Europe/London")
+    try:
+        zone = ZoneInfo(str(zone_name))
+    except (ZoneInfoNotFoundError, ValueError):
+        raise MappingError("mapping.timezone", f"unknown time zone {zone_name!r}") from None
+    empty = head.get("empty_values", list(DEFAULT_EMPTY))
+    if not isinstance(empty, list) or not all(isinstance(v, str) for v in empty):
+        raise MappingError("mapping.empty_values", "must be a list of strings")
+    empty_values = frozenset(v.strip() for v in empty) | {""}
+
+    codes = _tables(doc.get("codes", {}), "codes")
+    bands = _band_tables(doc.get("bands", {}))
+    fields_doc = doc.get("fields")
+    if not isinstance(fields_doc, dict) or not fields_doc:
+        raise MappingError("fields", "the [fields] table is missing or empty")
+    all_targets = targets(model)
+    rules: list[FieldRule] = []
+    for field_name, spec in fields_doc.items():
+        where = f"fields.{field_name}"
+        target = all_targets.get(field_name)
+        if target is None:
+            raise MappingError(
+                where, f"{event_type} v{version} has no field {field_name!r} (fields: {', '.join(all_targets)})"
+            )
+        table = {"column": spec} if isinstance(spec, str) else spec
+        if not isinstance(table, dict):
+            raise MappingError(where, "must be a column name or a table")
+        rules.append(_rule(where, target, table, codes, bands, zone, empty_values))
+    mapped = {rule.target.name for rule in rules}
+    missing = [t.name for t in all_targets.values() if t.required and t.name not in mapped]
+    if missing:
+        raise MappingError(
+            "fields", f"{event_type} v{version} requires {', '.join(missing)}: say which column each comes from"
+        )
+    return ExportMapping(
+        name=name,
+        description=str(head.get("description", "")),
+        event_type=event_type,
+        version=version,
+        model=model,
+        format=fmt,
+        partner=partner,
+        record_key=record_key,
+        encoding=encoding,
+        delimiter=delimiter,
+        timezone=str(zone_name),
+        rules=tuple(rules),
+        origin=origin,
+        empty_values=empty_values,
+        source=doc,
+    )
+
+
+def _tables(doc: Any, where: str) -> dict[str, dict[str, Any]]:
+    if not isinstance(doc, dict):
+        raise MappingError(where, "must be a table of tables")
+    out: dict[str, dict[str, Any]] = {}
+    for name, table in doc.items():
+        if not isinstance(table, dict) or not table:
+            raise MappingError(f"{where}.{name}", "must be a non-empty table of export code = event value")
+        out[name] = table
+    return out
+
+
+def _band_tables(doc: Any) -> dict[str, list[tuple[int, int, str]]]:
+    out: dict[str, list[tuple[int, int, str]]] = {}
+    for name, table in _tables(doc, "bands").items():
+        bands: list[tuple[int, int, str]] = []
+        for label, bounds in table.items():
+            ok = (
+                isinstance(bounds, list)
+                and len(bounds) == 2
+                and all(isinstance(b, int) and not isinstance(b, bool) for b in bounds)
+                and bounds[0] <= bounds[1]
+            )
+            if not ok:
+                raise MappingError(f"bands.{name}.{label}", "must be [lowest, highest] (whole numbers, inclusive)")
+            bands.append((bounds[0], bounds[1], label))
+        bands.sort()
+        for (_, hi, a), (lo, _, b) in itertools.pairwise(bands):
+            if lo <= hi:
+                raise MappingError(f"bands.{name}", f"bands {a!r} and {b!r} overlap")
+        out[name] = bands
+    return out
+
+
+def _check_value(where: str, target: Target, value: Any) -> None:
+    if target.enum is not None and value not in {m.value for m in target.enum}:
+        allowed = ", ".join(str(m.value) for m in target.enum)
+        raise MappingError(where, f"{value!r} is not a value of {target.name} (allowed: {allowed})")
+
+
+def _rule(
+    where: str,
+    target: Target,
+    spec: dict[str, Any],
+    codes: dict[str, dict[str, Any]],
+    bands: dict[str, list[tuple[int, int, str]]],
+    zone: ZoneInfo,
+    empty: frozenset[str],
+) -> FieldRule:
+    extra = sorted(set(spec) - _FIELD_KEYS)
+    if extra:
+        raise MappingError(where, f"unknown key(s) {', '.join(extra)} (allowed: {', '.join(sorted(_FIELD_KEYS))})")
+    sources = [k for k in ("column", "columns", "value") if k in spec]
+    if len(sources) != 1:
+        raise MappingError(where, "give exactly one of column, columns (list fields) or value (a constant)")
+
+    if "value" in spec:
+        constant = spec["value"]
+        for item in constant if isinstance(constant, list) else [constant]:
+            _check_value(f"{where}.value", target, item)
+        return FieldRule(target, "(constant)", (), lambda _row: constant)
+
+    columns = (
+        (_str(f"{where}.column", spec["column"]),)
+        if "column" in spec
+        else _str_list(f"{where}.columns", spec["columns"])
+    )
+    if "columns" in spec and target.kind is not Kind.LIST:
+        raise MappingError(where, "columns (several cells) is only for list fields")
+    time_column = None
+    if "time_column" in spec:
+        if target.kind is not Kind.DATETIME:
+            raise MappingError(where, "time_column is only for date-time fields")
+        time_column = _str(f"{where}.time_column", spec["time_column"])
+        columns = (*columns, time_column)
+    for column in columns:
+        _not_identifier(where, column)
+    label = " + ".join(columns)
+
+    table: dict[str, str] | None = None
+    if "codes" in spec:
+        if target.kind not in (Kind.TEXT, Kind.LIST):
+            raise MappingError(where, "codes translate text or list fields only")
+        raw = spec["codes"]
+        if isinstance(raw, str):
+            if raw not in codes:
+                raise MappingError(f"{where}.codes", f"no table [codes.{raw}]")
+            raw = codes[raw]
+        if not isinstance(raw, dict) or not raw:
+            raise MappingError(f"{where}.codes", "must name a [codes.X] table or be an inline table")
+        table = {}
+        for code, value in raw.items():
+            if not isinstance(value, str):
+                raise MappingError(f"{where}.codes", f"the value for {code!r} must be a string")
+            _check_value(f"{where}.codes.{code}", target, value)
+            folded = code.strip().casefold()
+            if folded in table and table[folded] != value:
+                raise MappingError(f"{where}.codes", f"code {code!r} appears twice (codes are matched ignoring case)")
+            table[folded] = value
+    band_table = None
+    if "bands" in spec:
+        if target.kind is not Kind.TEXT:
+            raise MappingError(where, "bands turn a number into a text or code field")
+        band_name = spec["bands"]
+        if not isinstance(band_name, str) or band_name not in bands:
+            raise MappingError(f"{where}.bands", f"no table [bands.{band_name}]")
+        band_table = bands[band_name]
+        for _, _, band_label in band_table:
+            _check_value(f"bands.{band_name}.{band_label}", target, band_label)
+        if table is not None:
+            raise MappingError(where, "give codes or bands, not both")
+    default = spec.get("default")
+    if default is not None:
+        for item in default if isinstance(default, list) else [default]:
+            _check_value(f"{where}.default", target, item)
+
+    column = columns[0]
+    kind = target.kind
+
+    def cell(row: Row, name: str = column) -> Any:
+        value = row.get(name)
+        if isinstance(value, str):
+            value = value.strip()
+            if value in empty:
+                return None
+        return value
+
+    if kind is Kind.TEXT:
+        allowed = None if target.enum is None else {str(m.value) for m in target.enum}
+        for key in ("format", "time_format", "separator", "period", "true_values", "false_values"):
+            if key in spec:
+                raise MappingError(where, f"{key} does not apply to a text field")
+
+        def text(row: Row) -> Any:
+            value = cell(row)
+            if value is None:
+                return default
+            if band_table is not None:
+                number = _as_int(column, value)
+                for lo, hi, band in band_table:
+                    if lo <= number <= hi:
+                        return band
+                raise CellError(column, Problem.BAD_NUMBER, f"{number} is in none of the bands")
+            if isinstance(value, bool) or not isinstance(value, (str, int)):
+                raise CellError(column, Problem.BAD_VALUE, f"expected text, found {type(value).__name__}")
+            value = str(value)
+            if table is not None:
+                mapped = table.get(value.casefold())
+                if mapped is None:
+                    raise CellError(
+                        column, Problem.UNKNOWN_CODE, f"{_show(value)} is not in the code table ({_known(table)})"
+                    )
+                return mapped
+            if allowed is not None and value not in allowed:
+                raise CellError(
+                    column, Problem.UNKNOWN_CODE, f"{_show(value)} is not a code of {target.name} ({_known(allowed)})"
+                )
+            return value
+
+        return FieldRule(target, label, columns, text)
+
+    for key in ("codes", "bands"):
+        if key in spec and kind is not Kind.LIST:
+            raise MappingError(where, f"{key} do not apply to a {kind.value} field")
+
+    if kind is Kind.INT:
+
+        def integer(row: Row) -> Any:
+            value = cell(row)
+            return default if value is None else _as_int(column, value)
+
+        return FieldRule(target, label, columns, integer)
+
+    if kind is Kind.BOOL:
+        truthy = _folded(where, spec.get("true_values", list(DEFAULT_TRUE)))
+        falsy = _folded(where, spec.get("false_values", list(DEFAULT_FALSE)))
+        if truthy & falsy:
+            raise MappingError(where, f"{', '.join(sorted(truthy & falsy))} is both true and false")
+
+        def boolean(row: Row) -> Any:
+            value = cell(row)
+            if value is None:
+                return default
+            if isinstance(value, bool):
+                return value
+            folded = str(value).casefold()
+            if folded in truthy:
+                return True
+            if folded in falsy:
+                return False
+            raise CellError(column, Problem.BAD_BOOLEAN, f"{_show(str(value))} is neither yes nor no")
+
+        return FieldRule(target, label, columns, boolean)
+
+    if kind is Kind.DATE:
+        fmt = _format(where, spec.get("format", "iso"), need_date=True, need_time=False)
+        period = spec.get("period")
+        if period not in (None, "month_start", "month_end"):
+            raise MappingError(f"{where}.period", "must be month_start or month_end")
+
+        def day(row: Row) -> Any:
+            value = cell(row)
+            if value is None:
+                return default
+            if not isinstance(value, str):
+                raise CellError(column, Problem.BAD_DATE, f"expected a date, found {type(value).__name__}")
+            try:
+                parsed = _date_only(fmt, value, zone)
+            except ValueFormatError as exc:
+                raise CellError(column, Problem.BAD_DATE, str(exc)) from None
+            if period == "month_start":
+                return parsed.replace(day=1)
+            if period == "month_end":
+                return (parsed.replace(day=28) + timedelta(days=4)).replace(day=1) - timedelta(days=1)
+            return parsed
+
+        return FieldRule(target, label, columns, day)
+
+    if kind is Kind.DATETIME:
+        fmt = _format(where, spec.get("format", "iso"), need_date=True, need_time=time_column is None)
+        time_fmt = (
+            _format(where, spec.get("time_format", "iso"), need_date=False, need_time=True)
+            if time_column is not None
+            else None
+        )
+        if time_fmt is not None and time_fmt.has_date:
+            raise MappingError(f"{where}.time_format", "must hold a time only")
+        if time_column is not None and fmt.has_time:
+            raise MappingError(f"{where}.format", "the time is in time_column: format must hold a date only")
+
+        def moment(row: Row) -> Any:
+            value = cell(row)
+            clock = cell(row, time_column) if time_column is not None else ""
+            if value is None:
+                if clock:
+                    raise CellError(column, Problem.MISSING_VALUE, "the time is given but the date is empty")
+                return None
+            if clock is None:
+                raise CellError(str(time_column), Problem.MISSING_VALUE, "the date is given but the time is empty")
+            if not isinstance(value, str) or not isinstance(clock, str):
+                raise CellError(label, Problem.BAD_DATE, "expected a date and time as text")
+            try:
+                return parse_datetime(fmt, value, zone, time_fmt, clock)
+            except ValueFormatError as exc:
+                raise CellError(label, Problem.BAD_DATE, str(exc)) from None
+
+        return FieldRule(target, label, columns, moment)
+
+    # Kind.LIST: one cell split by a separator, several cells (one code each), or a JSON array.
+    separator = spec.get("separator")
+    if separator is not None and (not isinstance(separator, str) or not separator):
+        raise MappingError(f"{where}.separator", "must be a non-empty string")
+    if "column" in spec and separator is None:
+        separator = ";"
+    allowed_items = None if target.enum is None else {str(m.value) for m in target.enum}
+
+    def one_item(name: str, value: Any) -> str:
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise CellError(name, Problem.BAD_VALUE, f"expected a code, found {type(value).__name__}")
+        text_value = str(value).strip()
+        if table is not None:
+            mapped = table.get(text_value.casefold())
+            if mapped is None:
+                raise CellError(
+                    name, Problem.UNKNOWN_CODE, f"{_show(text_value)} is not in the code table ({_known(table)})"
+                )
+            return mapped
+        if allowed_items is not None and text_value not in allowed_items:
+            raise CellError(
+                name,
+                Problem.UNKNOWN_CODE,
+                f"{_show(text_value)} is not a code of {target.name} ({_known(allowed_items)})",
+            )
+        return text_value
+
+    def items(row: Row) -> Any:
+        out: list[str] = []
+        for name in columns:
+            value = cell(row, name)
+            if value is None:
+                continue
+            if isinstance(value, list):
+                parts: list[Any] = value
+            elif isinstance(value, str) and separator is not None:
+                parts = [p for p in (s.strip() for s in value.split(separator)) if p and p not in empty]
+            else:
+                parts = [value]
+            out.extend(one_item(name, p) for p in parts)
+        return out or default
+
+    return FieldRule(target, label, columns, items)
+
+
+def _date_only(fmt: Format, value: str, zone: ZoneInfo) -> date:
+    # A date field may be read from a date-time column (e.g. the period from "Arrival Date").
+    if fmt.has_time:
+        return parse_datetime(fmt, value, zone).date()
+    return parse_date(fmt, value)
+
+
+def _format(where: str, text: Any, *, need_date: bool, need_time: bool) -> Format:
+    if not isinstance(text, str):
+        raise MappingError(where, "format must be a string such as '%d/%m/%Y' or 'iso'")
+    try:
+        return compile_format(text, need_date=need_date, need_time=need_time)
+    except FormatError as exc:
+        raise MappingError(where, str(exc)) from None
+
+
+def _folded(where: str, values: Any) -> frozenset[str]:
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise MappingError(where, "true_values / false_values must be lists of strings")
+    return frozenset(v.strip().casefold() for v in values)
+
+
+def _as_int(column: str, value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        text = value.strip()
+        if text.lstrip("+-").isdigit() and text.isascii():
+            return int(text)
+    raise CellError(column, Problem.BAD_NUMBER, f"{_show(str(value))} is not a whole number")
+
+
+def _show(value: str) -> str:
+    return repr(value if len(value) <= 40 else value[:37] + "...")
+
+
+def _known(codes: Mapping[str, Any] | set[str]) -> str:
+    names = sorted(codes)
+    shown = ", ".join(names[:12])
+    return f"known: {shown}, ..." if len(names) > 12 else f"known: {shown}"

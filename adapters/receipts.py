@@ -1,0 +1,225 @@
+"""``adapter receipts``: what the broker decided about each message, mapped back to the export's rows.
+
+Over RabbitMQ a publisher confirm says only that the message is safely queued; the broker's
+verdict (accepted with N records, duplicate, rejected with a reason) comes later on the
+partner's receipts queue ``<prefix>.receipts.<partner>``, a batch of receipts per message:
+``{"receipts": [{status, message_id, source, body_sha256, at, records | reason, message}]}``.
+
+Receipts name message ids, which are keyed hashes (the broker never sees record keys); the local
+state file maps them back to the record key, file and row, so the partner can find and fix a
+rejected row. The verdicts are also written into the state: a rejected row is sent again by the
+next push (after the export is fixed); an accepted one is not.
+
+Receipts are acknowledged (removed from the queue) only after they are written out and the
+state is fsynced; ``--keep`` leaves them on the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import os
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import aio_pika
+import aiormq
+from aio_pika.abc import AbstractIncomingMessage
+
+from adapters.state import Entry, StateFile, Status
+from broker.ports.amqp import Names
+
+RECEIPT_COLUMNS = (
+    "at",
+    "status",
+    "reason",
+    "message",
+    "record_key",
+    "file",
+    "row",
+    "message_id",
+    "records",
+    "body_sha256",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptRow:
+    at: str
+    status: str
+    reason: str
+    message: str
+    record_key: str
+    file: str
+    row: int | None
+    message_id: str
+    records: int | None
+    body_sha256: str
+
+
+def _lookup(states: list[StateFile], message_id: str) -> tuple[StateFile, Entry] | None:
+    for state in states:
+        entry = state.by_message_id(message_id) if message_id else None
+        if entry is not None:
+            return state, entry
+    return None
+
+
+def to_rows(receipts: Iterable[dict[str, Any]], states: list[StateFile]) -> list[ReceiptRow]:
+    out: list[ReceiptRow] = []
+    for receipt in receipts:
+        message_id = str(receipt.get("message_id") or "")
+        found = _lookup(states, message_id)
+        entry = found[1] if found else None
+        records = receipt.get("records")
+        out.append(
+            ReceiptRow(
+                at=str(receipt.get("at") or ""),
+                status=str(receipt.get("status") or ""),
+                reason=str(receipt.get("reason") or ""),
+                message=str(receipt.get("message") or ""),
+                record_key=entry.key if entry else "",
+                file=entry.file if entry else "",
+                row=entry.row if entry and entry.row else None,
+                message_id=message_id,
+                records=records if isinstance(records, int) else None,
+                body_sha256=str(receipt.get("body_sha256") or ""),
+            )
+        )
+    return out
+
+
+def record_verdicts(states: list[StateFile], rows: Iterable[ReceiptRow]) -> int:
+    """Write the broker's verdicts into the state; returns how many rows they matched."""
+    matched = 0
+    for row in rows:
+        found = _lookup(states, row.message_id)
+        try:
+            status = Status(row.status)
+        except ValueError:
+            continue
+        if found is None or status is Status.CONFIRMED:
+            continue
+        state, entry = found
+        if entry.status is Status.ACCEPTED and status is Status.DUPLICATE:
+            continue  # a resend's "duplicate" does not make an accepted record less accepted
+        state.add(Entry(entry.key, entry.message_id, entry.content, status, entry.file, entry.row, row.reason))
+        matched += 1
+    return matched
+
+
+def awaiting(states: list[StateFile]) -> set[str]:
+    """Message ids RabbitMQ confirmed that have no verdict yet."""
+    return {e.message_id for state in states for e in state if e.status is Status.CONFIRMED}
+
+
+@dataclass
+class Fetched:
+    receipts: list[dict[str, Any]]
+    messages: list[AbstractIncomingMessage]
+    unreadable: int = 0
+
+
+async def fetch(
+    url: str,
+    prefix: str,
+    partner: str,
+    *,
+    wait: float,
+    outstanding: set[str],
+    limit: int = 1_000_000,
+) -> tuple[Fetched, aio_pika.abc.AbstractConnection]:
+    """Read what is on the receipts queue; with ``wait`` > 0 keep reading until every id in
+    ``outstanding`` has a receipt, or ``wait`` seconds pass. The caller acknowledges (or not)
+    and closes the returned connection."""
+    try:
+        connection = await aio_pika.connect(url, timeout=15)
+    except Exception as exc:
+        raise ConnectionError(str(exc) or type(exc).__name__) from None
+    name = Names(prefix).receipts_queue(partner)
+    try:
+        channel = await connection.channel(publisher_confirms=False)
+        # Not declared: the queue is the broker's (a partner account cannot configure it).
+        queue = await channel.get_queue(name, ensure=False)
+        fetched = Fetched([], [])
+        deadline = time.monotonic() + max(0.0, wait)
+        pending = set(outstanding)
+        while len(fetched.receipts) < limit:
+            try:
+                message = await queue.get(no_ack=False, fail=False, timeout=15)
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                raise ConnectionError(f"there is no queue {name!r}: check --partner and --amqp-prefix") from None
+            if message is None:
+                if not pending or time.monotonic() >= deadline:
+                    break
+                await asyncio.sleep(0.2)
+                continue
+            fetched.messages.append(message)
+            try:
+                batch = json.loads(message.body)["receipts"]
+                if not isinstance(batch, list):
+                    raise TypeError
+            except (ValueError, KeyError, TypeError):
+                fetched.unreadable += 1
+                continue
+            for receipt in batch:
+                if isinstance(receipt, dict):
+                    fetched.receipts.append(receipt)
+                    pending.discard(str(receipt.get("message_id") or ""))
+        return fetched, connection
+    except BaseException:
+        await connection.close()
+        raise
+
+
+def write_rows(rows: list[ReceiptRow], path: Path | None, fmt: str, stream: TextIO) -> None:
+    """Write receipts as CSV or JSON lines (durably, when to a file), or as text for a terminal."""
+    if path is None:
+        if fmt == "text":
+            for row in rows:
+                where = f"row {row.row} of {row.file}" if row.row else "row unknown"
+                key = f" [{row.record_key}]" if row.record_key else ""
+                detail = f"{row.reason}: {row.message}" if row.reason else f"{row.records} record(s)"
+                stream.write(f"{row.status:<9} {where}{key}  {detail}\n")
+            return
+        _write(rows, fmt, stream)
+        return
+    # Appended: receipts are taken off the queue, so the file is their only copy.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.exists() or path.stat().st_size == 0
+    with path.open("a", encoding="utf-8", newline="") as fh:
+        _write(rows, fmt, fh, header=new)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _write(rows: list[ReceiptRow], fmt: str, fh: TextIO, *, header: bool = True) -> None:
+    if fmt == "csv":
+        writer = csv.DictWriter(fh, fieldnames=RECEIPT_COLUMNS)
+        if header:
+            writer.writeheader()
+        for row in rows:
+            writer.writerow(asdict(row))
+    else:
+        for row in rows:
+            fh.write(json.dumps(asdict(row), ensure_ascii=False) + "\n")
+
+
+def summary_line(rows: list[ReceiptRow], still_waiting: int, unreadable: int) -> str:
+    statuses = Counter(r.status for r in rows)
+    reasons = Counter(r.reason for r in rows if r.status == "rejected")
+    parts = [f"{len(rows)} receipt(s): accepted {statuses['accepted']}, duplicate {statuses['duplicate']}"]
+    rejected = f"rejected {statuses['rejected']}"
+    if reasons:
+        rejected += " (" + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())) + ")"
+    parts.append(rejected)
+    if still_waiting:
+        parts.append(f"{still_waiting} confirmed row(s) still without a receipt")
+    if unreadable:
+        parts.append(f"{unreadable} unreadable receipt message(s)")
+    return "; ".join(parts)
