@@ -176,67 +176,83 @@ async def broker_throughput(
     throughput = len(bodies) / elapsed
     print(f"(b)  full broker pipeline:                   {throughput:8.0f} msg/s", flush=True)
 
-    # Latency at a fixed offered load of 1,000 msg/s, records read from a consumer queue.
-    latency_count = 8000
+    # Latency at fixed offered loads, records read from a consumer queue.
     connection = await aio_pika.connect(url)
     channel = await connection.channel(publisher_confirms=True)
     exchange = await channel.get_exchange(Names(prefix).ingest_exchange)
     consumer_channel = await connection.channel()
     await consumer_channel.set_qos(prefetch_count=1000)
     queue = await consumer_channel.get_queue(Names(prefix).consumer_queue("derbyshire-vru"))
-    await queue.purge()
-    sent_at: dict[str, float] = {}
-    latencies: list[float] = []
-    all_in = asyncio.Event()
-
-    async def on_record(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-        record = json.loads(message.body)
-        key = record["produced_at"]  # unique per message here (see below)
-        if key in sent_at:
-            latencies.append(time.perf_counter() - sent_at.pop(key))
-        if len(latencies) >= latency_count:
-            all_in.set()
-
-    # The load generator must not steal the broker's CPU (two cores, shared with RabbitMQ): bodies
-    # are signed before the clock starts and records are read without acknowledgements.
-    tag = await queue.consume(on_record, no_ack=True)
+    for name in ("derbyshire-vru", "derby-csp-analysts", "derbyshire-csp-analysts"):
+        await (await consumer_channel.get_queue(Names(prefix).consumer_queue(name))).purge()
+    latencies_by_rate: dict[float, tuple[float, float]] = {}
     gen = SyntheticGenerator(seed=7)
     signer = env.signers["uhdb-royal-derby-ed"]
-    base = datetime.now(UTC)
-    rate = 1000.0
-    prepared = []
-    for i in range(latency_count):
-        rec = gen.ae_assault("uhdb-royal-derby-ed")
-        produced = base + timedelta(milliseconds=i)  # a unique produced_at to match records to sends
-        doc = signer.sign("ae_assault", rec.data(), source_key=rec.source_key, produced_at=produced)
-        prepared.append((produced, encode(doc)))
-    t0 = time.perf_counter()
-    pending = []
-    for i, (produced, body) in enumerate(prepared):
-        target = t0 + i / rate
-        delay = target - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        sent_at[format_time(produced)] = time.perf_counter()
-        pending.append(
-            asyncio.ensure_future(
-                exchange.publish(aio_pika.Message(body, delivery_mode=PERSISTENT), "uhdb-royal-derby-ed.ae_assault")
+    offset = 0
+    for rate, count in ((500.0, 4000), (1000.0, 8000)):
+        sent_at: dict[str, float] = {}
+        latencies: list[float] = []
+        all_in = asyncio.Event()
+
+        async def on_record(
+            message: aio_pika.abc.AbstractIncomingMessage,
+            sent_at: dict[str, float] = sent_at,
+            latencies: list[float] = latencies,
+            all_in: asyncio.Event = all_in,
+            count: int = count,
+        ) -> None:
+            record = json.loads(message.body)
+            key = record["produced_at"]  # unique per message here (see below)
+            if key in sent_at:
+                latencies.append(time.perf_counter() - sent_at.pop(key))
+            if len(latencies) >= count:
+                all_in.set()
+
+        # The load generator must not steal the broker's CPU (two cores, shared with RabbitMQ):
+        # bodies are signed before the clock starts and records are read without acknowledgements.
+        tag = await queue.consume(on_record, no_ack=True)
+        base = datetime.now(UTC)
+        prepared = []
+        for i in range(count):
+            rec = gen.ae_assault("uhdb-royal-derby-ed")
+            produced = base + timedelta(milliseconds=offset + i)  # unique produced_at: matches records to sends
+            doc = signer.sign("ae_assault", rec.data(), source_key=rec.source_key, produced_at=produced)
+            prepared.append((produced, encode(doc)))
+        offset += count
+        t0 = time.perf_counter()
+        pending = []
+        for i, (produced, body) in enumerate(prepared):
+            delay = t0 + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            sent_at[format_time(produced)] = time.perf_counter()
+            pending.append(
+                asyncio.ensure_future(
+                    exchange.publish(aio_pika.Message(body, delivery_mode=PERSISTENT), "uhdb-royal-derby-ed.ae_assault")
+                )
             )
+        await asyncio.gather(*pending)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(all_in.wait(), timeout=60)
+        await queue.cancel(tag)
+        if not latencies:
+            raise RuntimeError("no record arrived in the latency phase")
+        latencies.sort()
+        latencies_by_rate[rate] = (
+            statistics.median(latencies) * 1000,
+            latencies[int(len(latencies) * 0.99) - 1] * 1000,
         )
-    await asyncio.gather(*pending)
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(all_in.wait(), timeout=60)
-    await queue.cancel(tag)
+        print(
+            f"     latency at {rate:,.0f} msg/s offered: p50 {latencies_by_rate[rate][0]:.1f} ms, "
+            f"p99 {latencies_by_rate[rate][1]:.1f} ms",
+            flush=True,
+        )
     rss = peak_rss_mb(proc.pid)
     proc.send_signal(signal.SIGTERM)
     proc.wait()
     await connection.close()
     await delete_topology(url, prefix)
-    latencies.sort()
-    if not latencies:
-        raise RuntimeError("no record arrived in the latency phase")
-    p50 = statistics.median(latencies) * 1000
-    p99 = latencies[int(len(latencies) * 0.99) - 1] * 1000
+    p50, p99 = latencies_by_rate[1000.0]
     return throughput, p50, p99, rss
 
 
@@ -300,9 +316,9 @@ async def main() -> None:
         print(f"(a1) naive relay, sequential iterator:       {sequential:8.0f} msg/s")
         concurrent = await naive_relay(args.amqp_url, bodies, concurrent=True)
         print(f"(a2) naive relay, consume callback (tasks):  {concurrent:8.0f} msg/s")
-        full, p50, p99, rss = await broker_throughput(env, args.amqp_url, bodies, work)
+        full, _p50, _p99, rss = await broker_throughput(env, args.amqp_url, bodies, work)
         print(f"     ratio b/a1 = {full / sequential:.2f}   ratio b/a2 = {full / concurrent:.2f}")
-        print(f"     latency at 1,000 msg/s offered: p50 {p50:.1f} ms, p99 {p99:.1f} ms; broker peak RSS {rss:.0f} MB")
+        print(f"     broker peak RSS {rss:.0f} MB")
         rate, bare = await http_ingest(env, work, args.http_events)
         print(f"\nembedded HTTP ingest (durable audit + records): {rate:8.0f} msg/s")
         print(f"bare aiohttp 202 handler, same client:          {bare:8.0f} msg/s   ratio {rate / bare:.2f}")
