@@ -165,6 +165,45 @@ async def _post_all(url: str, bodies: list[bytes], concurrency: int = 32) -> lis
     return results
 
 
+async def _people(broker: Broker) -> list[str]:
+    """An analyst reads their feed and is refused another's; an IG lead traces one record."""
+    from broker.auth.broker_key import load_or_create_broker_key
+    from broker.auth.tokens import DEFAULT_AUDIENCE, DEFAULT_ISSUER, issue_token
+
+    kid, key = load_or_create_broker_key(broker.settings.effective_broker_key)
+
+    def bearer(role: str, consumer: str | None, sub: str) -> dict[str, str]:
+        token = issue_token(
+            key, kid, sub=sub, role=role, consumer=consumer, ttl=timedelta(minutes=5),
+            issuer=DEFAULT_ISSUER, audience=DEFAULT_AUDIENCE,
+        )  # fmt: skip
+        return {"Authorization": f"Bearer {token}"}
+
+    lines = []
+    analyst = bearer("analyst", "derby-csp-analysts", "analyst@derby.gov.uk")
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{broker.url}/v1/feeds/derby-csp-analysts/records?limit=50", headers=analyst) as resp:
+            page = await resp.json()
+        lines.append(
+            f"analyst@derby.gov.uk reads derby-csp-analysts: HTTP {resp.status}, {page['count']} records "
+            f"(next cursor {page['next_cursor']})"
+        )
+        async with session.get(f"{broker.url}/v1/feeds/derbyshire-vru/records", headers=analyst) as resp:
+            body = await resp.json()
+        lines.append(f"the same analyst asks for derbyshire-vru's feed: HTTP {resp.status} {body['reason']}")
+        async with session.get(f"{broker.url}/v1/feeds/derby-csp-analysts/records") as resp:
+            body = await resp.json()
+        lines.append(f"no token: HTTP {resp.status} {body['reason']}")
+        if page["records"]:
+            record_id = page["records"][0]["record_id"]
+            ig = bearer("ig", None, "ig.lead@derbyshire.gov.uk")
+            async with session.get(f"{broker.url}/v1/audit/trace/{record_id}", headers=ig) as resp:
+                trace = await resp.json()
+            kinds = " -> ".join(e["kind"] for e in trace["entries"])
+            lines.append(f"ig.lead@derbyshire.gov.uk traces {record_id}: {kinds}")
+    return lines
+
+
 def _records_by_consumer(db: Path) -> tuple[Counter[str], dict[str, dict[str, Any]]]:
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
@@ -205,6 +244,7 @@ async def run_embedded(workdir: Path, events: int, say: Print) -> int:
         elapsed = asyncio.get_running_loop().time() - started
         replay = await _post_all(broker.url, [good[0][1], good[1][1]])
         bad_results = await _post_all(broker.url, [body for _, body in bad])
+        access_lines = await _people(broker)
     finally:
         await broker.stop()
     db = settings.data_dir / "broker.db"
@@ -235,6 +275,9 @@ async def run_embedded(workdir: Path, events: int, say: Print) -> int:
             f"  {'the same event sent again (replay)':<42} HTTP {status}  {receipt.get('status')}: "
             "acknowledged, not released again"
         )
+    say("\nAnalysts and the IG lead, over the authenticated HTTP API (every read audited):")
+    for line in access_lines:
+        say("  " + line)
     report = verify_audit_file(db)
     kinds = _audit_kinds(db)
     say("\nAudit trail: " + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())))
