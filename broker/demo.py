@@ -105,7 +105,8 @@ def bad_messages(env: DemoEnvironment, gen: SyntheticGenerator) -> list[tuple[st
     out: list[tuple[str, bytes]] = []
     rec = gen.police_sv_offence()
     doc = env.signers["derbyshire-police"].sign("police_sv_offence", rec.data(), source_key=rec.source_key)
-    doc["data"]["district"] = "E07000035"  # altered after signing
+    # altered after signing (always to a different district than the one signed)
+    doc["data"]["district"] = "E07000035" if doc["data"]["district"] != "E07000035" else "E07000036"
     out.append(("tampered after signing", envelope.encode(doc)))
     rec = gen.police_sv_offence()
     out.append(
