@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from adapters.signer import generate_keyring
 from adapters.synthetic import SyntheticGenerator
+from broker.demo import partner_ids
 from broker.registry import Registry, load_registry
 from broker.settings import REPO_POLICIES
 from broker.stages.parse import parse
@@ -47,16 +48,6 @@ from broker.stages.verify import verify
 from schemas.envelope import SIGNATURE_ATTR, encode
 from schemas.signing import b64u_decode
 from schemas.strictjson import DEFAULT_MAX_BYTES
-
-PARTNERS = (
-    "uhdb-royal-derby-ed",
-    "crh-chesterfield-ed",
-    "derby-city-education",
-    "derbyshire-cc-education",
-    "derby-pubwatch",
-    "chesterfield-pubwatch",
-    "derbyshire-police",
-)
 
 
 def timed(fn: Callable[[], object], count: int) -> float:
@@ -68,7 +59,7 @@ def timed(fn: Callable[[], object], count: int) -> float:
 
 
 def prepare(count: int, seed: int, keys_dir: Path) -> tuple[Registry, list[bytes], list[tuple[bytes, bytes, str]]]:
-    signers = generate_keyring(PARTNERS, keys_dir)
+    signers = generate_keyring(partner_ids(), keys_dir)
     registry = load_registry(REPO_POLICIES, keys_dir)
     bodies: list[bytes] = []
     detached: list[tuple[bytes, bytes, str]] = []  # (unsigned body, signature, kid) for the baseline

@@ -35,15 +35,11 @@ from broker.settings import REPO_POLICIES, Settings
 from schemas import envelope
 from schemas.keyfile import KeyEntry, public_bytes
 
-PARTNERS = (
-    "uhdb-royal-derby-ed",
-    "crh-chesterfield-ed",
-    "derby-city-education",
-    "derbyshire-cc-education",
-    "derby-pubwatch",
-    "chesterfield-pubwatch",
-    "derbyshire-police",
-)
+
+def partner_ids(policy_dir: Path = REPO_POLICIES) -> tuple[str, ...]:
+    """Every partner in the registry (keys are generated for each at run time)."""
+    return tuple(sorted(load_registry(policy_dir, policy_dir / "keys").partners))
+
 
 Print = Callable[[str], None]
 
@@ -73,7 +69,7 @@ def agreement_ids(policy_dir: Path) -> list[str]:
 
 def prepare_environment(workdir: Path, policy_dir: Path = REPO_POLICIES) -> DemoEnvironment:
     keys_dir = workdir / "keys"
-    signers = generate_keyring(PARTNERS, keys_dir)
+    signers = generate_keyring(partner_ids(policy_dir), keys_dir)
     # A second police key, revoked: signatures under it must be refused.
     revoked_key = Ed25519PrivateKey.generate()
     now = datetime.now(UTC).replace(microsecond=0)

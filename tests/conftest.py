@@ -12,22 +12,14 @@ from pathlib import Path
 import pytest
 
 from adapters.signer import Signer, generate_keyring
-from broker.demo import DemoEnvironment, prepare_environment
+from broker.demo import DemoEnvironment, partner_ids, prepare_environment
 from broker.registry import Registry, load_registry
 from broker.service import Broker
 from broker.settings import REPO_POLICIES, Settings
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 TESTVECTORS = SHARED / "testvectors"
-PARTNERS = (
-    "uhdb-royal-derby-ed",
-    "crh-chesterfield-ed",
-    "derby-city-education",
-    "derbyshire-cc-education",
-    "derby-pubwatch",
-    "chesterfield-pubwatch",
-    "derbyshire-police",
-)
+PARTNERS = partner_ids()
 
 
 @pytest.fixture(scope="session")
