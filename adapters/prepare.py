@@ -134,6 +134,7 @@ class _Job:
     partner: str
     kid: str
     seed: bytes
+    id_key: bytes
     done: dict[str, str] | None
     batch: int
     parent: int
@@ -168,7 +169,7 @@ def _work(out: Any, job: _Job) -> None:  # runs in the child
             os.close(fd)
     try:
         mapping = compile_mapping(job.mapping_doc, origin=job.mapping_origin)
-        signer = Signer.create(job.partner, job.kid, Ed25519PrivateKey.from_private_bytes(job.seed))
+        signer = Signer.create(job.partner, job.kid, Ed25519PrivateKey.from_private_bytes(job.seed), job.id_key)
         batch: list[Item] = []
         for item in prepare(job.export, mapping, signer, job.fmt, job.header, job.done):
             batch.append(item)
@@ -220,6 +221,7 @@ class PrepareWorker:
             partner=signer.partner,
             kid=signer.kid,
             seed=seed,
+            id_key=signer.id_key,
             done=None if done is None else dict(done),
             batch=batch,
             parent=os.getpid(),

@@ -13,7 +13,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from schemas import envelope
-from schemas.keyfile import KeyEntry, generate
+from schemas.keyfile import KeyEntry, generate, load_or_create_id_key
 from schemas.signing import b64u_encode
 
 
@@ -25,8 +25,11 @@ class Signer:
     id_key: bytes = field(repr=False, default=b"")
 
     @classmethod
-    def create(cls, partner: str, kid: str, private_key: Ed25519PrivateKey) -> Signer:
-        return cls(partner, kid, private_key, envelope.message_id_key(private_key))
+    def create(cls, partner: str, kid: str, private_key: Ed25519PrivateKey, id_key: bytes | None = None) -> Signer:
+        """``id_key``: the partner's message-id secret (``schemas.keyfile.load_or_create_id_key``),
+        which survives key rotation. Without it ids are keyed by this signing key: fine for a demo,
+        but a rotation would then give old records new ids."""
+        return cls(partner, kid, private_key, id_key if id_key is not None else envelope.message_id_key(private_key))
 
     def message_id(self, source_key: str) -> str:
         return envelope.message_id(self.partner, source_key, self.id_key)
@@ -109,7 +112,8 @@ def generate_keyring(partners: Iterable[str], out_dir: Path, *, valid_days: int 
     entries: list[KeyEntry] = []
     for partner in partners:
         private_key, entry, _ = generate(partner, out_dir / "private", kid=f"{partner}-k1", valid_days=valid_days)
-        signers[partner] = Signer.create(partner, entry.kid, private_key)
+        id_key = load_or_create_id_key(out_dir / "private", partner)  # made by generate() beside the key
+        signers[partner] = Signer.create(partner, entry.kid, private_key, id_key)
         entries.append(entry)
     (out_dir / "partners.toml").write_text("\n".join(e.to_toml() for e in entries), encoding="utf-8")
     for pub in (out_dir / "private").glob("*.pub.toml"):

@@ -88,6 +88,9 @@ class Pipeline:
         self.stats = PipelineStats()
         self._inflight: dict[ReplayKey, asyncio.Future[None]] = {}
         self._pending_done: list[ReplayKey] = []
+        # Finished here but their "done" not yet durable: the replay guard must see them as done
+        # already (a resend arriving meanwhile is a duplicate, not a second processing).
+        self._done_recently: dict[ReplayKey, str] = {}
 
     async def process(self, batch: Sequence[Inbound]) -> list[Outcome]:
         now = self.clock()
@@ -124,6 +127,8 @@ class Pipeline:
                 continue
             key = self._key(item.validated)
             seen = states[key]
+            if key in self._done_recently:
+                seen = Seen(ReplayState.DONE, self._done_recently[key])
             verdict = replay_verdict(seen.state, seen.content_sha256, item.content_sha256)
             if key in seen_in_batch and verdict is ReplayVerdict.PROCESS:
                 # A second copy in this very batch: judged against the first copy's content.
@@ -171,10 +176,14 @@ class Pipeline:
             if outcome.status is Status.REJECTED and self.delivery.stores_records:
                 unit.quarantine.append(quarantine_item(outcome, item.inbound, now))
             delivered.append(Delivered(outcome, item.inbound, bodies, now))
-        if self._pending_done:
-            unit.seen.extend((key, Seen(ReplayState.DONE)) for key in self._pending_done)
-            self._pending_done = []
-        await self.store.commit(unit)
+        flushing, self._pending_done = self._pending_done, []
+        unit.seen.extend((key, Seen(ReplayState.DONE)) for key in flushing)
+        try:
+            await self.store.commit(unit)
+        except BaseException:
+            self._pending_done.extend(flushing)
+            raise
+        self._forget_done(flushing)
 
         # Step 8: deliver releases, quarantine and receipts; returns when all are confirmed.
         await self.delivery.deliver(delivered)
@@ -182,6 +191,10 @@ class Pipeline:
         # Step 9: the releases are confirmed; record "done" with the next commit (a crash before
         # then only means a redelivery re-publishes the same record ids, audited once).
         self._pending_done.extend(done_now)
+        done_set = set(done_now)
+        for item in items:
+            if item.validated is not None and self._key(item.validated) in done_set:
+                self._done_recently[self._key(item.validated)] = item.content_sha256
         outcomes = [item.outcome for item in items if item.outcome is not None]
         self._count(outcomes)
         return outcomes
@@ -189,9 +202,17 @@ class Pipeline:
     async def flush(self) -> None:
         """Make pending "done" replay states durable (on idle and at shutdown)."""
         if self._pending_done:
-            unit = CommitUnit(seen=[(key, Seen(ReplayState.DONE)) for key in self._pending_done])
-            self._pending_done = []
-            await self.store.commit(unit)
+            flushing, self._pending_done = self._pending_done, []
+            try:
+                await self.store.commit(CommitUnit(seen=[(key, Seen(ReplayState.DONE)) for key in flushing]))
+            except BaseException:
+                self._pending_done.extend(flushing)
+                raise
+            self._forget_done(flushing)
+
+    def _forget_done(self, keys: list[ReplayKey]) -> None:
+        for key in keys:
+            self._done_recently.pop(key, None)
 
     # -- helpers -----------------------------------------------------------------------------------
     def _stage(self, item: _Item, now: datetime) -> None:

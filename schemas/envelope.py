@@ -156,7 +156,9 @@ def envelope_from_document(doc: dict[str, Any], *, plain: bool = False) -> Envel
 
 
 def message_id_key(private_key: Ed25519PrivateKey) -> bytes:
-    """A per-partner secret for message ids, derived from the signing key (nothing else to keep)."""
+    """A message-id secret derived from a signing key: the fallback for demos and tests. Partners'
+    adapters use the id key file instead (``schemas.keyfile.load_or_create_id_key``), which
+    survives key rotation."""
     seed = private_key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
     return hmac.new(seed, b"sv-broker message-id v1", hashlib.sha256).digest()
 

@@ -73,6 +73,38 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
     return key
 
 
+ID_KEY_SUFFIX = ".idkey"
+
+
+def id_key_path(directory: Path, partner: str) -> Path:
+    return directory / f"{partner}{ID_KEY_SUFFIX}"
+
+
+def load_or_create_id_key(directory: Path, partner: str) -> bytes:
+    """The partner's message-id secret: 32 random bytes, kept beside its signing keys (mode 0600).
+
+    Separate from the signing key on purpose: message ids must stay the same for the same source
+    record across key rotations (a resend after a rotation is still a duplicate, not a second
+    release), and ids keyed by a secret cannot be enumerated back to attendance or incident numbers.
+    """
+    path = id_key_path(directory, partner)
+    if not path.exists():
+        directory.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass  # created meanwhile by another process: read it below
+        else:
+            with os.fdopen(fd, "w", encoding="ascii") as fh:
+                fh.write(os.urandom(32).hex() + "\n")
+    if path.stat().st_mode & 0o077:
+        raise PermissionError(f"{path} is readable by group/others; chmod 600 it")
+    raw = bytes.fromhex(path.read_text(encoding="ascii").strip())
+    if len(raw) < 32:
+        raise ValueError(f"{path} does not hold a 32-byte message-id key")
+    return raw
+
+
 def generate(
     partner: str, out_dir: Path, *, kid: str | None = None, valid_days: int | None = 365, now: datetime | None = None
 ) -> tuple[Ed25519PrivateKey, KeyEntry, Path]:
@@ -89,5 +121,6 @@ def generate(
     )
     key_path = out_dir / f"{kid}.key.pem"
     write_private_key(private_key, key_path)
+    load_or_create_id_key(out_dir, partner)  # once per partner; kept across rotations
     (out_dir / f"{kid}.pub.toml").write_text(entry.to_toml(), encoding="utf-8")
     return private_key, entry, key_path

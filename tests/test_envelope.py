@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -291,8 +292,8 @@ def test_message_id_is_stable_per_partner_and_source_key(signers: dict[str, Sign
     signer = signers["uhdb-royal-derby-ed"]
     first = signer.message_id("ATT-0001")
     assert first == signer.message_id("ATT-0001")
-    # The same key recreated (e.g. the adapter restarted) gives the same id: a resend is recognisable.
-    again = Signer.create(signer.partner, signer.kid, signer.private_key)
+    # The same keys recreated (e.g. the adapter restarted) give the same id: a resend is recognisable.
+    again = Signer.create(signer.partner, signer.kid, signer.private_key, signer.id_key)
     assert again.message_id("ATT-0001") == first
     assert ID_RE.fullmatch(first)
     assert first.startswith("uhdb-royal-derby-ed:")
@@ -304,11 +305,13 @@ def test_message_id_differs_for_different_records_partners_and_keys(signers: dic
     ids = {signer.message_id(f"ATT-{i:04d}") for i in range(200)}
     assert len(ids) == 200
     assert signers["crh-chesterfield-ed"].message_id("ATT-0001") != signer.message_id("ATT-0001")
-    other_key = Signer.create(signer.partner, "uhdb-royal-derby-ed-k2", Ed25519PrivateKey.generate())
-    assert other_key.message_id("ATT-0001") != signer.message_id("ATT-0001")
-    # The id key is a secret derived from the private key, not the record key hashed in the clear.
-    key = message_id_key(signer.private_key)
-    assert message_id("uhdb-royal-derby-ed", "ATT-0001", key) == signer.message_id("ATT-0001")
+    other_secret = Signer.create(signer.partner, "uhdb-royal-derby-ed-k2", Ed25519PrivateKey.generate())
+    assert other_secret.message_id("ATT-0001") != signer.message_id("ATT-0001")
+    # The id is keyed by the partner's secret id key, not the record key hashed in the clear.
+    assert message_id("uhdb-royal-derby-ed", "ATT-0001", signer.id_key) == signer.message_id("ATT-0001")
+    # Without an id key file (demos), the secret is derived from the signing key.
+    derived = Signer.create(signer.partner, signer.kid, signer.private_key)
+    assert derived.id_key == message_id_key(signer.private_key)
     assert message_id("uhdb-royal-derby-ed", "ATT-0001", b"\x00" * 32) != signer.message_id("ATT-0001")
 
 
@@ -387,3 +390,21 @@ def test_format_time_is_utc_milliseconds() -> None:
     assert format_time(moment) == "2026-03-29T00:30:00.123Z"
     with pytest.raises(ValueError, match="timezone-aware"):
         format_time(datetime(2026, 1, 1))
+
+
+def test_message_ids_survive_key_rotation(tmp_path: Path) -> None:
+    """The message-id secret is the partner's, not the signing key's: after a rotation the same
+    source record keeps its id, so a resend is still recognised as a duplicate."""
+    import os
+
+    from adapters.signer import Signer
+    from schemas.keyfile import generate, id_key_path, load_or_create_id_key
+
+    first_key, first, _ = generate("derbyshire-police", tmp_path, kid="derbyshire-police-2026a")
+    second_key, second, _ = generate("derbyshire-police", tmp_path, kid="derbyshire-police-2026b")
+    id_key = load_or_create_id_key(tmp_path, "derbyshire-police")
+    assert os.stat(id_key_path(tmp_path, "derbyshire-police")).st_mode & 0o777 == 0o600
+    before = Signer.create("derbyshire-police", first.kid, first_key, id_key).message_id("CRM-1")
+    after = Signer.create("derbyshire-police", second.kid, second_key, id_key).message_id("CRM-1")
+    assert before == after
+    assert Signer.create("derbyshire-police", second.kid, second_key).message_id("CRM-1") != before

@@ -139,7 +139,7 @@ def run_push(args: argparse.Namespace) -> int:
     from adapters.signer import Signer
     from adapters.sink import OnResult, Sink
     from adapters.state import StateError
-    from schemas.keyfile import load_private_key
+    from schemas.keyfile import id_key_path, load_or_create_id_key, load_private_key
 
     try:
         mapping = load_mapping(args.mapping)
@@ -166,7 +166,17 @@ def run_push(args: argparse.Namespace) -> int:
         kid = args.kid or _kid_from(args.key)
         if not KEY_ID_RE.fullmatch(kid):
             return _error(f"{kid!r} is not a valid key id; give --kid")
-        signer = Signer.create(partner, kid, private_key)
+        id_key_file = id_key_path(args.key.parent, partner)
+        if not id_key_file.is_file():
+            return _error(
+                f"no message-id key at {id_key_file}: `sv-broker adapter keys generate` makes one beside the "
+                "signing key; keep it across key rotations (it keeps resends recognisable as duplicates)"
+            )
+        try:
+            id_key = load_or_create_id_key(args.key.parent, partner)
+        except (OSError, ValueError) as exc:
+            return _error(f"message-id key: {exc}")
+        signer = Signer.create(partner, kid, private_key, id_key)
 
     state_path = args.state or default_state_path(args.state_dir, partner, mapping.event_type)
     report_path = args.report or default_report_path(args.export)

@@ -42,6 +42,11 @@ def run_generate(args: argparse.Namespace) -> int:
         print(f"error: {exc.filename} already exists; refusing to overwrite a private key", file=sys.stderr)
         return 2
     print(f"# private key written to {key_path} (mode 0600): keep it secret, never send it", file=sys.stderr)
+    print(
+        f"# message-id key: {args.out}/{args.partner}.idkey (mode 0600): keep it secret and keep it across key "
+        "rotations",
+        file=sys.stderr,
+    )
     print("# registry entry: send this to the broker's operators", file=sys.stderr)
     sys.stdout.write(entry.to_toml())
     return 0
