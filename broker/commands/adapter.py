@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from adapters.state import StateFile
-from broker.commands.keys import run_generate
+from broker.commands.keys import add_generate_arguments
 from schemas.envelope import KEY_ID_RE, PARTY_ID_RE
 
 AMQP_ENV = "SV_ADAPTER_AMQP_URL"
@@ -425,11 +425,7 @@ def _register_keys(actions: argparse._SubParsersAction[argparse.ArgumentParser])
             "printed on stdout (and written to OUT/<kid>.pub.toml) is what you send to the broker's operators."
         ),
     )
-    gen.add_argument("--partner", required=True, help="your partner id, as in the broker's registry")
-    gen.add_argument("--out", required=True, type=Path, help="directory for the key files")
-    gen.add_argument("--kid", help="key id (default: <partner>-<UTC timestamp>)")
-    gen.add_argument("--valid-days", type=int, default=365, help="validity period in days (default: %(default)s)")
-    gen.set_defaults(handler=run_generate)  # one code path with `sv-broker keys generate`
+    add_generate_arguments(gen)  # one code path with `sv-broker keys generate`
     entry = keys_sub.add_parser(
         "entry",
         help="print the registry entry of an existing private key",

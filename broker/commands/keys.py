@@ -22,11 +22,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "printed and written to OUT/<kid>.pub.toml."
         ),
     )
-    gen.add_argument("--partner", required=True, help="partner id, as in policies/parties.toml")
-    gen.add_argument("--out", required=True, type=Path, help="directory for the key files")
-    gen.add_argument("--kid", help="key id (default: <partner>-<UTC timestamp>)")
-    gen.add_argument("--valid-days", type=int, default=365, help="validity period in days (default: %(default)s)")
-    gen.set_defaults(handler=run_generate)
+    add_generate_arguments(gen)
+
+
+def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of ``keys generate`` (also ``adapter keys generate``: one code path)."""
+    parser.add_argument("--partner", required=True, help="partner id, as in the broker's registry")
+    parser.add_argument("--out", required=True, type=Path, help="directory for the key files")
+    parser.add_argument("--kid", help="key id (default: <partner>-<UTC timestamp>)")
+    parser.add_argument("--valid-days", type=int, default=365, help="validity period in days (default: %(default)s)")
+    parser.set_defaults(handler=run_generate)
 
 
 def run_generate(args: argparse.Namespace) -> int:
