@@ -192,7 +192,7 @@ class Broker:
         """Sign the current head of the audit chain (if it moved since the last checkpoint)."""
         assert self.store is not None
         assert self._key is not None
-        seq, head = self.store.head
+        seq, head = await self.store.current_head()  # ingest workers write to the chain too
         if seq == 0 or seq == self._last_checkpoint[0]:
             return None
         kid, private_key = self._key
@@ -206,7 +206,11 @@ class Broker:
         every, interval = self.settings.checkpoint_every, self.settings.checkpoint_interval.total_seconds()
         while True:
             await asyncio.sleep(min(1.0, interval))
-            seq, _ = self.store.head
+            try:
+                seq, _ = await self.store.current_head()
+            except Exception as exc:  # retried next round; never kill the broker
+                log.warning("checkpoint_failed", error=type(exc).__name__)
+                continue
             last_seq, last_at = self._last_checkpoint
             if seq - last_seq >= every or (seq > last_seq and asyncio.get_running_loop().time() - last_at >= interval):
                 try:

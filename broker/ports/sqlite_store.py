@@ -127,6 +127,41 @@ def _resolve(future: asyncio.Future[None], error: BaseException | None) -> None:
         future.set_exception(error)
 
 
+_ROWS_PER_STATEMENT = 200  # x 10 columns, well under SQLite's 32,766 bound parameters
+
+
+def _insert_many(
+    conn: sqlite3.Connection,
+    head: str,
+    rows: list[tuple[object, ...]],
+    tail: str = "",
+) -> None:
+    """``head`` + ``VALUES (...), (...)`` + ``tail``: one statement per up to 200 rows.
+
+    SQLite applies a multi-row insert (and its upsert clause) row by row, in order, exactly as
+    the same rows one statement each would be (``tests/test_sqlite_store.py`` pins this).
+    """
+    if not rows:
+        return
+    width = len(rows[0])
+    one = "(" + ", ".join("?" * width) + ")"
+    for i in range(0, len(rows), _ROWS_PER_STATEMENT):
+        chunk = rows[i : i + _ROWS_PER_STATEMENT]
+        sql = head + ", ".join([one] * len(chunk)) + tail
+        conn.execute(sql, [value for row in chunk for value in row])
+
+
+def _existing(conn: sqlite3.Connection, query: str, keys: list[object]) -> set[object]:
+    """The subset of ``keys`` that ``query`` + ``(?, ...)`` finds (first column), in chunks."""
+    found: set[object] = set()
+    unique = list(dict.fromkeys(k for k in keys if k is not None))
+    for i in range(0, len(unique), 500):
+        chunk = unique[i : i + 500]
+        sql = query + "(" + ", ".join("?" * len(chunk)) + ")"
+        found.update(row[0] for row in conn.execute(sql, chunk))
+    return found
+
+
 class SqliteStore:
     def __init__(self, path: Path, *, batch_max: int = 512) -> None:
         self.path = path
@@ -202,38 +237,79 @@ class SqliteStore:
             conn.close()
 
     def _write(self, conn: sqlite3.Connection, units: list[CommitUnit]) -> None:
+        """One transaction for every queued unit, written with multi-row statements.
+
+        A statement per row would release and re-take the GIL around every ``sqlite3_step``; with
+        the event loop busy on the other side, each hand-back waits for the loop's next system
+        call, and that convoy, not SQLite, was most of the writer's time. Multi-row statements
+        cost a few hand-offs per commit instead of several per message.
+        """
         now = datetime.now(UTC)
         stamp = format_time(now)
+        seen_rows: list[tuple[object, ...]] = []
+        audit_rows: list[tuple[object, ...]] = []
+        release_rows: list[tuple[object, ...]] = []
+        audit_record_rows: list[tuple[object, ...]] = []
+        record_rows: list[tuple[object, ...]] = []
+        quarantine_rows: list[tuple[object, ...]] = []
+        purge: list[tuple[object, ...]] = []
+        checkpoint_rows: list[tuple[object, ...]] = []
+        for unit in units:
+            for (source, message_id), seen in unit.seen:
+                seen_rows.append((source, message_id, seen.state.value, seen.content_sha256, stamp))
+            for rec in unit.records:
+                record_rows.append(
+                    (
+                        rec.record_id,
+                        rec.consumer,
+                        rec.agreement_id,
+                        rec.agreement_revision,
+                        rec.event_type,
+                        rec.source,
+                        rec.message_id,
+                        format_time(rec.released_at),
+                        format_time(rec.expires_at),
+                        rec.body,
+                    )
+                )
+            for item in unit.quarantine:
+                quarantine_rows.append(
+                    (
+                        format_time(item.at),
+                        item.reason,
+                        item.message,
+                        item.source,
+                        item.message_id,
+                        item.body_sha256,
+                        item.body,
+                    )
+                )
+            purge.extend((rid,) for rid in unit.purge)
+            checkpoint_rows.extend((cp.seq, cp.head_hash, cp.at, cp.kid, cp.signature) for cp in unit.checkpoints)
+        released_ids = [
+            draft.attrs.get("record_id") for unit in units for draft in unit.drafts if draft.kind is Kind.RELEASED
+        ]
         conn.execute("BEGIN IMMEDIATE")
         try:
             # The head is read inside the write transaction (which holds SQLite's write lock), not
             # taken from memory: another broker process sharing this store cannot fork the chain.
             row = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
             seq, prev = (int(row[0]), str(row[1])) if row is not None else (0, GENESIS)
+            # A redelivered message's releases are audited once: record ids already released
+            # (earlier, or earlier in this very commit) get no second "released" entry.
+            released = _existing(conn, "SELECT record_id FROM releases WHERE record_id IN ", released_ids)
             for unit in units:
-                for (source, message_id), seen in unit.seen:
-                    conn.execute(
-                        "INSERT INTO seen(source, message_id, state, content_sha256, first_seen) "
-                        "VALUES (?, ?, ?, ?, ?) "
-                        "ON CONFLICT(source, message_id) DO UPDATE SET state = excluded.state, "
-                        "content_sha256 = coalesce(seen.content_sha256, excluded.content_sha256) "
-                        "WHERE seen.state != 'done'",
-                        (source, message_id, seen.state.value, seen.content_sha256, stamp),
-                    )
                 for draft in unit.drafts:
                     attrs = draft.attrs
                     record_id = attrs.get("record_id")
                     if draft.kind is Kind.RELEASED:
-                        cur = conn.execute(
-                            "INSERT OR IGNORE INTO releases(record_id, audit_seq) VALUES (?, ?)", (record_id, seq + 1)
-                        )
-                        if cur.rowcount == 0:
-                            continue  # already audited as released (a redelivery): exactly once
+                        if record_id in released:
+                            continue
+                        released.add(record_id)
+                        release_rows.append((record_id, seq + 1))
                     seq += 1
                     entry = seal(draft, seq=seq, prev=prev, at=now)
-                    conn.execute(
-                        "INSERT INTO audit(seq, at, kind, message_id, source, consumer, agreement_id, record_id, "
-                        "body, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    audit_rows.append(
                         (
                             seq,
                             entry.at,
@@ -245,56 +321,46 @@ class SqliteStore:
                             record_id,
                             entry.body,
                             entry.hash,
-                        ),
+                        )
                     )
                     prev = entry.hash
                     # Entries about many records (reads, purges) are indexed per record, so an IG
                     # lead's per-record trace finds them.
                     many = attrs.get("record_ids")
                     if isinstance(many, list):
-                        conn.executemany(
-                            "INSERT OR IGNORE INTO audit_records(seq, record_id) VALUES (?, ?)",
-                            [(seq, rid) for rid in many],
-                        )
-                for rec in unit.records:
-                    conn.execute(
-                        "INSERT OR IGNORE INTO records(record_id, consumer, agreement_id, agreement_revision, "
-                        "event_type, source, message_id, released_at, expires_at, body) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (
-                            rec.record_id,
-                            rec.consumer,
-                            rec.agreement_id,
-                            rec.agreement_revision,
-                            rec.event_type,
-                            rec.source,
-                            rec.message_id,
-                            format_time(rec.released_at),
-                            format_time(rec.expires_at),
-                            rec.body,
-                        ),
-                    )
-                for item in unit.quarantine:
-                    conn.execute(
-                        "INSERT INTO quarantine(at, reason, message, source, message_id, body_sha256, body) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (
-                            format_time(item.at),
-                            item.reason,
-                            item.message,
-                            item.source,
-                            item.message_id,
-                            item.body_sha256,
-                            item.body,
-                        ),
-                    )
-                if unit.purge:
-                    conn.executemany("DELETE FROM records WHERE record_id = ?", [(rid,) for rid in unit.purge])
-                for cp in unit.checkpoints:
-                    conn.execute(
-                        "INSERT OR IGNORE INTO checkpoints(seq, head_hash, at, kid, signature) VALUES (?, ?, ?, ?, ?)",
-                        (cp.seq, cp.head_hash, cp.at, cp.kid, cp.signature),
-                    )
+                        audit_record_rows.extend((seq, rid) for rid in dict.fromkeys(many))
+            _insert_many(
+                conn,
+                "INSERT INTO seen(source, message_id, state, content_sha256, first_seen) VALUES ",
+                seen_rows,
+                " ON CONFLICT(source, message_id) DO UPDATE SET state = excluded.state, "
+                "content_sha256 = coalesce(seen.content_sha256, excluded.content_sha256) "
+                "WHERE seen.state != 'done'",
+            )
+            _insert_many(conn, "INSERT INTO releases(record_id, audit_seq) VALUES ", release_rows)
+            _insert_many(
+                conn,
+                "INSERT INTO audit(seq, at, kind, message_id, source, consumer, agreement_id, record_id, body, hash) "
+                "VALUES ",
+                audit_rows,
+            )
+            _insert_many(conn, "INSERT OR IGNORE INTO audit_records(seq, record_id) VALUES ", audit_record_rows)
+            _insert_many(
+                conn,
+                "INSERT OR IGNORE INTO records(record_id, consumer, agreement_id, agreement_revision, event_type, "
+                "source, message_id, released_at, expires_at, body) VALUES ",
+                record_rows,
+            )
+            _insert_many(
+                conn,
+                "INSERT INTO quarantine(at, reason, message, source, message_id, body_sha256, body) VALUES ",
+                quarantine_rows,
+            )
+            if purge:
+                conn.executemany("DELETE FROM records WHERE record_id = ?", purge)
+            _insert_many(
+                conn, "INSERT OR IGNORE INTO checkpoints(seq, head_hash, at, kid, signature) VALUES ", checkpoint_rows
+            )
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -338,6 +404,16 @@ class SqliteStore:
             return await asyncio.to_thread(check)
         except (sqlite3.Error, RuntimeError):
             return False
+
+    async def current_head(self) -> tuple[int, str]:
+        """The chain head as committed, whichever process wrote it (``head`` is only this
+        store's last write; broker processes sharing the file each write to the chain)."""
+
+        def query(conn: sqlite3.Connection) -> tuple[int, str]:
+            row = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+            return (int(row[0]), str(row[1])) if row is not None else (0, GENESIS)
+
+        return await self.read(query)
 
     async def verify_audit(self) -> ChainReport:
         return await asyncio.to_thread(verify_audit_file, self.path)
