@@ -31,6 +31,7 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import aio_pika
 import aiohttp
@@ -46,7 +47,7 @@ from broker.settings import Settings
 from schemas.envelope import encode, format_time
 
 PERSISTENT = aio_pika.DeliveryMode.PERSISTENT
-QUORUM = {"x-queue-type": "quorum"}
+QUORUM: dict[str, Any] = {"x-queue-type": "quorum"}
 
 
 def two_consumer_bodies(env: DemoEnvironment, count: int) -> list[tuple[str, bytes]]:
@@ -120,13 +121,16 @@ async def naive_relay(url: str, bodies: list[tuple[str, bytes]], *, concurrent: 
     return len(bodies) / elapsed
 
 
-def start_broker(env: DemoEnvironment, url: str, prefix: str, data_dir: Path, ready: Path) -> subprocess.Popen[bytes]:
+def start_broker(
+    env: DemoEnvironment, url: str, prefix: str, data_dir: Path, ready: Path, workers: int = 1
+) -> subprocess.Popen[bytes]:
     ready.unlink(missing_ok=True)
     proc = subprocess.Popen(
         [
             sys.executable, "-m", "broker.cli", "serve", "--amqp-url", url, "--amqp-prefix", prefix,
             "--data-dir", str(data_dir), "--keys-dir", str(env.keys_dir), "--secrets", str(env.secrets_file),
-            "--port", "0", "--no-user-id-check", "--ready-file", str(ready), "--log-level", "WARNING",
+            "--port", "0", "--no-user-id-check", "--workers", str(workers), "--ready-file", str(ready),
+            "--log-level", "WARNING",
         ],
         cwd=Path(__file__).resolve().parent.parent,
     )  # fmt: skip
@@ -152,6 +156,12 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def worker_pids(pid: int) -> list[int]:
+    """The primary's ingest workers (its child processes)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(c) for c in children.read_text().split()] if children.exists() else []
+
+
 async def delete_topology(url: str, prefix: str) -> None:
     from tests.conftest import delete_prefixed
 
@@ -159,8 +169,10 @@ async def delete_topology(url: str, prefix: str) -> None:
 
 
 async def broker_throughput(
-    env: DemoEnvironment, url: str, bodies: list[tuple[str, bytes]], work: Path
+    env: DemoEnvironment, url: str, bodies: list[tuple[str, bytes]], work: Path, workers: int, *, latency: bool
 ) -> tuple[float, float, float, float]:
+    """Throughput over the preloaded bodies; then, if ``latency``, latency at fixed offered loads.
+    Returns (msg/s, p50 ms and p99 ms at 1,000 msg/s, peak RSS MB of the largest process)."""
     prefix = f"bench-broker-{uuid.uuid4().hex[:8]}"
     data_dir = work / prefix
     proc = start_broker(env, url, prefix, data_dir, work / "ready")  # declares the topology
@@ -168,13 +180,19 @@ async def broker_throughput(
     proc.wait()
     await preload(url, Names(prefix).ingest_exchange, bodies)
     db = data_dir / "broker.db"
-    proc = start_broker(env, url, prefix, data_dir, work / "ready")
+    proc = start_broker(env, url, prefix, data_dir, work / "ready", workers)
     started = time.perf_counter()
     while received(db) < len(bodies):  # noqa: ASYNC110 - polling another process's database
         await asyncio.sleep(0.02)
     elapsed = time.perf_counter() - started
     throughput = len(bodies) / elapsed
-    print(f"(b)  full broker pipeline:                   {throughput:8.0f} msg/s", flush=True)
+    label = f"{workers} process{'es' if workers > 1 else ''}"
+    print(f"(b)  full broker pipeline, {label:<12}      {throughput:8.0f} msg/s", flush=True)
+    if not latency:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait()
+        await delete_topology(url, prefix)
+        return throughput, float("nan"), float("nan"), float("nan")
 
     # Latency at fixed offered loads, records read from a consumer queue.
     connection = await aio_pika.connect(url)
@@ -185,37 +203,60 @@ async def broker_throughput(
     queue = await consumer_channel.get_queue(Names(prefix).consumer_queue("derbyshire-vru"))
     for name in ("derbyshire-vru", "derby-csp-analysts", "derbyshire-csp-analysts"):
         await (await consumer_channel.get_queue(Names(prefix).consumer_queue(name))).purge()
-    latencies_by_rate: dict[float, tuple[float, float]] = {}
+    latencies_by_rate = await latencies_at_rates(env, exchange, "uhdb-royal-derby-ed.ae_assault", queue, "produced_at")
+    rss = max(peak_rss_mb(pid) for pid in [proc.pid, *worker_pids(proc.pid)])
+    proc.send_signal(signal.SIGTERM)
+    proc.wait()
+    await connection.close()
+    await delete_topology(url, prefix)
+    p50, p99 = latencies_by_rate[1000.0]
+    return throughput, p50, p99, rss
+
+
+RATES = ((500.0, 4000), (1000.0, 8000))
+
+
+async def latencies_at_rates(
+    env: DemoEnvironment,
+    exchange: aio_pika.abc.AbstractExchange,
+    routing_key: str,
+    queue: aio_pika.abc.AbstractQueue,
+    time_field: str,
+) -> dict[float, tuple[float, float]]:
+    """p50 / p99 ms from publish (with confirm) to arrival in ``queue``, at each offered rate.
+
+    Each body has a unique produced-at time, which both the broker's records (``produced_at``)
+    and the relayed envelopes (``time``) carry: it matches an arrival to its send."""
     gen = SyntheticGenerator(seed=7)
     signer = env.signers["uhdb-royal-derby-ed"]
     offset = 0
-    for rate, count in ((500.0, 4000), (1000.0, 8000)):
+    out: dict[float, tuple[float, float]] = {}
+    for rate, count in RATES:
         sent_at: dict[str, float] = {}
         latencies: list[float] = []
         all_in = asyncio.Event()
 
-        async def on_record(
+        async def on_arrival(
             message: aio_pika.abc.AbstractIncomingMessage,
             sent_at: dict[str, float] = sent_at,
             latencies: list[float] = latencies,
             all_in: asyncio.Event = all_in,
             count: int = count,
         ) -> None:
-            record = json.loads(message.body)
-            key = record["produced_at"]  # unique per message here (see below)
+            key = json.loads(message.body)[time_field]
             if key in sent_at:
                 latencies.append(time.perf_counter() - sent_at.pop(key))
             if len(latencies) >= count:
                 all_in.set()
 
         # The load generator must not steal the broker's CPU (two cores, shared with RabbitMQ):
-        # bodies are signed before the clock starts and records are read without acknowledgements.
-        tag = await queue.consume(on_record, no_ack=True)
+        # bodies are signed before the clock starts and arrivals are read without acknowledgements.
+        tag = await queue.consume(on_arrival, no_ack=True)
         base = datetime.now(UTC)
         prepared = []
         for i in range(count):
             rec = gen.ae_assault("uhdb-royal-derby-ed")
-            produced = base + timedelta(milliseconds=offset + i)  # unique produced_at: matches records to sends
+            produced = base + timedelta(milliseconds=offset + i)
             doc = signer.sign("ae_assault", rec.data(), source_key=rec.source_key, produced_at=produced)
             prepared.append((produced, encode(doc)))
         offset += count
@@ -227,33 +268,59 @@ async def broker_throughput(
                 await asyncio.sleep(delay)
             sent_at[format_time(produced)] = time.perf_counter()
             pending.append(
-                asyncio.ensure_future(
-                    exchange.publish(aio_pika.Message(body, delivery_mode=PERSISTENT), "uhdb-royal-derby-ed.ae_assault")
-                )
+                asyncio.ensure_future(exchange.publish(aio_pika.Message(body, delivery_mode=PERSISTENT), routing_key))
             )
         await asyncio.gather(*pending)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(all_in.wait(), timeout=60)
         await queue.cancel(tag)
         if not latencies:
-            raise RuntimeError("no record arrived in the latency phase")
+            raise RuntimeError("nothing arrived in the latency phase")
         latencies.sort()
-        latencies_by_rate[rate] = (
-            statistics.median(latencies) * 1000,
-            latencies[int(len(latencies) * 0.99) - 1] * 1000,
-        )
+        out[rate] = (statistics.median(latencies) * 1000, latencies[int(len(latencies) * 0.99) - 1] * 1000)
         print(
-            f"     latency at {rate:,.0f} msg/s offered: p50 {latencies_by_rate[rate][0]:.1f} ms, "
-            f"p99 {latencies_by_rate[rate][1]:.1f} ms",
+            f"     latency at {rate:,.0f} msg/s offered: p50 {out[rate][0]:.1f} ms, p99 {out[rate][1]:.1f} ms",
             flush=True,
         )
-    rss = peak_rss_mb(proc.pid)
-    proc.send_signal(signal.SIGTERM)
-    proc.wait()
+    return out
+
+
+async def relay_latency(env: DemoEnvironment, url: str) -> None:
+    """The same latency measurement through the naive callback relay: the bare RabbitMQ hops
+    (two quorum queues, confirmed publishes) on this machine, as the baseline for (b)."""
+    prefix = f"bench-relay-{uuid.uuid4().hex[:8]}"
+    connection = await aio_pika.connect(url)
+    channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+    source_exchange = await channel.declare_exchange(f"{prefix}.in", aio_pika.ExchangeType.TOPIC, durable=True)
+    source = await channel.declare_queue(f"{prefix}.in", durable=True, arguments=QUORUM)
+    await source.bind(source_exchange, "#")
+    out_exchange = await channel.declare_exchange(f"{prefix}.out", aio_pika.ExchangeType.DIRECT, durable=True)
+    sink = await channel.declare_queue(f"{prefix}.out", durable=True, arguments=QUORUM)
+    await sink.bind(out_exchange, "out")
+    relay_connection = await aio_pika.connect(url)
+    relay_channel = await relay_connection.channel(publisher_confirms=True, on_return_raises=True)
+    relay_out = await relay_channel.get_exchange(f"{prefix}.out")
+    consume_channel = await relay_connection.channel()
+    await consume_channel.set_qos(prefetch_count=256)
+    relay_in = await consume_channel.get_queue(f"{prefix}.in")
+
+    async def relay(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        await relay_out.publish(aio_pika.Message(message.body, delivery_mode=PERSISTENT), "out", mandatory=True)
+        await message.ack()
+
+    tag = await relay_in.consume(relay)
+    reader = await connection.channel()
+    await reader.set_qos(prefetch_count=1000)
+    await latencies_at_rates(
+        env, source_exchange, "uhdb-royal-derby-ed.ae_assault", await reader.get_queue(sink.name), "time"
+    )
+    await relay_in.cancel(tag)
+    await relay_connection.close()
+    for queue_name in (f"{prefix}.in", f"{prefix}.out"):
+        await channel.queue_delete(queue_name)
+    for exchange_name in (f"{prefix}.in", f"{prefix}.out"):
+        await channel.exchange_delete(exchange_name)
     await connection.close()
-    await delete_topology(url, prefix)
-    p50, p99 = latencies_by_rate[1000.0]
-    return throughput, p50, p99, rss
 
 
 async def http_ingest(env: DemoEnvironment, work: Path, count: int) -> tuple[float, float]:
@@ -301,6 +368,9 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=20000)
     parser.add_argument("--http-events", type=int, default=5000)
+    parser.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1, help="broker processes for run (b2) (default: CPUs)"
+    )
     parser.add_argument("--amqp-url", default=os.environ.get("SV_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/"))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="sv-bench-") as tmp:
@@ -316,9 +386,12 @@ async def main() -> None:
         print(f"(a1) naive relay, sequential iterator:       {sequential:8.0f} msg/s")
         concurrent = await naive_relay(args.amqp_url, bodies, concurrent=True)
         print(f"(a2) naive relay, consume callback (tasks):  {concurrent:8.0f} msg/s")
-        full, _p50, _p99, rss = await broker_throughput(env, args.amqp_url, bodies, work)
+        await relay_latency(env, args.amqp_url)
+        single, _, _, _ = await broker_throughput(env, args.amqp_url, bodies, work, 1, latency=False)
+        print(f"     ratio b/a1 = {single / sequential:.2f}   ratio b/a2 = {single / concurrent:.2f}")
+        full, _p50, _p99, rss = await broker_throughput(env, args.amqp_url, bodies, work, args.workers, latency=True)
         print(f"     ratio b/a1 = {full / sequential:.2f}   ratio b/a2 = {full / concurrent:.2f}")
-        print(f"     broker peak RSS {rss:.0f} MB")
+        print(f"     broker peak RSS {rss:.0f} MB per process")
         rate, bare = await http_ingest(env, work, args.http_events)
         print(f"\nembedded HTTP ingest (durable audit + records): {rate:8.0f} msg/s")
         print(f"bare aiohttp 202 handler, same client:          {bare:8.0f} msg/s   ratio {rate / bare:.2f}")

@@ -35,6 +35,7 @@ from broker.ports.sqlite_store import SqliteStore
 from broker.ports.store import Checkpoint, CommitUnit
 from broker.registry import Registry, load_registry
 from broker.settings import Settings
+from broker.workers import WorkerPool, WorkerSpec
 from schemas.envelope import format_time
 
 log = get_logger("sv_broker.service")
@@ -74,6 +75,7 @@ class Broker:
     settings: Settings
     user_map: dict[str, str] = field(default_factory=dict)
     decide_fn: DecideFn = decide
+    ingest_only: bool = False  # an ingest worker process (broker/workers.py): no HTTP, no periodic jobs
     registry: Registry | None = None
     policy: PolicySet | None = None
     store: SqliteStore | None = None
@@ -83,6 +85,7 @@ class Broker:
     dead_letters: DeadLetterAuditor | None = None
     runner: web.AppRunner | None = None
     access: AccessContext | None = None
+    workers: WorkerPool | None = None
     port: int = 0
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -95,66 +98,34 @@ class Broker:
 
     async def start(self) -> None:
         settings = self.settings
+        if self.ingest_only and not settings.amqp_url:
+            raise ValueError("an ingest worker needs a RabbitMQ URL")
+        if settings.workers > 1 and not settings.amqp_url:
+            # Embedded mode is one process: its HTTP ingest and feeds share one store writer.
+            raise ValueError("--workers needs --amqp-url (embedded mode runs as one process)")
         self.registry = load_registry(settings.policy_dir, settings.keys_dir)
         secrets = load_secrets(settings.secrets_file, os.environ)
         self.policy = load_policy(settings.policy_dir, self.registry, secrets)
         self.store = SqliteStore(settings.data_dir / "broker.db", batch_max=settings.audit_batch_max)
         await self.store.open()
-        self._key = await asyncio.to_thread(load_or_create_broker_key, settings.effective_broker_key)
-        kid, private_key = self._key
-        token_keys = {kid: private_key.public_key()}
-        if settings.token_jwks_file is not None:
-            # An identity provider's keys: configuration, not code (and read once, here).
-            token_keys.update(load_jwks(settings.token_jwks_file))
-        verifier = TokenVerifier(token_keys, issuer=settings.token_issuer, audience=settings.token_audience)
-        await self.store.commit(
-            CommitUnit(
-                drafts=[
-                    Draft(
-                        Kind.STARTED,
-                        {
-                            "config_sha256": config_fingerprint(settings),
-                            "mode": "amqp" if settings.amqp_url else "embedded",
-                            "agreements": {a.id: a.revision for a in self.policy.agreements.values()},
-                        },
-                    )
-                ]
-            )
-        )
+        started: dict[str, object] = {
+            "config_sha256": config_fingerprint(settings),
+            "mode": "amqp" if settings.amqp_url else "embedded",
+            "agreements": {a.id: a.revision for a in self.policy.agreements.values()},
+        }
+        if self.ingest_only:
+            started["role"] = "ingest-worker"
+        elif settings.workers > 1:
+            started["workers"] = settings.workers
+        await self.store.commit(CommitUnit(drafts=[Draft(Kind.STARTED, started)]))
         ready_checks: list[Callable[[], Awaitable[bool]]] = [self.store.ping]
         delivery: Delivery
+        amqp_delivery: AmqpDelivery | None = None
         if settings.amqp_url:
-            # Reconnect quickly after a connection loss (aio-pika waits 5 s by default).
-            self.connection = await aio_pika.connect_robust(
-                settings.amqp_url,
-                reconnect_interval=1.0,
-                # Named, so operators (and tests) can tell the broker's connection apart.
-                client_properties={"connection_name": f"sv-broker {settings.amqp_prefix}"},
-            )
-            names = Names(settings.amqp_prefix)
-            publish_channel = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
-            topology = await declare_topology(publish_channel, names, self.registry, settings.delivery_limit)
-            amqp_delivery = AmqpDelivery(
-                publish_channel, topology, self.registry, settings.publish_timeout.total_seconds()
-            )
+            amqp_delivery = await self._start_amqp(settings.amqp_url)
             delivery = amqp_delivery
-            self.pipeline = Pipeline(
-                settings, self.registry, self.policy, self.store, delivery, decide_fn=self.decide_fn
-            )
-            consume_channel = await self.connection.channel(publisher_confirms=False)
-            await consume_channel.set_qos(prefetch_count=settings.prefetch)
-            ingest_queue = await consume_channel.get_queue(names.ingest_queue, ensure=True)
-            self.ingest = AmqpIngest(
-                settings, self.pipeline, consume_channel, ingest_queue, self.registry, self.user_map
-            )
-            await self.ingest.start()
-            self._tasks.append(asyncio.create_task(self.ingest.run(), name="amqp-ingest"))
-            dead_channel = await self.connection.channel(publisher_confirms=False)
-            await dead_channel.set_qos(prefetch_count=16)
-            dead_queue = await dead_channel.get_queue(names.dead_letter_queue, ensure=True)
-            self.dead_letters = DeadLetterAuditor(self.store, amqp_delivery, topology, dead_queue, self.user_map)
-            await self.dead_letters.start()
             connection = self.connection
+            assert connection is not None
 
             async def amqp_ready() -> bool:
                 return not connection.is_closed
@@ -162,9 +133,29 @@ class Broker:
             ready_checks.append(amqp_ready)
         else:
             delivery = StoreDelivery()
-            self.pipeline = Pipeline(
-                settings, self.registry, self.policy, self.store, delivery, decide_fn=self.decide_fn
+            self.pipeline = self._pipeline(delivery)
+        if self.ingest_only:
+            log.info("broker_started", mode="amqp", role="ingest-worker")
+            return
+
+        self._key = await asyncio.to_thread(load_or_create_broker_key, settings.effective_broker_key)
+        kid, private_key = self._key
+        token_keys = {kid: private_key.public_key()}
+        if settings.token_jwks_file is not None:
+            # An identity provider's keys: configuration, not code (and read once, here).
+            token_keys.update(load_jwks(settings.token_jwks_file))
+        verifier = TokenVerifier(token_keys, issuer=settings.token_issuer, audience=settings.token_audience)
+        if amqp_delivery is not None and self.dead_letters is None:
+            names = Names(settings.amqp_prefix)
+            assert self.connection is not None
+            dead_channel = await self.connection.channel(publisher_confirms=False)
+            await dead_channel.set_qos(prefetch_count=16)
+            dead_queue = await dead_channel.get_queue(names.dead_letter_queue, ensure=True)
+            self.dead_letters = DeadLetterAuditor(
+                self.store, amqp_delivery, amqp_delivery.topology, dead_queue, self.user_map
             )
+            await self.dead_letters.start()
+        assert self.pipeline is not None
         app = build_app(self.pipeline, ready_checks)
         self.access = AccessContext(
             store=self.store,
@@ -182,10 +173,44 @@ class Broker:
         site = web.TCPSite(self.runner, settings.http_host, settings.http_port)
         await site.start()
         self.port = bound_port(site, settings.http_port)
+        if settings.workers > 1:
+            self.workers = WorkerPool(WorkerSpec(settings, self.user_map), settings.workers - 1)
+            await self.workers.start()
         self._warn_agreements()
         self._tasks.append(asyncio.create_task(self._checkpoint_loop(), name="checkpoints"))
         self._tasks.append(asyncio.create_task(self._retention_loop(), name="retention"))
         log.info("broker_started", mode="amqp" if settings.amqp_url else "embedded", url=self.url)
+
+    def _pipeline(self, delivery: Delivery) -> Pipeline:
+        assert self.registry is not None
+        assert self.policy is not None
+        assert self.store is not None
+        return Pipeline(self.settings, self.registry, self.policy, self.store, delivery, decide_fn=self.decide_fn)
+
+    async def _start_amqp(self, url: str) -> AmqpDelivery:
+        """Connect, declare the topology (idempotent) and start consuming the ingest queue."""
+        settings = self.settings
+        assert self.registry is not None
+        # Reconnect quickly after a connection loss (aio-pika waits 5 s by default).
+        role = " ingest-worker" if self.ingest_only else ""
+        self.connection = await aio_pika.connect_robust(
+            url,
+            reconnect_interval=1.0,
+            # Named, so operators (and tests) can tell the broker's connections apart.
+            client_properties={"connection_name": f"sv-broker {settings.amqp_prefix}{role}"},
+        )
+        names = Names(settings.amqp_prefix)
+        publish_channel = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
+        topology = await declare_topology(publish_channel, names, self.registry, settings.delivery_limit)
+        delivery = AmqpDelivery(publish_channel, topology, self.registry, settings.publish_timeout.total_seconds())
+        self.pipeline = self._pipeline(delivery)
+        consume_channel = await self.connection.channel(publisher_confirms=False)
+        await consume_channel.set_qos(prefetch_count=settings.prefetch)
+        ingest_queue = await consume_channel.get_queue(names.ingest_queue, ensure=True)
+        self.ingest = AmqpIngest(settings, self.pipeline, consume_channel, ingest_queue, self.registry, self.user_map)
+        await self.ingest.start()
+        self._tasks.append(asyncio.create_task(self.ingest.run(), name="amqp-ingest"))
+        return delivery
 
     # -- signed checkpoints ------------------------------------------------------------------------
     async def checkpoint(self) -> Checkpoint | None:
@@ -270,6 +295,8 @@ class Broker:
         """Graceful: stop taking work, finish what is in flight, make it durable, then close."""
         if self.ingest is not None:
             await self.ingest.stop_consuming()
+        if self.workers is not None:
+            await self.workers.stop()  # each finishes its in-flight work first
         if self.dead_letters is not None:
             await self.dead_letters.stop()
         if self.access is not None:
@@ -288,8 +315,11 @@ class Broker:
             await self.connection.close()
         if self.store is not None:
             with contextlib.suppress(Exception):
-                await self.store.commit(CommitUnit(drafts=[Draft(Kind.STOPPED, {})]))
-                await self.checkpoint()  # the final head, signed
+                await self.store.commit(
+                    CommitUnit(drafts=[Draft(Kind.STOPPED, {"role": "ingest-worker"} if self.ingest_only else {})])
+                )
+                if not self.ingest_only:
+                    await self.checkpoint()  # the final head, signed
             await self.store.close()
         log.info("broker_stopped")
 

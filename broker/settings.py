@@ -28,6 +28,7 @@ class Settings:
     prefetch: int = 768  # unacknowledged deliveries; room for several batches in flight
     batch_max: int = 256  # largest batch the pipeline processes at once
     batches_in_flight: int = 3
+    workers: int = 1  # broker processes consuming the ingest queue (RabbitMQ mode; see broker/workers.py)
     publish_timeout: timedelta = timedelta(seconds=10)
     # HTTP
     http_host: str = "127.0.0.1"
@@ -41,6 +42,7 @@ class Settings:
     checkpoint_interval: timedelta = timedelta(seconds=60)  # ... or this long, whichever first
     retention_interval: timedelta = timedelta(hours=1)
     warn_within: timedelta = timedelta(days=30)  # agreements ending / due for review this soon
+    log_level: str = "INFO"
     # audit group commit
     audit_batch_max: int = 512
     audit_batch_wait: timedelta = timedelta(milliseconds=2)

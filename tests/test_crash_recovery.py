@@ -1,9 +1,11 @@
 """No loss and no double release while the broker is SIGKILLed and restarted (real RabbitMQ).
 
 A publisher sends >= 2,000 signed events with publisher confirms while the broker process is
-killed with SIGKILL three times and restarted. Afterwards every confirmed event must be, for each
-consumer its agreements entitle, released exactly once in the audit (consumer queues may hold
-redelivered copies with the same record id), or quarantined; none lost.
+killed with SIGKILL three times and restarted: once as a single process, once with an ingest
+worker beside it (the orphaned worker must finish its in-flight work and exit by itself).
+Afterwards every confirmed event must be, for each consumer its agreements entitle, released
+exactly once in the audit (consumer queues may hold redelivered copies with the same record
+id), or quarantined; none lost.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from collections import Counter
 from pathlib import Path
 
 import aio_pika
+import pytest
 
 from adapters.synthetic import SyntheticGenerator
 from broker.demo import prepare_environment
@@ -30,7 +33,7 @@ from broker.ports.amqp import Names
 from broker.ports.sqlite_store import verify_audit_file
 from broker.registry import load_registry
 from broker.settings import REPO_POLICIES
-from tests.helpers import expected_records, query
+from tests.helpers import audit_entries, expected_records, query
 
 EVENTS = 2400
 KILLS = 3
@@ -53,6 +56,11 @@ class BrokerProcess:
             assert time.monotonic() < deadline, "broker did not become ready"
             time.sleep(0.05)
 
+    def children(self) -> list[int]:
+        assert self.proc is not None
+        path = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        return [int(pid) for pid in path.read_text().split()] if path.exists() else []
+
     def kill(self) -> None:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGKILL)
@@ -64,7 +72,18 @@ class BrokerProcess:
         return self.proc.wait(timeout=60)
 
 
-def test_no_loss_no_double_release_under_sigkill(amqp_url: str, amqp_prefix: str, tmp_path: Path) -> None:
+def gone(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"  # a zombie has exited (its parent was killed)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_no_loss_no_double_release_under_sigkill(
+    amqp_url: str, amqp_prefix: str, tmp_path: Path, workers: int
+) -> None:
     env = prepare_environment(tmp_path / "env")
     data_dir = tmp_path / "var"
     broker = BrokerProcess(
@@ -73,6 +92,7 @@ def test_no_loss_no_double_release_under_sigkill(amqp_url: str, amqp_prefix: str
             "--amqp-url", amqp_url, "--amqp-prefix", amqp_prefix,
             "--data-dir", str(data_dir), "--keys-dir", str(env.keys_dir), "--secrets", str(env.secrets_file),
             "--port", "0", "--no-user-id-check", "--ready-file", str(tmp_path / "ready"), "--log-level", "WARNING",
+            "--workers", str(workers),
         ],
         tmp_path / "ready",
         tmp_path / "broker.log",
@@ -111,8 +131,12 @@ def test_no_loss_no_double_release_under_sigkill(amqp_url: str, amqp_prefix: str
     thread = threading.Thread(target=publisher)
     thread.start()
     rng = random.Random(5)
+    worker_pids: list[int] = []
     for _ in range(KILLS):
         time.sleep(rng.uniform(0.6, 1.2))
+        children = broker.children()
+        assert len(children) == workers - 1
+        worker_pids += children
         broker.kill()
         broker.start()
     thread.join(timeout=300)
@@ -143,7 +167,16 @@ def test_no_loss_no_double_release_under_sigkill(amqp_url: str, amqp_prefix: str
         if all(done[key] >= 1 or key[0] in rejected_ids() for key in expected):
             break
         time.sleep(0.5)
+    worker_pids += broker.children()
     assert broker.stop() == 0, broker.log_path.read_text()[-2000:]
+    # No worker outlives its primary: stopped by it, or (after a SIGKILL) by noticing it is gone.
+    orphan_deadline = time.monotonic() + 30
+    while not all(gone(pid) for pid in worker_pids) and time.monotonic() < orphan_deadline:
+        time.sleep(0.2)
+    assert [pid for pid in worker_pids if not gone(pid)] == []
+    assert len(worker_pids) == (workers - 1) * (KILLS + 1)
+    workers_started = [e for e in audit_entries(db, "started") if e.get("role") == "ingest-worker"]
+    assert len(workers_started) == (workers - 1) * (KILLS + 1)
 
     counts = released()
     quarantined = {m for m in rejected_ids() if m in set(ids)}

@@ -39,6 +39,13 @@ def add_runtime_args(parser: argparse.ArgumentParser) -> None:
         "--batches-in-flight", type=int, default=3, help="batches processed concurrently (default: %(default)s)"
     )
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="broker processes consuming the ingest queue, this one included (RabbitMQ mode; "
+        "about one per core: each is bound to one core by Python's GIL) (default: %(default)s)",
+    )
+    parser.add_argument(
         "--data-dir", type=Path, default=Path("var"), help="SQLite store directory (default: %(default)s)"
     )
     parser.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default: %(default)s)")
@@ -71,6 +78,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         prefetch=args.prefetch,
         batch_max=args.batch_max,
         batches_in_flight=args.batches_in_flight,
+        workers=max(1, getattr(args, "workers", 1)),
+        log_level=getattr(args, "log_level", "INFO"),
         http_host=args.host,
         http_port=args.port,
     )
@@ -100,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     configure(args.log_level)
     try:
         asyncio.run(serve_forever(settings_from(args), load_user_map(args.amqp_user_map), args.ready_file))
-    except (ContractError, PolicyError, SecretsError) as exc:
+    except (ContractError, PolicyError, SecretsError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

@@ -1,0 +1,176 @@
+"""Ingest worker processes: more broker processes consuming the one ingest queue (``--workers``).
+
+Why processes: the pipeline is CPU-bound Python (strict parse, Ed25519 verify, validation, AMQP
+framing), so one process is held to about one core by its GIL however many threads it has
+(measured: moving verification to a thread made it slower). DESIGN.md's scaled mode is several
+broker processes as competing consumers of the ingest queue; this runs them on one host, sharing
+the SQLite store, supervised by the primary process.
+
+- The primary runs everything (HTTP API, dead-letter auditor, checkpoints, retention) and consumes
+  too; each worker runs only the ingest pipeline, with its own AMQP connection and its own
+  connections to the store file.
+- Sharing the store is safe: every write transaction reads the audit head under SQLite's write
+  lock (the chain never forks), a record id is audited as released at most once (the
+  ``releases`` table), and what a worker had not acknowledged when it died comes back from
+  RabbitMQ to another consumer.
+- Settings reach a worker pickled on its stdin, not on its command line: the AMQP URL may hold a
+  password, and a command line is visible to every local user (``ps``).
+- A worker whose primary dies (SIGKILL leaves no chance to stop it) notices within a second and
+  stops gracefully, so a restarted primary never finds orphans consuming beside its new workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import pickle
+import signal
+import sys
+from dataclasses import dataclass
+
+from broker.logs import configure, get_logger
+from broker.settings import Settings
+
+log = get_logger("sv_broker.workers")
+
+READY = b"ready\n"
+START_TIMEOUT = 60.0
+STOP_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSpec:
+    settings: Settings
+    user_map: dict[str, str]
+
+
+class WorkerPool:
+    """Starts ``count`` ingest workers, restarts one that exits unexpectedly, stops them all."""
+
+    def __init__(self, spec: WorkerSpec, count: int) -> None:
+        self.spec = spec
+        self.count = count
+        self.procs: list[asyncio.subprocess.Process | None] = [None] * count
+        self.restarts = 0
+        self._stopping = False
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        """Start every worker and wait until each is consuming; a worker that cannot start is an
+        error at start-up (the same configuration failed in the primary would have been too)."""
+        self.procs = list(await asyncio.gather(*(self._spawn(i) for i in range(self.count))))
+        self._tasks = [asyncio.create_task(self._supervise(i), name=f"worker-{i}") for i in range(self.count)]
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs if p is not None and p.returncode is None]
+
+    def alive(self) -> bool:
+        return all(p is not None and p.returncode is None for p in self.procs)
+
+    async def _spawn(self, index: int) -> asyncio.subprocess.Process:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            __name__,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        assert proc.stdin is not None
+        assert proc.stdout is not None
+        proc.stdin.write(pickle.dumps(self.spec))
+        proc.stdin.close()
+        try:
+            line = await asyncio.wait_for(proc.stdout.readline(), timeout=START_TIMEOUT)
+        except TimeoutError:
+            line = b""
+        if line != READY:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            raise RuntimeError(f"ingest worker {index} did not start (exit status {proc.returncode})")
+        log.info("worker_started", worker=index, pid=proc.pid)
+        return proc
+
+    async def _supervise(self, index: int) -> None:
+        delay = 1.0
+        while not self._stopping:
+            proc = self.procs[index]
+            assert proc is not None
+            code = await proc.wait()
+            if self._stopping:
+                return
+            # Its unacknowledged deliveries are back in the queue already; start a new one.
+            log.warning("worker_exited", worker=index, pid=proc.pid, status=code, restart_in=delay)
+            await asyncio.sleep(delay)
+            try:
+                self.procs[index] = await self._spawn(index)
+                self.restarts += 1
+                delay = 1.0
+            except Exception as exc:  # retried with back-off: the primary keeps serving meanwhile
+                log.warning("worker_restart_failed", worker=index, error=type(exc).__name__)
+                delay = min(delay * 2, 30.0)
+
+    async def stop(self) -> None:
+        """SIGTERM each worker (each finishes what it has in flight), then wait for all."""
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
+        live = [p for p in self.procs if p is not None and p.returncode is None]
+        for proc in live:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+        for proc in live:
+            try:
+                await asyncio.wait_for(proc.wait(), timeout=STOP_TIMEOUT)
+            except TimeoutError:
+                log.warning("worker_killed", pid=proc.pid)
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+
+
+async def _run_worker(spec: WorkerSpec) -> None:
+    from broker.service import Broker
+
+    parent = os.getppid()
+    broker = Broker(spec.settings, spec.user_map, ingest_only=True)
+    await broker.start()
+    sys.stdout.buffer.write(READY)
+    sys.stdout.buffer.flush()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    async def watch_parent() -> None:
+        while os.getppid() == parent:  # noqa: ASYNC110 - no event announces a parent's death
+            await asyncio.sleep(1.0)
+        log.warning("worker_orphaned", pid=os.getpid())
+        stop.set()
+
+    watcher = asyncio.create_task(watch_parent())
+    await stop.wait()
+    watcher.cancel()
+    await broker.stop()
+
+
+def main() -> int:
+    # Unpickling runs code chosen by whoever wrote the bytes: here only our parent, the primary,
+    # over a pipe no one else can write to (never a file, a socket or anything a partner sends).
+    spec = pickle.load(sys.stdin.buffer)  # noqa: S301
+    # Run as ``-m broker.workers`` this module is ``__main__``; the spec's class is the one in
+    # ``broker.workers`` (imported by unpickling), so check against that one.
+    from broker.workers import WorkerSpec as Spec
+
+    if not isinstance(spec, Spec):
+        print("error: expected a worker spec on stdin", file=sys.stderr)
+        return 2
+    configure(spec.settings.log_level)
+    asyncio.run(_run_worker(spec))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
