@@ -81,9 +81,7 @@ def gone(pid: int) -> bool:
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_no_loss_no_double_release_under_sigkill(
-    amqp_url: str, amqp_prefix: str, tmp_path: Path, workers: int
-) -> None:
+def test_no_loss_no_double_release_under_sigkill(amqp_url: str, amqp_prefix: str, tmp_path: Path, workers: int) -> None:
     env = prepare_environment(tmp_path / "env")
     data_dir = tmp_path / "var"
     broker = BrokerProcess(
