@@ -75,7 +75,8 @@ async def preload(url: str, exchange_name: str, bodies: list[tuple[str, bytes]])
     await connection.close()
 
 
-async def naive_relay(url: str, bodies: list[tuple[str, bytes]], *, concurrent: bool) -> float:
+async def relay_topology(url: str) -> tuple[str, aio_pika.abc.AbstractConnection, aio_pika.abc.AbstractChannel]:
+    """``<prefix>.in`` (topic exchange -> quorum queue) and ``<prefix>.out`` (direct -> quorum)."""
     prefix = f"bench-relay-{uuid.uuid4().hex[:8]}"
     connection = await aio_pika.connect(url)
     channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
@@ -85,6 +86,12 @@ async def naive_relay(url: str, bodies: list[tuple[str, bytes]], *, concurrent: 
     out_exchange = await channel.declare_exchange(f"{prefix}.out", aio_pika.ExchangeType.DIRECT, durable=True)
     sink = await channel.declare_queue(f"{prefix}.out", durable=True, arguments=QUORUM)
     await sink.bind(out_exchange, "out")
+    return prefix, connection, channel
+
+
+async def naive_relay(url: str, bodies: list[tuple[str, bytes]], *, concurrent: bool) -> float:
+    prefix, connection, channel = await relay_topology(url)
+    out_exchange = await channel.get_exchange(f"{prefix}.out")
     await preload(url, f"{prefix}.in", bodies)
 
     consume_channel = await connection.channel()
@@ -288,15 +295,8 @@ async def latencies_at_rates(
 async def relay_latency(env: DemoEnvironment, url: str) -> None:
     """The same latency measurement through the naive callback relay: the bare RabbitMQ hops
     (two quorum queues, confirmed publishes) on this machine, as the baseline for (b)."""
-    prefix = f"bench-relay-{uuid.uuid4().hex[:8]}"
-    connection = await aio_pika.connect(url)
-    channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-    source_exchange = await channel.declare_exchange(f"{prefix}.in", aio_pika.ExchangeType.TOPIC, durable=True)
-    source = await channel.declare_queue(f"{prefix}.in", durable=True, arguments=QUORUM)
-    await source.bind(source_exchange, "#")
-    out_exchange = await channel.declare_exchange(f"{prefix}.out", aio_pika.ExchangeType.DIRECT, durable=True)
-    sink = await channel.declare_queue(f"{prefix}.out", durable=True, arguments=QUORUM)
-    await sink.bind(out_exchange, "out")
+    prefix, connection, channel = await relay_topology(url)
+    source_exchange = await channel.get_exchange(f"{prefix}.in")
     relay_connection = await aio_pika.connect(url)
     relay_channel = await relay_connection.channel(publisher_confirms=True, on_return_raises=True)
     relay_out = await relay_channel.get_exchange(f"{prefix}.out")
@@ -312,7 +312,7 @@ async def relay_latency(env: DemoEnvironment, url: str) -> None:
     reader = await connection.channel()
     await reader.set_qos(prefetch_count=1000)
     await latencies_at_rates(
-        env, source_exchange, "uhdb-royal-derby-ed.ae_assault", await reader.get_queue(sink.name), "time"
+        env, source_exchange, "uhdb-royal-derby-ed.ae_assault", await reader.get_queue(f"{prefix}.out"), "time"
     )
     await relay_in.cancel(tag)
     await relay_connection.close()
