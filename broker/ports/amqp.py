@@ -24,8 +24,9 @@ from aio_pika.abc import (
     AbstractIncomingMessage,
     AbstractQueue,
 )
-from aiormq.abc import DeliveredMessage
+from aiormq.abc import ChannelFrame, DeliveredMessage
 from pamqp.commands import Basic
+from pamqp.header import ContentHeader
 
 from broker.audit.chain import Draft, Kind
 from broker.logs import get_logger
@@ -176,13 +177,81 @@ class Publish:
     headers: dict[str, Any] | None = None
 
 
+# What the batched publisher uses of aiormq's channel; checked when a delivery is set up, so an
+# aiormq that changed them fails at start-up, loudly, not on the first release.
+_CHANNEL_INTERNALS = ("lock", "delivery_tag", "confirmations", "message_id_delivery_tag", "write_queue", "number")
+
+
+def check_channel_internals(channel: object) -> None:
+    missing = [name for name in _CHANNEL_INTERNALS if not hasattr(channel, name)]
+    if missing or not callable(getattr(channel, "_split_body", None)):
+        raise DeliveryFailed(
+            f"aiormq {getattr(aiormq, '__version__', '?')} lacks what the batched publisher uses: "
+            f"{', '.join(missing) or '_split_body'} (pin aiormq as pyproject.toml does)"
+        )
+
+
+Pending = tuple[int, str, "asyncio.Future[Any]"]  # delivery tag, message id, confirmation
+
+
+async def publish_frames(channel: aiormq.Channel, publishes: Sequence[Publish]) -> list[Pending]:
+    """Queue every publish of a batch as ONE write; return each one's tag and confirmation future.
+
+    The same frames, delivery tags and confirmation futures as ``Channel.basic_publish``, taken
+    under the same channel lock, but a batch costs one lock, one queued write and one syscall
+    instead of a task, a timeout, a lock and a write per publish: measured 73 -> 24 us of client
+    CPU per confirmed publish. Confirms, nacks, returns (``mandatory``) and a closed channel
+    resolve these futures exactly as they would aiormq's own (the futures are the channel's).
+    """
+    pending: list[Pending] = []
+    frames: list[Any] = []
+    async with channel.lock:
+        first = channel.delivery_tag
+        try:
+            for item in publishes:
+                channel.delivery_tag += 1
+                tag = channel.delivery_tag
+                future = channel.create_future()
+                channel.confirmations[tag] = future
+                # A basic.return names the message by its message_id: it must find this publish.
+                channel.message_id_delivery_tag[item.message_id] = tag
+                pending.append((tag, item.message_id, future))
+                properties = Basic.Properties(
+                    delivery_mode=2,  # persistent: survives a RabbitMQ restart
+                    content_type="application/json",
+                    message_id=item.message_id,
+                    headers=item.headers,
+                )
+                # mandatory: unroutable is an error (a return), never a silent drop
+                frames.append(Basic.Publish(exchange=item.exchange, routing_key=item.routing_key, mandatory=True))
+                frames.append(ContentHeader(properties=properties, body_size=len(item.body)))
+                frames.extend(channel._split_body(item.body))
+            await channel.write_queue.put(ChannelFrame.marshall(channel_number=channel.number, frames=frames))
+        except BaseException:
+            # Nothing reached the wire: give the delivery tags back, as basic_publish does.
+            channel.delivery_tag = first
+            forget_publishes(channel, pending)
+            raise
+    return pending
+
+
+def forget_publishes(channel: aiormq.Channel, pending: Sequence[Pending]) -> None:
+    """Drop what aiormq keeps for these publishes. A settled one's confirmation entry is left to
+    aiormq (an ack pops it; after a return the ack that follows still expects it); an unsettled
+    one (timed out, or never sent) is removed, so a late confirm is ignored."""
+    for tag, message_id, future in pending:
+        if not future.done() or future.cancelled():
+            channel.confirmations.pop(tag, None)
+            future.cancel()
+        if channel.message_id_delivery_tag.get(message_id) == tag:
+            del channel.message_id_delivery_tag[message_id]
+
+
 class AmqpDelivery:
     """Publishes records, quarantine and receipts with confirms; returns only when all are confirmed.
 
-    Publishes go straight to the aiormq channel under aio-pika (same frames, same confirms) with
-    ``wait=False``: the channel lock is held only while a frame is queued, not until it is on the
-    wire, so a batch's publishes overlap and their confirms arrive together (measured in
-    ``bench/bench_broker.py``).
+    A batch's publishes are written as one frame buffer on the aiormq channel under aio-pika
+    (:func:`publish_frames`) and their confirms awaited together, under one deadline.
     """
 
     stores_records = False
@@ -199,38 +268,27 @@ class AmqpDelivery:
         if self.channel.is_closed:
             raise DeliveryFailed("the publishing channel is closed")
         underlay = await self.channel.get_underlay_channel()
-        if not isinstance(underlay, aiormq.Channel):  # the concrete channel has ``wait``
+        if not isinstance(underlay, aiormq.Channel):
             raise DeliveryFailed(f"unexpected channel type {type(underlay).__name__}")
-
-        async def one(item: Publish) -> None:
-            properties = Basic.Properties(
-                delivery_mode=2,  # persistent: survives a RabbitMQ restart
-                content_type="application/json",
-                message_id=item.message_id,
-                headers=item.headers,
-            )
-            result = await underlay.basic_publish(
-                item.body,
-                exchange=item.exchange,
-                routing_key=item.routing_key,
-                properties=properties,
-                mandatory=True,  # unroutable is an error, never a silent drop
-                wait=False,
-            )
-            if not isinstance(result, Basic.Ack):
-                raise DeliveryFailed(f"publish to {item.exchange} was not acknowledged ({type(result).__name__})")
-
+        check_channel_internals(underlay)
+        if underlay.is_closed:
+            raise DeliveryFailed("the publishing channel is closed")
+        pending = await publish_frames(underlay, publishes)
         try:
-            # One deadline for the whole batch (cheaper than one timer per publish); a timeout
-            # cancels what is outstanding and counts as "not confirmed".
+            # One deadline for the whole batch; a timeout counts as "not confirmed".
             async with asyncio.timeout(self.timeout):
-                results = await asyncio.gather(*(one(p) for p in publishes), return_exceptions=True)
+                results = await asyncio.gather(*(future for _, _, future in pending), return_exceptions=True)
         except TimeoutError as exc:
             raise DeliveryFailed(f"publishes not confirmed within {self.timeout}s") from exc
-        errors = [r for r in results if isinstance(r, BaseException)]
+        finally:
+            forget_publishes(underlay, pending)
+        errors = [r for r in results if not isinstance(r, Basic.Ack)]
         if errors:
-            # A timeout, a nack, a return or a lost channel: all mean "not confirmed".
-            raise DeliveryFailed(f"{len(errors)} of {len(results)} publishes not confirmed") from errors[0]
+            # A nack, a return or a lost channel: all mean "not confirmed".
+            first = errors[0]
+            raise DeliveryFailed(f"{len(errors)} of {len(results)} publishes not confirmed") from (
+                first if isinstance(first, BaseException) else None
+            )
 
     def receipts(self, outcomes: Sequence[Outcome], at: datetime) -> list[Publish]:
         """One receipts message per partner per batch: ``{"receipts": [receipt, ...]}``.
