@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
@@ -169,6 +170,7 @@ class SqliteStore:
         self._jobs: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._reader: sqlite3.Connection | None = None
+        self._guard: sqlite3.Connection | None = None  # replay-guard reads, on the event loop's thread
         self._read_lock = threading.Lock()
         self.head: tuple[int, str] = (0, GENESIS)  # one attribute: read atomically by other threads
         self.commits = 0  # transactions written (for the group-commit figures)
@@ -183,6 +185,10 @@ class SqliteStore:
         if row is not None:
             self.head = (int(row[0]), str(row[1]))
         self._reader = connect(self.path)
+        self._guard = connect(self.path)
+        # WAL readers do not wait for the writer; a short timeout bounds the rare case that does
+        # (recovery after a crash), and the read then moves off the loop (``replay_states``).
+        self._guard.execute("PRAGMA busy_timeout=50")
         self._thread = threading.Thread(target=self._writer_loop, args=(writer,), name="sqlite-writer", daemon=True)
         self._thread.start()
 
@@ -194,6 +200,9 @@ class SqliteStore:
         if self._reader is not None:
             self._reader.close()
             self._reader = None
+        if self._guard is not None:
+            self._guard.close()
+            self._guard = None
 
     # -- writes ----------------------------------------------------------------------------------
     async def commit(self, unit: CommitUnit) -> None:
@@ -378,20 +387,28 @@ class SqliteStore:
             yield self._reader
 
     async def replay_states(self, keys: Sequence[ReplayKey]) -> dict[ReplayKey, Seen]:
+        """Read on the event loop's thread, with a connection of its own: primary-key lookups in
+        a WAL snapshot never wait for the writer, and a hand-off to a worker thread (submit, wake,
+        GIL, call back) cost more than the read itself at the small batches of a light load."""
         if not keys:
             return {}
-        return await asyncio.to_thread(self._replay_states, list(keys))
+        if self._guard is None:
+            raise RuntimeError("store is not open")
+        try:
+            return self._replay_states(self._guard, list(keys))
+        except sqlite3.OperationalError:  # busy (see ``open``): wait for it off the loop
+            return await self.read(partial(self._replay_states, keys=list(keys)))
 
-    def _replay_states(self, keys: list[ReplayKey]) -> dict[ReplayKey, Seen]:
+    @staticmethod
+    def _replay_states(conn: sqlite3.Connection, keys: list[ReplayKey]) -> dict[ReplayKey, Seen]:
         out: dict[ReplayKey, Seen] = {}
-        with self._read() as conn:
-            for i in range(0, len(keys), 400):
-                chunk = keys[i : i + 400]
-                where = " OR ".join("(source = ? AND message_id = ?)" for _ in chunk)
-                params = [part for key in chunk for part in key]
-                sql = f"SELECT source, message_id, state, content_sha256 FROM seen WHERE {where}"  # noqa: S608
-                for source, message_id, state, content in conn.execute(sql, params):
-                    out[(source, message_id)] = Seen(ReplayState(state), content)
+        for i in range(0, len(keys), 400):
+            chunk = keys[i : i + 400]
+            where = " OR ".join("(source = ? AND message_id = ?)" for _ in chunk)
+            params = [part for key in chunk for part in key]
+            sql = f"SELECT source, message_id, state, content_sha256 FROM seen WHERE {where}"  # noqa: S608
+            for source, message_id, state, content in conn.execute(sql, params):
+                out[(source, message_id)] = Seen(ReplayState(state), content)
         return {key: out.get(key, NOT_SEEN) for key in keys}
 
     async def ping(self) -> bool:
