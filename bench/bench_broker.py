@@ -35,13 +35,16 @@ from typing import Any
 
 import aio_pika
 import aiohttp
+import aiormq
 from aiohttp import web
+from aiormq.abc import DeliveredMessage
+from pamqp.commands import Basic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from adapters.synthetic import SyntheticGenerator
 from broker.demo import DemoEnvironment, prepare_environment
-from broker.ports.amqp import Names
+from broker.ports.amqp import Names, Publish, forget_publishes, publish_frames
 from broker.service import Broker
 from broker.settings import Settings
 from schemas.envelope import encode, format_time
@@ -210,7 +213,9 @@ async def broker_throughput(
     queue = await consumer_channel.get_queue(Names(prefix).consumer_queue("derbyshire-vru"))
     for name in ("derbyshire-vru", "derby-csp-analysts", "derbyshire-csp-analysts"):
         await (await consumer_channel.get_queue(Names(prefix).consumer_queue(name))).purge()
-    latencies_by_rate = await latencies_at_rates(env, exchange, "uhdb-royal-derby-ed.ae_assault", queue, "produced_at")
+    latencies_by_rate = await latencies_at_rates(
+        env, channel, exchange.name, "uhdb-royal-derby-ed.ae_assault", queue, "produced_at"
+    )
     rss = max(peak_rss_mb(pid) for pid in [proc.pid, *worker_pids(proc.pid)])
     proc.send_signal(signal.SIGTERM)
     proc.wait()
@@ -225,7 +230,8 @@ RATES = ((500.0, 4000), (1000.0, 8000))
 
 async def latencies_at_rates(
     env: DemoEnvironment,
-    exchange: aio_pika.abc.AbstractExchange,
+    channel: aio_pika.abc.AbstractChannel,
+    exchange: str,
     routing_key: str,
     queue: aio_pika.abc.AbstractQueue,
     time_field: str,
@@ -244,7 +250,7 @@ async def latencies_at_rates(
         all_in = asyncio.Event()
 
         async def on_arrival(
-            message: aio_pika.abc.AbstractIncomingMessage,
+            message: DeliveredMessage,
             sent_at: dict[str, float] = sent_at,
             latencies: list[float] = latencies,
             all_in: asyncio.Event = all_in,
@@ -257,8 +263,12 @@ async def latencies_at_rates(
                 all_in.set()
 
         # The load generator must not steal the broker's CPU (two cores, shared with RabbitMQ):
-        # bodies are signed before the clock starts and arrivals are read without acknowledgements.
-        tag = await queue.consume(on_arrival, no_ack=True)
+        # bodies are signed before the clock starts, published and read on the aiormq channels
+        # under aio-pika (no per-message wrapper objects and tasks), arrivals without acks.
+        reader = await queue.channel.get_underlay_channel()
+        writer = await channel.get_underlay_channel()
+        assert isinstance(writer, aiormq.Channel)
+        tag = (await reader.basic_consume(queue.name, on_arrival, no_ack=True)).consumer_tag or ""
         base = datetime.now(UTC)
         prepared = []
         for i in range(count):
@@ -266,7 +276,6 @@ async def latencies_at_rates(
             produced = base + timedelta(milliseconds=offset + i)
             doc = signer.sign("ae_assault", rec.data(), source_key=rec.source_key, produced_at=produced)
             prepared.append((produced, encode(doc)))
-        offset += count
         t0 = time.perf_counter()
         pending = []
         for i, (produced, body) in enumerate(prepared):
@@ -274,15 +283,16 @@ async def latencies_at_rates(
             if delay > 0:
                 await asyncio.sleep(delay)
             sent_at[format_time(produced)] = time.perf_counter()
-            pending.append(
-                asyncio.ensure_future(exchange.publish(aio_pika.Message(body, delivery_mode=PERSISTENT), routing_key))
-            )
-        await asyncio.gather(*pending)
+            pending += await publish_frames(writer, [Publish(exchange, routing_key, body, f"lat-{offset}-{i}")])
+        confirms = await asyncio.gather(*(future for _, _, future in pending))
+        assert all(isinstance(c, Basic.Ack) for c in confirms)
+        forget_publishes(writer, pending)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(all_in.wait(), timeout=60)
-        await queue.cancel(tag)
+        await reader.basic_cancel(tag)
         if not latencies:
             raise RuntimeError("nothing arrived in the latency phase")
+        offset += count
         latencies.sort()
         out[rate] = (statistics.median(latencies) * 1000, latencies[int(len(latencies) * 0.99) - 1] * 1000)
         print(
@@ -296,7 +306,6 @@ async def relay_latency(env: DemoEnvironment, url: str) -> None:
     """The same latency measurement through the naive callback relay: the bare RabbitMQ hops
     (two quorum queues, confirmed publishes) on this machine, as the baseline for (b)."""
     prefix, connection, channel = await relay_topology(url)
-    source_exchange = await channel.get_exchange(f"{prefix}.in")
     relay_connection = await aio_pika.connect(url)
     relay_channel = await relay_connection.channel(publisher_confirms=True, on_return_raises=True)
     relay_out = await relay_channel.get_exchange(f"{prefix}.out")
@@ -312,7 +321,7 @@ async def relay_latency(env: DemoEnvironment, url: str) -> None:
     reader = await connection.channel()
     await reader.set_qos(prefetch_count=1000)
     await latencies_at_rates(
-        env, source_exchange, "uhdb-royal-derby-ed.ae_assault", await reader.get_queue(f"{prefix}.out"), "time"
+        env, channel, f"{prefix}.in", "uhdb-royal-derby-ed.ae_assault", await reader.get_queue(f"{prefix}.out"), "time"
     )
     await relay_in.cancel(tag)
     await relay_connection.close()
