@@ -45,6 +45,8 @@ DecideFn = Callable[[Validated, PolicySet, datetime], Decision]
 
 log = get_logger("sv_broker.pipeline")
 
+_REUSED_ID = "This message id was already used for different content; a new record needs a new id."
+
 
 @dataclass(slots=True)
 class _Item:
@@ -54,6 +56,7 @@ class _Item:
     validated: Validated | None = None
     content_sha256: str = ""
     outcome: Outcome | None = None
+    bodies: dict[str, bytes] = field(default_factory=dict)  # record id -> the consumer's record bytes
 
 
 @dataclass(slots=True)
@@ -134,12 +137,7 @@ class Pipeline:
                 # A second copy in this very batch: judged against the first copy's content.
                 verdict = replay_verdict(ReplayState.DONE, seen_in_batch[key], item.content_sha256)
             if verdict is ReplayVerdict.CONFLICT:
-                item.outcome = self._outcome(
-                    item,
-                    Status.REJECTED,
-                    reason=Reason.REPLAYED.value,
-                    message="This message id was already used for different content; a new record needs a new id.",
-                )
+                item.outcome = self._outcome(item, Status.REJECTED, reason=Reason.REPLAYED.value, message=_REUSED_ID)
                 continue
             if verdict is ReplayVerdict.DUPLICATE:
                 item.outcome = self._outcome(item, Status.DUPLICATE)
@@ -162,7 +160,7 @@ class Pipeline:
             assert outcome is not None
             if outcome.status is Status.FAILED:
                 continue
-            bodies = {r.record_id: record_body(outcome, r) for r in outcome.releases}
+            bodies = item.bodies = {r.record_id: record_body(outcome, r) for r in outcome.releases}
             hashes = {rid: sha256_hex(body) for rid, body in bodies.items()}
             unit.drafts.extend(drafts_for(outcome, item.inbound, hashes))
             if outcome.status is Status.ACCEPTED and item.validated is not None:
@@ -179,11 +177,14 @@ class Pipeline:
         flushing, self._pending_done = self._pending_done, []
         unit.seen.extend((key, Seen(ReplayState.DONE)) for key in flushing)
         try:
-            await self.store.commit(unit)
+            lost = await self.store.commit(unit)
         except BaseException:
             self._pending_done.extend(flushing)
             raise
         self._forget_done(flushing)
+        if lost:
+            delivered = await self._lost_claims(items, lost, now)
+            done_now = [key for key in done_now if key not in lost]
 
         # Step 8: deliver releases, quarantine and receipts; returns when all are confirmed.
         await self.delivery.deliver(delivered)
@@ -198,6 +199,28 @@ class Pipeline:
         outcomes = [item.outcome for item in items if item.outcome is not None]
         self._count(outcomes)
         return outcomes
+
+    async def _lost_claims(self, items: list[_Item], lost: frozenset[ReplayKey], now: datetime) -> list[Delivered]:
+        """Messages whose id another broker process holds for different content (see
+        ``Store.commit``): rejected as ``replayed``, audited, nothing released. Returns what to
+        deliver now: the batch as it stands after that."""
+        unit = CommitUnit()
+        for item in items:
+            if item.validated is None or item.outcome is None or item.outcome.status is not Status.ACCEPTED:
+                continue
+            if self._key(item.validated) not in lost:
+                continue
+            item.outcome = self._outcome(item, Status.REJECTED, reason=Reason.REPLAYED.value, message=_REUSED_ID)
+            unit.drafts.extend(drafts_for(item.outcome, item.inbound, {})[1:])  # "received" is written
+            if self.delivery.stores_records:
+                unit.quarantine.append(quarantine_item(item.outcome, item.inbound, now))
+            log.warning("message_id_reused", partner=item.outcome.source, message_id=item.outcome.message_id)
+        await self.store.commit(unit)
+        return [
+            Delivered(item.outcome, item.inbound, item.bodies, now)
+            for item in items
+            if item.outcome is not None and item.outcome.status is not Status.FAILED
+        ]
 
     async def flush(self) -> None:
         """Make pending "done" replay states durable (on idle and at shutdown)."""

@@ -70,12 +70,17 @@ def bound_port(site: web.TCPSite, requested: int) -> int:
     return int(sockets[0].getsockname()[1]) if sockets else requested
 
 
+class StartupError(Exception):
+    """A configuration the broker refuses to start with (reported without a traceback)."""
+
+
 @dataclass
 class Broker:
     settings: Settings
     user_map: dict[str, str] = field(default_factory=dict)
     decide_fn: DecideFn = decide
     ingest_only: bool = False  # an ingest worker process (broker/workers.py): no HTTP, no periodic jobs
+    expected_config: str | None = None  # a worker: the primary's configuration fingerprint
     registry: Registry | None = None
     policy: PolicySet | None = None
     store: SqliteStore | None = None
@@ -99,17 +104,21 @@ class Broker:
     async def start(self) -> None:
         settings = self.settings
         if self.ingest_only and not settings.amqp_url:
-            raise ValueError("an ingest worker needs a RabbitMQ URL")
+            raise StartupError("an ingest worker needs a RabbitMQ URL")
         if settings.workers > 1 and not settings.amqp_url:
             # Embedded mode is one process: its HTTP ingest and feeds share one store writer.
-            raise ValueError("--workers needs --amqp-url (embedded mode runs as one process)")
+            raise StartupError("--workers needs --amqp-url (embedded mode runs as one process)")
+        fingerprint = config_fingerprint(settings)
+        if self.expected_config is not None and fingerprint != self.expected_config:
+            # Every process must apply the same agreements: restart the primary to change them.
+            raise StartupError("the registry, keys or agreements changed since the primary started")
         self.registry = load_registry(settings.policy_dir, settings.keys_dir)
         secrets = load_secrets(settings.secrets_file, os.environ)
         self.policy = load_policy(settings.policy_dir, self.registry, secrets)
         self.store = SqliteStore(settings.data_dir / "broker.db", batch_max=settings.audit_batch_max)
         await self.store.open()
         started: dict[str, object] = {
-            "config_sha256": config_fingerprint(settings),
+            "config_sha256": fingerprint,
             "mode": "amqp" if settings.amqp_url else "embedded",
             "agreements": {a.id: a.revision for a in self.policy.agreements.values()},
         }
@@ -174,7 +183,7 @@ class Broker:
         await site.start()
         self.port = bound_port(site, settings.http_port)
         if settings.workers > 1:
-            self.workers = WorkerPool(WorkerSpec(settings, self.user_map), settings.workers - 1)
+            self.workers = WorkerPool(WorkerSpec(settings, self.user_map, fingerprint), settings.workers - 1)
             await self.workers.start()
         self._warn_agreements()
         self._tasks.append(asyncio.create_task(self._checkpoint_loop(), name="checkpoints"))
@@ -203,6 +212,7 @@ class Broker:
         publish_channel = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
         topology = await declare_topology(publish_channel, names, self.registry, settings.delivery_limit)
         delivery = AmqpDelivery(publish_channel, topology, self.registry, settings.publish_timeout.total_seconds())
+        await delivery.check()
         self.pipeline = self._pipeline(delivery)
         consume_channel = await self.connection.channel(publisher_confirms=False)
         await consume_channel.set_qos(prefetch_count=settings.prefetch)

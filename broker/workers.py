@@ -36,13 +36,16 @@ log = get_logger("sv_broker.workers")
 
 READY = b"ready\n"
 START_TIMEOUT = 60.0
-STOP_TIMEOUT = 30.0
+STOP_TIMEOUT = 45.0  # longer than a worker's own 30 s wait for its in-flight batches
 
 
 @dataclass(frozen=True, slots=True)
 class WorkerSpec:
     settings: Settings
     user_map: dict[str, str]
+    # The primary's configuration fingerprint (registry, keys, agreements). A worker restarted
+    # after those files changed would apply other agreements than the primary: it refuses.
+    config_sha256: str
 
 
 class WorkerPool:
@@ -58,8 +61,14 @@ class WorkerPool:
 
     async def start(self) -> None:
         """Start every worker and wait until each is consuming; a worker that cannot start is an
-        error at start-up (the same configuration failed in the primary would have been too)."""
-        self.procs = list(await asyncio.gather(*(self._spawn(i) for i in range(self.count))))
+        error at start-up, and the ones that did start are stopped again."""
+        results = await asyncio.gather(*(self._spawn(i) for i in range(self.count)), return_exceptions=True)
+        started = [r for r in results if isinstance(r, asyncio.subprocess.Process)]
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            await _terminate(started)
+            raise failed[0]
+        self.procs = list(started)
         self._tasks = [asyncio.create_task(self._supervise(i), name=f"worker-{i}") for i in range(self.count)]
 
     @property
@@ -77,19 +86,23 @@ class WorkerPool:
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
         )
-        assert proc.stdin is not None
-        assert proc.stdout is not None
-        proc.stdin.write(pickle.dumps(self.spec))
-        proc.stdin.close()
         try:
-            line = await asyncio.wait_for(proc.stdout.readline(), timeout=START_TIMEOUT)
-        except TimeoutError:
-            line = b""
-        if line != READY:
+            assert proc.stdin is not None
+            assert proc.stdout is not None
+            proc.stdin.write(pickle.dumps(self.spec))
+            proc.stdin.close()
+            try:
+                line = await asyncio.wait_for(proc.stdout.readline(), timeout=START_TIMEOUT)
+            except TimeoutError:
+                line = b""
+            if line != READY:
+                raise RuntimeError(f"ingest worker {index} did not start")
+        except BaseException:
+            # Failed, timed out or cancelled (the pool stopping): never leave it running unseen.
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
-            await proc.wait()
-            raise RuntimeError(f"ingest worker {index} did not start (exit status {proc.returncode})")
+            await asyncio.shield(proc.wait())
+            raise
         log.info("worker_started", worker=index, pid=proc.pid)
         return proc
 
@@ -117,32 +130,40 @@ class WorkerPool:
         self._stopping = True
         for task in self._tasks:
             task.cancel()
-        live = [p for p in self.procs if p is not None and p.returncode is None]
-        for proc in live:
+        # A supervisor cancelled mid-restart kills what it was starting (``_spawn``); wait for
+        # that before collecting the live ones, so none is missed.
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await _terminate([p for p in self.procs if p is not None])
+
+
+async def _terminate(procs: list[asyncio.subprocess.Process]) -> None:
+    live = [p for p in procs if p.returncode is None]
+    for proc in live:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+    for proc in live:
+        try:
+            await asyncio.wait_for(proc.wait(), timeout=STOP_TIMEOUT)
+        except TimeoutError:
+            log.warning("worker_killed", pid=proc.pid)
             with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-        for proc in live:
-            try:
-                await asyncio.wait_for(proc.wait(), timeout=STOP_TIMEOUT)
-            except TimeoutError:
-                log.warning("worker_killed", pid=proc.pid)
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
+                proc.kill()
+            await proc.wait()
 
 
 async def _run_worker(spec: WorkerSpec) -> None:
     from broker.service import Broker
 
     parent = os.getppid()
-    broker = Broker(spec.settings, spec.user_map, ingest_only=True)
-    await broker.start()
-    sys.stdout.buffer.write(READY)
-    sys.stdout.buffer.flush()
+    # Handlers first: a SIGTERM that arrives while starting is a graceful stop, not a kill.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    broker = Broker(spec.settings, spec.user_map, ingest_only=True, expected_config=spec.config_sha256)
+    await broker.start()
+    sys.stdout.buffer.write(READY)
+    sys.stdout.buffer.flush()
 
     async def watch_parent() -> None:
         while os.getppid() == parent:  # noqa: ASYNC110 - no event announces a parent's death
@@ -168,7 +189,13 @@ def main() -> int:
         print("error: expected a worker spec on stdin", file=sys.stderr)
         return 2
     configure(spec.settings.log_level)
-    asyncio.run(_run_worker(spec))
+    from broker.service import StartupError
+
+    try:
+        asyncio.run(_run_worker(spec))
+    except StartupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -17,6 +17,13 @@ from schemas.errors import ContractError
 from schemas.strictjson import DEFAULT_MAX_BYTES
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
+
+
 def add_runtime_args(parser: argparse.ArgumentParser) -> None:
     add_policy_args(parser)
     parser.add_argument("--secrets", type=Path, default=None, help="pseudonymisation secrets file (TOML, not in git)")
@@ -40,7 +47,7 @@ def add_runtime_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--workers",
-        type=int,
+        type=positive_int,
         default=1,
         help="broker processes consuming the ingest queue, this one included (RabbitMQ mode; "
         "about one per core: each is bound to one core by Python's GIL) (default: %(default)s)",
@@ -78,7 +85,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         prefetch=args.prefetch,
         batch_max=args.batch_max,
         batches_in_flight=args.batches_in_flight,
-        workers=max(1, getattr(args, "workers", 1)),
+        workers=getattr(args, "workers", 1),
         log_level=getattr(args, "log_level", "INFO"),
         http_host=args.host,
         http_port=args.port,
@@ -104,12 +111,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def run(args: argparse.Namespace) -> int:
     from broker.policy.loader import PolicyError
     from broker.policy.secrets import SecretsError
-    from broker.service import load_user_map, serve_forever
+    from broker.service import StartupError, load_user_map, serve_forever
 
     configure(args.log_level)
     try:
         asyncio.run(serve_forever(settings_from(args), load_user_map(args.amqp_user_map), args.ready_file))
-    except (ContractError, PolicyError, SecretsError, ValueError) as exc:
+    except (ContractError, PolicyError, SecretsError, StartupError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -230,19 +231,22 @@ async def publish_frames(channel: aiormq.Channel, publishes: Sequence[Publish]) 
         except BaseException:
             # Nothing reached the wire: give the delivery tags back, as basic_publish does.
             channel.delivery_tag = first
-            forget_publishes(channel, pending)
+            forget_publishes(channel, pending, sent=False)
             raise
     return pending
 
 
-def forget_publishes(channel: aiormq.Channel, pending: Sequence[Pending]) -> None:
-    """Drop what aiormq keeps for these publishes. A settled one's confirmation entry is left to
-    aiormq (an ack pops it; after a return the ack that follows still expects it); an unsettled
-    one (timed out, or never sent) is removed, so a late confirm is ignored."""
+def forget_publishes(channel: aiormq.Channel, pending: Sequence[Pending], *, sent: bool = True) -> None:
+    """Drop what aiormq keeps for these publishes, once their batch is settled or abandoned.
+
+    Sent ones keep their ``confirmations`` entry until RabbitMQ's confirm arrives (aiormq pops
+    it then, and ignores a cancelled future): a ``multiple`` ack whose top tag had no entry
+    would be thrown away whole by aiormq, unconfirming other batches' publishes with it.
+    """
     for tag, message_id, future in pending:
-        if not future.done() or future.cancelled():
+        future.cancel()  # no-op for the settled ones
+        if not sent:
             channel.confirmations.pop(tag, None)
-            future.cancel()
         if channel.message_id_delivery_tag.get(message_id) == tag:
             del channel.message_id_delivery_tag[message_id]
 
@@ -261,6 +265,16 @@ class AmqpDelivery:
         self.topology = topology
         self.registry = registry
         self.timeout = timeout
+        # AMQP message ids of receipts and quarantine copies: unique among everything in flight
+        # on the channel, because a basic.return is matched to its publish by message id alone.
+        self._serial = itertools.count(1)
+
+    def unique_id(self, kind: str) -> str:
+        return f"{kind}:{next(self._serial)}"
+
+    async def check(self) -> None:
+        """At start-up: the aiormq underneath has what :func:`publish_frames` uses."""
+        check_channel_internals(await self.channel.get_underlay_channel())
 
     async def publish_all(self, publishes: Sequence[Publish]) -> None:
         if not publishes:
@@ -270,13 +284,14 @@ class AmqpDelivery:
         underlay = await self.channel.get_underlay_channel()
         if not isinstance(underlay, aiormq.Channel):
             raise DeliveryFailed(f"unexpected channel type {type(underlay).__name__}")
-        check_channel_internals(underlay)
         if underlay.is_closed:
             raise DeliveryFailed("the publishing channel is closed")
-        pending = await publish_frames(underlay, publishes)
+        pending: list[Pending] = []
         try:
-            # One deadline for the whole batch; a timeout counts as "not confirmed".
+            # One deadline for the whole batch, sending included (the channel lock, a full write
+            # queue); a timeout counts as "not confirmed".
             async with asyncio.timeout(self.timeout):
+                pending = await publish_frames(underlay, publishes)
                 results = await asyncio.gather(*(future for _, _, future in pending), return_exceptions=True)
         except TimeoutError as exc:
             raise DeliveryFailed(f"publishes not confirmed within {self.timeout}s") from exc
@@ -305,7 +320,7 @@ class AmqpDelivery:
                 self.topology.receipts.name,
                 partner,
                 canonicalize_plain({"receipts": items}),
-                f"receipts:{partner}:{items[0]['body_sha256']}:{len(items)}",
+                self.unique_id(f"receipts:{partner}"),
             )
             for partner, items in by_partner.items()
         ]
@@ -332,7 +347,7 @@ class AmqpDelivery:
                         self.topology.quarantine.name,
                         "",
                         item.inbound.body if keep else b"",
-                        f"quarantine:{outcome.body_sha256}:{len(publishes)}",
+                        self.unique_id("quarantine"),
                         {
                             "reason": outcome.reason or "",
                             "reason_message": outcome.message or "",
@@ -604,7 +619,7 @@ class DeadLetterAuditor:
                     self.topology.quarantine.name,
                     "",
                     message.body,
-                    f"quarantine:{body_hash}:dead",
+                    self.delivery.unique_id("quarantine:dead"),
                     {"reason": "dead_lettered", "reason_message": sentence, "body_sha256": body_hash},
                 )
             ]

@@ -112,23 +112,27 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     return conn
 
 
+Lost = frozenset[ReplayKey]  # message ids a unit lost its claim on (see ``Store.commit``)
+NONE_LOST: Lost = frozenset()
+
+
 class _Job:
     __slots__ = ("future", "loop", "unit")
 
-    def __init__(self, unit: CommitUnit, loop: asyncio.AbstractEventLoop, future: asyncio.Future[None]) -> None:
+    def __init__(self, unit: CommitUnit, loop: asyncio.AbstractEventLoop, future: asyncio.Future[Lost]) -> None:
         self.unit, self.loop, self.future = unit, loop, future
 
 
-def _resolve(future: asyncio.Future[None], error: BaseException | None) -> None:
+def _resolve(future: asyncio.Future[Lost], result: Lost, error: BaseException | None) -> None:
     if future.done():
         return
     if error is None:
-        future.set_result(None)
+        future.set_result(result)
     else:
         future.set_exception(error)
 
 
-_ROWS_PER_STATEMENT = 200  # x 10 columns, well under SQLite's 32,766 bound parameters
+_ROWS_PER_STATEMENT = 200  # at most; fewer where SQLite allows fewer bound parameters (see below)
 
 
 def _insert_many(
@@ -146,8 +150,10 @@ def _insert_many(
         return
     width = len(rows[0])
     one = "(" + ", ".join("?" * width) + ")"
-    for i in range(0, len(rows), _ROWS_PER_STATEMENT):
-        chunk = rows[i : i + _ROWS_PER_STATEMENT]
+    # SQLite before 3.32 binds at most 999 parameters per statement (later: 32,766).
+    step = max(1, min(_ROWS_PER_STATEMENT, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // width))
+    for i in range(0, len(rows), step):
+        chunk = rows[i : i + step]
         sql = head + ", ".join([one] * len(chunk)) + tail
         conn.execute(sql, [value for row in chunk for value in row])
 
@@ -205,13 +211,13 @@ class SqliteStore:
             self._guard = None
 
     # -- writes ----------------------------------------------------------------------------------
-    async def commit(self, unit: CommitUnit) -> None:
+    async def commit(self, unit: CommitUnit) -> Lost:
         if self._thread is None:
             raise RuntimeError("store is not open")
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
+        future: asyncio.Future[Lost] = loop.create_future()
         self._jobs.put(_Job(unit, loop, future))
-        await future
+        return await future
 
     def _writer_loop(self, conn: sqlite3.Connection) -> None:
         try:
@@ -233,19 +239,20 @@ class SqliteStore:
                     assert isinstance(nxt, _Job)
                     jobs.append(nxt)
                 error: BaseException | None = None
+                lost: list[Lost] = [NONE_LOST] * len(jobs)
                 try:
-                    self._write(conn, [job.unit for job in jobs])
+                    lost = self._write(conn, [job.unit for job in jobs])
                 except BaseException as exc:  # report to every waiter; the writer keeps running
                     error = exc
-                for job in jobs:
+                for job, job_lost in zip(jobs, lost, strict=True):
                     with contextlib.suppress(RuntimeError):  # loop already closed
-                        job.loop.call_soon_threadsafe(_resolve, job.future, error)
+                        job.loop.call_soon_threadsafe(_resolve, job.future, job_lost, error)
                 if stop:
                     return
         finally:
             conn.close()
 
-    def _write(self, conn: sqlite3.Connection, units: list[CommitUnit]) -> None:
+    def _write(self, conn: sqlite3.Connection, units: list[CommitUnit]) -> list[Lost]:
         """One transaction for every queued unit, written with multi-row statements.
 
         A statement per row would release and re-take the GIL around every ``sqlite3_step``; with
@@ -255,32 +262,13 @@ class SqliteStore:
         """
         now = datetime.now(UTC)
         stamp = format_time(now)
-        seen_rows: list[tuple[object, ...]] = []
         audit_rows: list[tuple[object, ...]] = []
         release_rows: list[tuple[object, ...]] = []
         audit_record_rows: list[tuple[object, ...]] = []
-        record_rows: list[tuple[object, ...]] = []
         quarantine_rows: list[tuple[object, ...]] = []
         purge: list[tuple[object, ...]] = []
         checkpoint_rows: list[tuple[object, ...]] = []
         for unit in units:
-            for (source, message_id), seen in unit.seen:
-                seen_rows.append((source, message_id, seen.state.value, seen.content_sha256, stamp))
-            for rec in unit.records:
-                record_rows.append(
-                    (
-                        rec.record_id,
-                        rec.consumer,
-                        rec.agreement_id,
-                        rec.agreement_revision,
-                        rec.event_type,
-                        rec.source,
-                        rec.message_id,
-                        format_time(rec.released_at),
-                        format_time(rec.expires_at),
-                        rec.body,
-                    )
-                )
             for item in unit.quarantine:
                 quarantine_rows.append(
                     (
@@ -298,6 +286,7 @@ class SqliteStore:
         released_ids = [
             draft.attrs.get("record_id") for unit in units for draft in unit.drafts if draft.kind is Kind.RELEASED
         ]
+        claims = [(key, seen.content_sha256) for unit in units for key, seen in unit.seen if seen.content_sha256]
         conn.execute("BEGIN IMMEDIATE")
         try:
             # The head is read inside the write transaction (which holds SQLite's write lock), not
@@ -307,9 +296,38 @@ class SqliteStore:
             # A redelivered message's releases are audited once: record ids already released
             # (earlier, or earlier in this very commit) get no second "released" entry.
             released = _existing(conn, "SELECT record_id FROM releases WHERE record_id IN ", released_ids)
-            for unit in units:
+            lost = self._claims(conn, units, claims)
+            seen_rows: list[tuple[object, ...]] = []
+            record_rows: list[tuple[object, ...]] = []
+            for unit, unit_lost in zip(units, lost, strict=True):
+                for (source, message_id), seen in unit.seen:
+                    if (source, message_id) not in unit_lost:
+                        seen_rows.append((source, message_id, seen.state.value, seen.content_sha256, stamp))
+                for rec in unit.records:
+                    if (rec.source, rec.message_id) in unit_lost:
+                        continue
+                    record_rows.append(
+                        (
+                            rec.record_id,
+                            rec.consumer,
+                            rec.agreement_id,
+                            rec.agreement_revision,
+                            rec.event_type,
+                            rec.source,
+                            rec.message_id,
+                            format_time(rec.released_at),
+                            format_time(rec.expires_at),
+                            rec.body,
+                        )
+                    )
                 for draft in unit.drafts:
                     attrs = draft.attrs
+                    if (
+                        unit_lost
+                        and draft.kind is not Kind.RECEIVED
+                        and (attrs.get("source"), attrs.get("message_id")) in unit_lost
+                    ):
+                        continue  # the caller records this message's outcome again (rejected)
                     record_id = attrs.get("record_id")
                     if draft.kind is Kind.RELEASED:
                         if record_id in released:
@@ -377,6 +395,33 @@ class SqliteStore:
         self.head = (seq, prev)
         self.commits += 1
         self.units += len(units)
+        return lost
+
+    @staticmethod
+    def _claims(conn: sqlite3.Connection, units: list[CommitUnit], claims: list[tuple[ReplayKey, str]]) -> list[Lost]:
+        """Per unit, the message ids already held for different content.
+
+        Threat: a partner (or an attacker holding its key) reuses a message id for other content
+        and the two copies reach two broker processes at once. Each process's replay guard
+        read "not seen", so both would release, under the same record ids, while the audit
+        (one "released" entry per record id) would show only the first. The claim is settled
+        here, under SQLite's write lock: the first content written wins; a later unit with
+        other content for that id loses it and releases nothing."""
+        if not claims:
+            return [NONE_LOST] * len(units)
+        held = SqliteStore._replay_states(conn, list(dict.fromkeys(key for key, _ in claims)))
+        content = {key: seen.content_sha256 for key, seen in held.items() if seen.content_sha256}
+        out: list[Lost] = []
+        for unit in units:
+            lost = set()
+            for key, seen in unit.seen:
+                if not seen.content_sha256:
+                    continue
+                prior = content.setdefault(key, seen.content_sha256)
+                if prior != seen.content_sha256:
+                    lost.add(key)
+            out.append(frozenset(lost) if lost else NONE_LOST)
+        return out
 
     # -- reads -----------------------------------------------------------------------------------
     @contextlib.contextmanager

@@ -97,8 +97,13 @@ class Store(Protocol):
 
     async def replay_states(self, keys: Sequence[ReplayKey]) -> dict[ReplayKey, Seen]: ...
 
-    async def commit(self, unit: CommitUnit) -> None:
-        """Durable on return (group commit: concurrent callers share one transaction)."""
+    async def commit(self, unit: CommitUnit) -> frozenset[ReplayKey]:
+        """Durable on return (group commit: concurrent callers share one transaction).
+
+        Returns the message ids this unit lost a claim on: another writer (a broker process
+        sharing the store) already holds the id for *different* content. For those, the unit's
+        replay state, records and entries other than ``received`` were not written; the caller
+        must not release them (see ``Pipeline``)."""
         ...
 
     async def ping(self) -> bool: ...
