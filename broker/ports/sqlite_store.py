@@ -413,12 +413,14 @@ class SqliteStore:
         content = {key: seen.content_sha256 for key, seen in held.items() if seen.content_sha256}
         out: list[Lost] = []
         for unit in units:
-            lost = set()
+            lost, mine = set(), set()  # a unit's own first content for an id is its claim
             for key, seen in unit.seen:
-                if not seen.content_sha256:
+                if not seen.content_sha256 or key in mine:
                     continue
                 prior = content.setdefault(key, seen.content_sha256)
-                if prior != seen.content_sha256:
+                if prior == seen.content_sha256:
+                    mine.add(key)
+                else:
                     lost.add(key)
             out.append(frozenset(lost) if lost else NONE_LOST)
         return out
