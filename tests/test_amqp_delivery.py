@@ -11,8 +11,17 @@ from dataclasses import dataclass
 import aio_pika
 import aiormq
 import pytest
+from pamqp.commands import Basic
 
-from broker.ports.amqp import AmqpDelivery, DeliveryFailed, Names, Publish, declare_topology
+from broker.ports.amqp import (
+    AmqpDelivery,
+    DeliveryFailed,
+    Names,
+    Publish,
+    declare_topology,
+    forget_publishes,
+    publish_frames,
+)
 from broker.registry import Registry, load_registry
 from broker.settings import REPO_POLICIES
 
@@ -120,3 +129,26 @@ async def test_a_closed_channel_is_not_confirmed(harness: Harness) -> None:
     await harness.channel.close()
     with pytest.raises(DeliveryFailed, match="closed"):
         await harness.delivery.publish_all(records(harness.names, 3))
+
+
+async def test_abandoning_a_later_batch_does_not_unconfirm_an_earlier_one(harness: Harness) -> None:
+    """aiormq drops a ``multiple`` ack whose top tag it no longer knows, and with it the acks of
+    every lower tag: an abandoned batch must leave its tags for the confirms to settle."""
+    underlay = await harness.underlay()
+    earlier = await publish_frames(underlay, records(harness.names, 50, tag="a"))
+    later = await publish_frames(underlay, records(harness.names, 50, tag="b"))
+    forget_publishes(underlay, later)  # e.g. its task was cancelled at shutdown
+    async with asyncio.timeout(10):
+        confirms = await asyncio.gather(*(future for _, _, future in earlier))
+    assert all(isinstance(c, Basic.Ack) for c in confirms)
+    forget_publishes(underlay, earlier)
+    await asyncio.sleep(0.2)
+    assert underlay.confirmations == {}
+    assert underlay.message_id_delivery_tag == {}
+
+
+async def test_receipt_and_quarantine_ids_are_unique_in_flight(harness: Harness) -> None:
+    """A basic.return finds its publish by AMQP message id alone."""
+    ids = {harness.delivery.unique_id("receipts:p") for _ in range(1000)}
+    ids |= {harness.delivery.unique_id("quarantine") for _ in range(1000)}
+    assert len(ids) == 2000
