@@ -28,6 +28,7 @@ class Settings:
     prefetch: int = 768  # unacknowledged deliveries; room for several batches in flight
     batch_max: int = 256  # largest batch the pipeline processes at once
     batches_in_flight: int = 3
+    batch_linger: timedelta = timedelta(milliseconds=2)  # wait for more before a batch behind another
     workers: int = 1  # broker processes consuming the ingest queue (RabbitMQ mode; see broker/workers.py)
     publish_timeout: timedelta = timedelta(seconds=10)
     # HTTP

@@ -46,6 +46,12 @@ def add_runtime_args(parser: argparse.ArgumentParser) -> None:
         "--batches-in-flight", type=int, default=3, help="batches processed concurrently (default: %(default)s)"
     )
     parser.add_argument(
+        "--batch-linger-ms",
+        type=float,
+        default=2.0,
+        help="while a batch is in flight, wait this long to fill the next one (default: %(default)s)",
+    )
+    parser.add_argument(
         "--workers",
         type=positive_int,
         default=1,
@@ -85,6 +91,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         prefetch=args.prefetch,
         batch_max=args.batch_max,
         batches_in_flight=args.batches_in_flight,
+        batch_linger=timedelta(milliseconds=getattr(args, "batch_linger_ms", 2.0)),
         workers=getattr(args, "workers", 1),
         log_level=getattr(args, "log_level", "INFO"),
         http_host=args.host,
