@@ -29,18 +29,22 @@ class BlindStore(SqliteStore):
         return dict.fromkeys(keys, NOT_SEEN)
 
 
+async def pipelines_on(env: DemoEnvironment, tmp_path: Path, stores: list[SqliteStore]) -> list[Pipeline]:
+    """One pipeline per store, as in separate broker processes sharing ``broker.db``."""
+    registry = load_registry(REPO_POLICIES, env.keys_dir)
+    policy = load_policy(REPO_POLICIES, registry, load_secrets(env.secrets_file, os.environ))
+    settings = Settings(keys_dir=env.keys_dir, secrets_file=env.secrets_file, data_dir=tmp_path)
+    for store in stores:
+        await store.open()
+    return [Pipeline(settings, registry, policy, store, StoreDelivery()) for store in stores]
+
+
 async def test_two_processes_racing_on_one_id_with_different_content_release_one(
     env: DemoEnvironment, tmp_path: Path
 ) -> None:
     db = tmp_path / "broker.db"
-    registry = load_registry(REPO_POLICIES, env.keys_dir)
-    policy = load_policy(REPO_POLICIES, registry, load_secrets(env.secrets_file, os.environ))
-    settings = Settings(keys_dir=env.keys_dir, secrets_file=env.secrets_file, data_dir=tmp_path)
     first_store, second_store = SqliteStore(db), BlindStore(db)
-    await first_store.open()
-    await second_store.open()
-    first = Pipeline(settings, registry, policy, first_store, StoreDelivery())
-    second = Pipeline(settings, registry, policy, second_store, StoreDelivery())
+    first, second = await pipelines_on(env, tmp_path, [first_store, second_store])
 
     gen = SyntheticGenerator(seed=3)
     signer = env.signers["uhdb-royal-derby-ed"]
@@ -74,13 +78,8 @@ async def test_interleaved_commits_of_many_processes_keep_one_claim_per_id(
     env: DemoEnvironment, tmp_path: Path
 ) -> None:
     db = tmp_path / "broker.db"
-    registry = load_registry(REPO_POLICIES, env.keys_dir)
-    policy = load_policy(REPO_POLICIES, registry, load_secrets(env.secrets_file, os.environ))
-    settings = Settings(keys_dir=env.keys_dir, secrets_file=env.secrets_file, data_dir=tmp_path)
-    stores = [BlindStore(db) for _ in range(3)]
-    for store in stores:
-        await store.open()
-    pipelines = [Pipeline(settings, registry, policy, store, StoreDelivery()) for store in stores]
+    stores: list[SqliteStore] = [BlindStore(db) for _ in range(3)]
+    pipelines = await pipelines_on(env, tmp_path, stores)
     gen = SyntheticGenerator(seed=4)
     signer = env.signers["uhdb-royal-derby-ed"]
     # Each process gets its own content for the same 20 ids.
