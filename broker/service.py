@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import hashlib
 import os
 import tomllib
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
+from typing import IO
 
 import aio_pika
 from aio_pika.abc import AbstractRobustConnection
@@ -74,6 +76,27 @@ class StartupError(Exception):
     """A configuration the broker refuses to start with (reported without a traceback)."""
 
 
+def hold_primary_lock(data_dir: Path) -> IO[str]:
+    """One primary per store: two would both sign checkpoints and purge on one chain, and an
+    operator who started the second by mistake would not know which one partners talk to.
+    ``flock`` is released by the kernel when the holder dies, even by SIGKILL: a restart after a
+    crash is never refused. (Ingest workers share the store under their primary's lock.)"""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    handle = (data_dir / "broker.lock").open("a+", encoding="utf-8")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise StartupError(f"{data_dir} is in use by a running broker (pid {holder})") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
 @dataclass
 class Broker:
     settings: Settings
@@ -95,6 +118,7 @@ class Broker:
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _key: tuple[str, Ed25519PrivateKey] | None = None
+    _lock: IO[str] | None = None
     _last_checkpoint: tuple[int, float] = (0, 0.0)
 
     @property
@@ -102,6 +126,20 @@ class Broker:
         return f"http://{self.settings.http_host}:{self.port}"
 
     async def start(self) -> None:
+        if not self.ingest_only:
+            self._lock = hold_primary_lock(self.settings.data_dir)
+        try:
+            await self._start()
+        except BaseException:
+            self._release_lock()  # a failed start must not keep the store from the next attempt
+            raise
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing the file releases the flock
+            self._lock = None
+
+    async def _start(self) -> None:
         settings = self.settings
         if self.ingest_only and not settings.amqp_url:
             raise StartupError("an ingest worker needs a RabbitMQ URL")
@@ -331,6 +369,7 @@ class Broker:
                 if not self.ingest_only:
                     await self.checkpoint()  # the final head, signed
             await self.store.close()
+        self._release_lock()
         log.info("broker_stopped")
 
 

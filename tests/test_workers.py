@@ -1,8 +1,9 @@
-"""Ingest workers (``serve --workers``): what a worker refuses, and what ``serve`` refuses.
-(The workers at work, killed and restarted, are in ``test_crash_recovery.py``.)"""
+"""Ingest workers (``serve --workers``) and the one primary per store: what a worker refuses, and
+what ``serve`` refuses. (Workers at work, killed and restarted: ``test_crash_recovery.py``.)"""
 
 from __future__ import annotations
 
+import os
 import pickle
 import subprocess
 import sys
@@ -10,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from broker.cli import main
 from broker.demo import DemoEnvironment
 from broker.service import Broker, StartupError, config_fingerprint
 from broker.settings import Settings
@@ -34,15 +34,15 @@ async def test_a_worker_needs_rabbitmq(env: DemoEnvironment, tmp_path: Path) -> 
         await Broker(settings(env, tmp_path), ingest_only=True).start()
 
 
-def test_workers_need_rabbitmq_and_a_positive_count(
-    env: DemoEnvironment, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    common = ["serve", "--keys-dir", str(env.keys_dir), "--secrets", str(env.secrets_file)]
-    assert main([*common, "--data-dir", str(tmp_path), "--port", "0", "--workers", "2"]) == 2
-    assert "--workers needs --amqp-url" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main([*common, "--workers", "0"])
-    assert "must be 1 or more" in capsys.readouterr().err
+def test_workers_need_rabbitmq_and_a_positive_count(env: DemoEnvironment, tmp_path: Path) -> None:
+    common = [sys.executable, "-m", "broker.cli", "serve", "--keys-dir", str(env.keys_dir)]
+    common += ["--secrets", str(env.secrets_file), "--data-dir", str(tmp_path), "--port", "0"]
+    embedded = subprocess.run([*common, "--workers", "2"], capture_output=True, text=True, timeout=60, check=False)
+    assert embedded.returncode == 2
+    assert "--workers needs --amqp-url" in embedded.stderr
+    zero = subprocess.run([*common, "--workers", "0"], capture_output=True, text=True, timeout=60, check=False)
+    assert zero.returncode == 2
+    assert "must be 1 or more" in zero.stderr
 
 
 def test_a_worker_process_reports_a_refusal_and_exits_2(env: DemoEnvironment, tmp_path: Path) -> None:
@@ -55,3 +55,15 @@ def test_a_worker_process_reports_a_refusal_and_exits_2(env: DemoEnvironment, tm
     assert done.returncode == 2
     assert b"changed since the primary started" in done.stderr
     assert done.stdout == b""  # never reported ready
+
+
+async def test_one_primary_per_store(broker: Broker, env: DemoEnvironment) -> None:
+    data_dir = broker.settings.data_dir
+    second = Broker(Settings(keys_dir=env.keys_dir, secrets_file=env.secrets_file, data_dir=data_dir, http_port=0))
+    with pytest.raises(StartupError, match=f"in use by a running broker \\(pid {os.getpid()}\\)"):
+        await second.start()
+    await broker.stop()  # releases it (as a crash would: the kernel drops the lock with the process)
+    third = Broker(Settings(keys_dir=env.keys_dir, secrets_file=env.secrets_file, data_dir=data_dir, http_port=0))
+    await third.start()
+    await third.stop()
+    await broker.start()  # the fixture stops it again
