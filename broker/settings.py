@@ -46,7 +46,6 @@ class Settings:
     log_level: str = "INFO"
     # audit group commit
     audit_batch_max: int = 512
-    audit_batch_wait: timedelta = timedelta(milliseconds=2)
 
     @property
     def effective_broker_key(self) -> Path:
