@@ -153,7 +153,6 @@ class Pipeline:
 
         # Step 7: audit entries, stored records and replay state: durable in one group commit.
         unit = CommitUnit()
-        delivered: list[Delivered] = []
         done_now: list[ReplayKey] = []
         for item in items:
             outcome = item.outcome
@@ -173,7 +172,6 @@ class Pipeline:
                     done_now.append(key)
             if outcome.status is Status.REJECTED and self.delivery.stores_records:
                 unit.quarantine.append(quarantine_item(outcome, item.inbound, now))
-            delivered.append(Delivered(outcome, item.inbound, bodies, now))
         flushing, self._pending_done = self._pending_done, []
         unit.seen.extend((key, Seen(ReplayState.DONE)) for key in flushing)
         try:
@@ -183,11 +181,17 @@ class Pipeline:
             raise
         self._forget_done(flushing)
         if lost:
-            delivered = await self._lost_claims(items, lost, now)
+            await self._lost_claims(items, lost, now)
             done_now = [key for key in done_now if key not in lost]
 
         # Step 8: deliver releases, quarantine and receipts; returns when all are confirmed.
-        await self.delivery.deliver(delivered)
+        await self.delivery.deliver(
+            [
+                Delivered(item.outcome, item.inbound, item.bodies, now)
+                for item in items
+                if item.outcome is not None and item.outcome.status is not Status.FAILED
+            ]
+        )
 
         # Step 9: the releases are confirmed; record "done" with the next commit (a crash before
         # then only means a redelivery re-publishes the same record ids, audited once).
@@ -200,10 +204,9 @@ class Pipeline:
         self._count(outcomes)
         return outcomes
 
-    async def _lost_claims(self, items: list[_Item], lost: frozenset[ReplayKey], now: datetime) -> list[Delivered]:
+    async def _lost_claims(self, items: list[_Item], lost: frozenset[ReplayKey], now: datetime) -> None:
         """Messages whose id another broker process holds for different content (see
-        ``Store.commit``): rejected as ``replayed``, audited, nothing released. Returns what to
-        deliver now: the batch as it stands after that."""
+        ``Store.commit``): rejected as ``replayed``, audited, nothing released."""
         unit = CommitUnit()
         for item in items:
             if item.validated is None or item.outcome is None or item.outcome.status is not Status.ACCEPTED:
@@ -216,11 +219,6 @@ class Pipeline:
                 unit.quarantine.append(quarantine_item(item.outcome, item.inbound, now))
             log.warning("message_id_reused", partner=item.outcome.source, message_id=item.outcome.message_id)
         await self.store.commit(unit)
-        return [
-            Delivered(item.outcome, item.inbound, item.bodies, now)
-            for item in items
-            if item.outcome is not None and item.outcome.status is not Status.FAILED
-        ]
 
     async def flush(self) -> None:
         """Make pending "done" replay states durable (on idle and at shutdown)."""

@@ -54,8 +54,7 @@ class WorkerPool:
     def __init__(self, spec: WorkerSpec, count: int) -> None:
         self.spec = spec
         self.count = count
-        self.procs: list[asyncio.subprocess.Process | None] = [None] * count
-        self.restarts = 0
+        self.procs: list[asyncio.subprocess.Process] = []  # by worker index, once started
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -68,15 +67,8 @@ class WorkerPool:
         if failed:
             await _terminate(started)
             raise failed[0]
-        self.procs = list(started)
+        self.procs = started
         self._tasks = [asyncio.create_task(self._supervise(i), name=f"worker-{i}") for i in range(self.count)]
-
-    @property
-    def pids(self) -> list[int]:
-        return [p.pid for p in self.procs if p is not None and p.returncode is None]
-
-    def alive(self) -> bool:
-        return all(p is not None and p.returncode is None for p in self.procs)
 
     async def _spawn(self, index: int) -> asyncio.subprocess.Process:
         proc = await asyncio.create_subprocess_exec(
@@ -110,7 +102,6 @@ class WorkerPool:
         delay = 1.0
         while not self._stopping:
             proc = self.procs[index]
-            assert proc is not None
             code = await proc.wait()
             if self._stopping:
                 return
@@ -119,7 +110,6 @@ class WorkerPool:
             await asyncio.sleep(delay)
             try:
                 self.procs[index] = await self._spawn(index)
-                self.restarts += 1
                 delay = 1.0
             except Exception as exc:  # retried with back-off: the primary keeps serving meanwhile
                 log.warning("worker_restart_failed", worker=index, error=type(exc).__name__)
@@ -133,7 +123,7 @@ class WorkerPool:
         # A supervisor cancelled mid-restart kills what it was starting (``_spawn``); wait for
         # that before collecting the live ones, so none is missed.
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await _terminate([p for p in self.procs if p is not None])
+        await _terminate(self.procs)
 
 
 async def _terminate(procs: list[asyncio.subprocess.Process]) -> None:

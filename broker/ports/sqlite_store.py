@@ -286,7 +286,6 @@ class SqliteStore:
         released_ids = [
             draft.attrs.get("record_id") for unit in units for draft in unit.drafts if draft.kind is Kind.RELEASED
         ]
-        claims = [(key, seen.content_sha256) for unit in units for key, seen in unit.seen if seen.content_sha256]
         conn.execute("BEGIN IMMEDIATE")
         try:
             # The head is read inside the write transaction (which holds SQLite's write lock), not
@@ -296,7 +295,7 @@ class SqliteStore:
             # A redelivered message's releases are audited once: record ids already released
             # (earlier, or earlier in this very commit) get no second "released" entry.
             released = _existing(conn, "SELECT record_id FROM releases WHERE record_id IN ", released_ids)
-            lost = self._claims(conn, units, claims)
+            lost = self._claims(conn, units)
             seen_rows: list[tuple[object, ...]] = []
             record_rows: list[tuple[object, ...]] = []
             for unit, unit_lost in zip(units, lost, strict=True):
@@ -398,7 +397,7 @@ class SqliteStore:
         return lost
 
     @staticmethod
-    def _claims(conn: sqlite3.Connection, units: list[CommitUnit], claims: list[tuple[ReplayKey, str]]) -> list[Lost]:
+    def _claims(conn: sqlite3.Connection, units: list[CommitUnit]) -> list[Lost]:
         """Per unit, the message ids already held for different content.
 
         Threat: a partner (or an attacker holding its key) reuses a message id for other content
@@ -407,9 +406,10 @@ class SqliteStore:
         (one "released" entry per record id) would show only the first. The claim is settled
         here, under SQLite's write lock: the first content written wins; a later unit with
         other content for that id loses it and releases nothing."""
-        if not claims:
+        keys = list(dict.fromkeys(key for unit in units for key, seen in unit.seen if seen.content_sha256))
+        if not keys:
             return [NONE_LOST] * len(units)
-        held = SqliteStore._replay_states(conn, list(dict.fromkeys(key for key, _ in claims)))
+        held = SqliteStore._replay_states(conn, keys)
         content = {key: seen.content_sha256 for key, seen in held.items() if seen.content_sha256}
         out: list[Lost] = []
         for unit in units:
