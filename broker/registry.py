@@ -13,21 +13,13 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
+from broker.errors import RegistryError
 from schemas.envelope import KEY_ID_RE, PARTY_ID_RE
 from schemas.errors import ContractError, Reason
 from schemas.events import EVENT_TYPES
 from schemas.signing import b64u_decode, check_public_key
 
 CONSUMER_ROLES = frozenset({"analyst", "licensing", "youth_justice", "early_help", "vru", "police"})
-
-
-class RegistryError(ContractError):
-    """A registry file refused at load, naming the file and the entry."""
-
-    def __init__(self, reason: Reason, path: Path | str, entry: str, message: str) -> None:
-        super().__init__(reason, f"{path}: {entry}: {message}", field=entry)
-        self.path = str(path)
-        self.entry = entry
 
 
 @dataclass(frozen=True, slots=True)

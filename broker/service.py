@@ -24,6 +24,7 @@ from broker.audit.chain import Draft, Kind
 from broker.audit.checkpoints import sign_checkpoint
 from broker.auth.broker_key import broker_public_jwks, load_or_create_broker_key
 from broker.auth.tokens import TokenVerifier, load_jwks
+from broker.errors import StartupError
 from broker.logs import get_logger
 from broker.pipeline import DecideFn, Pipeline
 from broker.policy.engine import decide
@@ -70,10 +71,6 @@ def bound_port(site: web.TCPSite, requested: int) -> int:
     server = site._server
     sockets = getattr(server, "sockets", None) or []
     return int(sockets[0].getsockname()[1]) if sockets else requested
-
-
-class StartupError(Exception):
-    """A configuration the broker refuses to start with (reported without a traceback)."""
 
 
 def hold_primary_lock(data_dir: Path) -> IO[str]:

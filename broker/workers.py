@@ -179,7 +179,7 @@ def main() -> int:
         print("error: expected a worker spec on stdin", file=sys.stderr)
         return 2
     configure(spec.settings.log_level)
-    from broker.service import StartupError
+    from broker.errors import StartupError
 
     try:
         asyncio.run(_run_worker(spec))

@@ -1,13 +1,29 @@
-"""One error tree for the wire contract, with stable reason codes.
+"""One error tree and one registry of reason codes, for the broker, the adapters and every client.
 
-Every rejection the broker makes carries a ``Reason`` (a stable, machine-readable code that
-partners and dashboards can key on; never renamed once released) and a plain sentence for a
-human.  Errors raised by dependencies (``json``, ``pydantic``, ``cryptography``) are translated
-into these at the edge, so nothing above the contract layer sees a library exception.
+The tree (``broker/errors.py`` adds the broker's own leaves; ``adapters`` adds its own)::
+
+    SvError                      everything sv-broker raises on purpose
+    ├── Rejected                 the sender's or caller's fault: a stable ``Reason``, a sentence,
+    │   │                        an HTTP status hint. Never retried; told to whoever sent it.
+    │   └── ContractError        the wire contract: parse, envelope, signature, freshness, payload
+    ├── ConfigurationError       ours, at start or reload: registry, agreements, secrets, mappings,
+    │                            JWKS, start-up. The process refuses to start; nothing half-loaded.
+    └── Unavailable              a dependency is down (store, RabbitMQ, identity provider): retry
+                                 later, never dead-letter and never blame the message.
+
+Anything else that escapes is a bug of ours: the pipeline treats it as poison (not acknowledged,
+redelivered up to the delivery limit, then dead-lettered and audited), never as the sender's fault.
+
+Reason codes are the machine-readable half of a refusal: partners, analysts' tools and dashboards
+key on them, so a code is never renamed once released. Every code the project emits is a member of
+:class:`Reason` (or of :class:`CheckCode`, the problems a configuration file can have), with its
+meaning and HTTP status in :data:`REASONS`; the README's table is generated from it and a test
+fails when code uses a reason string that is not listed here.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 
 
@@ -44,26 +60,264 @@ class Reason(StrEnum):
     # payload
     SCHEMA_INVALID = "schema_invalid"
     DIRECT_IDENTIFIER = "direct_identifier"
-    # registry (load-time refusals)
+    # the broker's own verdicts on a message
+    DEAD_LETTERED = "dead_lettered"
+    INTERNAL_ERROR = "internal_error"
+    # registry (load-time refusals of a partner's key entry)
     KEY_MALFORMED = "key_malformed"
     KEY_NON_CANONICAL = "key_non_canonical"
     KEY_LOW_ORDER = "key_low_order"
     KEY_NOT_PRIME_ORDER = "key_not_prime_order"
     DUPLICATE_KEY_ID = "duplicate_key_id"
     REGISTRY_INVALID = "registry_invalid"
+    # policy: why an agreement released nothing to a consumer (withheld entries, explain)
+    NO_AGREEMENT = "no_agreement"
+    NOT_YET_VALID = "not_yet_valid"
+    EXPIRED = "expired"
+    REVIEW_OVERDUE = "review_overdue"
+    ROW_CONDITION_FALSE = "row_condition_false"
+    PARTNER_NOT_IN_FLOW = "partner_not_in_flow"
+    VERSION_NOT_IN_FLOW = "version_not_in_flow"
+    # retention
+    RETENTION_EXPIRED = "retention_expired"
+    # bearer tokens (RFC 8725)
+    TOKEN_MISSING = "token_missing"
+    TOKEN_MALFORMED = "token_malformed"
+    TOKEN_ALG_NOT_ALLOWED = "token_alg_not_allowed"
+    TOKEN_FORBIDDEN_HEADER = "token_forbidden_header"
+    TOKEN_BAD_TYPE = "token_bad_type"
+    TOKEN_UNKNOWN_KID = "token_unknown_kid"
+    TOKEN_BAD_SIGNATURE = "token_bad_signature"
+    TOKEN_EXPIRED = "token_expired"
+    TOKEN_NOT_YET_VALID = "token_not_yet_valid"
+    TOKEN_MISSING_CLAIM = "token_missing_claim"
+    TOKEN_BAD_AUDIENCE = "token_bad_audience"
+    TOKEN_BAD_ISSUER = "token_bad_issuer"
+    TOKEN_BAD_ROLE = "token_bad_role"
+    TOKEN_CONSUMER_REQUIRED = "token_consumer_required"
+    # access to the read API
+    ROLE_NOT_ALLOWED = "role_not_allowed"
+    NOT_YOUR_FEED = "not_your_feed"
+    # query parameters and routes of the read API
+    BAD_CURSOR = "bad_cursor"
+    BAD_LIMIT = "bad_limit"
+    BAD_TIME = "bad_time"
+    BAD_FORMAT = "bad_format"
+    BAD_EVENT_TYPE = "bad_event_type"
+    UNKNOWN_RECORD = "unknown_record"
+    NOT_FOUND = "not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    HTTP_ERROR = "http_error"
 
 
-class ContractError(Exception):
-    """A rejection with a stable reason code and a sentence a partner's data manager can act on."""
+@dataclass(frozen=True, slots=True)
+class ReasonInfo:
+    category: str  # where the code appears: see CATEGORIES
+    status: int  # the HTTP status a refusal with this code is answered with
+    meaning: str  # one line for the README table
 
-    def __init__(self, reason: Reason, message: str, *, field: str | None = None) -> None:
+
+CATEGORIES = {
+    "parse": "strict JSON parse of an event body (receipt, quarantine, HTTP ingest)",
+    "envelope": "the CloudEvents envelope (receipt, quarantine, HTTP ingest)",
+    "authenticity": "who sent it (receipt, quarantine, HTTP ingest)",
+    "freshness": "time window and replay guard (receipt, quarantine, HTTP ingest)",
+    "payload": "the event's schema (receipt, quarantine, HTTP ingest)",
+    "broker": "the broker's own verdict on a message (receipt, quarantine, HTTP ingest)",
+    "registry": "a partner key entry refused at load (`keys`, start-up)",
+    "policy": "why an agreement released nothing to a consumer (audit `withheld`, `policy explain`)",
+    "retention": "why records were purged (audit `purged`)",
+    "token": "a bearer token refused by the read API (401, audit `access_denied`)",
+    "access": "an authenticated caller refused by the read API (403, audit `access_denied`)",
+    "request": "a malformed request to the read API",
+}
+
+
+def _r(category: str, status: int, meaning: str) -> ReasonInfo:
+    return ReasonInfo(category, status, meaning)
+
+
+REASONS: dict[Reason, ReasonInfo] = {
+    Reason.BODY_TOO_LARGE: _r("parse", 413, "the body is larger than the limit (default 64 KiB)"),
+    Reason.BOM_PRESENT: _r("parse", 400, "the body starts with a byte order mark"),
+    Reason.INVALID_UTF8: _r("parse", 400, "the body is not valid UTF-8"),
+    Reason.MALFORMED_JSON: _r("parse", 400, "the body is not JSON"),
+    Reason.TRAILING_DATA: _r("parse", 400, "something follows the JSON document"),
+    Reason.DUPLICATE_KEY: _r("parse", 400, "an object has the same member twice"),
+    Reason.NON_FINITE_NUMBER: _r("parse", 400, "NaN or Infinity"),
+    Reason.INTEGER_OUT_OF_RANGE: _r("parse", 400, "an integer beyond ±(2^53−1)"),
+    Reason.LONE_SURROGATE: _r("parse", 400, "a string holds a lone UTF-16 surrogate"),
+    Reason.NOT_AN_OBJECT: _r("parse", 400, "the document is not a JSON object"),
+    Reason.TOO_DEEP: _r("parse", 400, "objects or arrays nested too deeply"),
+    Reason.ENVELOPE_INVALID: _r("envelope", 400, "an envelope attribute is missing, unknown or malformed"),
+    Reason.UNSUPPORTED_SPECVERSION: _r("envelope", 400, "specversion is not 1.0"),
+    Reason.UNKNOWN_EVENT_TYPE: _r("envelope", 422, "no schema for this event type and version"),
+    Reason.UNKNOWN_PARTNER: _r("authenticity", 401, "the source is not a registered partner"),
+    Reason.UNKNOWN_KEY: _r("authenticity", 401, "the key id is not registered for the source"),
+    Reason.KEY_REVOKED: _r("authenticity", 401, "the signing key has been revoked"),
+    Reason.KEY_EXPIRED: _r("authenticity", 401, "the envelope time is after the key's validity"),
+    Reason.KEY_NOT_YET_VALID: _r("authenticity", 401, "the envelope time is before the key's validity"),
+    Reason.BAD_SIGNATURE: _r("authenticity", 401, "the Ed25519 signature does not verify"),
+    Reason.TYPE_NOT_REGISTERED: _r("authenticity", 403, "the partner may not send this event type"),
+    Reason.PUBLISHER_MISMATCH: _r("authenticity", 403, "the AMQP user_id is not the envelope's source"),
+    Reason.STALE: _r("freshness", 400, "the envelope time is older than the freshness window"),
+    Reason.FROM_THE_FUTURE: _r("freshness", 400, "the envelope time is ahead of the broker's clock"),
+    Reason.REPLAYED: _r("freshness", 400, "the message id was used before for different content"),
+    Reason.SCHEMA_INVALID: _r("payload", 422, "the payload does not match the event's schema"),
+    Reason.DIRECT_IDENTIFIER: _r("payload", 422, "the payload carries a direct identifier (body not kept)"),
+    Reason.DEAD_LETTERED: _r("broker", 500, "the broker failed on the message repeatedly; set aside"),
+    Reason.INTERNAL_ERROR: _r("broker", 500, "the broker hit an internal error; nothing kept; retry"),
+    Reason.KEY_MALFORMED: _r("registry", 400, "a public key is not 32 bytes of base64url"),
+    Reason.KEY_NON_CANONICAL: _r("registry", 400, "a public key's encoding is not canonical"),
+    Reason.KEY_LOW_ORDER: _r("registry", 400, "a public key is a small-order point"),
+    Reason.KEY_NOT_PRIME_ORDER: _r("registry", 400, "a public key has a small-order component"),
+    Reason.DUPLICATE_KEY_ID: _r("registry", 400, "a key id is registered twice"),
+    Reason.REGISTRY_INVALID: _r("registry", 400, "a registry entry is missing, unknown or malformed"),
+    Reason.NO_AGREEMENT: _r("policy", 200, "no agreement covers this partner and event type"),
+    Reason.NOT_YET_VALID: _r("policy", 200, "the agreement is not in force yet"),
+    Reason.EXPIRED: _r("policy", 200, "the agreement has expired"),
+    Reason.REVIEW_OVERDUE: _r("policy", 200, "the agreement is past its review date"),
+    Reason.ROW_CONDITION_FALSE: _r("policy", 200, "the event fails the flow's row conditions"),
+    Reason.PARTNER_NOT_IN_FLOW: _r("policy", 200, "the agreement has no flow from this partner"),
+    Reason.VERSION_NOT_IN_FLOW: _r("policy", 200, "the agreement's flow does not take this event version"),
+    Reason.RETENTION_EXPIRED: _r("retention", 200, "records past their agreement's retention period"),
+    Reason.TOKEN_MISSING: _r("token", 401, "no bearer token"),
+    Reason.TOKEN_MALFORMED: _r("token", 401, "the token is not a compact JWS"),
+    Reason.TOKEN_ALG_NOT_ALLOWED: _r("token", 401, "the token's alg is not EdDSA"),
+    Reason.TOKEN_FORBIDDEN_HEADER: _r("token", 401, "the token header names a key (jwk, jku, x5u, ...)"),
+    Reason.TOKEN_BAD_TYPE: _r("token", 401, "the token's typ is not at+jwt"),
+    Reason.TOKEN_UNKNOWN_KID: _r("token", 401, "the token's kid is not a configured key"),
+    Reason.TOKEN_BAD_SIGNATURE: _r("token", 401, "the token's signature does not verify"),
+    Reason.TOKEN_EXPIRED: _r("token", 401, "the token has expired"),
+    Reason.TOKEN_NOT_YET_VALID: _r("token", 401, "the token is not valid yet"),
+    Reason.TOKEN_MISSING_CLAIM: _r("token", 401, "a required claim is missing"),
+    Reason.TOKEN_BAD_AUDIENCE: _r("token", 401, "the token is for another audience"),
+    Reason.TOKEN_BAD_ISSUER: _r("token", 401, "the token is from another issuer"),
+    Reason.TOKEN_BAD_ROLE: _r("token", 401, "the token's role is not one the broker knows"),
+    Reason.TOKEN_CONSUMER_REQUIRED: _r("token", 401, "an analyst token names no (known) consumer"),
+    Reason.ROLE_NOT_ALLOWED: _r("access", 403, "the caller's role may not use this route"),
+    Reason.NOT_YOUR_FEED: _r("access", 403, "an analyst asked for another consumer's feed"),
+    Reason.BAD_CURSOR: _r("request", 400, "the cursor is not one this feed issued"),
+    Reason.BAD_LIMIT: _r("request", 400, "limit is not an integer from 1 to 1000"),
+    Reason.BAD_TIME: _r("request", 400, "a time parameter is not RFC 3339 with an offset"),
+    Reason.BAD_FORMAT: _r("request", 400, "format is not one the route offers"),
+    Reason.BAD_EVENT_TYPE: _r("request", 400, "event_type is not a known event type"),
+    Reason.UNKNOWN_RECORD: _r("request", 404, "no release of this record id is in the audit trail"),
+    Reason.NOT_FOUND: _r("request", 404, "no such route"),
+    Reason.METHOD_NOT_ALLOWED: _r("request", 405, "the route does not take this method"),
+    Reason.HTTP_ERROR: _r("request", 400, "any other HTTP-level refusal"),
+}
+
+
+def http_status(reason: str | None) -> int:
+    """The HTTP status a refusal with ``reason`` is answered with (400 for an unknown code)."""
+    try:
+        return REASONS[Reason(reason)].status if reason else 400
+    except ValueError:
+        return 400
+
+
+class CheckCode(StrEnum):
+    """Stable codes of the problems a configuration file can have (``policy check``, start-up).
+
+    A second vocabulary on purpose, not a second registry: these name a problem in a file an
+    operator edits, never a refusal of a message, and two of them (``unknown_key``,
+    ``unknown_event_type``) share their spelling with a :class:`Reason` of another meaning.
+    """
+
+    # file / document shape
+    FILE_UNREADABLE = "file_unreadable"
+    INVALID_TOML = "invalid_toml"
+    MISSING_KEY = "missing_key"
+    UNKNOWN_KEY = "unknown_key"
+    BAD_VALUE = "bad_value"
+    FILE_NAME_MISMATCH = "file_name_mismatch"
+    DUPLICATE_AGREEMENT = "duplicate_agreement"
+    DATES_INCONSISTENT = "dates_inconsistent"
+    # parties and flows
+    UNKNOWN_PARTY = "unknown_party"
+    PARTY_NOT_IN_AGREEMENT = "party_not_in_agreement"
+    PARTNER_CANNOT_SEND = "partner_cannot_send"
+    UNKNOWN_EVENT_TYPE = "unknown_event_type"
+    UNKNOWN_EVENT_VERSION = "unknown_event_version"
+    CONSUMER_IN_TWO_FLOWS = "consumer_in_two_flows"
+    DUPLICATE_ID = "duplicate_id"
+    # rules
+    UNKNOWN_FIELD = "unknown_field"
+    DIRECT_IDENTIFIER = "direct_identifier"
+    TRANSFORM_TYPE_MISMATCH = "transform_type_mismatch"
+    UNKNOWN_TRANSFORM = "unknown_transform"
+    DUPLICATE_OUTPUT = "duplicate_output"
+    REASON_REQUIRED = "reason_required"
+    UNKNOWN_BAND_SET = "unknown_band_set"
+    BAD_BAND = "bad_band"
+    OVERLAPPING_BANDS = "overlapping_bands"
+    UNKNOWN_GROUP_SET = "unknown_group_set"
+    BAD_GROUP = "bad_group"
+    UNKNOWN_RULE_SET = "unknown_rule_set"
+    # row conditions
+    BAD_CONDITION = "bad_condition"
+    # secrets and revisions
+    SECRET_MISSING = "secret_missing"
+    SECRET_WEAK = "secret_weak"
+    SECRET_REUSED = "secret_reused"
+    REVISION_DECREASED = "revision_decreased"
+    LOCK_INVALID = "lock_invalid"
+    # warnings
+    EXPIRES_SOON = "expires_soon"
+    REVIEW_DUE_SOON = "review_due_soon"
+    EXPIRED = "expired"
+    REVIEW_OVERDUE = "review_overdue"
+    NOT_YET_VALID = "not_yet_valid"
+    REVISION_NOT_LOCKED = "revision_not_locked"
+    UNUSED = "unused"
+
+
+# -- the tree ---------------------------------------------------------------------------------------
+
+
+class SvError(Exception):
+    """The root: everything sv-broker raises on purpose. Anything else is a bug."""
+
+
+class Rejected(SvError):
+    """The sender's or caller's fault: a stable reason code and a sentence they can act on.
+
+    ``status`` overrides the HTTP status hint of the reason (``REASONS``) where a route needs to.
+    The sentence never echoes a secret or a payload value.
+    """
+
+    def __init__(
+        self,
+        reason: Reason,
+        message: str,
+        *,
+        field: str | None = None,
+        status: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(f"{reason.value}: {message}")
         self.reason = reason
         self.message = message
         self.field = field
+        self.status = status if status is not None else REASONS[reason].status
+        self.headers = headers or {}
 
     def as_dict(self) -> dict[str, str]:
         out = {"reason": self.reason.value, "message": self.message}
         if self.field is not None:
             out["field"] = self.field
         return out
+
+
+class ContractError(Rejected):
+    """A message refused by the wire contract (parse, envelope, signature, freshness, payload)."""
+
+
+class ConfigurationError(SvError):
+    """A configuration file or setting refused, naming the file and the entry; nothing runs on it."""
+
+
+class Unavailable(SvError):
+    """A dependency is down or timed out: retry later. Never the message's fault, so never a
+    reason to reject, quarantine or dead-letter it."""

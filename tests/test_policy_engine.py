@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
+from broker.errors import PolicyError
 from broker.policy.decision import record_id
 from broker.policy.engine import decide
-from broker.policy.loader import PolicyError, build_policy, load_policy
+from broker.policy.loader import build_policy, load_policy
 from broker.policy.model import PolicySet
 from broker.registry import Registry
 from broker.settings import REPO_POLICIES

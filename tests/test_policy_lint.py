@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from broker.cli import main
-from broker.policy.loader import PolicyError, load_policy
-from broker.policy.secrets import SecretsError, load_secrets
+from broker.errors import PolicyError, SecretsError
+from broker.policy.loader import load_policy
+from broker.policy.secrets import load_secrets
 from broker.registry import Registry
 from broker.settings import REPO_POLICIES
 from tests.test_policy_support import TEST_SECRETS, policy_dir_copy, secrets_file

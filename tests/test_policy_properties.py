@@ -28,8 +28,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from broker.errors import PolicyError
 from broker.policy.engine import decide
-from broker.policy.loader import PolicyError, build_policy, load_policy
+from broker.policy.loader import build_policy, load_policy
 from broker.policy.model import (
     FORMS_FOR_KIND,
     NEEDS_REASON,

@@ -7,7 +7,8 @@ from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
 
-from broker.policy.model import SCHEMA_FIELDS, Band, SpecError
+from broker.errors import SpecError
+from broker.policy.model import SCHEMA_FIELDS, Band
 from broker.policy.transforms import (
     band_of,
     compile_pseudonymise,

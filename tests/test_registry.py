@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from broker.registry import RegistryError, load_registry, parse_key_entry
+from broker.errors import RegistryError
+from broker.registry import load_registry, parse_key_entry
 from broker.settings import REPO_POLICIES
 from schemas.errors import Reason
 from schemas.keyfile import KeyEntry, public_bytes

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from broker.demo import DemoEnvironment
-from broker.service import Broker, StartupError, config_fingerprint
+from broker.errors import StartupError
+from broker.service import Broker, config_fingerprint
 from broker.settings import Settings
 from broker.workers import WorkerSpec
 

@@ -20,15 +20,15 @@ import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeGuard
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from broker.errors import AuthError, JwksError
 from schemas.envelope import PARTY_ID_RE
-from schemas.errors import ContractError
+from schemas.errors import ContractError, Reason
 from schemas.signing import b64u_decode, check_public_key
 from schemas.strictjson import parse_strict
 
@@ -53,39 +53,6 @@ _MAX_TEXT_CLAIM = 256
 _REQUIRED_CLAIMS = ["iss", "aud", "exp", "iat", "sub", "role"]
 
 
-class AuthReason(StrEnum):
-    """Stable reason codes (never renamed once released): audit entries and clients key on them."""
-
-    TOKEN_MISSING = "token_missing"
-    TOKEN_MALFORMED = "token_malformed"
-    TOKEN_ALG_NOT_ALLOWED = "token_alg_not_allowed"
-    TOKEN_FORBIDDEN_HEADER = "token_forbidden_header"
-    TOKEN_BAD_TYPE = "token_bad_type"
-    TOKEN_UNKNOWN_KID = "token_unknown_kid"
-    TOKEN_BAD_SIGNATURE = "token_bad_signature"
-    TOKEN_EXPIRED = "token_expired"
-    TOKEN_NOT_YET_VALID = "token_not_yet_valid"
-    TOKEN_MISSING_CLAIM = "token_missing_claim"
-    TOKEN_BAD_AUDIENCE = "token_bad_audience"
-    TOKEN_BAD_ISSUER = "token_bad_issuer"
-    TOKEN_BAD_ROLE = "token_bad_role"
-    TOKEN_CONSUMER_REQUIRED = "token_consumer_required"
-
-
-class AuthError(Exception):
-    """A refused token. ``reason`` is a stable code; ``message`` a plain sentence that never
-    echoes the token or any value taken from it (a token in a log is a credential in a log)."""
-
-    def __init__(self, reason: AuthReason, message: str) -> None:
-        super().__init__(f"{reason.value}: {message}")
-        self.reason: str = reason.value
-        self.message = message
-
-
-class JwksError(ValueError):
-    """A JWKS file refused at load, naming the file and the key."""
-
-
 @dataclass(frozen=True, slots=True)
 class Principal:
     sub: str
@@ -100,7 +67,7 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def _fail(reason: AuthReason, message: str) -> AuthError:
+def _fail(reason: Reason, message: str) -> AuthError:
     return AuthError(reason, message)
 
 
@@ -111,7 +78,7 @@ def _numeric_date(claims: Mapping[str, Any], name: str) -> float | None:
     # bool is an int in Python; NaN/Infinity would make every comparison below false (so an
     # "exp": Infinity token would never expire).
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise _fail(AuthReason.TOKEN_MALFORMED, f"The token's {name} claim is not a NumericDate.")
+        raise _fail(Reason.TOKEN_MALFORMED, f"The token's {name} claim is not a NumericDate.")
     return float(value)
 
 
@@ -124,14 +91,14 @@ def _read_header(token: str) -> dict[str, Any]:
     """The unverified JOSE header, parsed strictly. Only used to choose the key [RFC 8725 3.10]."""
     parts = token.split(".")
     if len(parts) != 3:  # compact JWS only: a 5-part JWE or a JSON serialisation is not a token of ours
-        raise _fail(AuthReason.TOKEN_MALFORMED, "The token is not a compact JWS (three dot-separated parts).")
+        raise _fail(Reason.TOKEN_MALFORMED, "The token is not a compact JWS (three dot-separated parts).")
     try:
         raw = b64u_decode(parts[0])
         # Strict JSON: a duplicated "alg" or "kid" read one way here and another way by a second
         # parser is a verification bypass [RFC 8725 2.6; RFC 7515 4 "unique header names"].
         header = parse_strict(raw, max_bytes=_MAX_HEADER_BYTES)
     except (ValueError, ContractError):
-        raise _fail(AuthReason.TOKEN_MALFORMED, "The token's header is not strict base64url JSON.") from None
+        raise _fail(Reason.TOKEN_MALFORMED, "The token's header is not strict base64url JSON.") from None
     return header
 
 
@@ -141,9 +108,9 @@ def _same_header_as_pyjwt(token: str, header: Mapping[str, Any]) -> None:
         # validated would not be the header pyjwt acts on.
         seen_by_pyjwt = jwt.get_unverified_header(token)
     except jwt.PyJWTError:
-        raise _fail(AuthReason.TOKEN_MALFORMED, "The token's header could not be decoded.") from None
+        raise _fail(Reason.TOKEN_MALFORMED, "The token's header could not be decoded.") from None
     if seen_by_pyjwt != header:
-        raise _fail(AuthReason.TOKEN_MALFORMED, "The token's header is ambiguous.")
+        raise _fail(Reason.TOKEN_MALFORMED, "The token's header is ambiguous.")
 
 
 class TokenVerifier:
@@ -180,9 +147,9 @@ class TokenVerifier:
 
     def verify(self, token: str) -> Principal:
         if not token:
-            raise _fail(AuthReason.TOKEN_MISSING, "No bearer token was presented.")
+            raise _fail(Reason.TOKEN_MISSING, "No bearer token was presented.")
         if not isinstance(token, str) or len(token) > _MAX_TOKEN_CHARS or not token.isascii():
-            raise _fail(AuthReason.TOKEN_MALFORMED, "The bearer token is not a well-formed JWT.")
+            raise _fail(Reason.TOKEN_MALFORMED, "The bearer token is not a well-formed JWT.")
         header = _read_header(token)
         key = self._select_key(header)
         _same_header_as_pyjwt(token, header)
@@ -194,27 +161,27 @@ class TokenVerifier:
         # Algorithm pinned: "none" (unsigned), HS256 keyed with our public key (key confusion), RS/ES
         # and any other algorithm are refused before a key is touched [RFC 8725 2.1, 3.1].
         if header.get("alg") != ALGORITHM:
-            raise _fail(AuthReason.TOKEN_ALG_NOT_ALLOWED, f"Only {ALGORITHM} tokens are accepted.")
+            raise _fail(Reason.TOKEN_ALG_NOT_ALLOWED, f"Only {ALGORITHM} tokens are accepted.")
         # Key-locating and processing-changing headers: refused outright, never followed [RFC 8725 3.10].
         forbidden = [name for name in FORBIDDEN_HEADERS if name in header]
         if forbidden:
             raise _fail(
-                AuthReason.TOKEN_FORBIDDEN_HEADER,
+                Reason.TOKEN_FORBIDDEN_HEADER,
                 f"The token carries a header this service never honours ({', '.join(forbidden)}).",
             )
         # Explicit typing: an ID token, a logout token or any other JWT signed by the same issuer
         # cannot be replayed as an access token [RFC 8725 3.11, 2.8; RFC 9068 2.1].
         typ = header.get("typ")
         if not isinstance(typ, str) or typ.lower() not in _ACCEPTED_TYPES:
-            raise _fail(AuthReason.TOKEN_BAD_TYPE, f"The token's typ header must be {TOKEN_TYPE!r}.")
+            raise _fail(Reason.TOKEN_BAD_TYPE, f"The token's typ header must be {TOKEN_TYPE!r}.")
         # kid is only a dictionary key into the configured set: a plain short string, never a path,
         # URL or query (kid injection: "../../dev/null", SQL) [RFC 8725 3.10].
         kid = header.get("kid")
         if not isinstance(kid, str) or not _KID_RE.fullmatch(kid):
-            raise _fail(AuthReason.TOKEN_UNKNOWN_KID, "The token's key id is missing or not a plain key id.")
+            raise _fail(Reason.TOKEN_UNKNOWN_KID, "The token's key id is missing or not a plain key id.")
         key = self._keys.get(kid)
         if key is None:
-            raise _fail(AuthReason.TOKEN_UNKNOWN_KID, "The token was signed with a key this service does not know.")
+            raise _fail(Reason.TOKEN_UNKNOWN_KID, "The token was signed with a key this service does not know.")
         return key
 
     def _decode(self, token: str, key: Ed25519PublicKey) -> dict[str, Any]:
@@ -241,21 +208,21 @@ class TokenVerifier:
             )
         except jwt.MissingRequiredClaimError as exc:
             name = exc.claim if exc.claim in _REQUIRED_CLAIMS else "required"
-            raise _fail(AuthReason.TOKEN_MISSING_CLAIM, f"The token lacks the {name} claim.") from None
+            raise _fail(Reason.TOKEN_MISSING_CLAIM, f"The token lacks the {name} claim.") from None
         except jwt.InvalidAudienceError:
-            raise _fail(AuthReason.TOKEN_BAD_AUDIENCE, "The token is not meant for this service.") from None
+            raise _fail(Reason.TOKEN_BAD_AUDIENCE, "The token is not meant for this service.") from None
         except jwt.InvalidIssuerError:
-            raise _fail(AuthReason.TOKEN_BAD_ISSUER, "The token was not issued by a trusted issuer.") from None
+            raise _fail(Reason.TOKEN_BAD_ISSUER, "The token was not issued by a trusted issuer.") from None
         except jwt.ExpiredSignatureError:
-            raise _fail(AuthReason.TOKEN_EXPIRED, "The token has expired.") from None
+            raise _fail(Reason.TOKEN_EXPIRED, "The token has expired.") from None
         except jwt.ImmatureSignatureError:
-            raise _fail(AuthReason.TOKEN_NOT_YET_VALID, "The token is not valid yet.") from None
+            raise _fail(Reason.TOKEN_NOT_YET_VALID, "The token is not valid yet.") from None
         except jwt.InvalidAlgorithmError:
-            raise _fail(AuthReason.TOKEN_ALG_NOT_ALLOWED, f"Only {ALGORITHM} tokens are accepted.") from None
+            raise _fail(Reason.TOKEN_ALG_NOT_ALLOWED, f"Only {ALGORITHM} tokens are accepted.") from None
         except jwt.InvalidSignatureError:
-            raise _fail(AuthReason.TOKEN_BAD_SIGNATURE, "The token's signature does not verify.") from None
+            raise _fail(Reason.TOKEN_BAD_SIGNATURE, "The token's signature does not verify.") from None
         except jwt.PyJWTError:
-            raise _fail(AuthReason.TOKEN_MALFORMED, "The bearer token is not a well-formed JWT.") from None
+            raise _fail(Reason.TOKEN_MALFORMED, "The bearer token is not a well-formed JWT.") from None
 
     def _check_times(self, claims: Mapping[str, Any]) -> None:
         now = self._clock().timestamp()
@@ -265,43 +232,43 @@ class TokenVerifier:
         nbf = _numeric_date(claims, "nbf")
         # A stolen or leaked token is useful only until exp; the leeway is small (clock skew only).
         if exp is None or exp <= now - leeway:
-            raise _fail(AuthReason.TOKEN_EXPIRED, "The token has expired.")
+            raise _fail(Reason.TOKEN_EXPIRED, "The token has expired.")
         if nbf is not None and nbf > now + leeway:
-            raise _fail(AuthReason.TOKEN_NOT_YET_VALID, "The token is not valid yet.")
+            raise _fail(Reason.TOKEN_NOT_YET_VALID, "The token is not valid yet.")
         # A token "issued" in the future was minted with a wrong clock or to outlive its lifetime.
         if iat is None or iat > now + leeway:
-            raise _fail(AuthReason.TOKEN_NOT_YET_VALID, "The token's issue time is in the future.")
+            raise _fail(Reason.TOKEN_NOT_YET_VALID, "The token's issue time is in the future.")
 
     def _principal(self, claims: Mapping[str, Any]) -> Principal:
         # Issuer compared exactly, here as well as in pyjwt: pyjwt 2.10.0 matched a str issuer as a
         # substring (CVE-2024-53861), so "urn:sv-broke" passed for "urn:sv-broker" [RFC 8725 3.8].
         if claims.get("iss") != self.issuer:
-            raise _fail(AuthReason.TOKEN_BAD_ISSUER, "The token was not issued by a trusted issuer.")
+            raise _fail(Reason.TOKEN_BAD_ISSUER, "The token was not issued by a trusted issuer.")
         # Audience: a token minted for another service is not a token for this one [RFC 8725 3.9].
         aud = claims.get("aud")
         if not (aud == self.audience or (isinstance(aud, list) and self.audience in aud)):
-            raise _fail(AuthReason.TOKEN_BAD_AUDIENCE, "The token is not meant for this service.")
+            raise _fail(Reason.TOKEN_BAD_AUDIENCE, "The token is not meant for this service.")
         sub = claims.get("sub")
         if sub == "":
-            raise _fail(AuthReason.TOKEN_MISSING_CLAIM, "The token lacks the sub claim.")
+            raise _fail(Reason.TOKEN_MISSING_CLAIM, "The token lacks the sub claim.")
         if not _plain_text(sub):
-            raise _fail(AuthReason.TOKEN_MALFORMED, "The token's sub claim is not a short plain string.")
+            raise _fail(Reason.TOKEN_MALFORMED, "The token's sub claim is not a short plain string.")
         role = claims.get("role")
         if not isinstance(role, str) or role not in ROLES:
-            raise _fail(AuthReason.TOKEN_BAD_ROLE, f"The token's role must be one of {', '.join(ROLES)}.")
+            raise _fail(Reason.TOKEN_BAD_ROLE, f"The token's role must be one of {', '.join(ROLES)}.")
         consumer = claims.get("consumer")
         if role == "analyst":
             # An analyst reads exactly one consumer's records: without the binding, the HTTP layer
             # could not tell whose feed to serve (and must never default to "all").
             if not isinstance(consumer, str) or not PARTY_ID_RE.fullmatch(consumer):
-                raise _fail(AuthReason.TOKEN_CONSUMER_REQUIRED, "An analyst token must name exactly one consumer id.")
+                raise _fail(Reason.TOKEN_CONSUMER_REQUIRED, "An analyst token must name exactly one consumer id.")
         elif consumer is not None:
             # A consumer binding on an ig/admin token is a minting mistake; refusing it keeps the
             # meaning of every role single.
-            raise _fail(AuthReason.TOKEN_BAD_ROLE, f"An {role} token must not name a consumer.")
+            raise _fail(Reason.TOKEN_BAD_ROLE, f"An {role} token must not name a consumer.")
         jti = claims.get("jti")
         if jti is not None and not _plain_text(jti):
-            raise _fail(AuthReason.TOKEN_MALFORMED, "The token's jti claim is not a short plain string.")
+            raise _fail(Reason.TOKEN_MALFORMED, "The token's jti claim is not a short plain string.")
         return Principal(
             sub=sub,
             role=role,

@@ -138,7 +138,8 @@ def _report(report: AuditReport, as_json: bool) -> int:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from broker.auth.tokens import JwksError, load_jwks
+    from broker.auth.tokens import load_jwks
+    from broker.errors import JwksError
 
     try:
         checkpoints = parse_document(args.checkpoints.read_text(encoding="utf-8")) if args.checkpoints else None

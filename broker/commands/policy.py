@@ -11,10 +11,11 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 from broker.cli import add_policy_args
+from broker.errors import PolicyError, SecretsError
 from broker.policy.explain import explain, read_event, render_text
 from broker.policy.lint import WARN_DAYS, check_policy, write_lock
-from broker.policy.loader import PolicyError, compile_policy, read_documents, read_lock, uses_pseudonyms
-from broker.policy.secrets import SecretsError, env_name, load_secrets
+from broker.policy.loader import compile_policy, read_documents, read_lock, uses_pseudonyms
+from broker.policy.secrets import env_name, load_secrets
 from broker.registry import Registry, load_registry
 from schemas.envelope import parse_time
 from schemas.errors import ContractError

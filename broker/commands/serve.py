@@ -116,9 +116,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from broker.policy.loader import PolicyError
-    from broker.policy.secrets import SecretsError
-    from broker.service import StartupError, load_user_map, serve_forever
+    from broker.errors import PolicyError, SecretsError, StartupError
+    from broker.service import load_user_map, serve_forever
 
     configure(args.log_level)
     try:

@@ -25,8 +25,9 @@ from collections.abc import Callable, Mapping
 from enum import StrEnum
 from typing import Any
 
-from broker.policy.model import CheckCode as C
-from broker.policy.model import CompiledCondition, FieldKind, FieldSpec, SpecError
+from broker.errors import SpecError
+from broker.policy.model import CompiledCondition, FieldKind, FieldSpec
+from schemas.errors import CheckCode as C
 from schemas.events import EventModel
 
 OPERATORS = ("in", "not_in", "any_in", "between", "equals", "present")

@@ -15,8 +15,9 @@ from __future__ import annotations
 from datetime import datetime
 
 from broker.policy.decision import Decision, Refusal, Release, record_id
-from broker.policy.model import PolicySet, RefusalReason
+from broker.policy.model import PolicySet
 from broker.stages.types import Validated
+from schemas.errors import Reason
 
 __all__ = ["decide"]
 
@@ -33,13 +34,13 @@ def decide(validated: Validated, policy: PolicySet, now: datetime) -> Decision:
         # Fail closed outside the agreement's window or past its review date (ICO Data Sharing
         # Code: an agreement is reviewed regularly; an unreviewed one is not a basis to share).
         if now < flow.starts:
-            refusals.extend(flow.window_refusals[RefusalReason.NOT_YET_VALID])
+            refusals.extend(flow.window_refusals[Reason.NOT_YET_VALID])
             continue
         if now >= flow.ends:
-            refusals.extend(flow.window_refusals[RefusalReason.EXPIRED])
+            refusals.extend(flow.window_refusals[Reason.EXPIRED])
             continue
         if now >= flow.review_due:
-            refusals.extend(flow.window_refusals[RefusalReason.REVIEW_OVERDUE])
+            refusals.extend(flow.window_refusals[Reason.REVIEW_OVERDUE])
             continue
         failed = -1
         for i, condition in enumerate(flow.conditions):
@@ -68,7 +69,7 @@ def decide(validated: Validated, policy: PolicySet, now: datetime) -> Decision:
                 )
             )
     if not releases and not refusals:  # pragma: no cover - a plan always has flows or a refusal
-        refusals.append(Refusal(RefusalReason.NO_AGREEMENT.value, "No agreement covers this event."))
+        refusals.append(Refusal(Reason.NO_AGREEMENT.value, "No agreement covers this event."))
     return Decision(
         source=env.source,
         message_id=env.id,

@@ -29,7 +29,7 @@ from typing import Any
 
 from broker.policy.decision import Decision, Refusal
 from broker.policy.engine import decide
-from broker.policy.model import PolicySet, RefusalReason
+from broker.policy.model import PolicySet
 from broker.registry import Registry
 from broker.stages.parse import parse
 from broker.stages.types import Received, Validated, Verified
@@ -174,7 +174,7 @@ def _consumer_entry(
             if consumer_id not in policy.consumers_in_flows
             else f"No flow names {consumer_id} for {env_part}."
         )
-        refusals.append({"reason": RefusalReason.NO_AGREEMENT.value, "agreement_id": None, "message": message})
+        refusals.append({"reason": Reason.NO_AGREEMENT.value, "agreement_id": None, "message": message})
     return {
         "consumer": consumer_id,
         "name": consumer.name if consumer else None,

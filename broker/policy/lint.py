@@ -21,9 +21,9 @@ from broker.policy.loader import (
     read_lock,
     render_lock,
 )
-from broker.policy.model import CheckCode as C
 from broker.policy.model import PolicySet
 from broker.registry import Registry
+from schemas.errors import CheckCode as C
 
 WARN_DAYS = 30
 

@@ -51,6 +51,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
+from broker.errors import PolicyError, SpecError
 from broker.policy.conditions import compile_condition
 from broker.policy.model import (
     FORMS_FOR_KIND,
@@ -67,11 +68,9 @@ from broker.policy.model import (
     Form,
     PlanKey,
     PolicySet,
-    SpecError,
     build_plan,
     finish_flow,
 )
-from broker.policy.model import CheckCode as C
 from broker.policy.transforms import (
     MIN_SECRET_BYTES,
     check_groups_fit,
@@ -82,6 +81,7 @@ from broker.policy.transforms import (
     parse_groups,
 )
 from broker.registry import Registry
+from schemas.errors import CheckCode as C
 from schemas.events import DIRECT_IDENTIFIER_FIELDS, EVENT_MODELS, EVENT_TYPES
 
 __all__ = [
@@ -147,19 +147,6 @@ class Problem:
             "reason": self.code.value,
             "message": self.message,
         }
-
-
-class PolicyError(Exception):
-    """Agreements refused at load: the first error, with every problem found in ``problems``."""
-
-    def __init__(self, problem: Problem, problems: Iterable[Problem] = ()) -> None:
-        super().__init__(str(problem))
-        self.path = problem.path
-        self.key = problem.key
-        self.line = problem.line
-        self.reason = problem.code.value
-        self.message = problem.message
-        self.problems = tuple(problems) or (problem,)
 
 
 @dataclass(frozen=True, slots=True)

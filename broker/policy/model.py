@@ -24,6 +24,7 @@ from zoneinfo import ZoneInfo
 from pydantic import AwareDatetime, StringConstraints
 
 from broker.policy.decision import Refusal
+from schemas.errors import Reason
 from schemas.events import EVENT_MODELS, EventModel
 from schemas.events.common import District
 
@@ -95,82 +96,6 @@ NEEDS_REASON: frozenset[FieldKind] = frozenset({FieldKind.TEXT, FieldKind.LSOA})
 """Kinds that may leave as they are only if the rule names a reason: free text and small-area
 location are quasi-identifiers (DOMAIN.md, ECDS: "must be coarsened or dropped ... unless an
 agreement names a reason"; ICO Data Sharing Code: data minimisation)."""
-
-
-class RefusalReason(StrEnum):
-    """Stable codes for "this agreement released nothing here" (audit, explain, dashboards)."""
-
-    NO_AGREEMENT = "no_agreement"
-    NOT_YET_VALID = "not_yet_valid"
-    EXPIRED = "expired"
-    REVIEW_OVERDUE = "review_overdue"
-    ROW_CONDITION_FALSE = "row_condition_false"
-    PARTNER_NOT_IN_FLOW = "partner_not_in_flow"
-    VERSION_NOT_IN_FLOW = "version_not_in_flow"
-
-
-class CheckCode(StrEnum):
-    """Stable codes of the problems ``policy check`` (and ``load_policy``) report."""
-
-    # (ruff S105 reads the SECRET_* names as passwords; they are reason codes.)
-
-    # file / document shape
-    FILE_UNREADABLE = "file_unreadable"
-    INVALID_TOML = "invalid_toml"
-    MISSING_KEY = "missing_key"
-    UNKNOWN_KEY = "unknown_key"
-    BAD_VALUE = "bad_value"
-    FILE_NAME_MISMATCH = "file_name_mismatch"
-    DUPLICATE_AGREEMENT = "duplicate_agreement"
-    DATES_INCONSISTENT = "dates_inconsistent"
-    # parties and flows
-    UNKNOWN_PARTY = "unknown_party"
-    PARTY_NOT_IN_AGREEMENT = "party_not_in_agreement"
-    PARTNER_CANNOT_SEND = "partner_cannot_send"
-    UNKNOWN_EVENT_TYPE = "unknown_event_type"
-    UNKNOWN_EVENT_VERSION = "unknown_event_version"
-    CONSUMER_IN_TWO_FLOWS = "consumer_in_two_flows"
-    DUPLICATE_ID = "duplicate_id"
-    # rules
-    UNKNOWN_FIELD = "unknown_field"
-    DIRECT_IDENTIFIER = "direct_identifier"
-    TRANSFORM_TYPE_MISMATCH = "transform_type_mismatch"
-    UNKNOWN_TRANSFORM = "unknown_transform"
-    DUPLICATE_OUTPUT = "duplicate_output"
-    REASON_REQUIRED = "reason_required"
-    UNKNOWN_BAND_SET = "unknown_band_set"
-    BAD_BAND = "bad_band"
-    OVERLAPPING_BANDS = "overlapping_bands"
-    UNKNOWN_GROUP_SET = "unknown_group_set"
-    BAD_GROUP = "bad_group"
-    UNKNOWN_RULE_SET = "unknown_rule_set"
-    # row conditions
-    BAD_CONDITION = "bad_condition"
-    # secrets and revisions
-    SECRET_MISSING = "secret_missing"  # noqa: S105
-    SECRET_WEAK = "secret_weak"  # noqa: S105
-    SECRET_REUSED = "secret_reused"  # noqa: S105
-    REVISION_DECREASED = "revision_decreased"
-    LOCK_INVALID = "lock_invalid"
-    # warnings
-    EXPIRES_SOON = "expires_soon"
-    REVIEW_DUE_SOON = "review_due_soon"
-    EXPIRED = "expired"
-    REVIEW_OVERDUE = "review_overdue"
-    NOT_YET_VALID = "not_yet_valid"
-    REVISION_NOT_LOCKED = "revision_not_locked"
-    UNUSED = "unused"
-
-
-class SpecError(Exception):
-    """One problem in one item of an agreement, raised by the compile helpers and recorded by the
-    loader with the file and key path (so one bad rule does not hide the next)."""
-
-    def __init__(self, code: CheckCode, message: str, key: str = "") -> None:
-        super().__init__(f"{code.value}: {message}")
-        self.code = code
-        self.message = message
-        self.key = key
 
 
 # --- schema introspection -----------------------------------------------------------------------
@@ -312,16 +237,16 @@ class Agreement:
     def review_due(self) -> datetime:
         return local_midnight(self.review_by + timedelta(days=1))
 
-    def state(self, now: datetime) -> RefusalReason | None:
+    def state(self, now: datetime) -> Reason | None:
         """Why this agreement releases nothing at ``now``, or None when it is in force."""
         if now < self.starts:
-            return RefusalReason.NOT_YET_VALID
+            return Reason.NOT_YET_VALID
         if now >= self.ends:
-            return RefusalReason.EXPIRED
+            return Reason.EXPIRED
         if now >= self.review_due:
             # ICO Data Sharing Code: an agreement past its review date is not being governed;
             # fail closed until the partnership reviews it and bumps the revision.
-            return RefusalReason.REVIEW_OVERDUE
+            return Reason.REVIEW_OVERDUE
         return None
 
 
@@ -347,7 +272,7 @@ class Flow:
     starts: datetime = dc_field(default=datetime.min, repr=False, compare=False)
     ends: datetime = dc_field(default=datetime.max, repr=False, compare=False)
     review_due: datetime = dc_field(default=datetime.max, repr=False, compare=False)
-    window_refusals: Mapping[RefusalReason, tuple[Refusal, ...]] = dc_field(default_factory=dict, repr=False)
+    window_refusals: Mapping[Reason, tuple[Refusal, ...]] = dc_field(default_factory=dict, repr=False)
     condition_refusals: tuple[tuple[Refusal, ...], ...] = dc_field(default=(), repr=False)
 
 
@@ -356,25 +281,25 @@ def finish_flow(flow: Flow) -> Flow:
     ag = flow.agreement
     rules = tuple(sorted(flow.rules, key=lambda r: r.output))
 
-    def refusals(reason: RefusalReason, message: str) -> tuple[Refusal, ...]:
+    def refusals(reason: Reason, message: str) -> tuple[Refusal, ...]:
         return tuple(Refusal(reason.value, message, ag.id, consumer) for consumer in flow.consumers)
 
     windows = {
-        RefusalReason.NOT_YET_VALID: refusals(
-            RefusalReason.NOT_YET_VALID, f"Agreement {ag.id} r{ag.revision} is not valid until {ag.valid_from}."
+        Reason.NOT_YET_VALID: refusals(
+            Reason.NOT_YET_VALID, f"Agreement {ag.id} r{ag.revision} is not valid until {ag.valid_from}."
         ),
-        RefusalReason.EXPIRED: refusals(
-            RefusalReason.EXPIRED, f"Agreement {ag.id} r{ag.revision} expired at the end of {ag.valid_to}."
+        Reason.EXPIRED: refusals(
+            Reason.EXPIRED, f"Agreement {ag.id} r{ag.revision} expired at the end of {ag.valid_to}."
         ),
-        RefusalReason.REVIEW_OVERDUE: refusals(
-            RefusalReason.REVIEW_OVERDUE,
+        Reason.REVIEW_OVERDUE: refusals(
+            Reason.REVIEW_OVERDUE,
             f"Agreement {ag.id} r{ag.revision} was due for review by {ag.review_by}; nothing is released "
             "until it is reviewed.",
         ),
     }
     conditions = tuple(
         refusals(
-            RefusalReason.ROW_CONDITION_FALSE,
+            Reason.ROW_CONDITION_FALSE,
             f"Flow {flow.id!r} of agreement {ag.id} releases only when {cond.text}; this event does not match.",
         )
         for cond in flow.conditions
@@ -428,7 +353,7 @@ def build_plan(flows: tuple[Flow, ...], key: PlanKey) -> Plan:
             versions = sorted({v for f in ag_flows if partner in f.partners for v in f.versions})
             refusals.append(
                 Refusal(
-                    RefusalReason.VERSION_NOT_IN_FLOW.value,
+                    Reason.VERSION_NOT_IN_FLOW.value,
                     f"Agreement {agreement_id} covers {event_type} from {partner} only in version(s) "
                     f"{', '.join(map(str, versions))}, not v{version}.",
                     agreement_id,
@@ -437,7 +362,7 @@ def build_plan(flows: tuple[Flow, ...], key: PlanKey) -> Plan:
         else:
             refusals.append(
                 Refusal(
-                    RefusalReason.PARTNER_NOT_IN_FLOW.value,
+                    Reason.PARTNER_NOT_IN_FLOW.value,
                     f"Agreement {agreement_id} covers {event_type} but not from {partner}.",
                     agreement_id,
                 )
@@ -445,7 +370,7 @@ def build_plan(flows: tuple[Flow, ...], key: PlanKey) -> Plan:
     if not by_agreement:
         refusals.append(
             Refusal(
-                RefusalReason.NO_AGREEMENT.value,
+                Reason.NO_AGREEMENT.value,
                 f"No agreement has a flow for {event_type} v{version} from {partner}; nothing is released.",
             )
         )

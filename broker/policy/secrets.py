@@ -25,15 +25,13 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 
+from broker.errors import SecretsError
+
 ENV_PREFIX = "SV_BROKER_SECRET_"
 MIN_SECRET_BYTES = 32
 _HEX_RE = re.compile(r"^[0-9a-fA-F]+$")
 _ID_RE = re.compile(r"^[a-z0-9][a-z0-9\-]{1,62}$")
 _REPO_POLICIES = Path(__file__).resolve().parents[2] / "policies"
-
-
-class SecretsError(ValueError):
-    """A secrets source refused; the message names where, never the secret."""
 
 
 def env_name(agreement_id: str) -> str:

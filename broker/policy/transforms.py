@@ -17,8 +17,9 @@ from datetime import date, datetime
 from enum import StrEnum
 from typing import Any
 
-from broker.policy.model import LONDON, Band, FieldKind, FieldSpec, Form, JsonValue, SpecError
-from broker.policy.model import CheckCode as C
+from broker.errors import SpecError
+from broker.policy.model import LONDON, Band, FieldKind, FieldSpec, Form, JsonValue
+from schemas.errors import CheckCode as C
 
 DAY_NAMES = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 PSEUDONYM_PREFIX = "psn-"

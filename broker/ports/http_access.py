@@ -26,13 +26,14 @@ from aiohttp import web
 from broker.audit.chain import Draft, Kind
 from broker.audit.checkpoints import export_document, export_line
 from broker.audit.verify import verify_trail
-from broker.auth.tokens import AuthError, AuthReason, Principal, TokenVerifier
+from broker.auth.tokens import Principal, TokenVerifier
+from broker.errors import ApiError, AuthError
 from broker.policy.model import PolicySet
-from broker.ports.http_api import ApiError
 from broker.ports.sqlite_store import AuditQuery, FeedRow, SqliteStore
 from broker.ports.store import CommitUnit
 from broker.registry import Registry
 from schemas.envelope import format_time, parse_time
+from schemas.errors import Reason
 from schemas.events import EVENT_TYPES
 
 ANALYST, IG, ADMIN = "analyst", "ig", "admin"
@@ -69,12 +70,12 @@ async def authenticate(request: web.Request, roles: frozenset[str]) -> Principal
     header = request.headers.get("Authorization", "")
     try:
         if not header.startswith("Bearer ") or not header[7:].strip():
-            raise AuthError(AuthReason.TOKEN_MISSING, "An 'Authorization: Bearer <token>' header is required.")
+            raise AuthError(Reason.TOKEN_MISSING, "An 'Authorization: Bearer <token>' header is required.")
         principal = ctx.verifier.verify(header[7:].strip())
     except AuthError as exc:
         # The token itself is never recorded (a token in the audit would be a credential at rest).
         await _audit(ctx, Kind.ACCESS_DENIED, {"route": request.path, "status": 401, "reason": exc.reason})
-        raise ApiError(401, exc.reason, exc.message, {"WWW-Authenticate": 'Bearer error="invalid_token"'}) from None
+        raise ApiError(exc.reason, exc.message, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}) from None
     if principal.role not in roles:
         await _audit(
             ctx,
@@ -82,12 +83,12 @@ async def authenticate(request: web.Request, roles: frozenset[str]) -> Principal
             {
                 "route": request.path,
                 "status": 403,
-                "reason": "role_not_allowed",
+                "reason": Reason.ROLE_NOT_ALLOWED,
                 "sub": principal.sub,
                 "role": principal.role,
             },
         )
-        raise ApiError(403, "role_not_allowed", f"The {principal.role!r} role may not use this route.")
+        raise ApiError(Reason.ROLE_NOT_ALLOWED, f"The {principal.role!r} role may not use this route.")
     return principal
 
 
@@ -103,13 +104,13 @@ async def analyst_for(request: web.Request) -> tuple[Principal, str]:
             {
                 "route": request.path,
                 "status": 403,
-                "reason": "not_your_feed",
+                "reason": Reason.NOT_YOUR_FEED,
                 "sub": principal.sub,
                 "consumer": consumer,
                 "own_consumer": principal.consumer,
             },
         )
-        raise ApiError(403, "not_your_feed", "An analyst may read only their own consumer's feed.")
+        raise ApiError(Reason.NOT_YOUR_FEED, "An analyst may read only their own consumer's feed.")
     return principal, consumer
 
 
@@ -131,13 +132,13 @@ def decode_cursor(cursor: str | None) -> int:
             raise ValueError(cursor)
         return int(number)
     except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise ApiError(400, "bad_cursor", "The cursor is not one this feed issued.") from None
+        raise ApiError(Reason.BAD_CURSOR, "The cursor is not one this feed issued.") from None
 
 
 def _limit(request: web.Request, default: int = 100) -> int:
     raw = request.query.get("limit", str(default))
     if not _SMALL_INT.fullmatch(raw) or not 1 <= int(raw) <= MAX_PAGE:
-        raise ApiError(400, "bad_limit", f"limit must be an integer from 1 to {MAX_PAGE}.")
+        raise ApiError(Reason.BAD_LIMIT, f"limit must be an integer from 1 to {MAX_PAGE}.")
     return int(raw)
 
 
@@ -148,7 +149,7 @@ def _time(request: web.Request, name: str) -> str | None:
     try:
         return format_time(parse_time(raw))
     except (ValueError, OverflowError):
-        raise ApiError(400, "bad_time", f"{name} must be an RFC 3339 date-time with an offset.") from None
+        raise ApiError(Reason.BAD_TIME, f"{name} must be an RFC 3339 date-time with an offset.") from None
 
 
 def _format(request: web.Request, allowed: tuple[str, ...]) -> str:
@@ -157,7 +158,7 @@ def _format(request: web.Request, allowed: tuple[str, ...]) -> str:
         accept = request.headers.get("Accept", "")
         fmt = "csv" if "text/csv" in accept and "csv" in allowed else allowed[0]
     if fmt not in allowed:
-        raise ApiError(400, "bad_format", f"format must be one of {', '.join(allowed)}.")
+        raise ApiError(Reason.BAD_FORMAT, f"format must be one of {', '.join(allowed)}.")
     return fmt
 
 
@@ -178,7 +179,7 @@ async def _page(request: web.Request, consumer: str, after: int, limit: int) -> 
     ctx = request.app[ACCESS]
     event_type = request.query.get("event_type")
     if event_type is not None and event_type not in EVENT_TYPES:
-        raise ApiError(400, "bad_event_type", f"event_type must be one of {', '.join(sorted(EVENT_TYPES))}.")
+        raise ApiError(Reason.BAD_EVENT_TYPE, f"event_type must be one of {', '.join(sorted(EVENT_TYPES))}.")
     since, until = _time(request, "since"), _time(request, "until")
     return await ctx.store.read(
         lambda conn: SqliteStore.feed_page(
@@ -319,7 +320,7 @@ async def audit_entries(request: web.Request) -> web.Response:
     ctx = request.app[ACCESS]
     after_raw = request.query.get("after", "0")
     if not _SMALL_INT.fullmatch(after_raw):
-        raise ApiError(400, "bad_cursor", "after must be a sequence number.")
+        raise ApiError(Reason.BAD_CURSOR, "after must be a sequence number.")
     query = _audit_query(request, int(after_raw), _limit(request))
     rows = await ctx.store.read(lambda conn: SqliteStore.audit_page(conn, query))
     await _audit_read(ctx, principal, "audit", request.path, {"query": _filters(request), "count": len(rows)})
@@ -378,7 +379,7 @@ async def audit_trace(request: web.Request) -> web.Response:
     message_id = await ctx.store.read(lambda conn: SqliteStore.record_message(conn, record_id))
     if message_id is None:
         await _audit_read(ctx, principal, "audit_trace", request.path, {"record_id": record_id, "found": False})
-        raise ApiError(404, "unknown_record", "No release of this record id is in the audit trail.")
+        raise ApiError(Reason.UNKNOWN_RECORD, "No release of this record id is in the audit trail.")
     by_record = await ctx.store.read(
         lambda conn: SqliteStore.audit_page(conn, AuditQuery(limit=100000, record_id=record_id))
     )

@@ -9,10 +9,11 @@ from typing import Any
 
 from aiohttp import web
 
+from broker.errors import ApiError
 from broker.logs import get_logger
 from broker.pipeline import Pipeline
 from broker.stages.outcome import Inbound, Outcome, Status
-from schemas.errors import Reason
+from schemas.errors import Reason, http_status
 
 log = get_logger("sv_broker.http")
 
@@ -59,35 +60,6 @@ PIPELINE = web.AppKey("pipeline", Pipeline)
 BATCHER = web.AppKey("batcher", IngestBatcher)
 
 
-class ApiError(Exception):
-    """A refusal with an HTTP status, a stable reason code and a sentence (rendered as JSON)."""
-
-    def __init__(self, status: int, reason: str, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(f"{reason}: {message}")
-        self.status, self.reason, self.message = status, reason, message
-        self.headers = headers or {}
-
-
-_STATUS_BY_REASON: dict[str, int] = {
-    Reason.BODY_TOO_LARGE: 413,
-    Reason.UNKNOWN_PARTNER: 401,
-    Reason.UNKNOWN_KEY: 401,
-    Reason.KEY_REVOKED: 401,
-    Reason.KEY_EXPIRED: 401,
-    Reason.KEY_NOT_YET_VALID: 401,
-    Reason.BAD_SIGNATURE: 401,
-    Reason.TYPE_NOT_REGISTERED: 403,
-    Reason.PUBLISHER_MISMATCH: 403,
-    Reason.SCHEMA_INVALID: 422,
-    Reason.DIRECT_IDENTIFIER: 422,
-    Reason.UNKNOWN_EVENT_TYPE: 422,
-}
-
-
-def http_status(reason: str | None) -> int:
-    return _STATUS_BY_REASON.get(reason or "", 400)
-
-
 def problem(
     status: int, reason: str, message: str, headers: dict[str, str] | None = None, **extra: Any
 ) -> web.Response:
@@ -119,7 +91,9 @@ async def ingest(request: web.Request) -> web.Response:
     if outcome.status is Status.DUPLICATE:
         return web.json_response(receipt, status=200)
     if outcome.status is Status.FAILED:
-        return problem(500, "internal_error", "The broker could not process the message; it kept nothing. Retry.")
+        return problem(
+            500, Reason.INTERNAL_ERROR.value, "The broker could not process the message; it kept nothing. Retry."
+        )
     return web.json_response(receipt, status=http_status(outcome.reason))
 
 
@@ -149,17 +123,19 @@ async def errors_middleware(
     try:
         return await handler(request)
     except ApiError as exc:
-        return problem(exc.status, exc.reason, exc.message, exc.headers)
+        return problem(exc.status, exc.reason.value, exc.message, exc.headers)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        reason = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(exc.status, "http_error")
-        return problem(exc.status, reason, exc.reason)
+        reason = {404: Reason.NOT_FOUND, 405: Reason.METHOD_NOT_ALLOWED, 413: Reason.BODY_TOO_LARGE}.get(
+            exc.status, Reason.HTTP_ERROR
+        )
+        return problem(exc.status, reason.value, exc.reason)
     except (ConnectionResetError, asyncio.CancelledError):
         raise  # the client went away (e.g. closed an event stream): nothing to answer
     except Exception as exc:
         log.exception("http_handler_failed", path=request.path, error=type(exc).__name__)
-        return problem(500, "internal_error", "The broker hit an internal error; nothing was kept. Retry.")
+        return problem(500, Reason.INTERNAL_ERROR.value, "The broker hit an internal error; nothing was kept. Retry.")
 
 
 def build_app(pipeline: Pipeline, ready_checks: list[Callable[[], Awaitable[bool]]]) -> web.Application:
