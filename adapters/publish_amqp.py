@@ -38,7 +38,7 @@ from pamqp.commands import Basic
 from yarl import URL
 
 from adapters.sink import OnResult, Outgoing, Result, Verdict
-from broker.ports.amqp import Names
+from broker.ports.rabbitmq.topology import Names
 
 CONTENT_TYPE = "application/cloudevents+json"
 

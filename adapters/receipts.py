@@ -32,7 +32,7 @@ import aiormq
 from aio_pika.abc import AbstractIncomingMessage
 
 from adapters.state import Entry, StateFile, Status
-from broker.ports.amqp import Names
+from broker.ports.rabbitmq.topology import Names
 
 RECEIPT_COLUMNS = (
     "at",

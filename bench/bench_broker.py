@@ -44,7 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from adapters.synthetic import SyntheticGenerator
 from broker.demo import DemoEnvironment, prepare_environment
-from broker.ports.amqp import Names, Publish, forget_publishes, publish_frames
+from broker.ports.rabbitmq.fast_publish import Publish, forget_publishes, publish_frames
+from broker.ports.rabbitmq.topology import Names
 from broker.service import Broker
 from broker.settings import Settings
 from schemas.envelope import encode, format_time

@@ -42,7 +42,7 @@ from broker.demo import partner_ids
 from broker.registry import Registry, load_registry
 from broker.settings import REPO_POLICIES
 from broker.stages.parse import parse
-from broker.stages.types import Received, Verified
+from broker.stages.types import Fresh, Received, Verified
 from broker.stages.validate import validate
 from broker.stages.verify import verify
 from schemas.envelope import SIGNATURE_ATTR, encode
@@ -87,12 +87,14 @@ def main(argv: list[str] | None = None) -> int:
     mean_bytes = statistics.fmean(len(b) for b in bodies)
 
     # Correctness first: every message must pass our path, or the timing means nothing.
-    events = [validate(verify(parse(b, max_bytes=DEFAULT_MAX_BYTES, now=now), registry)).event for b in bodies]
+    events = [
+        validate(Fresh(verify(parse(b, max_bytes=DEFAULT_MAX_BYTES, now=now), registry), now)).event for b in bodies
+    ]
     types = sorted({type(e).__name__ for e in events})
 
     def ours() -> None:
         for body in bodies:
-            validate(verify(parse(body, max_bytes=DEFAULT_MAX_BYTES, now=now), registry))
+            validate(Fresh(verify(parse(body, max_bytes=DEFAULT_MAX_BYTES, now=now), registry), now))
 
     key_objects = {kid: Ed25519PublicKey.from_public_bytes(k.public_key) for kid, k in registry.keys.items()}
 
@@ -115,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def stage_validate() -> None:
         for v in verified:
-            validate(v)
+            validate(Fresh(v, now))
 
     ours_us: list[float] = []
     base_us: list[float] = []

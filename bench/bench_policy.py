@@ -38,7 +38,8 @@ from broker.policy.loader import load_policy, read_documents
 from broker.policy.model import PolicySet
 from broker.registry import load_registry
 from broker.settings import REPO_POLICIES
-from broker.stages.types import Received, Validated, Verified
+from broker.stages.types import Fresh, Received, Validated, Verified
+from broker.stages.validate import content_sha256
 from schemas.envelope import Envelope
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -56,7 +57,9 @@ def validated(record: SyntheticRecord, n: int) -> Validated:
         data=record.data(),
         signed_bytes=b"",
     )
-    return Validated(Verified(Received(envelope, "0" * 64, NOW), "bench"), record.event)
+    return Validated(
+        Fresh(Verified(Received(envelope, "0" * 64, NOW), "bench"), NOW), record.event, content_sha256(envelope)
+    )
 
 
 def typical(policy: PolicySet, seed: int) -> Validated:

@@ -291,7 +291,7 @@ async def run_embedded(workdir: Path, events: int, say: Print) -> int:
 async def run_amqp(workdir: Path, events: int, amqp_url: str, say: Print) -> int:
     import aio_pika
 
-    from broker.ports.amqp import Names
+    from broker.ports.rabbitmq.topology import Names
 
     env = prepare_environment(workdir)
     gen = SyntheticGenerator(seed=int.from_bytes(os.urandom(2), "big"))

@@ -1,7 +1,7 @@
 """RabbitMQ definitions for a deployment: vhost, users, least-privilege permissions and the topology.
 
 The output is a definitions file for ``rabbitmqctl import_definitions`` (RabbitMQ 3.10). The
-topology comes from :func:`broker.ports.amqp.topology_spec`, the same data the broker declares at
+topology comes from :func:`broker.ports.rabbitmq.topology.topology_spec`, the same data the broker declares at
 start, so the two cannot drift (a queue declared with other arguments than imported would make the
 broker fail with PRECONDITION_FAILED at start).
 
@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from broker.ports.amqp import Names, topology_spec
+from broker.ports.rabbitmq.topology import Names, topology_spec
 from broker.registry import Registry
 
 HASHING_ALGORITHM = "rabbit_password_hashing_sha256"

@@ -1,4 +1,6 @@
-"""Wiring: build the ports and the pipeline from settings, run, and shut down gracefully."""
+"""The composition root: build the ports, the flows and the transports from settings, start
+them, and shut down gracefully. Nothing here decides anything; the periodic jobs' timing is in
+``broker/jobs.py`` and what each flow does is in ``broker/pipeline/``."""
 
 from __future__ import annotations
 
@@ -11,35 +13,38 @@ import tomllib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import partial
 from pathlib import Path
 from typing import IO
 
-import aio_pika
-from aio_pika.abc import AbstractRobustConnection
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from broker.audit.chain import Draft, Kind
-from broker.audit.checkpoints import sign_checkpoint
+from broker import jobs
+from broker.audit import entries
 from broker.auth.broker_key import broker_public_jwks, load_or_create_broker_key
 from broker.auth.tokens import TokenVerifier, load_jwks
 from broker.errors import StartupError
 from broker.logs import get_logger
 from broker.pipeline import DecideFn, Pipeline
+from broker.pipeline.checkpoints import CheckpointFlow
+from broker.pipeline.dead_letters import DeadLetterFlow
+from broker.pipeline.retention import purge_expired
 from broker.policy.engine import decide
 from broker.policy.loader import PolicySet, load_policy
 from broker.policy.secrets import load_secrets
-from broker.ports.amqp import AmqpDelivery, AmqpIngest, DeadLetterAuditor, Names, declare_topology
 from broker.ports.delivery import Delivery, StoreDelivery
-from broker.ports.http_access import AccessContext, add_routes, agreement_summaries
-from broker.ports.http_api import build_app
+from broker.ports.rabbitmq.connection import Connection, connect
+from broker.ports.rabbitmq.publisher import AmqpDelivery
+from broker.ports.rabbitmq.topology import Names, declare_topology
 from broker.ports.sqlite_store import SqliteStore
 from broker.ports.store import Checkpoint, CommitUnit
 from broker.registry import Registry, load_registry
 from broker.settings import Settings
+from broker.transports.amqp_dead_letters import DeadLetterConsumer
+from broker.transports.amqp_ingest import AmqpIngest
+from broker.transports.http_access import AccessContext, add_routes, agreement_summaries
+from broker.transports.http_app import build_app
 from broker.workers import WorkerPool, WorkerSpec
-from schemas.envelope import format_time
 
 log = get_logger("sv_broker.service")
 
@@ -105,9 +110,9 @@ class Broker:
     policy: PolicySet | None = None
     store: SqliteStore | None = None
     pipeline: Pipeline | None = None
-    connection: AbstractRobustConnection | None = None
+    connection: Connection | None = None
     ingest: AmqpIngest | None = None
-    dead_letters: DeadLetterAuditor | None = None
+    dead_letters: DeadLetterConsumer | None = None
     runner: web.AppRunner | None = None
     access: AccessContext | None = None
     workers: WorkerPool | None = None
@@ -115,8 +120,8 @@ class Broker:
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _key: tuple[str, Ed25519PrivateKey] | None = None
+    _checkpoints: CheckpointFlow | None = None
     _lock: IO[str] | None = None
-    _last_checkpoint: tuple[int, float] = (0, 0.0)
 
     @property
     def url(self) -> str:
@@ -152,16 +157,18 @@ class Broker:
         self.policy = load_policy(settings.policy_dir, self.registry, secrets)
         self.store = SqliteStore(settings.data_dir / "broker.db", batch_max=settings.audit_batch_max)
         await self.store.open()
-        started: dict[str, object] = {
-            "config_sha256": fingerprint,
-            "mode": "amqp" if settings.amqp_url else "embedded",
-            "agreements": {a.id: a.revision for a in self.policy.agreements.values()},
-        }
+        role: dict[str, object] = {}
         if self.ingest_only:
-            started["role"] = "ingest-worker"
+            role["role"] = "ingest-worker"
         elif settings.workers > 1:
-            started["workers"] = settings.workers
-        await self.store.commit(CommitUnit(drafts=[Draft(Kind.STARTED, started)]))
+            role["workers"] = settings.workers
+        started = entries.started(
+            fingerprint,
+            "amqp" if settings.amqp_url else "embedded",
+            {a.id: a.revision for a in self.policy.agreements.values()},
+            role,
+        )
+        await self.store.commit(CommitUnit(drafts=[started]))
         ready_checks: list[Callable[[], Awaitable[bool]]] = [self.store.ping]
         delivery: Delivery
         amqp_delivery: AmqpDelivery | None = None
@@ -184,6 +191,7 @@ class Broker:
 
         self._key = await asyncio.to_thread(load_or_create_broker_key, settings.effective_broker_key)
         kid, private_key = self._key
+        self._checkpoints = CheckpointFlow(self.store, kid, private_key)
         token_keys = {kid: private_key.public_key()}
         if settings.token_jwks_file is not None:
             # An identity provider's keys: configuration, not code (and read once, here).
@@ -195,9 +203,7 @@ class Broker:
             dead_channel = await self.connection.channel(publisher_confirms=False)
             await dead_channel.set_qos(prefetch_count=16)
             dead_queue = await dead_channel.get_queue(names.dead_letter_queue, ensure=True)
-            self.dead_letters = DeadLetterAuditor(
-                self.store, amqp_delivery, amqp_delivery.topology, dead_queue, self.user_map
-            )
+            self.dead_letters = DeadLetterConsumer(DeadLetterFlow(self.store, amqp_delivery), dead_queue, self.user_map)
             await self.dead_letters.start()
         assert self.pipeline is not None
         app = build_app(self.pipeline, ready_checks)
@@ -221,8 +227,17 @@ class Broker:
             self.workers = WorkerPool(WorkerSpec(settings, self.user_map, fingerprint), settings.workers - 1)
             await self.workers.start()
         self._warn_agreements()
-        self._tasks.append(asyncio.create_task(self._checkpoint_loop(), name="checkpoints"))
-        self._tasks.append(asyncio.create_task(self._retention_loop(), name="retention"))
+        checkpoints = jobs.checkpoint_every(
+            self._checkpoints,
+            self.checkpoint,
+            settings.checkpoint_every,
+            settings.checkpoint_interval.total_seconds(),
+        )
+        retention = jobs.retention_every(
+            self.purge_expired, self._warn_agreements, self.clock, settings.retention_interval.total_seconds()
+        )
+        self._tasks.append(asyncio.create_task(checkpoints, name="checkpoints"))
+        self._tasks.append(asyncio.create_task(retention, name="retention"))
         log.info("broker_started", mode="amqp" if settings.amqp_url else "embedded", url=self.url)
 
     def _pipeline(self, delivery: Delivery) -> Pipeline:
@@ -235,14 +250,8 @@ class Broker:
         """Connect, declare the topology (idempotent) and start consuming the ingest queue."""
         settings = self.settings
         assert self.registry is not None
-        # Reconnect quickly after a connection loss (aio-pika waits 5 s by default).
         role = " ingest-worker" if self.ingest_only else ""
-        self.connection = await aio_pika.connect_robust(
-            url,
-            reconnect_interval=1.0,
-            # Named, so operators (and tests) can tell the broker's connections apart.
-            client_properties={"connection_name": f"sv-broker {settings.amqp_prefix}{role}"},
-        )
+        self.connection = await connect(url, f"sv-broker {settings.amqp_prefix}{role}")
         names = Names(settings.amqp_prefix)
         publish_channel = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
         topology = await declare_topology(publish_channel, names, self.registry, settings.delivery_limit)
@@ -257,67 +266,16 @@ class Broker:
         self._tasks.append(asyncio.create_task(self.ingest.run(), name="amqp-ingest"))
         return delivery
 
-    # -- signed checkpoints ------------------------------------------------------------------------
+    # -- the flows the jobs run (also called directly by tests and at shutdown) ---------------------
     async def checkpoint(self) -> Checkpoint | None:
         """Sign the current head of the audit chain (if it moved since the last checkpoint)."""
-        assert self.store is not None
-        assert self._key is not None
-        seq, head = await self.store.current_head()  # ingest workers write to the chain too
-        if seq == 0 or seq == self._last_checkpoint[0]:
-            return None
-        kid, private_key = self._key
-        cp = sign_checkpoint(private_key, kid, seq, head, self.clock())
-        await self.store.commit(CommitUnit(checkpoints=[cp]))
-        self._last_checkpoint = (seq, asyncio.get_running_loop().time())
-        return cp
+        assert self._checkpoints is not None
+        return await self._checkpoints.sign_head(self.clock())
 
-    async def _checkpoint_loop(self) -> None:
-        assert self.store is not None
-        every, interval = self.settings.checkpoint_every, self.settings.checkpoint_interval.total_seconds()
-        while True:
-            await asyncio.sleep(min(1.0, interval))
-            try:
-                seq, _ = await self.store.current_head()
-            except Exception as exc:  # retried next round; never kill the broker
-                log.warning("checkpoint_failed", error=type(exc).__name__)
-                continue
-            last_seq, last_at = self._last_checkpoint
-            if seq - last_seq >= every or (seq > last_seq and asyncio.get_running_loop().time() - last_at >= interval):
-                try:
-                    await self.checkpoint()
-                except Exception as exc:  # a checkpoint is retried next round; never kill the broker
-                    log.warning("checkpoint_failed", error=type(exc).__name__)
-
-    # -- retention -------------------------------------------------------------------------------
     async def purge_expired(self, now: datetime | None = None) -> int:
-        """Delete records past their agreement's retention period; each purge is audited in the same
-        transaction as the deletion (ICO code: secure deletion, and being able to show it)."""
+        """Delete records past their agreement's retention period, each purge audited."""
         assert self.store is not None
-        stamp = format_time(now or self.clock())
-        total = 0
-        while True:
-            rows = await self.store.read(partial(SqliteStore.expired, now=stamp, limit=1000))
-            if not rows:
-                return total
-            groups: dict[tuple[str, str], list[str]] = {}
-            for record_id, consumer, agreement_id in rows:
-                groups.setdefault((consumer, agreement_id), []).append(record_id)
-            drafts = [
-                Draft(
-                    Kind.PURGED,
-                    {
-                        "consumer": consumer,
-                        "agreement_id": agreement_id,
-                        "reason": "retention_expired",
-                        "count": len(ids),
-                        "record_ids": ids,
-                    },
-                )
-                for (consumer, agreement_id), ids in sorted(groups.items())
-            ]
-            await self.store.commit(CommitUnit(drafts=drafts, purge=[r[0] for r in rows]))
-            total += len(rows)
-            log.info("records_purged", count=len(rows))
+        return await purge_expired(self.store, now or self.clock())
 
     def _warn_agreements(self) -> None:
         assert self.policy is not None
@@ -326,15 +284,6 @@ class Broker:
                 log.warning("agreement_not_in_force", agreement_id=summary["id"], state=summary["state"])
             for warning in summary["warnings"]:
                 log.warning("agreement_attention", agreement_id=summary["id"], warning=warning)
-
-    async def _retention_loop(self) -> None:
-        while True:
-            try:
-                await self.purge_expired()
-                self._warn_agreements()
-            except Exception as exc:
-                log.warning("retention_failed", error=type(exc).__name__)
-            await asyncio.sleep(self.settings.retention_interval.total_seconds())
 
     async def stop(self) -> None:
         """Graceful: stop taking work, finish what is in flight, make it durable, then close."""
@@ -360,9 +309,8 @@ class Broker:
             await self.connection.close()
         if self.store is not None:
             with contextlib.suppress(Exception):
-                await self.store.commit(
-                    CommitUnit(drafts=[Draft(Kind.STOPPED, {"role": "ingest-worker"} if self.ingest_only else {})])
-                )
+                role = {"role": "ingest-worker"} if self.ingest_only else {}
+                await self.store.commit(CommitUnit(drafts=[entries.stopped(role)]))
                 if not self.ingest_only:
                     await self.checkpoint()  # the final head, signed
             await self.store.close()

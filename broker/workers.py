@@ -98,12 +98,15 @@ class WorkerPool:
         log.info("worker_started", worker=index, pid=proc.pid)
         return proc
 
+    def stopping(self) -> bool:
+        return self._stopping
+
     async def _supervise(self, index: int) -> None:
         delay = 1.0
         while not self._stopping:
             proc = self.procs[index]
             code = await proc.wait()
-            if self._stopping:
+            if self.stopping():  # (set by stop() while we waited)
                 return
             # Its unacknowledged deliveries are back in the queue already; start a new one.
             log.warning("worker_exited", worker=index, pid=proc.pid, status=code, restart_in=delay)

@@ -63,6 +63,7 @@ class Reason(StrEnum):
     # the broker's own verdicts on a message
     DEAD_LETTERED = "dead_lettered"
     INTERNAL_ERROR = "internal_error"
+    UNAVAILABLE = "unavailable"
     # registry (load-time refusals of a partner's key entry)
     KEY_MALFORMED = "key_malformed"
     KEY_NON_CANONICAL = "key_non_canonical"
@@ -167,6 +168,7 @@ REASONS: dict[Reason, ReasonInfo] = {
     Reason.DIRECT_IDENTIFIER: _r("payload", 422, "the payload carries a direct identifier (body not kept)"),
     Reason.DEAD_LETTERED: _r("broker", 500, "the broker failed on the message repeatedly; set aside"),
     Reason.INTERNAL_ERROR: _r("broker", 500, "the broker hit an internal error; nothing kept; retry"),
+    Reason.UNAVAILABLE: _r("broker", 503, "the broker's store or bus is down; nothing kept; retry later"),
     Reason.KEY_MALFORMED: _r("registry", 400, "a public key is not 32 bytes of base64url"),
     Reason.KEY_NON_CANONICAL: _r("registry", 400, "a public key's encoding is not canonical"),
     Reason.KEY_LOW_ORDER: _r("registry", 400, "a public key is a small-order point"),
@@ -321,3 +323,11 @@ class ConfigurationError(SvError):
 class Unavailable(SvError):
     """A dependency is down or timed out: retry later. Never the message's fault, so never a
     reason to reject, quarantine or dead-letter it."""
+
+
+def reason_table() -> str:
+    """The README's table of reason codes (a test keeps the README equal to this)."""
+    lines = ["| code | where it appears | HTTP | meaning |", "| --- | --- | --- | --- |"]
+    for reason, info in REASONS.items():
+        lines.append(f"| `{reason.value}` | {info.category} | {info.status} | {info.meaning} |")
+    return "\n".join(lines)

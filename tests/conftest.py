@@ -97,7 +97,7 @@ def amqp_prefix(amqp_url: str) -> Iterator[str]:
 async def delete_prefixed(url: str, prefix: str) -> None:
     import aio_pika
 
-    from broker.ports.amqp import Names
+    from broker.ports.rabbitmq.topology import Names
 
     names = Names(prefix)
     registry = load_registry(REPO_POLICIES, None)

@@ -12,13 +12,15 @@ from broker.policy.engine import decide
 from broker.policy.loader import PolicySet
 from broker.registry import Registry
 from broker.stages.parse import parse
+from broker.stages.types import Fresh
 from broker.stages.validate import validate
 from broker.stages.verify import verify
 
 
 def expected_records(body: bytes, registry: Registry, policy: PolicySet) -> dict[str, dict[str, Any]]:
     """consumer -> minimised record data the engine decides for this signed body."""
-    validated = validate(verify(parse(body, max_bytes=65536, now=datetime.now(UTC)), registry))
+    now = datetime.now(UTC)
+    validated = validate(Fresh(verify(parse(body, max_bytes=65536, now=now), registry), now))
     decision = decide(validated, policy, datetime.now(UTC))
     return {release.consumer: release.record for release in decision.releases}
 

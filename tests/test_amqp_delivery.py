@@ -13,15 +13,10 @@ import aiormq
 import pytest
 from pamqp.commands import Basic
 
-from broker.ports.amqp import (
-    AmqpDelivery,
-    DeliveryFailed,
-    Names,
-    Publish,
-    declare_topology,
-    forget_publishes,
-    publish_frames,
-)
+from broker.errors import DeliveryFailed
+from broker.ports.rabbitmq.fast_publish import Publish, forget_publishes, publish_frames
+from broker.ports.rabbitmq.publisher import AmqpDelivery
+from broker.ports.rabbitmq.topology import Names, declare_topology
 from broker.registry import Registry, load_registry
 from broker.settings import REPO_POLICIES
 

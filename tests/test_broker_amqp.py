@@ -16,10 +16,11 @@ import pytest
 
 from adapters.synthetic import SyntheticGenerator
 from broker.demo import DemoEnvironment
+from broker.errors import StoreUnavailable
 from broker.policy.decision import Decision
 from broker.policy.engine import decide
 from broker.policy.loader import PolicySet
-from broker.ports.amqp import Names
+from broker.ports.rabbitmq.topology import Names
 from broker.ports.sqlite_store import verify_audit_file
 from broker.service import Broker
 from broker.settings import Settings
@@ -273,9 +274,9 @@ async def test_connection_loss_loses_nothing_and_releases_once(start_broker: Sta
     store = h.broker.store
     real_commit = store.commit
 
-    async def gated(unit: Any) -> None:
+    async def gated(unit: Any) -> frozenset[Any]:
         await gate.wait()
-        await real_commit(unit)
+        return await real_commit(unit)
 
     store.commit = gated  # type: ignore[method-assign]
     gen = SyntheticGenerator(seed=24)
@@ -331,10 +332,11 @@ async def test_a_store_outage_holds_messages_and_dead_letters_none(start_broker:
     real_commit = store.commit
     outage_until = asyncio.get_running_loop().time() + 2.5
 
-    async def failing_commit(unit: Any) -> None:
+    async def failing_commit(unit: Any) -> frozenset[Any]:
         if asyncio.get_running_loop().time() < outage_until:
-            raise OSError("simulated disk outage")
-        await real_commit(unit)
+            # What the SQLite port raises for a disk or lock failure (its sqlite3/OSError translated).
+            raise StoreUnavailable("simulated disk outage")
+        return await real_commit(unit)
 
     store.commit = failing_commit  # type: ignore[method-assign]
     gen = SyntheticGenerator(seed=25)

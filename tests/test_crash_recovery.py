@@ -29,7 +29,7 @@ from adapters.synthetic import SyntheticGenerator
 from broker.demo import prepare_environment
 from broker.policy.loader import load_policy
 from broker.policy.secrets import load_secrets
-from broker.ports.amqp import Names
+from broker.ports.rabbitmq.topology import Names
 from broker.ports.sqlite_store import verify_audit_file
 from broker.registry import load_registry
 from broker.settings import REPO_POLICIES

@@ -16,7 +16,7 @@ from adapters.synthetic import SyntheticGenerator
 from broker.registry import Registry
 from broker.stages.freshness import FreshnessWindow, check_freshness
 from broker.stages.parse import parse
-from broker.stages.types import Validated
+from broker.stages.types import Fresh, Validated
 from broker.stages.validate import validate
 from broker.stages.verify import verify
 from schemas.canonical import canonicalize
@@ -51,7 +51,7 @@ FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthChe
 
 def run_pipeline(body: bytes, registry: Registry, now: datetime) -> Validated:
     received = parse(body, max_bytes=DEFAULT_MAX_BYTES, now=now)
-    return validate(verify(received, registry))
+    return validate(Fresh(verify(received, registry), now))
 
 
 def sign_event(

@@ -238,7 +238,7 @@ async def test_agreements_listing_with_warnings(broker: Broker) -> None:
     ids = {a["id"] for a in body["agreements"]}
     assert "dsa-istv-ae-2026" in ids
     assert all(a["state"] in ("in_force", "expired", "not_yet_valid", "review_overdue") for a in body["agreements"])
-    from broker.ports.http_access import agreement_summaries
+    from broker.transports.http_access import agreement_summaries
 
     assert broker.policy is not None
     soon = agreement_summaries(broker.policy, broker.clock(), timedelta(days=100000))

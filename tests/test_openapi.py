@@ -22,9 +22,9 @@ from schemathesis.specs.openapi.checks import (
 from broker.auth.broker_key import load_or_create_broker_key
 from broker.auth.tokens import DEFAULT_AUDIENCE, DEFAULT_ISSUER, issue_token
 from broker.demo import prepare_environment
-from broker.ports.openapi import document
 from broker.service import Broker
 from broker.settings import Settings
+from broker.transports.openapi import document
 
 SCHEMA = schemathesis.openapi.from_dict(document())
 
@@ -66,7 +66,7 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningBroker]
 
 
 def test_every_route_is_documented(running: RunningBroker) -> None:
-    from broker.ports.http_api import PIPELINE
+    from broker.transports.http_app import PIPELINE
 
     assert running.broker.runner is not None
     app = running.broker.runner.app

@@ -16,8 +16,8 @@ from broker.policy.model import PolicySet
 from broker.registry import Registry
 from broker.settings import REPO_POLICIES
 from broker.stages.parse import parse
-from broker.stages.types import Received, Validated, Verified
-from broker.stages.validate import validate
+from broker.stages.types import Fresh, Received, Validated, Verified
+from broker.stages.validate import content_sha256, validate
 from broker.stages.verify import verify
 from schemas.envelope import Envelope
 from schemas.events import EVENT_MODELS, EventModel
@@ -63,7 +63,7 @@ def validated_event(
         data=event.model_dump(mode="json", exclude_none=True),
         signed_bytes=b"",
     )
-    return Validated(Verified(Received(envelope, "0" * 64, NOW), "test"), event)
+    return Validated(Fresh(Verified(Received(envelope, "0" * 64, NOW), "test"), NOW), event, content_sha256(envelope))
 
 
 def signed_validated(
@@ -71,14 +71,15 @@ def signed_validated(
 ) -> Validated:
     """The real path: sign as the partner, then the broker's parse, verify and validate stages."""
     body = signers[source].sign_bytes(event_type, data, source_key=f"{source}-{sorted(data.items())!r}"[:60])
-    return validate(verify(parse(body, max_bytes=65536, now=datetime.now(UTC)), registry))
+    now = datetime.now(UTC)
+    return validate(Fresh(verify(parse(body, max_bytes=65536, now=now), registry), now))
 
 
 def shipped_policy(registry: Registry) -> PolicySet:
     return load_policy(REPO_POLICIES, registry, TEST_SECRETS)
 
 
-def records(decision: Decision) -> dict[str, dict[str, Any]]:
+def records(decision: Decision[Any]) -> dict[str, dict[str, Any]]:
     """consumer -> released record."""
     out: dict[str, dict[str, Any]] = {}
     for release in decision.releases:

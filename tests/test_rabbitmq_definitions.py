@@ -23,7 +23,7 @@ import aiormq.exceptions
 import pytest
 
 from broker.cli import main
-from broker.ports.amqp import Names, declare_topology, topology_spec
+from broker.ports.rabbitmq.topology import Names, declare_topology, topology_spec
 from broker.rabbitmq_definitions import (
     HASHING_ALGORITHM,
     NOTHING,

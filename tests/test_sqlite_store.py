@@ -11,7 +11,7 @@ from pathlib import Path
 from broker.audit.chain import Draft, Kind
 from broker.ports.sqlite_store import SqliteStore, verify_audit_file
 from broker.ports.store import CommitUnit, Seen
-from broker.stages.freshness import ReplayState
+from broker.stages.replay import ReplayState
 
 
 def released(record_id: str, message_id: str = "m1") -> Draft:

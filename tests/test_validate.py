@@ -11,7 +11,7 @@ from adapters.signer import Signer
 from adapters.synthetic import SyntheticGenerator
 from broker.registry import Registry
 from broker.stages.parse import parse
-from broker.stages.types import Received, Validated, Verified
+from broker.stages.types import Fresh, Received, Validated, Verified
 from broker.stages.validate import validate
 from broker.stages.verify import verify
 from schemas.envelope import encode, envelope_from_document
@@ -38,7 +38,7 @@ def run(
     now = datetime.now(UTC)
     doc = signers[PARTNER_FOR[event_type]].sign(event_type, data, source_key="R-1", version=version, produced_at=now)
     verified = verify(parse(encode(doc), max_bytes=DEFAULT_MAX_BYTES, now=now), registry)
-    return validate(verified)
+    return validate(Fresh(verified, verified.received.received_at))
 
 
 def refused(
@@ -221,7 +221,7 @@ def test_unknown_event_type() -> None:
     }
     received = Received(envelope=envelope_from_document(doc), body_sha256="0" * 64, received_at=now)
     with pytest.raises(ContractError) as info:
-        validate(Verified(received=received, kid="k1"))
+        validate(Fresh(Verified(received=received, kid="k1"), now))
     assert info.value.reason is Reason.UNKNOWN_EVENT_TYPE
     assert "knife_crime" in info.value.message
 

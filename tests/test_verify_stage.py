@@ -15,8 +15,9 @@ from adapters.signer import Signer
 from adapters.synthetic import SyntheticGenerator
 from broker.registry import Registry, load_registry
 from broker.settings import REPO_POLICIES
-from broker.stages.freshness import FreshnessWindow, ReplayState, check_freshness, is_duplicate
+from broker.stages.freshness import FreshnessWindow, check_freshness
 from broker.stages.parse import parse
+from broker.stages.replay import ReplayState, is_duplicate
 from broker.stages.types import Received, Verified
 from broker.stages.verify import verify
 from schemas.envelope import encode, format_time

@@ -201,7 +201,7 @@ def run_trace(args: argparse.Namespace) -> int:
 def run_export(args: argparse.Namespace) -> int:
     import csv
 
-    from broker.ports.http_access import csv_cell
+    from broker.transports.http_access import csv_cell
 
     conn = connect(_db(args), readonly=True)
     columns = ["seq", "at", "kind", "message_id", "source", "consumer", "agreement_id", "record_id", "reason"]

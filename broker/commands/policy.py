@@ -11,7 +11,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 from broker.cli import add_policy_args
-from broker.errors import PolicyError, SecretsError
+from broker.errors import ConfigurationError, PolicyError
 from broker.policy.explain import explain, read_event, render_text
 from broker.policy.lint import WARN_DAYS, check_policy, write_lock
 from broker.policy.loader import compile_policy, read_documents, read_lock, uses_pseudonyms
@@ -116,7 +116,7 @@ def _registry_and_secrets(args: argparse.Namespace) -> tuple[Registry, dict[str,
 def run_check(args: argparse.Namespace) -> int:
     try:
         registry, secrets = _registry_and_secrets(args)
-    except (ContractError, SecretsError) as exc:
+    except ConfigurationError as exc:
         print(f"error: {getattr(exc, 'message', exc)}", file=sys.stderr)
         return 2
     today = args.as_of or datetime.now(UTC).date()
@@ -158,7 +158,7 @@ def run_explain(args: argparse.Namespace) -> int:
         registry, secrets = _registry_and_secrets(args)
         documents, read_problems = read_documents(args.policy_dir)
         lock, lock_problems = read_lock(args.policy_dir)
-    except (ContractError, SecretsError) as exc:
+    except ConfigurationError as exc:
         print(f"error: {getattr(exc, 'message', exc)}", file=sys.stderr)
         return 2
     if args.consumer is not None and args.consumer not in registry.consumers:

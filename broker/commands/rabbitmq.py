@@ -8,9 +8,9 @@ import tomllib
 from pathlib import Path
 
 from broker.cli import add_policy_args
+from broker.errors import RegistryError
 from broker.rabbitmq_definitions import DEFAULT_BROKER_USER, DEFAULT_VHOST, build_definitions, write_definitions
 from broker.registry import load_registry
-from schemas.errors import ContractError
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -70,7 +70,7 @@ def _kept_passwords(path: Path | None) -> dict[str, str]:
 def run_definitions(args: argparse.Namespace) -> int:
     try:
         registry = load_registry(args.policy_dir, args.keys_dir)
-    except ContractError as exc:
+    except RegistryError as exc:
         print(f"error: {getattr(exc, 'message', exc)}", file=sys.stderr)
         return 2
     try:

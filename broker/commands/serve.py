@@ -13,7 +13,6 @@ from broker.cli import add_policy_args
 from broker.logs import configure
 from broker.settings import Settings
 from broker.stages.freshness import FreshnessWindow
-from schemas.errors import ContractError
 from schemas.strictjson import DEFAULT_MAX_BYTES
 
 
@@ -116,13 +115,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from broker.errors import PolicyError, SecretsError, StartupError
+    from broker.errors import ConfigurationError
     from broker.service import load_user_map, serve_forever
 
     configure(args.log_level)
     try:
         asyncio.run(serve_forever(settings_from(args), load_user_map(args.amqp_user_map), args.ready_file))
-    except (ContractError, PolicyError, SecretsError, StartupError) as exc:
+    except ConfigurationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

@@ -14,8 +14,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from broker.auth.broker_key import DEFAULT_KEY_FILE, broker_public_jwks, load_or_create_broker_key
 from broker.auth.tokens import DEFAULT_AUDIENCE, DEFAULT_ISSUER, ROLES, issue_token
 from broker.cli import add_policy_args
+from broker.errors import RegistryError
 from broker.registry import load_registry
-from schemas.errors import ContractError
 
 # Tokens cannot be revoked one by one (only by rotating the broker key), so their lifetime is what
 # bounds the harm of a leaked one: keep it short, and never beyond this.
@@ -104,7 +104,7 @@ def run_issue(args: argparse.Namespace) -> int:
     if args.consumer is not None:
         try:
             registry = load_registry(args.policy_dir, args.keys_dir)
-        except ContractError as exc:
+        except RegistryError as exc:
             print(f"error: {getattr(exc, 'message', exc)}", file=sys.stderr)
             return 2
         if args.consumer not in registry.consumers:

@@ -9,10 +9,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from broker.cli import add_policy_args
+from broker.errors import RegistryError
 from broker.registry import load_registry
 from broker.stages.freshness import FreshnessWindow, check_freshness
 from broker.stages.parse import parse
-from broker.stages.validate import validate
+from broker.stages.validate import validate_payload
 from broker.stages.verify import verify
 from schemas.errors import ContractError
 from schemas.strictjson import DEFAULT_MAX_BYTES
@@ -40,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         registry = load_registry(args.policy_dir, args.keys_dir)
         body = args.file.read_bytes()
-    except ContractError as exc:
+    except RegistryError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2
     except OSError as exc:
@@ -56,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         verified = verify(received, registry)
         verdict["kid"] = verified.kid
         stage = "validate"
-        validate(verified)
+        validate_payload(verified.envelope)  # freshness is reported, not gated, below
         stage = "freshness"
         try:
             check_freshness(verified, now, FreshnessWindow())

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
+
+from schemas.envelope import Envelope
+from schemas.events import EventModel
 
 
 def record_id(source: str, message_id: str, consumer: str, agreement_id: str) -> str:
@@ -48,10 +51,37 @@ class Refusal:
     consumer: str | None = None
 
 
+class Subject(Protocol):
+    """What the engine reads of a message: its envelope and its validated event. The pipeline
+    decides an ``Admitted`` message; ``policy explain`` a ``WhatIf`` (never deliverable)."""
+
+    @property
+    def envelope(self) -> Envelope: ...
+
+    @property
+    def event(self) -> EventModel: ...
+
+
+S_co = TypeVar("S_co", bound=Subject, covariant=True)
+
+
 @dataclass(frozen=True, slots=True)
-class Decision:
-    source: str
-    message_id: str
-    event_type: str
+class Decision(Generic[S_co]):
+    """The engine's verdict on one message, carrying the message it was made for: a decision on
+    an admitted message is the only thing a record can be released from (``stages/outcome.py``)."""
+
+    subject: S_co
     releases: tuple[Release, ...]
     refusals: tuple[Refusal, ...]
+
+    @property
+    def source(self) -> str:
+        return self.subject.envelope.source
+
+    @property
+    def message_id(self) -> str:
+        return self.subject.envelope.id
+
+    @property
+    def event_type(self) -> str:
+        return self.subject.envelope.type

@@ -13,20 +13,22 @@ Every agreement considered and not applied says why (:class:`Refusal`).
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TypeVar
 
-from broker.policy.decision import Decision, Refusal, Release, record_id
+from broker.policy.decision import Decision, Refusal, Release, Subject, record_id
 from broker.policy.model import PolicySet
-from broker.stages.types import Validated
 from schemas.errors import Reason
 
 __all__ = ["decide"]
 
+S = TypeVar("S", bound=Subject)
 
-def decide(validated: Validated, policy: PolicySet, now: datetime) -> Decision:
+
+def decide(subject: S, policy: PolicySet, now: datetime) -> Decision[S]:
     if now.tzinfo is None:
         raise ValueError("decide needs a timezone-aware now")
-    env = validated.envelope
-    event = validated.event
+    env = subject.envelope
+    event = subject.event
     plan = policy.plan(env.source, env.type, env.version)
     releases: list[Release] = []
     refusals: list[Refusal] = list(plan.refusals)
@@ -71,9 +73,7 @@ def decide(validated: Validated, policy: PolicySet, now: datetime) -> Decision:
     if not releases and not refusals:  # pragma: no cover - a plan always has flows or a refusal
         refusals.append(Refusal(Reason.NO_AGREEMENT.value, "No agreement covers this event."))
     return Decision(
-        source=env.source,
-        message_id=env.id,
-        event_type=env.type,
+        subject=subject,
         releases=tuple(releases),
         refusals=tuple(refusals),
     )

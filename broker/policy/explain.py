@@ -32,10 +32,11 @@ from broker.policy.engine import decide
 from broker.policy.model import PolicySet
 from broker.registry import Registry
 from broker.stages.parse import parse
-from broker.stages.types import Received, Validated, Verified
-from broker.stages.validate import validate
+from broker.stages.types import Received
+from broker.stages.validate import validate_payload
 from schemas.envelope import ID_RE, PARTY_ID_RE, TYPE_RE, Envelope, format_time
 from schemas.errors import ContractError, Reason
+from schemas.events import EventModel
 from schemas.strictjson import DEFAULT_MAX_BYTES, parse_strict
 
 SIGNED_NOTE = "signed envelope: the signature was NOT verified (explain checks the payload against its schema only)"
@@ -45,8 +46,15 @@ NOT_SENT = "(not sent)"
 
 
 @dataclass(frozen=True, slots=True)
-class ExplainInput:
-    validated: Validated
+class WhatIf:
+    """An event to explain: its envelope (signature NOT verified) and its validated payload.
+
+    Its own type, not a hand-built ``Verified``: the engine decides it like any message
+    (``Decision[WhatIf]``), but nothing can release from it, because delivery takes only a decision
+    on an admitted message (``broker/stages/outcome.py``)."""
+
+    envelope: Envelope
+    event: EventModel
     signed: bool
 
     @property
@@ -91,7 +99,7 @@ def _unsigned(doc: dict[str, Any], body: bytes, now: datetime) -> Received:
     return Received(envelope=envelope, body_sha256=digest, received_at=now)
 
 
-def read_event(body: bytes, now: datetime, registry: Registry, *, max_bytes: int = DEFAULT_MAX_BYTES) -> ExplainInput:
+def read_event(body: bytes, now: datetime, registry: Registry, *, max_bytes: int = DEFAULT_MAX_BYTES) -> WhatIf:
     """Parse (strictly) and schema-validate an envelope or unsigned event file.
 
     Raises :class:`ContractError` with the broker's own reason codes, including the sender checks
@@ -110,16 +118,14 @@ def read_event(body: bytes, now: datetime, registry: Registry, *, max_bytes: int
             f"Partner {env.source!r} is not registered to send {env.type!r} events.",
             field="type",
         )
-    # Explain only: a what-if never releases anything, so it may stand in for the verify stage; the
-    # output states that the signature was not checked.
-    verified = Verified(received=received, kid=env.keyid)
-    return ExplainInput(validate(verified), signed)
+    # A what-if never releases anything, so the signature is not checked; the output says so.
+    return WhatIf(env, validate_payload(env), signed)
 
 
 def _consumer_entry(
     consumer_id: str,
     registry: Registry,
-    decision: Decision,
+    decision: Decision[WhatIf],
     policy: PolicySet,
     event_values: dict[str, Any],
 ) -> dict[str, Any]:
@@ -190,18 +196,17 @@ def _refusal(refusal: Refusal) -> dict[str, Any]:
 
 
 def explain(
-    event: ExplainInput,
+    event: WhatIf,
     policy: PolicySet,
     registry: Registry,
     now: datetime,
     consumer: str | None = None,
 ) -> dict[str, Any]:
     """A JSON-ready report of what each consumer (or just ``consumer``) would receive."""
-    validated = event.validated
-    env = validated.envelope
-    decision = decide(validated, policy, now)
-    dumped = validated.event.model_dump(mode="json")
-    event_values = {name: dumped.get(name) for name in type(validated.event).model_fields}
+    env = event.envelope
+    decision = decide(event, policy, now)
+    dumped = event.event.model_dump(mode="json")
+    event_values = {name: dumped.get(name) for name in type(event.event).model_fields}
     consumers = [consumer] if consumer is not None else sorted(registry.consumers)
     return {
         "event": {

@@ -1,38 +1,69 @@
-"""The delivery port: where released records, quarantined messages and receipts go."""
+"""The delivery port: where released records, quarantined messages and receipts go.
+
+Two implementations, one per way of running:
+
+- :class:`StoreDelivery` (embedded): the store *is* the delivery. Records and quarantine are
+  written in the audit's own transaction; consumers read their feeds from the store; receipts
+  travel in the HTTP answer. Nothing is left to do after the commit.
+- ``broker.ports.rabbitmq.publisher.AmqpDelivery``: records to each consumer's queue, quarantine
+  and receipts published with confirms, after the audit commit.
+
+A :class:`Deliverable` holds only what may leave: records come only from ``Accepted`` outcomes,
+quarantine only from ``Rejected`` ones (mypy refuses anything else, see ``tests/typing/``).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
-from broker.stages.outcome import Inbound, Outcome
+from broker.ports.store import QuarantineItem, StoredRecord
+from broker.stages.outcome import Accepted, Rejected, Settled
+from broker.stages.records import quarantine_item, stored_records
 
 
 @dataclass(frozen=True, slots=True)
-class Delivered:
-    outcome: Outcome
-    inbound: Inbound
-    record_bodies: dict[str, bytes]  # record id -> consumer-facing body
+class Deliverable:
+    """One batch's deliveries, handed over once its audit entries are durable."""
+
     at: datetime
+    accepted: Sequence[Accepted] = ()  # their records go to consumers
+    rejected: Sequence[Rejected] = ()  # quarantined, with the reason
+    receipts: Sequence[Settled] = ()  # one receipt each, to its publisher
+
+
+@dataclass(frozen=True, slots=True)
+class WithAudit:
+    """What a delivery makes durable in the audit's own transaction."""
+
+    records: Sequence[StoredRecord] = field(default_factory=tuple)
+    quarantine: Sequence[QuarantineItem] = field(default_factory=tuple)
+    #: True when, once committed, every release is where its consumer reads it: the message is
+    #: then done at once; otherwise it is done only when :meth:`Delivery.deliver` returns.
+    complete: bool = False
 
 
 class Delivery(Protocol):
-    #: True when records and quarantine live in the store (embedded mode): they are then made
-    #: durable in the audit transaction itself and nothing is left to deliver.
-    stores_records: bool
+    def with_audit(self, batch: Deliverable) -> WithAudit:
+        """What to write in the same transaction as the batch's audit entries (pure)."""
+        ...
 
-    async def deliver(self, items: Sequence[Delivered]) -> None:
+    async def deliver(self, batch: Deliverable) -> None:
         """Deliver everything, returning only when all of it is confirmed; raise otherwise."""
         ...
 
 
 class StoreDelivery:
-    """Embedded mode: the store is the delivery (consumers read their feeds from it); receipts
-    travel in the HTTP response."""
+    """Embedded mode: records and quarantine live in the store, durable with their audit entries."""
 
-    stores_records = True
+    def with_audit(self, batch: Deliverable) -> WithAudit:
+        return WithAudit(
+            records=stored_records(batch.accepted, batch.at),
+            quarantine=[quarantine_item(outcome, batch.at) for outcome in batch.rejected],
+            complete=True,
+        )
 
-    async def deliver(self, items: Sequence[Delivered]) -> None:
+    async def deliver(self, batch: Deliverable) -> None:
         return None

@@ -22,7 +22,7 @@ from typing import TypeVar
 
 from broker.audit.chain import GENESIS, ChainReport, Kind, seal, verify_chain
 from broker.ports.store import NOT_SEEN, Checkpoint, CommitUnit, ReplayKey, Seen
-from broker.stages.freshness import ReplayState
+from broker.stages.replay import ReplayState
 from schemas.envelope import format_time
 
 SCHEMA = """

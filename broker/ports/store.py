@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Protocol
 
 from broker.audit.chain import ChainReport, Draft
-from broker.stages.freshness import ReplayState
+from broker.stages.replay import ReplayState
 
 ReplayKey = tuple[str, str]  # (source partner, message id)
 

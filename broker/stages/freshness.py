@@ -1,12 +1,11 @@
-"""Freshness and replay, as pure decisions; the store that remembers ids is a port."""
+"""Stage 3: is the signed time inside the window? (pure)"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from enum import StrEnum
 
-from broker.stages.types import Verified
+from broker.stages.types import Fresh, Verified
 from schemas.errors import ContractError, Reason
 
 
@@ -24,7 +23,7 @@ class FreshnessWindow:
     max_future: timedelta = timedelta(minutes=5)
 
 
-def check_freshness(verified: Verified, now: datetime, window: FreshnessWindow) -> None:
+def check_freshness(verified: Verified, now: datetime, window: FreshnessWindow) -> Fresh:
     produced = verified.envelope.time
     if produced > now + window.max_future:
         raise ContractError(
@@ -36,35 +35,4 @@ def check_freshness(verified: Verified, now: datetime, window: FreshnessWindow) 
         raise ContractError(
             Reason.STALE, f"The message is older than the {window.max_age} freshness window.", field="time"
         )
-
-
-class ReplayState(StrEnum):
-    NEW = "new"  # never seen: process it
-    IN_PROGRESS = "in_progress"  # seen, releases not all done (crash mid-way): process again, idempotently
-    DONE = "done"  # seen and completed: a duplicate
-
-
-def is_duplicate(state: ReplayState) -> bool:
-    """A message whose releases are all done is a duplicate: acknowledged, recorded, not released again."""
-    return state is ReplayState.DONE
-
-
-class ReplayVerdict(StrEnum):
-    PROCESS = "process"  # new, or seen but not finished (crash mid-way): release, idempotently
-    DUPLICATE = "duplicate"  # same id, same content, finished: acknowledge, do not release again
-    CONFLICT = "conflict"  # same id, different content: refuse (``replayed``)
-
-
-def replay_verdict(state: ReplayState, seen_content: str | None, content: str) -> ReplayVerdict:
-    """Decide what a message id already in the replay guard means.
-
-    Threat: an id reused for different content would otherwise be silently swallowed as a
-    "duplicate" (the new content lost) or, worse, released under the old id's record ids,
-    overwriting what consumers hold. A resend of the same content (an adapter re-run with a new
-    ``time`` and signature) is a harmless duplicate.
-    """
-    if state is ReplayState.NEW:
-        return ReplayVerdict.PROCESS
-    if seen_content is not None and seen_content != content:
-        return ReplayVerdict.CONFLICT
-    return ReplayVerdict.DUPLICATE if is_duplicate(state) else ReplayVerdict.PROCESS
+    return Fresh(verified, now)

@@ -1,183 +1,169 @@
-"""What the pipeline concluded about one inbound message, and the pure builders that turn it into
-audit drafts, stored records, quarantine items and the partner's receipt.
+"""What the pipeline concluded about one inbound message: a closed union, each case holding only
+the fields it can have.
+
+    Outcome = Accepted | Duplicate | Rejected | Failed
+
+- ``Accepted``: admitted by the replay guard and decided; holds the decision (which holds the
+  admitted, validated, fresh, verified message it was made for) and the released records' bytes.
+  The only case a record can be released from.
+- ``Duplicate``: the same content under an id already finished; acknowledged, nothing released.
+- ``Rejected``: refused with a stable reason; quarantined, the publisher told. Fields taken from
+  an envelope that was never verified are *claims* (``verified`` says which).
+- ``Failed``: our fault (an exception): not acknowledged, redelivered, dead-lettered at the limit.
+
+``Settled`` (everything but ``Failed``) is what gets audit entries and a receipt.
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, ClassVar
 
-from broker.audit.chain import Draft, Kind
-from broker.policy.decision import Refusal, Release
-from broker.ports.store import QuarantineItem, StoredRecord
-from schemas.canonical import canonicalize_plain
+from broker.policy.decision import Decision, Refusal, Release
+from broker.stages.types import Admitted, Inbound, Validated
 from schemas.envelope import format_time
 from schemas.errors import Reason
-
-
-@dataclass(frozen=True, slots=True)
-class Inbound:
-    """One message as a transport delivered it."""
-
-    body: bytes
-    publisher: str | None = None  # partner id the transport authenticated (AMQP user_id), if any
-    route_partner: str | None = None  # partner named by the routing key, for receipts of unparseable input
-    redelivered: bool = False
-    transport: str = "http"
 
 
 class Status(StrEnum):
     ACCEPTED = "accepted"
     DUPLICATE = "duplicate"
     REJECTED = "rejected"
-    FAILED = "failed"  # our fault (an exception): not acknowledged, redelivered, dead-lettered at the limit
+    FAILED = "failed"
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
-    status: Status
+class ReleasedRecord:
+    """One minimised record as its consumer receives it: the release and its exact bytes."""
+
+    release: Release
+    body: bytes
+    sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    status: ClassVar[Status] = Status.ACCEPTED
+    verified: ClassVar[bool] = True
+    inbound: Inbound
+    decision: Decision[Admitted]
+    records: tuple[ReleasedRecord, ...]
+
+    @property
+    def validated(self) -> Validated:
+        return self.decision.subject.validated
+
+    @property
+    def body_sha256(self) -> str:
+        return self.validated.fresh.verified.received.body_sha256
+
+    @property
+    def source(self) -> str:
+        return self.decision.source
+
+    @property
+    def message_id(self) -> str:
+        return self.decision.message_id
+
+    @property
+    def event_type(self) -> str:
+        return self.decision.event_type
+
+    @property
+    def produced_at(self) -> datetime:
+        return self.validated.envelope.time
+
+    @property
+    def releases(self) -> tuple[Release, ...]:
+        return self.decision.releases
+
+    @property
+    def refusals(self) -> tuple[Refusal, ...]:
+        return self.decision.refusals
+
+    @property
+    def receipt_to(self) -> str:
+        return self.source
+
+
+@dataclass(frozen=True, slots=True)
+class Duplicate:
+    status: ClassVar[Status] = Status.DUPLICATE
+    verified: ClassVar[bool] = True
+    inbound: Inbound
+    validated: Validated
+
+    @property
+    def body_sha256(self) -> str:
+        return self.validated.fresh.verified.received.body_sha256
+
+    @property
+    def source(self) -> str:
+        return self.validated.envelope.source
+
+    @property
+    def message_id(self) -> str:
+        return self.validated.envelope.id
+
+    @property
+    def event_type(self) -> str:
+        return self.validated.envelope.type
+
+    @property
+    def receipt_to(self) -> str:
+        return self.source
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    status: ClassVar[Status] = Status.REJECTED
+    inbound: Inbound
     body_sha256: str
-    source: str | None = None  # verified partner, or the claimed one for a rejection (see ``verified``)
-    verified: bool = False
+    reason: Reason
+    message: str
+    verified: bool  # were source, message_id and event_type authenticated (or only claimed)?
+    source: str | None = None
     message_id: str | None = None
     event_type: str | None = None
-    reason: str | None = None
-    message: str | None = None
-    releases: tuple[Release, ...] = ()
-    refusals: tuple[Refusal, ...] = ()
+    # Receipts go to the authenticated publisher when there is one, never to a partner named only
+    # by an unverified envelope (no reflection to third parties).
     receipt_to: str | None = None
-    produced_at: datetime | None = None
 
-    def receipt(self, at: datetime) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "status": self.status.value,
-            "message_id": self.message_id,
-            "source": self.source,
-            "body_sha256": self.body_sha256,
-            "at": format_time(at),
-        }
-        if self.status is Status.ACCEPTED:
-            out["records"] = len(self.releases)
-        if self.reason is not None:
-            out["reason"] = self.reason
-            out["message"] = self.message
-        return out
+    @property
+    def body_kept(self) -> bool:
+        """A body refused for carrying a direct identifier is not kept anywhere: holding it would
+        itself be processing patient data the broker has no basis for (DOMAIN.md, PCSC Act s.16).
+        The hash lets the partner find the record in its own export."""
+        return self.reason is not Reason.DIRECT_IDENTIFIER
 
 
-def record_body(outcome: Outcome, release: Release) -> bytes:
-    """The minimised record as the consumer receives it: deterministic, so a redelivered copy is
-    byte-identical and its hash matches the audit entry. Canonical (RFC 8785) by the fast path:
-    event models have no float field, so no released value is a float, and every key is ours."""
-    return canonicalize_plain(
-        {
-            "record_id": release.record_id,
-            "consumer": release.consumer,
-            "event_type": outcome.event_type,
-            "source": outcome.source,
-            "produced_at": format_time(outcome.produced_at) if outcome.produced_at else None,
-            "agreement": {
-                "id": release.agreement_id,
-                "revision": release.agreement_revision,
-                "flow": release.flow_id,
-                "purpose": release.purpose,
-                "lawful_basis": list(release.lawful_basis),
-                "retention_days": release.retention_days,
-            },
-            "data": release.record,
-        }
-    )
+@dataclass(frozen=True, slots=True)
+class Failed:
+    status: ClassVar[Status] = Status.FAILED
+    inbound: Inbound
+    body_sha256: str
+    source: str | None = None
+    message_id: str | None = None
 
 
-def drafts_for(outcome: Outcome, inbound: Inbound, record_hashes: dict[str, str]) -> list[Draft]:
-    """Audit drafts: ids, codes and hashes only, never payloads (DESIGN.md invariant 5)."""
-    base: dict[str, Any] = {
+Settled = Accepted | Duplicate | Rejected
+Outcome = Accepted | Duplicate | Rejected | Failed
+
+
+def receipt(outcome: Settled, at: datetime) -> dict[str, Any]:
+    """The partner's receipt for one message (batched per partner on RabbitMQ, the HTTP answer)."""
+    out: dict[str, Any] = {
+        "status": outcome.status.value,
         "message_id": outcome.message_id,
         "source": outcome.source,
         "body_sha256": outcome.body_sha256,
+        "at": format_time(at),
     }
-    if outcome.event_type:
-        base["event_type"] = outcome.event_type
-    received = Draft(
-        Kind.RECEIVED,
-        {**base, "transport": inbound.transport, "redelivered": inbound.redelivered, "verified": outcome.verified},
-    )
-    if outcome.status is Status.REJECTED:
-        return [received, Draft(Kind.REJECTED, {**base, "reason": outcome.reason, "verified": outcome.verified})]
-    if outcome.status is Status.DUPLICATE:
-        return [received, Draft(Kind.DUPLICATE, base)]
-    drafts = [received]
-    for release in outcome.releases:
-        drafts.append(
-            Draft(
-                Kind.RELEASED,
-                {
-                    **base,
-                    "consumer": release.consumer,
-                    "agreement_id": release.agreement_id,
-                    "agreement_revision": release.agreement_revision,
-                    "flow_id": release.flow_id,
-                    "fields": list(release.fields),
-                    "rules": list(release.rules),
-                    "record_id": release.record_id,
-                    "record_sha256": record_hashes[release.record_id],
-                },
-            )
-        )
-    if not outcome.releases:
-        drafts.append(
-            Draft(
-                Kind.WITHHELD,
-                {
-                    **base,
-                    "refusals": [
-                        {"reason": r.reason, "agreement_id": r.agreement_id, "consumer": r.consumer}
-                        for r in outcome.refusals
-                    ],
-                },
-            )
-        )
-    return drafts
-
-
-def stored_records(outcome: Outcome, bodies: dict[str, bytes], now: datetime) -> list[StoredRecord]:
-    assert outcome.source is not None
-    assert outcome.message_id is not None
-    assert outcome.event_type is not None
-    return [
-        StoredRecord(
-            record_id=release.record_id,
-            consumer=release.consumer,
-            agreement_id=release.agreement_id,
-            agreement_revision=release.agreement_revision,
-            event_type=outcome.event_type,
-            source=outcome.source,
-            message_id=outcome.message_id,
-            released_at=now,
-            expires_at=now + timedelta(days=release.retention_days),
-            body=bodies[release.record_id],
-        )
-        for release in outcome.releases
-    ]
-
-
-def quarantine_item(outcome: Outcome, inbound: Inbound, now: datetime) -> QuarantineItem:
-    # A body refused for carrying a direct identifier is not kept: holding it would itself be
-    # processing patient data the broker has no basis for (DOMAIN.md, PCSC Act s.16). The hash
-    # lets the partner find the record in its own export.
-    keep = outcome.reason != Reason.DIRECT_IDENTIFIER.value
-    return QuarantineItem(
-        at=now,
-        reason=outcome.reason or "unknown",
-        message=outcome.message or "",
-        source=outcome.source,
-        message_id=outcome.message_id,
-        body_sha256=outcome.body_sha256,
-        body=inbound.body if keep else None,
-    )
-
-
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+    if isinstance(outcome, Accepted):
+        out["records"] = len(outcome.releases)
+    if isinstance(outcome, Rejected):
+        out["reason"] = outcome.reason.value
+        out["message"] = outcome.message
+    return out

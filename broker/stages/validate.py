@@ -1,22 +1,36 @@
-"""Stage 3: is the payload a valid event of its declared type and version? (pure)"""
+"""Stage 4: is the payload a valid event of its declared type and version? (pure)"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 from pydantic import ValidationError
 
-from broker.stages.types import Validated, Verified
+from broker.stages.types import Fresh, Validated
+from schemas.envelope import Envelope
 from schemas.errors import ContractError, Reason
-from schemas.events import DIRECT_IDENTIFIER_FIELDS, EVENT_MODELS
+from schemas.events import DIRECT_IDENTIFIER_FIELDS, EVENT_MODELS, EventModel
 
 
 def _field_path(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(part) for part in loc) or "data"
 
 
-def validate(verified: Verified) -> Validated:
-    env = verified.envelope
+def validate(fresh: Fresh) -> Validated:
+    env = fresh.envelope
+    return Validated(fresh=fresh, event=validate_payload(env), content_sha256=content_sha256(env))
+
+
+def content_sha256(env: Envelope) -> str:
+    """What the replay guard compares: type, version and payload (not the time or signature, so
+    an adapter re-run that re-signs the same record is recognisably the same content)."""
+    document = json.dumps([env.type, env.version, env.data], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(document.encode()).hexdigest()
+
+
+def validate_payload(env: Envelope) -> EventModel:
+    """The payload as its event model, or a :class:`ContractError` naming the first bad field."""
     model = EVENT_MODELS.get((env.type, env.version))
     if model is None:
         raise ContractError(
@@ -46,4 +60,4 @@ def validate(verified: Verified) -> Validated:
         if count > 1:
             message += f" ({count - 1} more problem(s).)"
         raise ContractError(Reason.SCHEMA_INVALID, message, field=path) from None
-    return Validated(verified=verified, event=event)
+    return event

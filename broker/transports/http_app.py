@@ -11,53 +11,51 @@ from aiohttp import web
 
 from broker.errors import ApiError
 from broker.logs import get_logger
-from broker.pipeline import Pipeline
-from broker.stages.outcome import Inbound, Outcome, Status
-from schemas.errors import Reason, http_status
+from broker.pipeline.batcher import Batcher
+from broker.pipeline.ingest import Pipeline
+from broker.stages.outcome import Accepted, Duplicate, Failed, Outcome, receipt
+from broker.stages.types import Inbound
+from schemas.errors import REASONS, Reason, Unavailable
 
 log = get_logger("sv_broker.http")
 
 
-class IngestBatcher:
-    """Gathers concurrent HTTP posts into one pipeline batch: one replay-guard query and one audit
-    commit for all of them, instead of one each. A post waits at most for the batch in progress.
-    """
+class HttpIngest:
+    """Posts go into the shared :class:`Batcher` (concurrent posts share one pipeline batch: one
+    replay-guard query and one audit commit); each post waits for its own outcome."""
 
     def __init__(self, pipeline: Pipeline, batch_max: int = 256) -> None:
-        self.pipeline = pipeline
-        self.batch_max = batch_max
-        self.queue: asyncio.Queue[tuple[Inbound, asyncio.Future[Outcome]]] = asyncio.Queue()
-        self.task: asyncio.Task[None] | None = None
+        self.batcher: Batcher[asyncio.Future[Outcome]] = Batcher(
+            pipeline, self._settle, self._fail, batch_max=batch_max
+        )
 
     async def submit(self, inbound: Inbound) -> Outcome:
-        if self.task is None or self.task.done():
-            self.task = asyncio.create_task(self._run(), name="http-ingest-batcher")
+        self.batcher.start()
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self.queue.put_nowait((inbound, future))
+        self.batcher.put(inbound, future)
         return await future
 
-    async def _run(self) -> None:
-        while not self.queue.empty():
-            items = [self.queue.get_nowait() for _ in range(min(self.batch_max, self.queue.qsize()))]
-            try:
-                outcomes = await self.pipeline.process([inbound for inbound, _ in items])
-            except Exception as exc:  # every waiter learns; nothing was acknowledged to anyone
-                for _, future in items:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            for (_, future), outcome in zip(items, outcomes, strict=True):
-                if not future.done():
-                    future.set_result(outcome)
+    @staticmethod
+    async def _settle(futures: list[asyncio.Future[Outcome]], outcomes: list[Outcome]) -> None:
+        for future, outcome in zip(futures, outcomes, strict=True):
+            if not future.done():
+                future.set_result(outcome)
+
+    @staticmethod
+    async def _fail(futures: list[asyncio.Future[Outcome]], exc: Exception) -> bool:
+        # Every waiter learns (nothing was acknowledged to anyone); the partner retries the post.
+        for future in futures:
+            if not future.done():
+                future.set_exception(exc)
+        return False
 
     async def close(self) -> None:
-        if self.task is not None:
-            await asyncio.gather(self.task, return_exceptions=True)
+        await self.batcher.stop()
 
 
 READY_CHECKS = web.AppKey("ready_checks", list[Callable[[], Awaitable[bool]]])
 PIPELINE = web.AppKey("pipeline", Pipeline)
-BATCHER = web.AppKey("batcher", IngestBatcher)
+INGEST = web.AppKey("ingest", HttpIngest)
 
 
 def problem(
@@ -84,21 +82,30 @@ async def _read_limited(request: web.Request, limit: int) -> bytes:
 async def ingest(request: web.Request) -> web.Response:
     pipeline = request.app[PIPELINE]
     body = await _read_limited(request, pipeline.settings.max_body_bytes)
-    outcome = await request.app[BATCHER].submit(Inbound(body=body, transport="http"))
-    receipt = outcome.receipt(pipeline.clock())
-    if outcome.status is Status.ACCEPTED:
-        return web.json_response(receipt, status=202)
-    if outcome.status is Status.DUPLICATE:
-        return web.json_response(receipt, status=200)
-    if outcome.status is Status.FAILED:
+    try:
+        outcome = await request.app[INGEST].submit(Inbound(body=body, transport="http"))
+    except Unavailable:
+        # The store is down: nothing was kept, so the partner retries later (a 503, not a 500).
+        return problem(
+            503,
+            Reason.UNAVAILABLE.value,
+            "The broker cannot store messages right now; it kept nothing. Retry.",
+            {"Retry-After": "5"},
+        )
+    if isinstance(outcome, Failed):
         return problem(
             500, Reason.INTERNAL_ERROR.value, "The broker could not process the message; it kept nothing. Retry."
         )
-    return web.json_response(receipt, status=http_status(outcome.reason))
+    answer = receipt(outcome, pipeline.clock())
+    if isinstance(outcome, Accepted):
+        return web.json_response(answer, status=202)
+    if isinstance(outcome, Duplicate):
+        return web.json_response(answer, status=200)
+    return web.json_response(answer, status=REASONS[outcome.reason].status)
 
 
 async def openapi(_request: web.Request) -> web.Response:
-    from broker.ports.openapi import document
+    from broker.transports.openapi import document
 
     return web.json_response(document())
 
@@ -141,7 +148,12 @@ async def errors_middleware(
 def build_app(pipeline: Pipeline, ready_checks: list[Callable[[], Awaitable[bool]]]) -> web.Application:
     app = web.Application(middlewares=[errors_middleware], client_max_size=pipeline.settings.max_body_bytes + 1024)
     app[PIPELINE] = pipeline
-    app[BATCHER] = IngestBatcher(pipeline, pipeline.settings.batch_max)
+    app[INGEST] = HttpIngest(pipeline, pipeline.settings.batch_max)
+
+    async def close_ingest(app: web.Application) -> None:
+        await app[INGEST].close()  # after in-flight requests: their batches finish first
+
+    app.on_cleanup.append(close_ingest)
     app[READY_CHECKS] = ready_checks
     app.router.add_post("/v1/events", ingest)
     app.router.add_get("/healthz", healthz)

@@ -23,14 +23,13 @@ from typing import Any
 
 from aiohttp import web
 
-from broker.audit.chain import Draft, Kind
 from broker.audit.checkpoints import export_document, export_line
 from broker.audit.verify import verify_trail
 from broker.auth.tokens import Principal, TokenVerifier
 from broker.errors import ApiError, AuthError
+from broker.pipeline.access import AccessAudit
 from broker.policy.model import PolicySet
 from broker.ports.sqlite_store import AuditQuery, FeedRow, SqliteStore
-from broker.ports.store import CommitUnit
 from broker.registry import Registry
 from schemas.envelope import format_time, parse_time
 from schemas.errors import Reason
@@ -55,16 +54,16 @@ class AccessContext:
     warn_within: timedelta = timedelta(days=30)
     stream_poll: float = 0.25
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    audit: AccessAudit = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.audit = AccessAudit(self.store)
 
 
 ACCESS = web.AppKey("access", AccessContext)
 
 
 # -- authentication and the access audit ------------------------------------------------------------
-async def _audit(ctx: AccessContext, kind: Kind, attrs: dict[str, Any]) -> None:
-    await ctx.store.commit(CommitUnit(drafts=[Draft(kind, attrs)]))
-
-
 async def authenticate(request: web.Request, roles: frozenset[str]) -> Principal:
     ctx = request.app[ACCESS]
     header = request.headers.get("Authorization", "")
@@ -74,19 +73,11 @@ async def authenticate(request: web.Request, roles: frozenset[str]) -> Principal
         principal = ctx.verifier.verify(header[7:].strip())
     except AuthError as exc:
         # The token itself is never recorded (a token in the audit would be a credential at rest).
-        await _audit(ctx, Kind.ACCESS_DENIED, {"route": request.path, "status": 401, "reason": exc.reason})
+        await ctx.audit.denied(request.path, 401, exc.reason)
         raise ApiError(exc.reason, exc.message, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}) from None
     if principal.role not in roles:
-        await _audit(
-            ctx,
-            Kind.ACCESS_DENIED,
-            {
-                "route": request.path,
-                "status": 403,
-                "reason": Reason.ROLE_NOT_ALLOWED,
-                "sub": principal.sub,
-                "role": principal.role,
-            },
+        await ctx.audit.denied(
+            request.path, 403, Reason.ROLE_NOT_ALLOWED, {"sub": principal.sub, "role": principal.role}
         )
         raise ApiError(Reason.ROLE_NOT_ALLOWED, f"The {principal.role!r} role may not use this route.")
     return principal
@@ -98,17 +89,11 @@ async def analyst_for(request: web.Request) -> tuple[Principal, str]:
     consumer = request.match_info["consumer"]
     if principal.consumer != consumer or consumer not in request.app[ACCESS].registry.consumers:
         # Threat: an analyst of one consumer reading another's records (horizontal escalation).
-        await _audit(
-            request.app[ACCESS],
-            Kind.ACCESS_DENIED,
-            {
-                "route": request.path,
-                "status": 403,
-                "reason": Reason.NOT_YOUR_FEED,
-                "sub": principal.sub,
-                "consumer": consumer,
-                "own_consumer": principal.consumer,
-            },
+        await request.app[ACCESS].audit.denied(
+            request.path,
+            403,
+            Reason.NOT_YOUR_FEED,
+            {"sub": principal.sub, "consumer": consumer, "own_consumer": principal.consumer},
         )
         raise ApiError(Reason.NOT_YOUR_FEED, "An analyst may read only their own consumer's feed.")
     return principal, consumer
@@ -191,11 +176,7 @@ async def _page(request: web.Request, consumer: str, after: int, limit: int) -> 
 async def _audit_read(
     ctx: AccessContext, principal: Principal, resource: str, route: str, extra: dict[str, Any]
 ) -> None:
-    await _audit(
-        ctx,
-        Kind.ACCESSED,
-        {"sub": principal.sub, "role": principal.role, "resource": resource, "route": route, **extra},
-    )
+    await ctx.audit.read(principal, resource, route, extra)
 
 
 async def feed_records(request: web.Request) -> web.StreamResponse:

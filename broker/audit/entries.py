@@ -1,0 +1,126 @@
+"""Every audit entry the broker writes, built here as a typed value (pure: no I/O, no clock).
+
+Entries hold ids, codes, counts and hashes, never payloads, tokens or secrets (DESIGN.md
+invariant 5). The flows (``broker/pipeline/``) decide *when* an entry is written; this module is
+the one place that says *what* each kind of entry holds, so an IG lead's queries and the export
+read one vocabulary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from broker.audit.chain import Draft, Kind
+from broker.stages.outcome import Accepted, Duplicate, Rejected, Settled
+from schemas.errors import Reason
+
+
+def _base(outcome: Settled) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "message_id": outcome.message_id,
+        "source": outcome.source,
+        "body_sha256": outcome.body_sha256,
+    }
+    if outcome.event_type:
+        base["event_type"] = outcome.event_type
+    return base
+
+
+def received(outcome: Settled) -> Draft:
+    base = _base(outcome)
+    inbound = outcome.inbound
+    return Draft(
+        Kind.RECEIVED,
+        {**base, "transport": inbound.transport, "redelivered": inbound.redelivered, "verified": outcome.verified},
+    )
+
+
+def verdict(outcome: Settled) -> list[Draft]:
+    """What became of a message after ``received``: rejected, duplicate, or each release (or
+    ``withheld`` with every refusal when no agreement entitles anyone)."""
+    base = _base(outcome)
+    if isinstance(outcome, Rejected):
+        return [Draft(Kind.REJECTED, {**base, "reason": outcome.reason.value, "verified": outcome.verified})]
+    if isinstance(outcome, Duplicate):
+        return [Draft(Kind.DUPLICATE, base)]
+    return released(outcome, base)
+
+
+def released(outcome: Accepted, base: Mapping[str, Any]) -> list[Draft]:
+    drafts = [
+        Draft(
+            Kind.RELEASED,
+            {
+                **base,
+                "consumer": record.release.consumer,
+                "agreement_id": record.release.agreement_id,
+                "agreement_revision": record.release.agreement_revision,
+                "flow_id": record.release.flow_id,
+                "fields": list(record.release.fields),
+                "rules": list(record.release.rules),
+                "record_id": record.release.record_id,
+                "record_sha256": record.sha256,
+            },
+        )
+        for record in outcome.records
+    ]
+    if not drafts:
+        refusals = [
+            {"reason": r.reason, "agreement_id": r.agreement_id, "consumer": r.consumer} for r in outcome.refusals
+        ]
+        drafts.append(Draft(Kind.WITHHELD, {**base, "refusals": refusals}))
+    return drafts
+
+
+def for_outcome(outcome: Settled) -> list[Draft]:
+    return [received(outcome), *verdict(outcome)]
+
+
+def dead_lettered(
+    body_sha256: str, source: str | None, amqp_message_id: str | None, routing_key: str, count: int | None
+) -> Draft:
+    return Draft(
+        Kind.DEAD_LETTERED,
+        {
+            "body_sha256": body_sha256,
+            "source": source,
+            "amqp_message_id": amqp_message_id,
+            "routing_key": routing_key,
+            "delivery_count": count,
+        },
+    )
+
+
+def accessed(sub: str, role: str, resource: str, route: str, details: Mapping[str, Any]) -> Draft:
+    """A read by an analyst or IG lead: who, which resource, which records (ids, never bodies)."""
+    return Draft(Kind.ACCESSED, {"sub": sub, "role": role, "resource": resource, "route": route, **details})
+
+
+def access_denied(route: str, status: int, reason: Reason, details: Mapping[str, Any] | None = None) -> Draft:
+    """A refused token or a read outside the caller's rights. The token itself is never recorded
+    (a token in the audit would be a credential at rest)."""
+    return Draft(Kind.ACCESS_DENIED, {"route": route, "status": status, "reason": reason.value, **(details or {})})
+
+
+def purged(consumer: str, agreement_id: str, record_ids: Sequence[str]) -> Draft:
+    return Draft(
+        Kind.PURGED,
+        {
+            "consumer": consumer,
+            "agreement_id": agreement_id,
+            "reason": Reason.RETENTION_EXPIRED.value,
+            "count": len(record_ids),
+            "record_ids": list(record_ids),
+        },
+    )
+
+
+def started(config_sha256: str, mode: str, agreements: Mapping[str, int], role: Mapping[str, Any]) -> Draft:
+    """Broker start: the configuration fingerprint, so an IG lead can tell which agreements governed
+    a period."""
+    return Draft(Kind.STARTED, {"config_sha256": config_sha256, "mode": mode, "agreements": dict(agreements), **role})
+
+
+def stopped(role: Mapping[str, Any]) -> Draft:
+    return Draft(Kind.STOPPED, dict(role))

@@ -1,0 +1,302 @@
+"""The ingest flow: the one place that runs the pure stages in order and awaits the I/O ports.
+
+    inbound ─► 1 parse ─► 2 verify ─► 3 freshness ─► 4 validate      (pure, per message)
+            ─► 5 replay guard (store read; pure verdict) ─► 6 policy  (pure)
+            ─► 7 audit entries + records + replay state: durable in one group commit
+            ─► 8 deliver (confirmed) ─► 9 mark done (with the next commit)
+
+Each step takes the previous step's type (``stages/types.py``) and a refusal at any step is a
+``Rejected`` outcome, not an exception. The transport (RabbitMQ consumer or HTTP handler)
+acknowledges / answers only after :meth:`Pipeline.process` returns, so a message is never
+acknowledged before every release it causes is confirmed and its audit entries are durable
+(DESIGN.md invariants 2 and 3).
+
+Errors: an ``Unavailable`` port (store, RabbitMQ) propagates, and the transport retries the
+whole batch (releases are idempotent and audited once, so a retry doubles nothing). Any other
+exception is a bug of ours: the messages it touched come back ``Failed`` (not acknowledged,
+redelivered, dead-lettered at the delivery limit), never blamed on the sender.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from broker.audit import entries
+from broker.logs import get_logger
+from broker.policy.decision import Decision
+from broker.policy.engine import decide
+from broker.policy.loader import PolicySet
+from broker.ports.delivery import Deliverable, Delivery
+from broker.ports.store import CommitUnit, ReplayKey, Seen, Store
+from broker.registry import Registry
+from broker.settings import Settings
+from broker.stages.freshness import check_freshness
+from broker.stages.outcome import Accepted, Duplicate, Failed, Outcome, Rejected, Settled
+from broker.stages.parse import parse
+from broker.stages.records import accept, sha256_hex
+from broker.stages.replay import REUSED_ID, Repeat, ReplayState, Reused, admit
+from broker.stages.types import Admitted, Inbound, Received, Validated
+from broker.stages.validate import validate
+from broker.stages.verify import verify
+from schemas.errors import ContractError, Reason, Unavailable
+
+DecideFn = Callable[[Admitted, PolicySet, datetime], Decision[Admitted]]
+
+log = get_logger("sv_broker.pipeline")
+
+
+@dataclass(slots=True)
+class PipelineStats:
+    processed: int = 0
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    failed: int = 0
+    releases: int = 0
+    by_reason: dict[str, int] = field(default_factory=dict)
+
+
+def key_of(validated: Validated) -> ReplayKey:
+    env = validated.envelope
+    return (env.source, env.id)
+
+
+class Pipeline:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: Registry,
+        policy: PolicySet,
+        store: Store,
+        delivery: Delivery,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        decide_fn: DecideFn = decide,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.policy = policy
+        self.store = store
+        self.delivery = delivery
+        self.clock = clock
+        self.decide = decide_fn
+        self.stats = PipelineStats()
+        self._inflight: dict[ReplayKey, asyncio.Future[None]] = {}
+        self._pending_done: list[ReplayKey] = []
+        # Finished here but their "done" not yet durable: the replay guard must see them as done
+        # already (a resend arriving meanwhile is a duplicate, not a second processing).
+        self._done_recently: dict[ReplayKey, str] = {}
+
+    async def process(self, batch: Sequence[Inbound]) -> list[Outcome]:
+        now = self.clock()
+        # Steps 1-4: pure stages, one message at a time.
+        staged = [self._stage(inbound, now) for inbound in batch]
+
+        # Step 5 (first half): wait for any in-flight message with the same id (concurrent posts
+        # of one message), so the replay guard below sees its result.
+        keys = [key_of(item) for item in staged if isinstance(item, Validated)]
+        waits = [self._inflight[key] for key in set(keys) if key in self._inflight]
+        if waits:
+            await asyncio.gather(*waits, return_exceptions=True)
+        mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        owned = [key for key in dict.fromkeys(keys) if key not in self._inflight]
+        for key in owned:
+            self._inflight[key] = mine
+        try:
+            outcomes = await self._process_guarded(batch, staged, keys, now)
+        finally:
+            for key in owned:
+                self._inflight.pop(key, None)
+            mine.set_result(None)
+        self._count(outcomes)
+        return outcomes
+
+    async def _process_guarded(
+        self,
+        batch: Sequence[Inbound],
+        staged: list[Validated | Rejected | Failed],
+        keys: list[ReplayKey],
+        now: datetime,
+    ) -> list[Outcome]:
+        # Step 5 (second half): what the replay guard remembers; the verdict is pure.
+        states = await self.store.replay_states(keys)
+        outcomes: list[Outcome] = []
+        seen_in_batch: dict[ReplayKey, str] = {}  # key -> content hash of its first copy here
+        for inbound, item in zip(batch, staged, strict=True):
+            if not isinstance(item, Validated):
+                outcomes.append(item)
+                continue
+            key = key_of(item)
+            seen = states[key]
+            if key in self._done_recently:
+                seen = Seen(ReplayState.DONE, self._done_recently[key])
+            if key in seen_in_batch:
+                # A second copy in this very batch: judged against the first copy's content.
+                seen = Seen(ReplayState.DONE, seen_in_batch[key])
+            verdict = admit(item, seen.state, seen.content_sha256)
+            if isinstance(verdict, Reused):
+                outcomes.append(self._reused(inbound, item))
+            elif isinstance(verdict, Repeat):
+                outcomes.append(Duplicate(inbound, item))
+            else:
+                seen_in_batch[key] = item.content_sha256
+                # Step 6: the policy decision (pure).
+                outcomes.append(self._decide(inbound, verdict, now))
+
+        try:
+            # Step 7: audit entries, records and replay state: durable in one group commit.
+            done_now = await self._commit(outcomes, now)
+            # Step 8: deliver releases, quarantine and receipts; returns when all are confirmed.
+            await self.delivery.deliver(self._deliverable(outcomes, now))
+        except Unavailable:
+            raise  # the transport retries the batch (nothing acknowledged, nothing doubled)
+        except Exception as exc:  # a bug of ours: poison handling, never the sender's fault
+            log.exception("batch_failed_internally", size=len(batch), error=type(exc).__name__)
+            return [_failed(inbound, outcome) for inbound, outcome in zip(batch, outcomes, strict=True)]
+
+        # Step 9: the releases are confirmed; record "done" with the next commit (a crash before
+        # then only means a redelivery re-publishes the same record ids, audited once).
+        self._pending_done.extend(done_now)
+        for outcome in outcomes:
+            if isinstance(outcome, Accepted):
+                key = key_of(outcome.validated)
+                if key in done_now:
+                    self._done_recently[key] = outcome.validated.content_sha256
+        return outcomes
+
+    async def _commit(self, outcomes: list[Outcome], now: datetime) -> set[ReplayKey]:
+        """Step 7. Returns the keys delivered at commit time only when delivery is not complete."""
+        settled = [o for o in outcomes if not isinstance(o, Failed)]
+        unit = CommitUnit()
+        for outcome in settled:
+            unit.drafts.extend(entries.for_outcome(outcome))
+        durable = self.delivery.with_audit(self._deliverable(outcomes, now))
+        unit.records.extend(durable.records)
+        unit.quarantine.extend(durable.quarantine)
+        state = ReplayState.DONE if durable.complete else ReplayState.IN_PROGRESS
+        accepted = [o for o in settled if isinstance(o, Accepted)]
+        unit.seen.extend((key_of(o.validated), Seen(state, o.validated.content_sha256)) for o in accepted)
+        flushing, self._pending_done = self._pending_done, []
+        unit.seen.extend((key, Seen(ReplayState.DONE)) for key in flushing)
+        try:
+            lost = await self.store.commit(unit)
+        except BaseException:
+            self._pending_done.extend(flushing)
+            raise
+        self._forget_done(flushing)
+        if lost:
+            await self._lost_claims(outcomes, lost, now)
+        if durable.complete:
+            return set()
+        return {key_of(o.validated) for o in accepted if key_of(o.validated) not in lost}
+
+    async def _lost_claims(self, outcomes: list[Outcome], lost: frozenset[ReplayKey], now: datetime) -> None:
+        """Messages whose id another broker process holds for different content (see
+        ``Store.commit``): rejected as ``replayed``, audited, nothing released."""
+        refused: list[Rejected] = []
+        for i, outcome in enumerate(outcomes):
+            if isinstance(outcome, Accepted) and key_of(outcome.validated) in lost:
+                outcomes[i] = rejected = self._reused(outcome.inbound, outcome.validated)
+                refused.append(rejected)
+                log.warning("message_id_reused", partner=rejected.source, message_id=rejected.message_id)
+        durable = self.delivery.with_audit(Deliverable(now, rejected=refused))
+        # "received" is written already: only the verdict now.
+        drafts = [draft for outcome in refused for draft in entries.verdict(outcome)]
+        await self.store.commit(CommitUnit(drafts=drafts, quarantine=list(durable.quarantine)))
+
+    async def flush(self) -> None:
+        """Make pending "done" replay states durable (on idle and at shutdown)."""
+        if self._pending_done:
+            flushing, self._pending_done = self._pending_done, []
+            try:
+                await self.store.commit(CommitUnit(seen=[(key, Seen(ReplayState.DONE)) for key in flushing]))
+            except BaseException:
+                self._pending_done.extend(flushing)
+                raise
+            self._forget_done(flushing)
+
+    def _forget_done(self, keys: list[ReplayKey]) -> None:
+        for key in keys:
+            self._done_recently.pop(key, None)
+
+    # -- the steps' pure parts -----------------------------------------------------------------------
+    def _stage(self, inbound: Inbound, now: datetime) -> Validated | Rejected | Failed:
+        """Steps 1-4; a refusal is a ``Rejected`` outcome naming what the envelope claimed."""
+        received: Received | None = None
+        try:
+            received = parse(inbound.body, max_bytes=self.settings.max_body_bytes, now=now)
+            verified = verify(received, self.registry, publisher=inbound.publisher)
+            fresh = check_freshness(verified, now, self.settings.freshness)
+            return validate(fresh)
+        except ContractError as exc:
+            env = received.envelope if received is not None else None
+            return Rejected(
+                inbound,
+                received.body_sha256 if received is not None else sha256_hex(inbound.body),
+                exc.reason,
+                exc.message,
+                verified=False,  # a validated message is never rejected by steps 1-4
+                source=env.source if env else None,
+                message_id=env.id if env else None,
+                event_type=env.type if env else None,
+                receipt_to=inbound.publisher or inbound.route_partner,
+            )
+        except Exception as exc:  # our fault, not the sender's: never crash, never ack
+            log.exception("stage_failed", error=type(exc).__name__)
+            return Failed(inbound, sha256_hex(inbound.body))
+
+    def _decide(self, inbound: Inbound, admitted: Admitted, now: datetime) -> Accepted | Failed:
+        try:
+            return accept(inbound, self.decide(admitted, self.policy, now))
+        except Exception as exc:  # a fault of ours: leave it unacknowledged (poison handling)
+            env = admitted.envelope
+            log.exception("policy_failed", message_id=env.id, partner=env.source, error=type(exc).__name__)
+            return Failed(inbound, admitted.validated.fresh.verified.received.body_sha256, env.source, env.id)
+
+    @staticmethod
+    def _reused(inbound: Inbound, validated: Validated) -> Rejected:
+        env = validated.envelope
+        return Rejected(
+            inbound,
+            validated.fresh.verified.received.body_sha256,
+            Reason.REPLAYED,
+            REUSED_ID,
+            verified=True,
+            source=env.source,
+            message_id=env.id,
+            event_type=env.type,
+            receipt_to=env.source,
+        )
+
+    @staticmethod
+    def _deliverable(outcomes: Sequence[Outcome], now: datetime) -> Deliverable:
+        settled: list[Settled] = [o for o in outcomes if not isinstance(o, Failed)]
+        return Deliverable(
+            now,
+            accepted=[o for o in settled if isinstance(o, Accepted)],
+            rejected=[o for o in settled if isinstance(o, Rejected)],
+            receipts=settled,
+        )
+
+    def _count(self, outcomes: Sequence[Outcome]) -> None:
+        stats = self.stats
+        for outcome in outcomes:
+            stats.processed += 1
+            if isinstance(outcome, Accepted):
+                stats.accepted += 1
+                stats.releases += len(outcome.releases)
+            elif isinstance(outcome, Duplicate):
+                stats.duplicates += 1
+            elif isinstance(outcome, Rejected):
+                stats.rejected += 1
+                stats.by_reason[outcome.reason] = stats.by_reason.get(outcome.reason, 0) + 1
+            else:
+                stats.failed += 1
+
+
+def _failed(inbound: Inbound, outcome: Outcome) -> Failed:
+    if isinstance(outcome, Failed):
+        return outcome
+    return Failed(inbound, outcome.body_sha256, outcome.source, outcome.message_id)
