@@ -13,9 +13,8 @@ from typing import Any
 from broker.audit.chain import Draft, Kind
 from broker.policy.decision import Refusal, Release
 from broker.ports.store import QuarantineItem, StoredRecord
-from schemas.canonical import canonicalize_plain
-from schemas.envelope import format_time
 from schemas.errors import Reason
+from schemas.messages import consumer_record, receipt_for
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,42 +51,36 @@ class Outcome:
     produced_at: datetime | None = None
 
     def receipt(self, at: datetime) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "status": self.status.value,
-            "message_id": self.message_id,
-            "source": self.source,
-            "body_sha256": self.body_sha256,
-            "at": format_time(at),
-        }
-        if self.status is Status.ACCEPTED:
-            out["records"] = len(self.releases)
-        if self.reason is not None:
-            out["reason"] = self.reason
-            out["message"] = self.message
-        return out
+        return dict(
+            receipt_for(
+                status=self.status.value,
+                message_id=self.message_id,
+                source=self.source,
+                body_sha256=self.body_sha256,
+                at=at,
+                records=len(self.releases) if self.status is Status.ACCEPTED else None,
+                reason=self.reason,
+                message=self.message,
+            )
+        )
 
 
 def record_body(outcome: Outcome, release: Release) -> bytes:
-    """The minimised record as the consumer receives it: deterministic, so a redelivered copy is
-    byte-identical and its hash matches the audit entry. Canonical (RFC 8785) by the fast path:
-    event models have no float field, so no released value is a float, and every key is ours."""
-    return canonicalize_plain(
-        {
-            "record_id": release.record_id,
-            "consumer": release.consumer,
-            "event_type": outcome.event_type,
-            "source": outcome.source,
-            "produced_at": format_time(outcome.produced_at) if outcome.produced_at else None,
-            "agreement": {
-                "id": release.agreement_id,
-                "revision": release.agreement_revision,
-                "flow": release.flow_id,
-                "purpose": release.purpose,
-                "lawful_basis": list(release.lawful_basis),
-                "retention_days": release.retention_days,
-            },
-            "data": release.record,
-        }
+    """The minimised record as the consumer receives it (``schemas.messages.ConsumerRecord``):
+    deterministic, so a redelivered copy is byte-identical and its hash matches the audit entry."""
+    return consumer_record(
+        record_id=release.record_id,
+        consumer=release.consumer,
+        event_type=outcome.event_type,
+        source=outcome.source,
+        produced_at=outcome.produced_at,
+        agreement_id=release.agreement_id,
+        agreement_revision=release.agreement_revision,
+        flow_id=release.flow_id,
+        purpose=release.purpose,
+        lawful_basis=release.lawful_basis,
+        retention_days=release.retention_days,
+        data=release.record,
     )
 
 
