@@ -20,7 +20,8 @@ and its audit entry (``tests/test_messages.py`` pins them).
   partner's original, or empty when it was refused for carrying a direct identifier).
 """
 
-from __future__ import annotations
+# No "from __future__ import annotations": TypedDict needs real annotations at run time to know
+# which keys are NotRequired (``__required_keys__``, what partners' tools may introspect).
 
 from collections.abc import Sequence
 from datetime import datetime
