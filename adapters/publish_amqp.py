@@ -38,7 +38,7 @@ from pamqp.commands import Basic
 from yarl import URL
 
 from adapters.sink import OnResult, Outgoing, Result, Verdict
-from broker.ports.rabbitmq.topology import Names
+from schemas.topology import Names, ingest_routing_key
 
 CONTENT_TYPE = "application/cloudevents+json"
 
@@ -103,7 +103,7 @@ class AmqpSink:
     ) -> None:
         self.url = url
         self.names = Names(prefix)
-        self.routing_key = f"{partner}.{event_type}"
+        self.routing_key = ingest_routing_key(partner, event_type)
         self.on_result = on_result
         self.window = max(1, window)
         self.user_id = user_id

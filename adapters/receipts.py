@@ -4,6 +4,8 @@ Over RabbitMQ a publisher confirm says only that the message is safely queued; t
 verdict (accepted with N records, duplicate, rejected with a reason) comes later on the
 partner's receipts queue ``<prefix>.receipts.<partner>``, a batch of receipts per message:
 ``{"receipts": [{status, message_id, source, body_sha256, at, records | reason, message}]}``.
+Both are the contract's (``schemas.topology.Names.receipts_queue``, ``schemas.messages.Receipt``):
+a message that does not match it exactly is counted as unreadable, not guessed at.
 
 Receipts name message ids, which are keyed hashes (the broker never sees record keys); the local
 state file maps them back to the record key, file and row, so the partner can find and fix a
@@ -22,7 +24,7 @@ import json
 import os
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -30,9 +32,11 @@ from typing import Any, TextIO
 import aio_pika
 import aiormq
 from aio_pika.abc import AbstractIncomingMessage
+from pydantic import ValidationError
 
 from adapters.state import Entry, StateFile, Status
-from broker.ports.rabbitmq.topology import Names
+from schemas.messages import RECEIPTS_MESSAGE, Receipt
+from schemas.topology import Names
 
 RECEIPT_COLUMNS = (
     "at",
@@ -70,7 +74,7 @@ def _lookup(states: list[StateFile], message_id: str) -> tuple[StateFile, Entry]
     return None
 
 
-def to_rows(receipts: Iterable[dict[str, Any]], states: list[StateFile]) -> list[ReceiptRow]:
+def to_rows(receipts: Iterable[Mapping[str, Any]], states: list[StateFile]) -> list[ReceiptRow]:
     out: list[ReceiptRow] = []
     for receipt in receipts:
         message_id = str(receipt.get("message_id") or "")
@@ -120,7 +124,7 @@ def awaiting(states: list[StateFile]) -> set[str]:
 
 @dataclass
 class Fetched:
-    receipts: list[dict[str, Any]]
+    receipts: list[Receipt]
     messages: list[AbstractIncomingMessage]
     unreadable: int = 0
 
@@ -161,16 +165,13 @@ async def fetch(
                 continue
             fetched.messages.append(message)
             try:
-                batch = json.loads(message.body)["receipts"]
-                if not isinstance(batch, list):
-                    raise TypeError
-            except (ValueError, KeyError, TypeError):
+                batch = RECEIPTS_MESSAGE.validate_json(message.body)["receipts"]
+            except ValidationError:  # not JSON, or not the contract's receipts message
                 fetched.unreadable += 1
                 continue
             for receipt in batch:
-                if isinstance(receipt, dict):
-                    fetched.receipts.append(receipt)
-                    pending.discard(str(receipt.get("message_id") or ""))
+                fetched.receipts.append(receipt)
+                pending.discard(receipt["message_id"] or "")
         return fetched, connection
     except BaseException:
         await connection.close()

@@ -38,7 +38,7 @@ from adapters.push import PushOptions, push
 from adapters.sample_exports import write_sample
 from adapters.signer import Signer, generate_keyring
 from adapters.sink import Outgoing, Result, Verdict
-from broker.ports.rabbitmq.topology import Names
+from schemas.topology import Names
 
 PARTNER = "derbyshire-police"
 WINDOW = 256

@@ -24,7 +24,7 @@ COMMAND_MODULES = (
     "broker.commands.demo",
     "broker.commands.token",
     "broker.commands.rabbitmq",
-    "broker.commands.adapter",
+    "adapters.cli",  # the partner side's commands: adapters/ imports nothing from broker/
 )
 
 Handler = Callable[[argparse.Namespace], int]

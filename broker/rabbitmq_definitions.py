@@ -1,7 +1,7 @@
 """RabbitMQ definitions for a deployment: vhost, users, least-privilege permissions and the topology.
 
 The output is a definitions file for ``rabbitmqctl import_definitions`` (RabbitMQ 3.10). The
-topology comes from :func:`broker.ports.rabbitmq.topology.topology_spec`, the same data the broker declares at
+topology comes from :func:`schemas.topology.topology_spec`, the same data the broker declares at
 start, so the two cannot drift (a queue declared with other arguments than imported would make the
 broker fail with PRECONDITION_FAILED at start).
 
@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from broker.ports.rabbitmq.topology import Names, topology_spec
 from broker.registry import Registry
+from schemas.topology import Names, topology_spec
 
 HASHING_ALGORITHM = "rabbit_password_hashing_sha256"
 DEFAULT_BROKER_USER = "sv-broker"
@@ -102,7 +102,7 @@ def build_definitions(
         # One account for two parties would give a partner or consumer the broker's rights.
         raise ValueError(f"the broker user {broker_user!r} is also a party id in the registry")
     names = Names(prefix)
-    spec = topology_spec(names, registry, delivery_limit)
+    spec = topology_spec(names, partners=registry.partners, consumers=registry.consumers, delivery_limit=delivery_limit)
     chosen = dict(passwords or {})
 
     credentials: list[Credential] = []

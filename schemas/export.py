@@ -1,4 +1,5 @@
-"""JSON Schema export of the event models and the envelope, for partners in other languages."""
+"""JSON Schema export of the event models, the envelope and the broker's messages (receipts,
+released records, quarantine headers: ``schemas.messages``), for partners in other languages."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 from schemas.envelope import DATASCHEMA_RE, ID_RE, KEY_ID_RE, PARTY_ID_RE, SPECVERSION, TIME_RE, TYPE_RE
 from schemas.events import EVENT_MODELS
+from schemas.messages import MESSAGE_SCHEMAS
 
 SCHEMA_DIR = Path(__file__).resolve().parent / "jsonschema"
 
@@ -44,13 +46,19 @@ def envelope_schema() -> dict[str, Any]:
 
 
 def all_schemas() -> dict[str, dict[str, Any]]:
-    """File name -> JSON Schema document, for every event model and the envelope."""
+    """File name -> JSON Schema document, for every event model, the envelope and each message."""
     out = {"envelope.v1.json": envelope_schema()}
     for (event_type, version), model in sorted(EVENT_MODELS.items()):
         schema = model.model_json_schema(mode="validation")
         schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
         schema["$id"] = f"urn:sv-broker:schema:{event_type}:v{version}"
         out[f"{event_type}.v{version}.json"] = schema
+    for name, (message, title, adapter) in MESSAGE_SCHEMAS.items():
+        schema = adapter.json_schema(mode="validation")
+        schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+        schema["$id"] = f"urn:sv-broker:schema:{message}:v1"
+        schema["title"] = title
+        out[name] = schema
     return out
 
 

@@ -13,7 +13,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     schemas = sub.add_parser("schemas", help="the wire contract's JSON Schema files", description="JSON Schemas.")
     schemas_sub = schemas.add_subparsers(dest="schemas_command", required=True, metavar="ACTION")
     exp = schemas_sub.add_parser(
-        "export", help="write JSON Schema files", description="Write the envelope and event JSON Schemas."
+        "export", help="write JSON Schema files", description="Write the envelope, event and message JSON Schemas."
     )
     exp.add_argument("--out", type=Path, default=SCHEMA_DIR, help="directory (default: %(default)s)")
     exp.add_argument("--check", action="store_true", help="only check the files in --out are up to date")

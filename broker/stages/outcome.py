@@ -19,11 +19,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from broker.policy.decision import Decision, Refusal, Release
 from broker.stages.types import Admitted, Inbound, Validated
-from schemas.envelope import format_time
+from schemas.messages import Receipt, receipt_for
 from schemas.errors import Reason
 
 
@@ -152,18 +152,16 @@ Settled = Accepted | Duplicate | Rejected
 Outcome = Accepted | Duplicate | Rejected | Failed
 
 
-def receipt(outcome: Settled, at: datetime) -> dict[str, Any]:
+def receipt(outcome: Settled, at: datetime) -> Receipt:
     """The partner's receipt for one message (batched per partner on RabbitMQ, the HTTP answer)."""
-    out: dict[str, Any] = {
-        "status": outcome.status.value,
-        "message_id": outcome.message_id,
-        "source": outcome.source,
-        "body_sha256": outcome.body_sha256,
-        "at": format_time(at),
-    }
-    if isinstance(outcome, Accepted):
-        out["records"] = len(outcome.releases)
-    if isinstance(outcome, Rejected):
-        out["reason"] = outcome.reason.value
-        out["message"] = outcome.message
-    return out
+    rejected = isinstance(outcome, Rejected)
+    return receipt_for(
+        status=outcome.status.value,
+        message_id=outcome.message_id,
+        source=outcome.source,
+        body_sha256=outcome.body_sha256,
+        at=at,
+        records=len(outcome.releases) if isinstance(outcome, Accepted) else None,
+        reason=outcome.reason.value if rejected else None,
+        message=outcome.message if rejected else None,
+    )

@@ -10,31 +10,26 @@ from broker.policy.decision import Decision, Release
 from broker.ports.store import QuarantineItem, StoredRecord
 from broker.stages.outcome import Accepted, Rejected, ReleasedRecord
 from broker.stages.types import Admitted, Inbound
-from schemas.canonical import canonicalize_plain
-from schemas.envelope import format_time
+from schemas.messages import consumer_record
 
 
 def record_body(decision: Decision[Admitted], release: Release) -> bytes:
-    """The minimised record as the consumer receives it: deterministic, so a redelivered copy is
+    """The minimised record as the consumer receives it (``schemas.messages.ConsumerRecord``): deterministic, so a redelivered copy is
     byte-identical and its hash matches the audit entry. Canonical (RFC 8785) by the fast path:
     event models have no float field, so no released value is a float, and every key is ours."""
-    return canonicalize_plain(
-        {
-            "record_id": release.record_id,
-            "consumer": release.consumer,
-            "event_type": decision.event_type,
-            "source": decision.source,
-            "produced_at": format_time(decision.subject.envelope.time),
-            "agreement": {
-                "id": release.agreement_id,
-                "revision": release.agreement_revision,
-                "flow": release.flow_id,
-                "purpose": release.purpose,
-                "lawful_basis": list(release.lawful_basis),
-                "retention_days": release.retention_days,
-            },
-            "data": release.record,
-        }
+    return consumer_record(
+        record_id=release.record_id,
+        consumer=release.consumer,
+        event_type=decision.event_type,
+        source=decision.source,
+        produced_at=decision.subject.envelope.time,
+        agreement_id=release.agreement_id,
+        agreement_revision=release.agreement_revision,
+        flow_id=release.flow_id,
+        purpose=release.purpose,
+        lawful_basis=release.lawful_basis,
+        retention_days=release.retention_days,
+        data=release.record,
     )
 
 

@@ -31,7 +31,7 @@ from broker.ports.rabbitmq.fast_publish import (
 from broker.ports.rabbitmq.topology import Topology
 from broker.registry import Registry
 from broker.stages.outcome import Rejected, Settled, receipt
-from schemas.canonical import canonicalize_plain
+from schemas.messages import Receipt, quarantine_headers, receipts_message
 
 
 class AmqpDelivery:
@@ -99,7 +99,7 @@ class AmqpDelivery:
         Batched because a receipt per message was a third of all publishes (each costs a frame,
         a confirm and ~100 us of client CPU); partners read them in bulk anyway.
         """
-        by_partner: dict[str, list[dict[str, Any]]] = {}
+        by_partner: dict[str, list[Receipt]] = {}
         for outcome in outcomes:
             if outcome.receipt_to is not None and outcome.receipt_to in self.registry.partners:
                 by_partner.setdefault(outcome.receipt_to, []).append(receipt(outcome, at))
@@ -107,7 +107,7 @@ class AmqpDelivery:
             Publish(
                 self.topology.receipts.name,
                 partner,
-                canonicalize_plain({"receipts": items}),
+                receipts_message(items),
                 self.unique_id(f"receipts:{partner}"),
             )
             for partner, items in by_partner.items()
@@ -121,15 +121,17 @@ class AmqpDelivery:
             "",
             outcome.inbound.body if keep else b"",
             self.unique_id("quarantine"),
-            {
-                "reason": outcome.reason.value,
-                "reason_message": outcome.message,
-                "body_sha256": outcome.body_sha256,
-                "source": outcome.source or "",
-                "message_id": outcome.message_id or "",
-                "verified": outcome.verified,
-                "body_kept": keep,
-            },
+            dict(
+                quarantine_headers(
+                    reason=outcome.reason.value,
+                    reason_message=outcome.message,
+                    body_sha256=outcome.body_sha256,
+                    source=outcome.source,
+                    message_id=outcome.message_id,
+                    verified=outcome.verified,
+                    body_kept=keep,
+                )
+            ),
         )
 
     async def deliver(self, batch: Deliverable) -> None:

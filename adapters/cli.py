@@ -9,6 +9,9 @@
 Exit codes of ``push``: 0 every row confirmed; 1 some rows not sent or refused (see the report);
 2 usage / configuration error; 3 the whole file refused (nothing sent); 4 sending stopped or not
 confirmed (run the same command again to finish).
+
+Registered by ``broker/cli.py`` (the ``sv-broker`` entry point, the one module that puts both
+sides' commands together); nothing here imports ``broker``, so the partner's tools can ship alone.
 """
 
 from __future__ import annotations
@@ -19,9 +22,10 @@ import os
 import sys
 from pathlib import Path
 
+from adapters.keys import add_generate_arguments
 from adapters.state import StateFile
-from broker.commands.keys import add_generate_arguments
 from schemas.envelope import KEY_ID_RE, PARTY_ID_RE
+from schemas.topology import DEFAULT_PREFIX
 
 AMQP_ENV = "SV_ADAPTER_AMQP_URL"
 STATE_ENV = "SV_ADAPTER_STATE_DIR"
@@ -56,7 +60,9 @@ def _add_amqp_args(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get(AMQP_ENV),
         help=f"RabbitMQ URL with your account (default: ${AMQP_ENV}; prefer it: argv is visible to other users)",
     )
-    parser.add_argument("--amqp-prefix", default="sv", help="the broker's exchange/queue prefix (default: %(default)s)")
+    parser.add_argument(
+        "--amqp-prefix", default=DEFAULT_PREFIX, help="the broker's exchange/queue prefix (default: %(default)s)"
+    )
 
 
 def _add_state_args(parser: argparse.ArgumentParser) -> None:
