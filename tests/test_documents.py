@@ -12,11 +12,12 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker.errors import RegistryError, SecretsError
+from broker.policy.loader import read_lock
 from broker.policy.secrets import load_secrets
 from broker.registry import load_registry
 from broker.settings import REPO_POLICIES
 from schemas.documents import key_path
-from schemas.errors import Reason
+from schemas.errors import CheckCode, Reason
 from schemas.keyfile import KeyEntry, public_bytes
 
 PARTNER = '[[partner]]\nid = "new-partner"\nname = "n"\norganisation = "o"\nkind = "k"\nevent_types = ["ae_assault"]\n'
@@ -144,3 +145,27 @@ def test_key_path_reads_like_the_file() -> None:
     assert key_path(("flows", 0, "rules", 2, "to")) == "flows[0].rules[2].to"
     assert key_path(("bands", "sv-age", 1)) == "bands.sv-age[1]"
     assert key_path(()) == ""
+
+
+@pytest.mark.parametrize(
+    ("text", "keys", "lock"),
+    [
+        ("x = 1\n[revisions]\na-b = 2\n", ["x"], {"a-b": 2}),
+        ("revisions = 3\n", ["revisions"], None),
+        (
+            '[revisions]\na-b = 3\nc-d = 0\ne-f = true\ng-h = "1"\n',
+            ["revisions.c-d", "revisions.e-f", "revisions.g-h"],
+            {"a-b": 3},
+        ),
+    ],
+    ids=["unknown-key", "table-wrong-type", "entries-wrong-type"],
+)
+def test_lock_shape_reports_every_problem(
+    tmp_path: Path, text: str, keys: list[str], lock: dict[str, int] | None
+) -> None:
+    (tmp_path / "revisions.lock").write_text(text)
+    found, problems = read_lock(tmp_path)
+    assert found == lock  # good entries still lock their agreements
+    assert [p.key for p in problems] == keys
+    assert {p.code for p in problems} == {CheckCode.LOCK_INVALID}
+    assert all(p.path == str(tmp_path / "revisions.lock") for p in problems)
