@@ -66,6 +66,4 @@ def sentence(error: ErrorDetails) -> str:
     context: dict[str, Any] = dict(error.get("ctx") or {})
     if kind == "literal_error" and "expected" in context:
         return f"must be one of {context['expected']}"
-    if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
-        return str(error["msg"]).replace("Input should be", "must be")
     return str(error["msg"]).replace("Input should be", "must be")
