@@ -21,17 +21,15 @@ import hashlib
 import itertools
 import json
 import tomllib
-import types
-import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import date, timedelta
 from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AwareDatetime, ValidationError
+from pydantic import ValidationError
 
 from adapters.datetimes import (
     Format,
@@ -44,15 +42,20 @@ from adapters.datetimes import (
 from adapters.identifiers import looks_like_identifier
 from adapters.report import Problem
 from schemas.envelope import PARTY_ID_RE
+from schemas.errors import ConfigurationError
 from schemas.events import EVENT_MODELS, EventModel
+from schemas.fields import FieldKind, FieldSpec, schema_fields
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "mappings"
 
 Row = Mapping[str, Any]  # one export row: column -> cell (CSV: str; JSON lines: any JSON value)
 
 
-class MappingError(ValueError):
-    """The mapping file itself is wrong; ``where`` points into it (e.g. ``fields.arrival_datetime``)."""
+class MappingError(ConfigurationError, ValueError):
+    """The mapping file itself is wrong; ``where`` points into it (e.g. ``fields.arrival_datetime``).
+
+    A :class:`ConfigurationError` (nothing is read with a wrong mapping); still a ``ValueError`` for
+    callers that caught it as one."""
 
     def __init__(self, where: str, message: str) -> None:
         super().__init__(f"{where}: {message}" if where else message)
@@ -73,6 +76,8 @@ class CellError(Exception):
 
 
 class Kind(StrEnum):
+    """How a cell is read: the mapping's coarser view of :class:`schemas.fields.FieldKind`."""
+
     TEXT = "text"  # str or a code list (enum)
     INT = "int"
     BOOL = "bool"
@@ -89,46 +94,28 @@ class Target:
     required: bool
 
 
-def _unwrap(annotation: Any) -> Any:
-    """Strip ``Optional[...]`` and ``Annotated[...]`` down to the underlying type."""
-    while True:
-        origin = typing.get_origin(annotation)
-        if origin is typing.Annotated:
-            annotation = typing.get_args(annotation)[0]
-        elif origin in (typing.Union, types.UnionType):
-            args = [a for a in typing.get_args(annotation) if a is not type(None)]
-            if len(args) != 1:
-                return annotation
-            annotation = args[0]
-        else:
-            return annotation
+_KIND: Mapping[FieldKind, Kind] = {
+    FieldKind.TEXT: Kind.TEXT,
+    FieldKind.STRING: Kind.TEXT,
+    FieldKind.CODE: Kind.TEXT,
+    FieldKind.DISTRICT: Kind.TEXT,
+    FieldKind.LSOA: Kind.TEXT,
+    FieldKind.INT: Kind.INT,
+    FieldKind.BOOL: Kind.BOOL,
+    FieldKind.DATE: Kind.DATE,
+    FieldKind.DATETIME: Kind.DATETIME,
+    FieldKind.CODE_LIST: Kind.LIST,
+}
 
 
-def _target(name: str, annotation: Any, required: bool) -> Target:
-    base = _unwrap(annotation)
-    if typing.get_origin(base) is list:
-        (element,) = typing.get_args(base)
-        element = _unwrap(element)
-        return Target(
-            name, Kind.LIST, element if isinstance(element, type) and issubclass(element, Enum) else None, required
-        )
-    if base is AwareDatetime or (isinstance(base, type) and issubclass(base, datetime)):
-        return Target(name, Kind.DATETIME, None, required)
-    if isinstance(base, type) and issubclass(base, Enum):
-        return Target(name, Kind.TEXT, base, required)
-    if base is bool:
-        return Target(name, Kind.BOOL, None, required)
-    if base is int:
-        return Target(name, Kind.INT, None, required)
-    if base is date:
-        return Target(name, Kind.DATE, None, required)
-    if base is str:
-        return Target(name, Kind.TEXT, None, required)
-    raise TypeError(f"no mapping support for field {name!r} of type {annotation!r}")
+def _target(spec: FieldSpec) -> Target:
+    enum = spec.python_type if isinstance(spec.python_type, type) and issubclass(spec.python_type, Enum) else None
+    return Target(spec.name, _KIND[spec.kind], enum, spec.required)
 
 
 def targets(model: type[EventModel]) -> dict[str, Target]:
-    return {name: _target(name, info.annotation, info.is_required()) for name, info in model.model_fields.items()}
+    """The mapping's view of an event model's fields (the one reading: ``schemas/fields.py``)."""
+    return {name: _target(spec) for name, spec in schema_fields(model).items()}
 
 
 # -- the compiled mapping ------------------------------------------------------------------------------

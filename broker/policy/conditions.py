@@ -26,9 +26,10 @@ from enum import StrEnum
 from typing import Any
 
 from broker.errors import SpecError
-from broker.policy.model import CompiledCondition, FieldKind, FieldSpec
+from broker.policy.model import CompiledCondition
 from schemas.errors import CheckCode as C
 from schemas.events import EventModel
+from schemas.fields import FieldKind, FieldSpec
 
 OPERATORS = ("in", "not_in", "any_in", "between", "equals", "present")
 

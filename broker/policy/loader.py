@@ -49,7 +49,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Field, ValidationError
 
 from broker.errors import PolicyError, SpecError
 from broker.policy.conditions import compile_condition
@@ -81,6 +83,7 @@ from broker.policy.transforms import (
     parse_groups,
 )
 from broker.registry import Registry
+from schemas.documents import DocumentModel, ErrorDetails, key_path
 from schemas.errors import CheckCode as C
 from schemas.events import DIRECT_IDENTIFIER_FIELDS, EVENT_MODELS, EVENT_TYPES
 
@@ -196,23 +199,33 @@ def read_lock(policy_dir: Path) -> tuple[dict[str, int] | None, list[Problem]]:
         doc = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         return None, [Problem("error", str(path), "", C.LOCK_INVALID, f"cannot read the lock: {exc}")]
+    try:
+        return dict(LockDoc.model_validate(doc).revisions), []
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+    problems = [_lock_problem(str(path), error) for error in errors]
     table = doc.get("revisions", {})
-    problems = [
-        Problem("error", str(path), key, C.LOCK_INVALID, "unknown key; expected [revisions]")
-        for key in doc
-        if key != "revisions"
-    ]
-    lock: dict[str, int] = {}
     if not isinstance(table, dict):
-        return None, [Problem("error", str(path), "revisions", C.LOCK_INVALID, "must be a table")]
-    for agreement_id, revision in table.items():
-        if not isinstance(revision, int) or isinstance(revision, bool) or revision < 1:
-            problems.append(
-                Problem("error", str(path), f"revisions.{agreement_id}", C.LOCK_INVALID, "must be a positive integer")
-            )
-        else:
-            lock[agreement_id] = revision
-    return lock, problems
+        return None, problems
+    # Every well-formed entry still counts: one bad line must not lift the lock on the others.
+    bad = {error["loc"][1] for error in errors if len(error["loc"]) > 1}
+    return {k: v for k, v in table.items() if k not in bad}, problems
+
+
+class LockDoc(DocumentModel):
+    """``revisions.lock``: one ``[revisions]`` table of agreement id = positive revision."""
+
+    revisions: dict[str, Annotated[int, Field(ge=1)]] = Field(default_factory=dict)
+
+
+def _lock_problem(path: str, error: ErrorDetails) -> Problem:
+    """One pydantic error in the lock as a :class:`Problem` (key path, code, sentence)."""
+    loc = tuple(error["loc"])
+    if error["type"] == "extra_forbidden":
+        return Problem("error", path, key_path(loc), C.LOCK_INVALID, "unknown key; expected [revisions]")
+    if len(loc) == 1:
+        return Problem("error", path, "revisions", C.LOCK_INVALID, "must be a table")
+    return Problem("error", path, key_path(loc[:1]) + f".{loc[1]}", C.LOCK_INVALID, "must be a positive integer")
 
 
 def render_lock(revisions: Mapping[str, int]) -> str:

@@ -5,14 +5,14 @@ An agreement file (``policies/agreements/<id>.toml``, read by ``loader.py``) bec
 small callable, and flows are indexed by (partner, event type, version) into :class:`Plan` s, so
 ``engine.decide`` does no parsing, no lookups by name and no type checks on the hot path.
 
-Schema field *kinds* (:func:`schema_fields`) are derived from the event models themselves, so the
-lint's "does this transform fit this field" check can never drift from the wire contract.
+Schema field *kinds* (``FieldKind``, ``FieldSpec``, ``SCHEMA_FIELDS``) come from the one
+introspector in ``schemas/fields.py``, shared with the adapters' mappings, so the lint's "does
+this transform fit this field" check can never drift from the wire contract (nor from how a
+mapping reads the field).
 """
 
 from __future__ import annotations
 
-import types
-import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from dataclasses import field as dc_field
@@ -21,12 +21,36 @@ from enum import StrEnum
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from pydantic import AwareDatetime, StringConstraints
-
 from broker.policy.decision import Refusal
 from schemas.errors import Reason
-from schemas.events import EVENT_MODELS, EventModel
-from schemas.events.common import District
+from schemas.events import EventModel
+from schemas.fields import LSOA_PATTERN, SCHEMA_FIELDS, FieldKind, FieldSpec, schema_fields
+
+__all__ = [  # the field kinds are re-exported: callers read the policy's view of the fields here
+    "FORMS_FOR_KIND",
+    "LONDON",
+    "LSOA_PATTERN",
+    "NEEDS_REASON",
+    "PSEUDONYMISABLE",
+    "SCHEMA_FIELDS",
+    "Action",
+    "Agreement",
+    "Band",
+    "CompiledCondition",
+    "CompiledRule",
+    "FieldKind",
+    "FieldSpec",
+    "Flow",
+    "Form",
+    "JsonValue",
+    "Plan",
+    "PlanKey",
+    "PolicySet",
+    "build_plan",
+    "finish_flow",
+    "local_midnight",
+    "schema_fields",
+]
 
 LONDON = ZoneInfo("Europe/London")
 """Agreement dates and every time generalisation are read in UK local time: a "Friday night" or an
@@ -34,23 +58,6 @@ agreement that "ends on 31 March" means what the signatories meant, across BST c
 
 JsonValue = str | int | bool | list[str] | None
 """What a released field may hold: plain JSON scalars, or a list of code strings."""
-
-LSOA_PATTERN = r"^E01\d{6}$"
-
-
-class FieldKind(StrEnum):
-    """The kind of an event field, which decides which transforms fit it."""
-
-    TEXT = "text"  # free text (unpatterned string): a quasi-identifier, released only with a reason
-    STRING = "string"  # a patterned code or reference (site code, URN, licence ref)
-    INT = "int"
-    BOOL = "bool"
-    DATE = "date"
-    DATETIME = "datetime"
-    CODE = "code"  # one value of a code list (StrEnum)
-    CODE_LIST = "code_list"  # a list of code-list values
-    DISTRICT = "district"  # a local authority GSS code
-    LSOA = "lsoa"  # an LSOA GSS code: small-area location, released only with a reason
 
 
 class Action(StrEnum):
@@ -96,75 +103,6 @@ NEEDS_REASON: frozenset[FieldKind] = frozenset({FieldKind.TEXT, FieldKind.LSOA})
 """Kinds that may leave as they are only if the rule names a reason: free text and small-area
 location are quasi-identifiers (DOMAIN.md, ECDS: "must be coarsened or dropped ... unless an
 agreement names a reason"; ICO Data Sharing Code: data minimisation)."""
-
-
-# --- schema introspection -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class FieldSpec:
-    name: str
-    kind: FieldKind
-    optional: bool
-    codes: frozenset[str] = frozenset()  # CODE / CODE_LIST / DISTRICT: the code list's values
-    python_type: type | None = None  # the StrEnum for codes, else the base type
-
-
-def _unwrap(annotation: Any) -> tuple[Any, list[Any], bool]:
-    """(base type, constraint metadata, optional) of a pydantic field annotation."""
-    optional = False
-    metadata: list[Any] = []
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        optional = len(args) != len(typing.get_args(annotation))
-        if len(args) != 1:
-            raise TypeError(f"unsupported union {annotation!r}")
-        annotation = args[0]
-    if typing.get_origin(annotation) is typing.Annotated:
-        annotation, *extra = typing.get_args(annotation)
-        metadata.extend(extra)
-    return annotation, metadata, optional
-
-
-def _kind_of(base: Any, metadata: list[Any]) -> tuple[FieldKind, frozenset[str], type | None]:
-    if base is AwareDatetime or base is datetime:
-        return FieldKind.DATETIME, frozenset(), datetime
-    if base is date:
-        return FieldKind.DATE, frozenset(), date
-    if base is bool:
-        return FieldKind.BOOL, frozenset(), bool
-    if base is int:
-        return FieldKind.INT, frozenset(), int
-    if isinstance(base, type) and issubclass(base, StrEnum):
-        kind = FieldKind.DISTRICT if issubclass(base, District) else FieldKind.CODE
-        return kind, frozenset(m.value for m in base), base
-    if typing.get_origin(base) is list:
-        (item,) = typing.get_args(base)
-        if isinstance(item, type) and issubclass(item, StrEnum):
-            return FieldKind.CODE_LIST, frozenset(m.value for m in item), item
-    if base is str:
-        patterns = [m.pattern for m in metadata if isinstance(m, StringConstraints) and m.pattern]
-        if LSOA_PATTERN in patterns:
-            return FieldKind.LSOA, frozenset(), str
-        return (FieldKind.STRING if patterns else FieldKind.TEXT), frozenset(), str
-    raise TypeError(f"no policy field kind for {base!r}")
-
-
-def schema_fields(model: type[EventModel]) -> dict[str, FieldSpec]:
-    """Every field of an event model with its policy kind."""
-    out: dict[str, FieldSpec] = {}
-    for name, info in model.model_fields.items():
-        base, metadata, optional = _unwrap(info.annotation)
-        metadata = [*info.metadata, *metadata]
-        kind, codes, python_type = _kind_of(base, metadata)
-        out[name] = FieldSpec(name, kind, optional or not info.is_required(), codes, python_type)
-    return out
-
-
-SCHEMA_FIELDS: Mapping[tuple[str, int], Mapping[str, FieldSpec]] = {
-    key: schema_fields(model) for key, model in EVENT_MODELS.items()
-}
 
 
 # --- compiled agreements ------------------------------------------------------------------------

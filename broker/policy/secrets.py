@@ -10,6 +10,10 @@ Environment: ``SV_BROKER_SECRET_<AGREEMENT_ID>`` with the id upper-cased and ``-
 ``SV_BROKER_SECRET_DSA_EDUCATION_EXCLUSIONS_2026``.  The environment wins over the file, so an
 orchestrator's secret store can override a file without editing it.
 
+The file's shape is :class:`SecretsDoc` (unknown tables refused); this module keeps what the
+model cannot say: ids that are agreement ids, hex of at least 32 bytes, the file outside the
+repository, and the environment's overrides.
+
 Make a secret with ``python -c "import secrets; print(secrets.token_hex(32))"``.
 
 Why a secret per agreement: records then link within one agreement but pseudonyms cannot be
@@ -25,7 +29,10 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 
+from pydantic import Field, ValidationError
+
 from broker.errors import SecretsError
+from schemas.documents import DocumentModel, ErrorDetails, key_path
 
 ENV_PREFIX = "SV_BROKER_SECRET_"
 MIN_SECRET_BYTES = 32
@@ -49,6 +56,40 @@ def _decode(value: object, where: str) -> bytes:
     return raw
 
 
+class SecretsDoc(DocumentModel):
+    """The secrets file's shape: one ``[pseudonym_secrets]`` table of id = "hex", nothing else
+    (a misspelt table name would otherwise load no secret, and the agreement would not start
+    for a reason nobody can see in the file)."""
+
+    pseudonym_secrets: dict[str, str] = Field(default_factory=dict)
+
+
+def _read(path: Path) -> SecretsDoc:
+    """Read and shape-check the secrets file; TOML and pydantic errors become :class:`SecretsError`
+    (never with the value: pydantic's error carries the input, and the input is a secret)."""
+    try:
+        with path.open("rb") as fh:
+            doc = tomllib.load(fh)
+    except OSError as exc:
+        raise SecretsError(f"{path}: cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SecretsError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        return SecretsDoc.model_validate(doc)
+    except ValidationError as exc:
+        raise SecretsError(_message(path, exc.errors(include_url=False)[0])) from None
+
+
+def _message(path: Path, error: ErrorDetails) -> str:
+    loc = tuple(error["loc"])
+    if error["type"] == "extra_forbidden":
+        return f"{path}: unknown table(s) [{loc[0]!r}]; expected [pseudonym_secrets]"
+    if len(loc) >= 2:
+        where = f"{path}: {key_path(loc[:2])}"
+        return f"{where}: the secret must be a hex string (e.g. from secrets.token_hex(32))"
+    return f'{path}: pseudonym_secrets must be a table of agreement-id = "hex"'
+
+
 def _inside(path: Path, folder: Path) -> bool:
     try:
         path.resolve().relative_to(folder)
@@ -64,20 +105,7 @@ def load_secrets(path: Path | None, environ: Mapping[str, str]) -> dict[str, byt
         if _inside(path, _REPO_POLICIES):
             # The policies folder is committed; a secret there is a secret in git history.
             raise SecretsError(f"{path}: a secrets file must not live in the repository's policies folder")
-        try:
-            with path.open("rb") as fh:
-                doc = tomllib.load(fh)
-        except OSError as exc:
-            raise SecretsError(f"{path}: cannot read: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise SecretsError(f"{path}: not valid TOML: {exc}") from None
-        unknown = sorted(set(doc) - {"pseudonym_secrets"})
-        if unknown:
-            raise SecretsError(f"{path}: unknown table(s) {unknown}; expected [pseudonym_secrets]")
-        table = doc.get("pseudonym_secrets", {})
-        if not isinstance(table, dict):
-            raise SecretsError(f'{path}: pseudonym_secrets must be a table of agreement-id = "hex"')
-        for agreement_id, value in table.items():
+        for agreement_id, value in _read(path).pseudonym_secrets.items():
             if not _ID_RE.fullmatch(agreement_id):
                 raise SecretsError(f"{path}: {agreement_id!r} is not an agreement id")
             secrets[agreement_id] = _decode(value, f"{path}: pseudonym_secrets.{agreement_id}")
