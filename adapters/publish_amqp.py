@@ -17,7 +17,7 @@ Every choice here answers "could a row be lost or mis-attributed?":
 * Up to ``window`` publishes in flight: one confirm round trip per message would cap a bulk
   import at a few hundred rows a second.
 * aiormq (under aio-pika) directly, for two measured reasons (``bench/bench_adapter.py``): no
-  per-message aio-pika ``Message`` object and timer (as ``broker.ports.amqp.AmqpDelivery``), and
+  per-message aio-pika ``Message`` object and timer (as the broker's own publisher does), and
   its ``transport_factory``, through which the connection keeps Nagle's algorithm on
   (:class:`CoalescingTransport`); aio-pika does not pass that parameter through.
 """

@@ -2,7 +2,7 @@
 and the whole topology as data.
 
 Defined once, here, because three parties depend on the same names: the broker declares the
-topology at start (``broker.ports.amqp.declare_topology``), the deployment's definitions file is
+topology at start (``broker.ports.rabbitmq.topology.declare_topology``), the deployment's definitions file is
 generated from it (``sv-broker rabbitmq definitions``), and a partner's adapter publishes to the
 ingest exchange and reads its receipts queue by name (``adapters/``). The topology is built from
 plain lists of partner and consumer ids, not from the broker's registry, so an adapter (or a

@@ -1,7 +1,7 @@
 """The policy engine's output types: what the pipeline releases, and why anything was not.
 
 Defined first, as the contract between the engine (``broker/policy/engine.py``) and the
-orchestrator (``broker/pipeline.py``).
+orchestrator (``broker/pipeline/ingest.py``).
 """
 
 from __future__ import annotations

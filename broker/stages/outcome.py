@@ -23,8 +23,8 @@ from typing import ClassVar
 
 from broker.policy.decision import Decision, Refusal, Release
 from broker.stages.types import Admitted, Inbound, Validated
-from schemas.messages import Receipt, receipt_for
 from schemas.errors import Reason
+from schemas.messages import Receipt, receipt_for
 
 
 class Status(StrEnum):
@@ -154,7 +154,9 @@ Outcome = Accepted | Duplicate | Rejected | Failed
 
 def receipt(outcome: Settled, at: datetime) -> Receipt:
     """The partner's receipt for one message (batched per partner on RabbitMQ, the HTTP answer)."""
-    rejected = isinstance(outcome, Rejected)
+    reason = message = None
+    if isinstance(outcome, Rejected):
+        reason, message = outcome.reason.value, outcome.message
     return receipt_for(
         status=outcome.status.value,
         message_id=outcome.message_id,
@@ -162,6 +164,6 @@ def receipt(outcome: Settled, at: datetime) -> Receipt:
         body_sha256=outcome.body_sha256,
         at=at,
         records=len(outcome.releases) if isinstance(outcome, Accepted) else None,
-        reason=outcome.reason.value if rejected else None,
-        message=outcome.message if rejected else None,
+        reason=reason,
+        message=message,
     )

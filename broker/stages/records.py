@@ -14,8 +14,9 @@ from schemas.messages import consumer_record
 
 
 def record_body(decision: Decision[Admitted], release: Release) -> bytes:
-    """The minimised record as the consumer receives it (``schemas.messages.ConsumerRecord``): deterministic, so a redelivered copy is
-    byte-identical and its hash matches the audit entry. Canonical (RFC 8785) by the fast path:
+    """The minimised record as the consumer receives it (``schemas.messages.ConsumerRecord``):
+    deterministic, so a redelivered copy is byte-identical and its hash matches the audit entry.
+    Canonical (RFC 8785) by the fast path:
     event models have no float field, so no released value is a float, and every key is ours."""
     return consumer_record(
         record_id=release.record_id,

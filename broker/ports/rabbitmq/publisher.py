@@ -12,7 +12,6 @@ import asyncio
 import itertools
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
 
 import aiormq
 from aio_pika.abc import AbstractChannel
