@@ -48,7 +48,7 @@ def test_query_trace_and_export(tmp_path: Path) -> None:
     assert cli("audit", "trace", "--db", str(db), "rec-nope").returncode == 1
     out = tmp_path / "audit.csv"
     assert cli("audit", "export", "--db", str(db), "--format", "csv", "--out", str(out)).returncode == 0
-    rows = list(csv.DictReader(out.open()))
+    rows = list(csv.DictReader(out.read_text(encoding="utf-8").splitlines()))
     assert len(rows) == 4
     denied = next(r for r in rows if r["kind"] == "access_denied")
     assert denied["consumer"].startswith("'=")  # no formula reaches a spreadsheet
