@@ -18,7 +18,8 @@ from broker.ports.sqlite_store import SqliteStore, verify_audit_file
 from broker.ports.store import NOT_SEEN, ReplayKey, Seen
 from broker.registry import load_registry
 from broker.settings import REPO_POLICIES, Settings
-from broker.stages.outcome import Inbound, Status
+from broker.stages.outcome import Status
+from broker.stages.types import Inbound
 from tests.helpers import audit_entries, query
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from broker.audit.chain import GENESIS, ChainReport, Kind, seal, verify_chain
+from broker.errors import StoreUnavailable
 from broker.ports.store import NOT_SEEN, Checkpoint, CommitUnit, ReplayKey, Seen
 from broker.stages.replay import ReplayState
 from schemas.envelope import format_time
@@ -130,6 +131,20 @@ def _resolve(future: asyncio.Future[Lost], result: Lost, error: BaseException | 
         future.set_result(result)
     else:
         future.set_exception(error)
+
+
+# sqlite3's errors translated here, where sqlite3 is imported. Locked past the busy timeout, disk
+# full, an I/O error, a file it cannot open: the store is unavailable (retry, never dead-letter the
+# message in hand). A constraint or API misuse is a bug of ours and stays what it is.
+_BUGS = (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError, sqlite3.NotSupportedError)
+
+
+def translated(exc: BaseException) -> BaseException:
+    if isinstance(exc, _BUGS) or not isinstance(exc, sqlite3.DatabaseError | OSError):
+        return exc
+    unavailable = StoreUnavailable(f"the SQLite store is unavailable: {type(exc).__name__}")
+    unavailable.__cause__ = exc
+    return unavailable
 
 
 _ROWS_PER_STATEMENT = 200  # at most; fewer where SQLite allows fewer bound parameters (see below)
@@ -243,7 +258,7 @@ class SqliteStore:
                 try:
                     lost = self._write(conn, [job.unit for job in jobs])
                 except BaseException as exc:  # report to every waiter; the writer keeps running
-                    error = exc
+                    error = translated(exc)
                 for job, job_lost in zip(jobs, lost, strict=True):
                     with contextlib.suppress(RuntimeError):  # loop already closed
                         job.loop.call_soon_threadsafe(_resolve, job.future, job_lost, error)
@@ -489,7 +504,10 @@ class SqliteStore:
             with self._read() as conn:
                 return fn(conn)
 
-        return await asyncio.to_thread(run)
+        try:
+            return await asyncio.to_thread(run)
+        except (sqlite3.DatabaseError, OSError) as exc:
+            raise translated(exc) from exc
 
     # -- queries (used through ``read``) ---------------------------------------------------------
     @staticmethod
