@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from broker.audit.chain import Draft, Kind
 from broker.audit.checkpoints import sign_checkpoint
-from broker.audit.verify import verify_trail
+from broker.audit.trail import verify_trail
 from broker.ports.sqlite_store import AuditQuery, SqliteStore, connect
 from broker.ports.store import CommitUnit, StoredRecord
 

@@ -17,7 +17,7 @@ from broker.settings import REPO_POLICIES
 COMMAND_MODULES = (
     "broker.commands.keys",
     "broker.commands.schemas",
-    "broker.commands.verify",
+    "broker.commands.verify_message",
     "broker.commands.policy",
     "broker.commands.serve",
     "broker.commands.audit",

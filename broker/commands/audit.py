@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from broker.audit.checkpoints import export_document, export_line, parse_document, rows_from_export
-from broker.audit.verify import AuditReport, verify_trail
+from broker.audit.trail import AuditReport, verify_trail
 from broker.ports.sqlite_store import AuditQuery, SqliteStore, connect
 
 

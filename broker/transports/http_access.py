@@ -24,7 +24,7 @@ from typing import Any
 from aiohttp import web
 
 from broker.audit.checkpoints import export_document, export_line
-from broker.audit.verify import verify_trail
+from broker.audit.trail import verify_trail
 from broker.auth.tokens import Principal, TokenVerifier
 from broker.errors import ApiError, AuthError
 from broker.pipeline.access import AccessAudit
