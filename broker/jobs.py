@@ -11,14 +11,13 @@ from datetime import datetime
 
 from broker.logs import get_logger
 from broker.pipeline.checkpoints import CheckpointFlow
-from broker.ports.store import Checkpoint
 
 log = get_logger("sv_broker.jobs")
 
 
 async def checkpoint_every(
     flow: CheckpointFlow,
-    sign: Callable[[], Awaitable[Checkpoint | None]],
+    clock: Callable[[], datetime],
     every_entries: int,
     interval_seconds: float,
 ) -> None:
@@ -31,7 +30,7 @@ async def checkpoint_every(
             seq, _ = await flow.store.current_head()
             due = seq - flow.last_seq >= every_entries
             stale = seq > flow.last_seq and loop.time() - last_at >= interval_seconds
-            if (due or stale) and await sign() is not None:
+            if (due or stale) and await flow.sign_head(clock()) is not None:
                 last_at = loop.time()
         except Exception as exc:  # retried next round; never kill the broker
             log.warning("checkpoint_failed", error=type(exc).__name__)

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import IO
 
 from aiohttp import web
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker import jobs
 from broker.audit import entries
@@ -119,7 +118,6 @@ class Broker:
     port: int = 0
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
-    _key: tuple[str, Ed25519PrivateKey] | None = None
     _checkpoints: CheckpointFlow | None = None
     _lock: IO[str] | None = None
 
@@ -189,8 +187,7 @@ class Broker:
             log.info("broker_started", mode="amqp", role="ingest-worker")
             return
 
-        self._key = await asyncio.to_thread(load_or_create_broker_key, settings.effective_broker_key)
-        kid, private_key = self._key
+        kid, private_key = await asyncio.to_thread(load_or_create_broker_key, settings.effective_broker_key)
         self._checkpoints = CheckpointFlow(self.store, kid, private_key)
         token_keys = {kid: private_key.public_key()}
         if settings.token_jwks_file is not None:
@@ -228,10 +225,7 @@ class Broker:
             await self.workers.start()
         self._warn_agreements()
         checkpoints = jobs.checkpoint_every(
-            self._checkpoints,
-            self.checkpoint,
-            settings.checkpoint_every,
-            settings.checkpoint_interval.total_seconds(),
+            self._checkpoints, self.clock, settings.checkpoint_every, settings.checkpoint_interval.total_seconds()
         )
         retention = jobs.retention_every(
             self.purge_expired, self._warn_agreements, self.clock, settings.retention_interval.total_seconds()

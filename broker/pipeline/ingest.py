@@ -147,9 +147,12 @@ class Pipeline:
 
         try:
             # Step 7: audit entries, records and replay state: durable in one group commit.
-            done_now = await self._commit(outcomes, now)
+            deliverable = self._deliverable(outcomes, now)
+            done_now, lost = await self._commit(outcomes, deliverable, now)
+            if lost:  # some accepted ones became refusals: deliver what they are now
+                deliverable = self._deliverable(outcomes, now)
             # Step 8: deliver releases, quarantine and receipts; returns when all are confirmed.
-            await self.delivery.deliver(self._deliverable(outcomes, now))
+            await self.delivery.deliver(deliverable)
         except Unavailable:
             raise  # the transport retries the batch (nothing acknowledged, nothing doubled)
         except Exception as exc:  # a bug of ours: poison handling, never the sender's fault
@@ -166,17 +169,19 @@ class Pipeline:
                     self._done_recently[key] = outcome.validated.content_sha256
         return outcomes
 
-    async def _commit(self, outcomes: list[Outcome], now: datetime) -> set[ReplayKey]:
-        """Step 7. Returns the keys delivered at commit time only when delivery is not complete."""
-        settled = [o for o in outcomes if not isinstance(o, Failed)]
+    async def _commit(
+        self, outcomes: list[Outcome], deliverable: Deliverable, now: datetime
+    ) -> tuple[set[ReplayKey], frozenset[ReplayKey]]:
+        """Step 7. Returns the keys to mark done once delivered (none when the delivery is
+        complete at commit), and the keys whose claim another process holds (now refused)."""
         unit = CommitUnit()
-        for outcome in settled:
+        for outcome in deliverable.receipts:  # every settled outcome, in order
             unit.drafts.extend(entries.for_outcome(outcome))
-        durable = self.delivery.with_audit(self._deliverable(outcomes, now))
+        durable = self.delivery.with_audit(deliverable)
         unit.records.extend(durable.records)
         unit.quarantine.extend(durable.quarantine)
         state = ReplayState.DONE if durable.complete else ReplayState.IN_PROGRESS
-        accepted = [o for o in settled if isinstance(o, Accepted)]
+        accepted = deliverable.accepted
         unit.seen.extend((key_of(o.validated), Seen(state, o.validated.content_sha256)) for o in accepted)
         flushing, self._pending_done = self._pending_done, []
         unit.seen.extend((key, Seen(ReplayState.DONE)) for key in flushing)
@@ -189,8 +194,8 @@ class Pipeline:
         if lost:
             await self._lost_claims(outcomes, lost, now)
         if durable.complete:
-            return set()
-        return {key_of(o.validated) for o in accepted if key_of(o.validated) not in lost}
+            return set(), lost
+        return {key_of(o.validated) for o in accepted if key_of(o.validated) not in lost}, lost
 
     async def _lost_claims(self, outcomes: list[Outcome], lost: frozenset[ReplayKey], now: datetime) -> None:
         """Messages whose id another broker process holds for different content (see

@@ -15,7 +15,7 @@ quarantine only from ``Rejected`` ones (mypy refuses anything else, see ``tests/
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
@@ -38,8 +38,8 @@ class Deliverable:
 class WithAudit:
     """What a delivery makes durable in the audit's own transaction."""
 
-    records: Sequence[StoredRecord] = field(default_factory=tuple)
-    quarantine: Sequence[QuarantineItem] = field(default_factory=tuple)
+    records: Sequence[StoredRecord] = ()
+    quarantine: Sequence[QuarantineItem] = ()
     #: True when, once committed, every release is where its consumer reads it: the message is
     #: then done at once; otherwise it is done only when :meth:`Delivery.deliver` returns.
     complete: bool = False

@@ -507,7 +507,10 @@ class SqliteStore:
         try:
             return await asyncio.to_thread(run)
         except (sqlite3.DatabaseError, OSError) as exc:
-            raise translated(exc) from exc
+            unavailable = translated(exc)
+            if unavailable is exc:
+                raise  # a bug of ours, as it is
+            raise unavailable from exc
 
     # -- queries (used through ``read``) ---------------------------------------------------------
     @staticmethod
