@@ -39,9 +39,10 @@ from broker.ports.sqlite_store import SqliteStore
 from broker.ports.store import Checkpoint, CommitUnit
 from broker.registry import Registry, load_registry
 from broker.settings import Settings
+from broker.transports import http_access, http_audit, http_feeds
 from broker.transports.amqp_dead_letters import DeadLetterConsumer
 from broker.transports.amqp_ingest import AmqpIngest
-from broker.transports.http_access import AccessContext, add_routes, agreement_summaries
+from broker.transports.http_access import AccessContext, agreement_summaries
 from broker.transports.http_app import build_app
 from broker.workers import WorkerPool, WorkerSpec
 
@@ -214,7 +215,9 @@ class Broker:
             clock=self.clock,
             warn_within=settings.warn_within,
         )
-        add_routes(app, self.access)
+        http_access.add_routes(app, self.access)
+        http_feeds.add_routes(app)
+        http_audit.add_routes(app)
         self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=10)
         await self.runner.setup()
         site = web.TCPSite(self.runner, settings.http_host, settings.http_port)

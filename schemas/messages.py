@@ -106,7 +106,7 @@ RECEIPTS_MESSAGE = TypeAdapter(ReceiptsMessage)
 CONSUMER_RECORD = TypeAdapter(ConsumerRecord)
 QUARANTINE_HEADERS = TypeAdapter(QuarantineHeaders)
 
-# Exported as JSON Schema files (schemas/export.py): file name -> (id, title, adapter).
+# Exported as JSON Schema files (schemas/schema_files.py): file name -> (id, title, adapter).
 MESSAGE_SCHEMAS: dict[str, tuple[str, str, TypeAdapter[Any]]] = {
     "receipts.v1.json": ("receipts", "sv-broker receipts message (a partner's receipts queue)", RECEIPTS_MESSAGE),
     "consumer_record.v1.json": ("consumer_record", "sv-broker released record (a consumer's queue)", CONSUMER_RECORD),

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from adapters.synthetic import SyntheticGenerator
 from broker.audit.chain import Draft, Kind, seal
-from broker.audit.checkpoints import export_document, parse_document, sign_checkpoint
+from broker.audit.checkpoints import checkpoints_document, parse_checkpoints_document, sign_checkpoint
 from broker.demo import prepare_environment
 from broker.service import Broker
 from broker.settings import Settings
@@ -97,7 +97,7 @@ def verify(db: Path, trail: Path, *extra: str) -> subprocess.CompletedProcess[st
 
 
 def test_intact_trail_verifies_with_checkpoints(trail: Path, tmp_path: Path) -> None:
-    checkpoints = parse_document((trail / "cp.json").read_text())
+    checkpoints = parse_checkpoints_document((trail / "cp.json").read_text())
     assert len(checkpoints) >= 4
     result = verify(copy_store(trail, tmp_path), trail)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -144,17 +144,17 @@ def test_rebuilt_chain_is_caught_only_with_checkpoints(trail: Path, tmp_path: Pa
     assert cli("audit", "verify", "--db", str(db)).returncode == 0  # the rebuilt chain is self-consistent
     result = verify(db, trail)
     assert result.returncode == 1
-    first_checkpoint = min(cp.seq for cp in parse_document((trail / "cp.json").read_text()) if cp.seq >= 5)
+    first_checkpoint = min(cp.seq for cp in parse_checkpoints_document((trail / "cp.json").read_text()) if cp.seq >= 5)
     assert f"BROKEN at sequence {first_checkpoint}" in result.stdout
     assert "rebuilt" in result.stdout
 
 
 def test_checkpoint_signed_by_the_wrong_key_is_caught(trail: Path, tmp_path: Path) -> None:
-    checkpoints = parse_document((trail / "cp.json").read_text())
+    checkpoints = parse_checkpoints_document((trail / "cp.json").read_text())
     impostor = Ed25519PrivateKey.generate()
     last = checkpoints[-1]
     forged = sign_checkpoint(impostor, last.kid, last.seq, last.head_hash, datetime.now(UTC))
-    (tmp_path / "cp.json").write_text(json.dumps(export_document([*checkpoints[:-1], forged])))
+    (tmp_path / "cp.json").write_text(json.dumps(checkpoints_document([*checkpoints[:-1], forged])))
     result = cli(
         "audit", "verify", "--db", str(copy_store(trail, tmp_path)),
         "--checkpoints", str(tmp_path / "cp.json"), "--public-key", str(trail / "pub.json"),

@@ -38,11 +38,11 @@ def sign_checkpoint(private_key: Ed25519PrivateKey, kid: str, seq: int, head_has
     return Checkpoint(seq, head_hash, stamp, kid, base64.urlsafe_b64encode(signature).rstrip(b"=").decode())
 
 
-def export_document(checkpoints: Iterable[Checkpoint]) -> dict[str, Any]:
+def checkpoints_document(checkpoints: Iterable[Checkpoint]) -> dict[str, Any]:
     return {"format": FORMAT, "checkpoints": [asdict(cp) for cp in checkpoints]}
 
 
-def parse_document(text: str) -> list[Checkpoint]:
+def parse_checkpoints_document(text: str) -> list[Checkpoint]:
     doc = json.loads(text)
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise ValueError(f"not a checkpoints file (expected format {FORMAT!r})")

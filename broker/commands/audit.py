@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from broker.audit.checkpoints import export_document, export_line, parse_document, rows_from_export
+from broker.audit.checkpoints import checkpoints_document, export_line, parse_checkpoints_document, rows_from_export
 from broker.audit.trail import AuditReport, verify_trail
 from broker.ports.sqlite_store import AuditQuery, SqliteStore, connect
 
@@ -142,7 +142,9 @@ def run_verify(args: argparse.Namespace) -> int:
     from broker.errors import JwksError
 
     try:
-        checkpoints = parse_document(args.checkpoints.read_text(encoding="utf-8")) if args.checkpoints else None
+        checkpoints = (
+            parse_checkpoints_document(args.checkpoints.read_text(encoding="utf-8")) if args.checkpoints else None
+        )
         if checkpoints is not None and args.public_key is None:
             print(
                 "error: --checkpoints needs --public-key (the broker's public key, obtained out of band)",
@@ -233,7 +235,7 @@ def run_checkpoints(args: argparse.Namespace) -> int:
         checkpoints = SqliteStore.checkpoints_list(conn)
     finally:
         conn.close()
-    args.out.write_text(json.dumps(export_document(checkpoints), indent=2) + "\n", encoding="utf-8")
+    args.out.write_text(json.dumps(checkpoints_document(checkpoints), indent=2) + "\n", encoding="utf-8")
     print(f"{len(checkpoints)} checkpoints written to {args.out}")
     if args.public_key_out is not None:
         from broker.auth.broker_key import broker_public_jwks, load_or_create_broker_key

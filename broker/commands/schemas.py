@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from schemas.export import SCHEMA_DIR, all_schemas, export, render
+from schemas.schema_files import SCHEMA_DIR, all_schemas, render, write_schema_files
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -30,6 +30,6 @@ def run_export(args: argparse.Namespace) -> int:
         for name in stale:
             print(f"out of date: {args.out / name}", file=sys.stderr)
         return 1 if stale else 0
-    for path in export(args.out):
+    for path in write_schema_files(args.out):
         print(path)
     return 0

@@ -5,7 +5,8 @@
     any refusal at 1 or 2 ─► audit ``access_denied`` (durable) ─► answer 401 / 403
 
 A crash can therefore never leave a read unaudited (the entry is durable before the bytes leave).
-The HTTP handlers (``broker/transports/http_access.py``) run steps 1-3 and 5; this module writes 4.
+The HTTP handlers (``broker/transports/http_feeds.py``, ``http_audit.py``, ``http_access.py``) run
+steps 1-3 and 5; this module writes 4.
 """
 
 from __future__ import annotations

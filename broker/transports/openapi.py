@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from schemas.events import EVENT_TYPES
-from schemas.export import envelope_schema
+from schemas.schema_files import envelope_schema
 
 JSON = "application/json"
 

@@ -15,8 +15,8 @@ from adapters.signer import Signer
 from adapters.synthetic import SyntheticGenerator
 from schemas.envelope import ALLOWED_ATTRS, REQUIRED_ATTRS, dataschema_for
 from schemas.events import EVENT_MODELS, EventModel
-from schemas.export import SCHEMA_DIR, all_schemas, envelope_schema, export, render
 from schemas.messages import ConsumerRecord, QuarantineHeaders, ReceiptsMessage
+from schemas.schema_files import SCHEMA_DIR, all_schemas, envelope_schema, render, write_schema_files
 from schemas.strictjson import parse_strict
 from tests.strategies import any_event
 from tests.test_messages import RECEIPTS_BODY_P, RECEIPTS_JSON, RECORD_1, RECORD_2_NO_TIME
@@ -46,7 +46,7 @@ def test_every_event_model_the_envelope_and_each_message_are_exported() -> None:
 
 
 def test_export_writes_what_check_compares(tmp_path: Any) -> None:
-    written = export(tmp_path)
+    written = write_schema_files(tmp_path)
     assert sorted(p.name for p in written) == sorted(all_schemas())
     for path in written:
         assert path.read_bytes() == (SCHEMA_DIR / path.name).read_bytes()

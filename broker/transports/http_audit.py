@@ -1,0 +1,185 @@
+"""The IG lead's audit API (``ig`` or ``admin`` role): query, export, trace, checkpoints, verify.
+
+Every call is itself an audit entry (who looked at the trail, with which filters), made durable
+before the response is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+from dataclasses import replace
+from functools import partial
+from typing import Any
+
+from aiohttp import web
+
+from broker.audit.checkpoints import checkpoints_document, export_line
+from broker.audit.trail import verify_trail
+from broker.errors import ApiError
+from broker.ports.sqlite_store import AuditQuery, SqliteStore
+from broker.transports.http_access import (
+    ACCESS,
+    AUDIT_ROLES,
+    MAX_PAGE,
+    SMALL_INT,
+    authenticate,
+    csv_cell,
+    page_limit,
+    query_time,
+    response_format,
+)
+from schemas.errors import Reason
+
+
+# -- IG: audit ---------------------------------------------------------------------------------------
+def _audit_query(request: web.Request, after: int, limit: int) -> AuditQuery:
+    q = request.query
+    return AuditQuery(
+        after=after,
+        limit=limit,
+        message_id=q.get("message_id"),
+        record_id=q.get("record_id"),
+        source=q.get("source"),
+        consumer=q.get("consumer"),
+        agreement_id=q.get("agreement_id"),
+        kind=q.get("kind"),
+        since=query_time(request, "since"),
+        until=query_time(request, "until"),
+    )
+
+
+def _filters(request: web.Request) -> dict[str, str]:
+    names = ("message_id", "record_id", "source", "consumer", "agreement_id", "kind", "since", "until", "after")
+    return {k: v for k, v in request.query.items() if k in names}
+
+
+def _entry(seq: int, body: bytes) -> dict[str, Any]:
+    entry: dict[str, Any] = json.loads(body)
+    return entry
+
+
+async def audit_entries(request: web.Request) -> web.Response:
+    principal = await authenticate(request, AUDIT_ROLES)
+    ctx = request.app[ACCESS]
+    after_raw = request.query.get("after", "0")
+    if not SMALL_INT.fullmatch(after_raw):
+        raise ApiError(Reason.BAD_CURSOR, "after must be a sequence number.")
+    query = _audit_query(request, int(after_raw), page_limit(request))
+    rows = await ctx.store.read(lambda conn: SqliteStore.audit_page(conn, query))
+    await ctx.audit.read(principal, "audit", request.path, {"query": _filters(request), "count": len(rows)})
+    return web.json_response(
+        {
+            "count": len(rows),
+            "next_after": rows[-1][0] if rows else query.after,
+            "entries": [_entry(seq, body) for seq, body in rows],
+        }
+    )
+
+
+async def audit_export(request: web.Request) -> web.StreamResponse:
+    """The matching entries as JSONL (each line re-verifiable offline) or CSV, streamed in pages."""
+    principal = await authenticate(request, AUDIT_ROLES)
+    ctx = request.app[ACCESS]
+    fmt = response_format(request, ("jsonl", "csv"))
+    first = _audit_query(request, 0, MAX_PAGE)  # parameters are checked before the stream starts
+    await ctx.audit.read(principal, "audit_export", request.path, {"query": _filters(request), "format": fmt})
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "application/x-ndjson" if fmt == "jsonl" else "text/csv; charset=utf-8",
+            "Content-Disposition": f'attachment; filename="sv-broker-audit.{fmt}"',
+        }
+    )
+    await response.prepare(request)
+    columns = ["seq", "at", "kind", "message_id", "source", "consumer", "agreement_id", "record_id", "reason"]
+    if fmt == "csv":
+        await response.write((",".join(columns) + "\n").encode())
+    after = 0
+    while True:
+        query = replace(first, after=after)
+        rows = await ctx.store.read(partial(SqliteStore.audit_page_with_hash, query=query))
+        if not rows:
+            break
+        out = io.StringIO()
+        if fmt == "jsonl":
+            for seq, body, entry_hash in rows:
+                out.write(export_line(seq, body, entry_hash) + "\n")
+        else:
+            writer = csv.writer(out)
+            for seq, body, _ in rows:
+                entry = json.loads(body)
+                writer.writerow([csv_cell(entry.get(c)) if c != "seq" else seq for c in columns])
+        await response.write(out.getvalue().encode())
+        after = rows[-1][0]
+    await response.write_eof()
+    return response
+
+
+async def audit_trace(request: web.Request) -> web.Response:
+    """received -> decisions -> releases -> reads -> purge, for one record id."""
+    principal = await authenticate(request, AUDIT_ROLES)
+    ctx = request.app[ACCESS]
+    record_id = request.match_info["record_id"]
+    message_id = await ctx.store.read(lambda conn: SqliteStore.record_message(conn, record_id))
+    if message_id is None:
+        await ctx.audit.read(principal, "audit_trace", request.path, {"record_id": record_id, "found": False})
+        raise ApiError(Reason.UNKNOWN_RECORD, "No release of this record id is in the audit trail.")
+    by_record = await ctx.store.read(
+        lambda conn: SqliteStore.audit_page(conn, AuditQuery(limit=100000, record_id=record_id))
+    )
+    by_message = await ctx.store.read(
+        lambda conn: SqliteStore.audit_page(conn, AuditQuery(limit=100000, message_id=message_id))
+    )
+    seen: dict[int, bytes] = {}
+    for seq, body in by_record + by_message:
+        entry = json.loads(body)
+        # the message's entries about *other* consumers' records belong to their traces, not this one
+        if entry.get("record_id") not in (None, record_id):
+            continue
+        seen[seq] = body
+    await ctx.audit.read(principal, "audit_trace", request.path, {"record_id": record_id, "count": len(seen)})
+    return web.json_response(
+        {
+            "record_id": record_id,
+            "message_id": message_id,
+            "entries": [_entry(seq, seen[seq]) for seq in sorted(seen)],
+        }
+    )
+
+
+async def audit_checkpoints(request: web.Request) -> web.Response:
+    principal = await authenticate(request, AUDIT_ROLES)
+    ctx = request.app[ACCESS]
+    checkpoints = await ctx.store.read(SqliteStore.checkpoints_list)
+    await ctx.audit.read(principal, "audit_checkpoints", request.path, {"count": len(checkpoints)})
+    return web.json_response(checkpoints_document(checkpoints) | {"public_keys": ctx.public_jwks})
+
+
+async def audit_verify(request: web.Request) -> web.Response:
+    principal = await authenticate(request, AUDIT_ROLES)
+    ctx = request.app[ACCESS]
+    checkpoints = await ctx.store.read(SqliteStore.checkpoints_list)
+    rows = await ctx.store.read(SqliteStore.all_audit_rows)
+    report = await asyncio.to_thread(verify_trail, rows, checkpoints, ctx.checkpoint_keys)
+    await ctx.audit.read(principal, "audit_verify", request.path, {"ok": report.ok})
+    return web.json_response(
+        {
+            "ok": report.ok,
+            "entries": report.chain.entries,
+            "head_seq": report.chain.head_seq,
+            "head_hash": report.chain.head_hash,
+            "checkpoints_checked": report.checkpoints.checked if report.checkpoints else 0,
+            "first_bad_seq": report.first_bad_seq,
+            "problem": report.problem,
+        }
+    )
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/v1/audit/entries", audit_entries)
+    app.router.add_get("/v1/audit/export", audit_export)
+    app.router.add_get("/v1/audit/trace/{record_id}", audit_trace)
+    app.router.add_get("/v1/audit/checkpoints", audit_checkpoints)
+    app.router.add_get("/v1/audit/verify", audit_verify)

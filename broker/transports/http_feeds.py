@@ -1,0 +1,173 @@
+"""The analysts' feeds: ``GET /v1/feeds/{consumer}/records`` (cursor pages, JSON or CSV) and
+``/stream`` (Server-Sent Events).
+
+An analyst reads only their own consumer's records, and every page is audited (with the record
+ids read) before it is written to the wire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import csv
+import io
+import json
+
+from aiohttp import web
+
+from broker.auth.tokens import Principal
+from broker.errors import ApiError
+from broker.ports.sqlite_store import FeedRow, SqliteStore
+from broker.transports.http_access import (
+    ACCESS,
+    ANALYST,
+    SMALL_INT,
+    authenticate,
+    csv_cell,
+    page_limit,
+    query_time,
+    response_format,
+)
+from schemas.errors import Reason
+from schemas.events import EVENT_TYPES
+
+
+async def analyst_for(request: web.Request) -> tuple[Principal, str]:
+    """The analyst and the consumer feed they asked for; refused unless it is their own."""
+    principal = await authenticate(request, frozenset({ANALYST}))
+    consumer = request.match_info["consumer"]
+    if principal.consumer != consumer or consumer not in request.app[ACCESS].registry.consumers:
+        # Threat: an analyst of one consumer reading another's records (horizontal escalation).
+        await request.app[ACCESS].audit.denied(
+            request.path,
+            403,
+            Reason.NOT_YOUR_FEED,
+            {"sub": principal.sub, "consumer": consumer, "own_consumer": principal.consumer},
+        )
+        raise ApiError(Reason.NOT_YOUR_FEED, "An analyst may read only their own consumer's feed.")
+    return principal, consumer
+
+
+def encode_cursor(record_row_id: int) -> str:
+    return base64.urlsafe_b64encode(f"v1:{record_row_id}".encode()).rstrip(b"=").decode()
+
+
+def decode_cursor(cursor: str | None) -> int:
+    if not cursor:
+        return 0
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        version, _, number = text.partition(":")
+        if version != "v1" or not SMALL_INT.fullmatch(number):
+            raise ValueError(cursor)
+        return int(number)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise ApiError(Reason.BAD_CURSOR, "The cursor is not one this feed issued.") from None
+
+
+# -- feeds --------------------------------------------------------------------------------------------
+async def _page(request: web.Request, consumer: str, after: int, limit: int) -> list[FeedRow]:
+    ctx = request.app[ACCESS]
+    event_type = request.query.get("event_type")
+    if event_type is not None and event_type not in EVENT_TYPES:
+        raise ApiError(Reason.BAD_EVENT_TYPE, f"event_type must be one of {', '.join(sorted(EVENT_TYPES))}.")
+    since, until = query_time(request, "since"), query_time(request, "until")
+    return await ctx.store.read(
+        lambda conn: SqliteStore.feed_page(
+            conn, consumer, after=after, limit=limit, event_type=event_type, since=since, until=until
+        )
+    )
+
+
+async def feed_records(request: web.Request) -> web.StreamResponse:
+    principal, consumer = await analyst_for(request)
+    ctx = request.app[ACCESS]
+    fmt = response_format(request, ("json", "csv"))
+    after = decode_cursor(request.query.get("after"))
+    rows = await _page(request, consumer, after, page_limit(request))
+    next_cursor = encode_cursor(rows[-1].id) if rows else encode_cursor(after)
+    await ctx.audit.read(
+        principal,
+        "feed",
+        request.path,
+        {
+            "consumer": consumer,
+            "format": fmt,
+            "count": len(rows),
+            "record_ids": [r.record_id for r in rows],
+            "query": {
+                k: v for k, v in request.query.items() if k in ("after", "limit", "event_type", "since", "until")
+            },
+        },
+    )
+    records = [json.loads(r.body) | {"released_at": r.released_at} for r in rows]
+    if fmt == "json":
+        return web.json_response(
+            {"consumer": consumer, "count": len(records), "next_cursor": next_cursor, "records": records}
+        )
+    data_fields = sorted({key for rec in records for key in rec["data"]})
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["record_id", "released_at", "event_type", "agreement_id", "agreement_revision", *data_fields])
+    for rec in records:
+        writer.writerow(
+            [
+                csv_cell(rec["record_id"]),
+                csv_cell(rec["released_at"]),
+                csv_cell(rec["event_type"]),
+                csv_cell(rec["agreement"]["id"]),
+                csv_cell(rec["agreement"]["revision"]),
+                *(csv_cell(rec["data"].get(f)) for f in data_fields),
+            ]
+        )
+    return web.Response(
+        text=out.getvalue(), content_type="text/csv", charset="utf-8", headers={"X-Next-Cursor": next_cursor}
+    )
+
+
+async def feed_stream(request: web.Request) -> web.StreamResponse:
+    """Server-Sent Events: every new record as it is released; resumes after ``Last-Event-ID``."""
+    principal, consumer = await analyst_for(request)
+    ctx = request.app[ACCESS]
+    after = decode_cursor(request.headers.get("Last-Event-ID") or request.query.get("after"))
+    await _page(request, consumer, after, 1)  # validate the filters before the stream starts
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+    )
+    await response.prepare(request)
+    idle = 0.0
+    while not ctx.stopping.is_set():
+        if principal.expires_at is not None and ctx.clock() >= principal.expires_at:
+            # The token was checked when the stream opened; it must not outlive the token (a
+            # stolen or revoked-by-expiry token would otherwise read new records for ever).
+            await response.write(b"event: token_expired\ndata: {}\n\n")
+            break
+        rows = await _page(request, consumer, after, 200)
+        if rows:
+            # Audited before the records are written to the wire.
+            await ctx.audit.read(
+                principal,
+                "feed",
+                request.path,
+                {"consumer": consumer, "format": "sse", "count": len(rows), "record_ids": [r.record_id for r in rows]},
+            )
+            chunks = []
+            for row in rows:
+                record = json.loads(row.body) | {"released_at": row.released_at}
+                chunks.append(f"id: {encode_cursor(row.id)}\nevent: record\ndata: {json.dumps(record)}\n\n")
+            await response.write("".join(chunks).encode())
+            after = rows[-1].id
+            idle = 0.0
+            continue
+        await asyncio.sleep(ctx.stream_poll)
+        idle += ctx.stream_poll
+        if idle >= 15:
+            await response.write(b": keep-alive\n\n")
+            idle = 0.0
+    return response
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/v1/feeds/{consumer}/records", feed_records)
+    app.router.add_get("/v1/feeds/{consumer}/stream", feed_stream)
