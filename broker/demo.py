@@ -13,11 +13,10 @@ import json
 import os
 import secrets
 import shutil
-import sqlite3
 import tempfile
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,7 +27,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from adapters.signer import Signer, generate_keyring
 from adapters.synthetic import SyntheticGenerator
-from broker.ports.sqlite_store import verify_audit_file
+from broker.audit.chain import ChainReport
+from broker.pipeline.trail import verify_store
+from broker.ports.store import StoreCounts
+from broker.ports.stores import store_for
 from broker.registry import load_registry
 from broker.service import Broker
 from broker.settings import REPO_POLICIES, Settings
@@ -201,25 +203,26 @@ async def _people(broker: Broker) -> list[str]:
     return lines
 
 
-def _records_by_consumer(db: Path) -> tuple[Counter[str], dict[str, dict[str, Any]]]:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+@dataclass(frozen=True, slots=True)
+class StoreSummary:
+    counts: StoreCounts
+    samples: dict[str, dict[str, Any]]  # consumer -> its first record
+    chain: ChainReport
+
+
+async def summarise(location: str | Path, consumers: Iterable[str]) -> StoreSummary:
+    """What the store holds after the run, read through the store contract (read-only)."""
+    store = store_for(location, readonly=True)
+    await store.open()
     try:
-        counts: Counter[str] = Counter()
         samples: dict[str, dict[str, Any]] = {}
-        for consumer, body in conn.execute("SELECT consumer, body FROM records ORDER BY id"):
-            counts[consumer] += 1
-            samples.setdefault(consumer, json.loads(body))
-        return counts, samples
+        for consumer in consumers:
+            first = await store.feed_page(consumer, after=0, limit=1)
+            if first:
+                samples[consumer] = json.loads(first[0].body)
+        return StoreSummary(await store.counts(), samples, (await verify_store(store)).chain)
     finally:
-        conn.close()
-
-
-def _audit_kinds(db: Path) -> Counter[str]:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        return Counter(dict(conn.execute("SELECT kind, COUNT(*) FROM audit GROUP BY kind").fetchall()))
-    finally:
-        conn.close()
+        await store.close()
 
 
 async def run_embedded(workdir: Path, events: int, say: Print) -> int:
@@ -244,7 +247,8 @@ async def run_embedded(workdir: Path, events: int, say: Print) -> int:
         access_lines = await _people(broker)
     finally:
         await broker.stop()
-    db = settings.data_dir / "broker.db"
+    registry = load_registry(settings.policy_dir, settings.keys_dir)
+    summary = await summarise(settings.store_location, sorted(registry.consumers))
     by_partner = Counter(partner for partner, _ in good)
     accepted = sum(1 for status, _ in results if status == 202)
     say(
@@ -253,12 +257,10 @@ async def run_embedded(workdir: Path, events: int, say: Print) -> int:
     )
     say(f"  accepted {accepted}, records released {sum(r.get('records', 0) for _, r in results)}\n")
 
-    counts, samples = _records_by_consumer(db)
-    registry = load_registry(settings.policy_dir, settings.keys_dir)
     say("What each consumer received (minimised records only):")
     for consumer in sorted(registry.consumers):
-        say(f"  {consumer:<30} {counts.get(consumer, 0):>6} records")
-    for consumer, sample in sorted(samples.items()):
+        say(f"  {consumer:<30} {summary.counts.records_by_consumer.get(consumer, 0):>6} records")
+    for consumer, sample in sorted(summary.samples.items()):
         say(
             f"\n  sample for {consumer} ({sample['event_type']} under {sample['agreement']['id']} "
             f"rev {sample['agreement']['revision']}):"
@@ -275,9 +277,8 @@ async def run_embedded(workdir: Path, events: int, say: Print) -> int:
     say("\nAnalysts and the IG lead, over the authenticated HTTP API (every read audited):")
     for line in access_lines:
         say("  " + line)
-    report = verify_audit_file(db)
-    kinds = _audit_kinds(db)
-    say("\nAudit trail: " + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())))
+    report = summary.chain
+    say("\nAudit trail: " + ", ".join(f"{k} {n}" for k, n in sorted(summary.counts.audit_by_kind.items())))
     if report.ok:
         say(
             f"  hash chain verified: {report.entries} entries intact, head #{report.head_seq} "
@@ -352,9 +353,9 @@ async def run_amqp(workdir: Path, events: int, amqp_url: str, say: Print) -> int
         await broker.stop()
         await _delete_topology(connection, names, registry)
         await connection.close()
-    db = settings.data_dir / "broker.db"
-    report = verify_audit_file(db)
-    say("\nAudit trail: " + ", ".join(f"{k} {n}" for k, n in sorted(_audit_kinds(db).items())))
+    summary = await summarise(settings.store_location, ())
+    report = summary.chain
+    say("\nAudit trail: " + ", ".join(f"{k} {n}" for k, n in sorted(summary.counts.audit_by_kind.items())))
     say(f"  hash chain {'verified' if report.ok else 'BROKEN'}: {report.entries} entries")
     return 0 if report.ok else 1
 

@@ -27,7 +27,7 @@ async def checkpoint_every(
     while True:
         await asyncio.sleep(min(1.0, interval_seconds))
         try:
-            seq, _ = await flow.store.current_head()
+            seq = (await flow.store.current_head()).seq
             due = seq - flow.last_seq >= every_entries
             stale = seq > flow.last_seq and loop.time() - last_at >= interval_seconds
             if (due or stale) and await flow.sign_head(clock()) is not None:

@@ -35,8 +35,8 @@ from broker.ports.delivery import Delivery, StoreDelivery
 from broker.ports.rabbitmq.connection import Connection, connect
 from broker.ports.rabbitmq.publisher import AmqpDelivery
 from broker.ports.rabbitmq.topology import Names, declare_topology
-from broker.ports.sqlite_store import SqliteStore
-from broker.ports.store import Checkpoint, CommitUnit
+from broker.ports.store import Checkpoint, CommitUnit, Store
+from broker.ports.stores import store_for
 from broker.registry import Registry, load_registry
 from broker.settings import Settings
 from broker.transports import http_access, http_audit, http_feeds
@@ -108,7 +108,7 @@ class Broker:
     expected_config: str | None = None  # a worker: the primary's configuration fingerprint
     registry: Registry | None = None
     policy: PolicySet | None = None
-    store: SqliteStore | None = None
+    store: Store | None = None
     pipeline: Pipeline | None = None
     connection: Connection | None = None
     ingest: AmqpIngest | None = None
@@ -154,7 +154,7 @@ class Broker:
         self.registry = load_registry(settings.policy_dir, settings.keys_dir)
         secrets = load_secrets(settings.secrets_file, os.environ)
         self.policy = load_policy(settings.policy_dir, self.registry, secrets)
-        self.store = SqliteStore(settings.data_dir / "broker.db", batch_max=settings.audit_batch_max)
+        self.store = store_for(settings.store_location, batch_max=settings.audit_batch_max)
         await self.store.open()
         role: dict[str, object] = {}
         if self.ingest_only:

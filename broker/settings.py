@@ -18,6 +18,7 @@ class Settings:
     keys_dir: Path | None = None  # default: policy_dir / "keys"
     secrets_file: Path | None = None  # pseudonymisation secrets; never in the repository
     data_dir: Path = Path("var")
+    store_url: str | None = None  # postgresql://…; None: SQLite at data_dir / broker.db
     max_body_bytes: int = DEFAULT_MAX_BYTES
     freshness: FreshnessWindow = field(default_factory=FreshnessWindow)
     # RabbitMQ mode
@@ -46,6 +47,10 @@ class Settings:
     log_level: str = "INFO"
     # audit group commit
     audit_batch_max: int = 512
+
+    @property
+    def store_location(self) -> str | Path:
+        return self.store_url if self.store_url else self.data_dir / "broker.db"
 
     @property
     def effective_broker_key(self) -> Path:

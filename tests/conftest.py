@@ -125,3 +125,58 @@ async def delete_prefixed(url: str, prefix: str) -> None:
         await channel.close()
     finally:
         await connection.close()
+
+
+# -- PostgreSQL -----------------------------------------------------------------------------------
+
+PG_URL = os.environ.get("SV_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def _pg_reachable(url: str) -> str | None:
+    import asyncpg
+
+    async def probe() -> None:
+        connection = await asyncpg.connect(url, timeout=5)
+        await connection.close()
+
+    try:
+        asyncio.run(probe())
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> str:
+    """The real PostgreSQL. Unreachable: skipped on a laptop, a failure in CI (CI=true)."""
+    problem = _pg_reachable(PG_URL)
+    if problem is not None:
+        message = (
+            f"PostgreSQL is not reachable at {PG_URL} ({problem}); start it with "
+            "`pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`"
+        )
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return PG_URL
+
+
+@pytest.fixture
+def pg_store_url(pg_url: str) -> Iterator[str]:
+    """A store URL on a schema of its own (``search_path``), dropped afterwards."""
+    import asyncpg
+
+    schema = f"svt_{uuid.uuid4().hex[:12]}"
+
+    async def run(sql: str) -> None:
+        connection = await asyncpg.connect(pg_url, timeout=5)
+        try:
+            await connection.execute(sql)
+        finally:
+            await connection.close()
+
+    asyncio.run(run(f"CREATE SCHEMA {schema}"))
+    try:
+        yield f"{pg_url}?search_path={schema}"
+    finally:
+        asyncio.run(run(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))

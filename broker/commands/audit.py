@@ -1,33 +1,68 @@
 """``sv-broker audit``: verify, query, trace and export the tamper-evident audit trail.
 
-These commands read the store file directly (read-only), for operators and for IG leads working
-offline from an export. They do not append to the trail (only the running broker extends the
-chain); the audited way for an IG lead to read is the HTTP API (``/v1/audit/...``).
+These commands read the store directly (read-only: a SQLite file, or the PostgreSQL database with
+``--store postgresql://…``), for operators and for IG leads working offline from an export.
+They do not append to the trail (only the running broker extends the chain); the audited way for
+an IG lead to read is the HTTP API (``/v1/audit/...``). Both read through the store contract
+(``broker/pipeline/trail.py``), so they answer the same on either backend.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import os
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 from broker.audit.checkpoints import checkpoints_document, export_line, parse_checkpoints_document, rows_from_export
 from broker.audit.trail import AuditReport, verify_trail
-from broker.ports.sqlite_store import AuditQuery, SqliteStore, connect
+from broker.errors import StoreUnavailable
+from broker.pipeline.trail import audit_pages, trace_entries, verify_store
+from broker.ports.store import AuditQuery, Store
+from broker.ports.stores import is_postgres, redacted, store_for
+
+T = TypeVar("T")
+STORE_ENV = "SV_BROKER_STORE_URL"
 
 
 def _store_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", type=Path, default=Path("var"), help="store directory (default: %(default)s)")
-    parser.add_argument("--db", type=Path, default=None, help="store file (default: DATA_DIR/broker.db)")
+    parser.add_argument("--db", type=Path, default=None, help="SQLite store file (default: DATA_DIR/broker.db)")
+    parser.add_argument(
+        "--store",
+        default=None,
+        help=f"a PostgreSQL store (postgresql://...) or a SQLite file; default: ${STORE_ENV}, else --db",
+    )
 
 
-def _db(args: argparse.Namespace) -> Path:
-    path: Path = args.db or args.data_dir / "broker.db"
-    if not path.is_file():
-        raise SystemExit(f"error: no audit store at {path}")
-    return path
+def _location(args: argparse.Namespace) -> str | Path:
+    location: str | Path | None = args.store or os.environ.get(STORE_ENV) or None
+    if location is None:
+        location = args.db or args.data_dir / "broker.db"
+    if not is_postgres(location) and not Path(location).is_file():
+        raise SystemExit(f"error: no audit store at {location}")
+    return location
+
+
+def _with_store(args: argparse.Namespace, work: Callable[[Store], Awaitable[T]]) -> T:
+    """Open the store read-only, run ``work`` on it, close it."""
+
+    async def run() -> T:
+        store = store_for(_location(args), readonly=True)
+        try:
+            await store.open()
+        except StoreUnavailable as exc:
+            raise SystemExit(f"error: cannot read {redacted(_location(args))}: {exc}") from None
+        try:
+            return await work(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
 
 
 def _filter_args(parser: argparse.ArgumentParser) -> None:
@@ -155,48 +190,33 @@ def run_verify(args: argparse.Namespace) -> int:
         if args.export is not None:
             with args.export.open(encoding="utf-8") as fh:
                 return _report(verify_trail(rows_from_export(fh), checkpoints, keys), args.json)
-        conn = connect(_db(args), readonly=True)
-        try:
-            rows = SqliteStore.all_audit_rows(conn)
-        finally:
-            conn.close()
-        return _report(verify_trail(rows, checkpoints, keys), args.json)
+        return _report(_with_store(args, lambda store: verify_store(store, checkpoints, keys)), args.json)
     except (OSError, ValueError, KeyError, JwksError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
 
-def _print_entries(rows: list[tuple[int, bytes]]) -> None:
-    for _, body in rows:
+def _print_entries(bodies: list[bytes]) -> None:
+    for body in bodies:
         sys.stdout.write(body.decode() + "\n")
 
 
 def run_query(args: argparse.Namespace) -> int:
-    conn = connect(_db(args), readonly=True)
-    try:
-        _print_entries(SqliteStore.audit_page(conn, _query(args, 0, args.limit)))
-    finally:
-        conn.close()
+    rows = _with_store(args, lambda store: store.audit_page(_query(args, 0, args.limit)))
+    _print_entries([row.body for row in rows])
     return 0
 
 
 def run_trace(args: argparse.Namespace) -> int:
-    conn = connect(_db(args), readonly=True)
-    try:
-        message_id = SqliteStore.record_message(conn, args.record_id)
-        if message_id is None:
-            print(f"no release of {args.record_id} is in the audit trail", file=sys.stderr)
-            return 1
-        rows = SqliteStore.audit_page(conn, AuditQuery(limit=1_000_000, record_id=args.record_id))
-        rows += SqliteStore.audit_page(conn, AuditQuery(limit=1_000_000, message_id=message_id))
-    finally:
-        conn.close()
-    seen: dict[int, bytes] = {}
-    for seq, body in rows:
-        entry: dict[str, Any] = json.loads(body)
-        if entry.get("record_id") in (None, args.record_id):
-            seen[seq] = body
-    _print_entries([(seq, seen[seq]) for seq in sorted(seen)])
+    async def trace(store: Store) -> dict[int, bytes] | None:
+        message_id = await store.record_message(args.record_id)
+        return None if message_id is None else await trace_entries(store, args.record_id, message_id)
+
+    seen = _with_store(args, trace)
+    if seen is None:
+        print(f"no release of {args.record_id} is in the audit trail", file=sys.stderr)
+        return 1
+    _print_entries([seen[seq] for seq in sorted(seen)])
     return 0
 
 
@@ -205,36 +225,32 @@ def run_export(args: argparse.Namespace) -> int:
 
     from broker.transports.http_access import csv_cell
 
-    conn = connect(_db(args), readonly=True)
     columns = ["seq", "at", "kind", "message_id", "source", "consumer", "agreement_id", "record_id", "reason"]
-    count, after = 0, 0
-    try:
+
+    async def export(store: Store) -> int:
+        count = 0
         with args.out.open("w", encoding="utf-8", newline="") as fh:
             writer = csv.writer(fh) if args.format == "csv" else None
             if writer is not None:
                 writer.writerow(columns)
-            while rows := SqliteStore.audit_page_with_hash(conn, _query(args, after, 5000)):
-                for seq, body, entry_hash in rows:
+            async for rows in audit_pages(store, _query(args, 0, 0)):
+                for row in rows:
                     if writer is None:
-                        fh.write(export_line(seq, body, entry_hash) + "\n")
+                        fh.write(export_line(row.seq, row.body, row.hash) + "\n")
                     else:
-                        entry = json.loads(body)
+                        entry = json.loads(row.body)
                         # csv_cell: no spreadsheet formulas from audited values (CSV injection)
-                        writer.writerow([csv_cell(entry.get(c)) if c != "seq" else seq for c in columns])
+                        writer.writerow([csv_cell(entry.get(c)) if c != "seq" else row.seq for c in columns])
                 count += len(rows)
-                after = rows[-1][0]
-    finally:
-        conn.close()
+        return count
+
+    count = _with_store(args, export)
     print(f"{count} entries written to {args.out}")
     return 0
 
 
 def run_checkpoints(args: argparse.Namespace) -> int:
-    conn = connect(_db(args), readonly=True)
-    try:
-        checkpoints = SqliteStore.checkpoints_list(conn)
-    finally:
-        conn.close()
+    checkpoints = _with_store(args, lambda store: store.checkpoints())
     args.out.write_text(json.dumps(checkpoints_document(checkpoints), indent=2) + "\n", encoding="utf-8")
     print(f"{len(checkpoints)} checkpoints written to {args.out}")
     if args.public_key_out is not None:

@@ -58,7 +58,16 @@ def add_runtime_args(parser: argparse.ArgumentParser) -> None:
         "about one per core: each is bound to one core by Python's GIL) (default: %(default)s)",
     )
     parser.add_argument(
-        "--data-dir", type=Path, default=Path("var"), help="SQLite store directory (default: %(default)s)"
+        "--data-dir",
+        type=Path,
+        default=Path("var"),
+        help="this process's directory: its lock, its broker key, and the SQLite store (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--store",
+        default=os.environ.get("SV_BROKER_STORE_URL"),
+        help="the store: postgresql://user@host/db for several processes on several hosts "
+        "(env SV_BROKER_STORE_URL); default: SQLite at DATA_DIR/broker.db",
     )
     parser.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default: %(default)s)")
     parser.add_argument("--port", type=int, default=8080, help="HTTP port, 0 for any free port (default: %(default)s)")
@@ -76,6 +85,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         keys_dir=args.keys_dir,
         secrets_file=args.secrets,
         data_dir=args.data_dir,
+        store_url=getattr(args, "store", None) or None,
         max_body_bytes=args.max_body_bytes,
         freshness=FreshnessWindow(
             max_age=timedelta(hours=args.max_age_hours), max_future=timedelta(seconds=args.max_future_seconds)

@@ -13,12 +13,11 @@ from datetime import datetime
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker.audit.checkpoints import sign_checkpoint
-from broker.ports.sqlite_store import SqliteStore
-from broker.ports.store import Checkpoint, CommitUnit
+from broker.ports.store import Checkpoint, CommitUnit, Store
 
 
 class CheckpointFlow:
-    def __init__(self, store: SqliteStore, kid: str, key: Ed25519PrivateKey) -> None:
+    def __init__(self, store: Store, kid: str, key: Ed25519PrivateKey) -> None:
         self.store = store
         self.kid = kid
         self.key = key
@@ -26,10 +25,10 @@ class CheckpointFlow:
 
     async def sign_head(self, now: datetime) -> Checkpoint | None:
         """Sign the current head of the chain, if it moved since the last checkpoint."""
-        seq, head = await self.store.current_head()
-        if seq in (0, self.last_seq):
+        head = await self.store.current_head()
+        if head.seq in (0, self.last_seq):
             return None
-        checkpoint = sign_checkpoint(self.key, self.kid, seq, head, now)
+        checkpoint = sign_checkpoint(self.key, self.kid, head.seq, head.hash, now)
         await self.store.commit(CommitUnit(checkpoints=[checkpoint]))
-        self.last_seq = seq
+        self.last_seq = head.seq
         return checkpoint

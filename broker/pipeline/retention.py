@@ -9,31 +9,27 @@ show it).
 from __future__ import annotations
 
 from datetime import datetime
-from functools import partial
 
 from broker.audit import entries
 from broker.logs import get_logger
-from broker.ports.sqlite_store import SqliteStore
-from broker.ports.store import CommitUnit
-from schemas.envelope import format_time
+from broker.ports.store import CommitUnit, Store
 
 log = get_logger("sv_broker.retention")
 
 PAGE = 1000
 
 
-async def purge_expired(store: SqliteStore, now: datetime) -> int:
+async def purge_expired(store: Store, now: datetime) -> int:
     """Delete every expired record; returns how many."""
-    stamp = format_time(now)
     total = 0
     while True:
-        rows = await store.read(partial(SqliteStore.expired, now=stamp, limit=PAGE))
+        rows = await store.expired(now, PAGE)
         if not rows:
             return total
         groups: dict[tuple[str, str], list[str]] = {}
-        for record_id, consumer, agreement_id in rows:
-            groups.setdefault((consumer, agreement_id), []).append(record_id)
+        for row in rows:
+            groups.setdefault((row.consumer, row.agreement_id), []).append(row.record_id)
         drafts = [entries.purged(consumer, agreement, ids) for (consumer, agreement), ids in sorted(groups.items())]
-        await store.commit(CommitUnit(drafts=drafts, purge=[r[0] for r in rows]))
+        await store.commit(CommitUnit(drafts=drafts, purge=[r.record_id for r in rows]))
         total += len(rows)
         log.info("records_purged", count=len(rows))

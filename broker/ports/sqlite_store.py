@@ -1,9 +1,11 @@
-"""SQLite (WAL) implementation of the storage port, with group commit.
+"""SQLite (WAL) backend of the store contract (``broker/ports/store.py``), with group commit.
 
-One writer thread owns the write connection and the head of the audit chain.  Callers hand it
-commit units; it drains whatever is queued (up to ``batch_max``) into ONE transaction and one
-fsync, then wakes every caller whose unit was in it.  Durability therefore costs one fsync per
-group, not per message, and the chain is extended by one thread only, so it cannot fork.
+The embedded default: one host, one file. One writer thread owns the write connection. Callers
+hand it commit units; it drains whatever is queued (up to ``batch_max``) into ONE transaction and
+one fsync, then wakes every caller whose unit was in it. Durability therefore costs one fsync per
+group, not per message. What a commit writes is decided by the pure rules in
+``broker/audit/commit_plan.py`` (shared with the PostgreSQL backend), from what this backend
+reads under SQLite's write lock, so processes sharing the file cannot fork the chain.
 """
 
 from __future__ import annotations
@@ -14,17 +16,32 @@ import queue
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
-from broker.audit.chain import GENESIS, ChainReport, Kind, seal, verify_chain
+from broker.audit.chain import GENESIS, ChainReport, verify_chain
+from broker.audit.commit_plan import NONE_LOST, CommitPlan, claim_keys, plan_commit, released_ids, replay_view
 from broker.errors import StoreUnavailable
-from broker.ports.store import NOT_SEEN, Checkpoint, CommitUnit, ReplayKey, Seen
+from broker.ports.store import (
+    GENESIS_HEAD,
+    AuditQuery,
+    AuditRow,
+    Checkpoint,
+    CommitUnit,
+    Expired,
+    FeedRow,
+    Head,
+    Lost,
+    ReplayKey,
+    Seen,
+    StoreCounts,
+)
 from broker.stages.replay import ReplayState
 from schemas.envelope import format_time
+
+__all__ = ["AuditQuery", "FeedRow", "SqliteStore", "connect", "translated", "verify_audit_file"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit (
@@ -113,10 +130,6 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     return conn
 
 
-Lost = frozenset[ReplayKey]  # message ids a unit lost its claim on (see ``Store.commit``)
-NONE_LOST: Lost = frozenset()
-
-
 class _Job:
     __slots__ = ("future", "loop", "unit")
 
@@ -173,38 +186,65 @@ def _insert_many(
         conn.execute(sql, [value for row in chunk for value in row])
 
 
-def _existing(conn: sqlite3.Connection, query: str, keys: list[object]) -> set[object]:
+def _existing(conn: sqlite3.Connection, query: str, keys: Sequence[str]) -> set[str]:
     """The subset of ``keys`` that ``query`` + ``(?, ...)`` finds (first column), in chunks."""
-    found: set[object] = set()
-    unique = list(dict.fromkeys(k for k in keys if k is not None))
+    found: set[str] = set()
+    unique = list(dict.fromkeys(keys))
     for i in range(0, len(unique), 500):
         chunk = unique[i : i + 500]
         sql = query + "(" + ", ".join("?" * len(chunk)) + ")"
-        found.update(row[0] for row in conn.execute(sql, chunk))
+        found.update(str(row[0]) for row in conn.execute(sql, chunk))
     return found
 
 
+_HEAD_SQL = "SELECT seq, hash, at FROM audit ORDER BY seq DESC LIMIT 1"
+
+
+def _head(conn: sqlite3.Connection) -> Head:
+    row = conn.execute(_HEAD_SQL).fetchone()
+    return Head(int(row[0]), str(row[1]), str(row[2])) if row is not None else GENESIS_HEAD
+
+
 class SqliteStore:
-    def __init__(self, path: Path, *, batch_max: int = 512) -> None:
+    """The store contract on one SQLite file (WAL). ``readonly``: the offline commands' view of a
+    store file (no writer, no schema changes; ``commit`` refuses)."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        batch_max: int = 512,
+        readonly: bool = False,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         self.path = path
         self.batch_max = batch_max
+        self.readonly = readonly
+        self.clock = clock
         self._jobs: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._reader: sqlite3.Connection | None = None
         self._guard: sqlite3.Connection | None = None  # replay-guard reads, on the event loop's thread
         self._read_lock = threading.Lock()
-        self.head: tuple[int, str] = (0, GENESIS)  # one attribute: read atomically by other threads
+        self.head: tuple[int, str] = (0, GENESIS)  # this store's last write (one attribute: read atomically)
         self.commits = 0  # transactions written (for the group-commit figures)
         self.units = 0
 
+    def __repr__(self) -> str:
+        return f"SqliteStore({str(self.path)!r})"
+
     # -- lifecycle -------------------------------------------------------------------------------
     async def open(self) -> None:
+        if self.readonly:
+            if not self.path.is_file():
+                raise StoreUnavailable(f"no audit store at {self.path}")
+            self._reader = connect(self.path, readonly=True)
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         writer = connect(self.path)
         writer.executescript(SCHEMA)
-        row = writer.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
-        if row is not None:
-            self.head = (int(row[0]), str(row[1]))
+        head = _head(writer)
+        self.head = (head.seq, head.hash)
         self._reader = connect(self.path)
         self._guard = connect(self.path)
         # WAL readers do not wait for the writer; a short timeout bounds the rare case that does
@@ -228,7 +268,7 @@ class SqliteStore:
     # -- writes ----------------------------------------------------------------------------------
     async def commit(self, unit: CommitUnit) -> Lost:
         if self._thread is None:
-            raise RuntimeError("store is not open")
+            raise RuntimeError("store is not open for writing")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Lost] = loop.create_future()
         self._jobs.put(_Job(unit, loop, future))
@@ -275,170 +315,84 @@ class SqliteStore:
         call, and that convoy, not SQLite, was most of the writer's time. Multi-row statements
         cost a few hand-offs per commit instead of several per message.
         """
-        now = datetime.now(UTC)
-        stamp = format_time(now)
-        audit_rows: list[tuple[object, ...]] = []
-        release_rows: list[tuple[object, ...]] = []
-        audit_record_rows: list[tuple[object, ...]] = []
-        quarantine_rows: list[tuple[object, ...]] = []
-        purge: list[tuple[object, ...]] = []
-        checkpoint_rows: list[tuple[object, ...]] = []
-        for unit in units:
-            for item in unit.quarantine:
-                quarantine_rows.append(
-                    (
-                        format_time(item.at),
-                        item.reason,
-                        item.message,
-                        item.source,
-                        item.message_id,
-                        item.body_sha256,
-                        item.body,
-                    )
-                )
-            purge.extend((rid,) for rid in unit.purge)
-            checkpoint_rows.extend((cp.seq, cp.head_hash, cp.at, cp.kid, cp.signature) for cp in unit.checkpoints)
-        released_ids = [
-            draft.attrs.get("record_id") for unit in units for draft in unit.drafts if draft.kind is Kind.RELEASED
-        ]
         conn.execute("BEGIN IMMEDIATE")
         try:
-            # The head is read inside the write transaction (which holds SQLite's write lock), not
-            # taken from memory: another broker process sharing this store cannot fork the chain.
-            row = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
-            seq, prev = (int(row[0]), str(row[1])) if row is not None else (0, GENESIS)
-            # A redelivered message's releases are audited once: record ids already released
-            # (earlier, or earlier in this very commit) get no second "released" entry.
-            released = _existing(conn, "SELECT record_id FROM releases WHERE record_id IN ", released_ids)
-            lost = self._claims(conn, units)
-            seen_rows: list[tuple[object, ...]] = []
-            record_rows: list[tuple[object, ...]] = []
-            for unit, unit_lost in zip(units, lost, strict=True):
-                for (source, message_id), seen in unit.seen:
-                    if (source, message_id) not in unit_lost:
-                        seen_rows.append((source, message_id, seen.state.value, seen.content_sha256, stamp))
-                for rec in unit.records:
-                    if (rec.source, rec.message_id) in unit_lost:
-                        continue
-                    record_rows.append(
-                        (
-                            rec.record_id,
-                            rec.consumer,
-                            rec.agreement_id,
-                            rec.agreement_revision,
-                            rec.event_type,
-                            rec.source,
-                            rec.message_id,
-                            format_time(rec.released_at),
-                            format_time(rec.expires_at),
-                            rec.body,
-                        )
-                    )
-                for draft in unit.drafts:
-                    attrs = draft.attrs
-                    if (
-                        unit_lost
-                        and draft.kind is not Kind.RECEIVED
-                        and (attrs.get("source"), attrs.get("message_id")) in unit_lost
-                    ):
-                        continue  # the caller records this message's outcome again (rejected)
-                    record_id = attrs.get("record_id")
-                    if draft.kind is Kind.RELEASED:
-                        if record_id in released:
-                            continue
-                        released.add(record_id)
-                        release_rows.append((record_id, seq + 1))
-                    seq += 1
-                    entry = seal(draft, seq=seq, prev=prev, at=now)
-                    audit_rows.append(
-                        (
-                            seq,
-                            entry.at,
-                            draft.kind.value,
-                            attrs.get("message_id"),
-                            attrs.get("source"),
-                            attrs.get("consumer"),
-                            attrs.get("agreement_id"),
-                            record_id,
-                            entry.body,
-                            entry.hash,
-                        )
-                    )
-                    prev = entry.hash
-                    # Entries about many records (reads, purges) are indexed per record, so an IG
-                    # lead's per-record trace finds them.
-                    many = attrs.get("record_ids")
-                    if isinstance(many, list):
-                        audit_record_rows.extend((seq, rid) for rid in dict.fromkeys(many))
-            _insert_many(
-                conn,
-                "INSERT INTO seen(source, message_id, state, content_sha256, first_seen) VALUES ",
-                seen_rows,
-                " ON CONFLICT(source, message_id) DO UPDATE SET state = excluded.state, "
-                "content_sha256 = coalesce(seen.content_sha256, excluded.content_sha256) "
-                "WHERE seen.state != 'done'",
+            # Read under SQLite's write lock, not from memory: another broker process sharing
+            # this store file may have committed since (see ``commit_plan``).
+            plan = plan_commit(
+                units,
+                head=_head(conn),
+                released=_existing(conn, "SELECT record_id FROM releases WHERE record_id IN ", released_ids(units)),
+                held=self._replay_states(conn, claim_keys(units)),
+                now=self.clock(),
             )
-            _insert_many(conn, "INSERT INTO releases(record_id, audit_seq) VALUES ", release_rows)
-            _insert_many(
-                conn,
-                "INSERT INTO audit(seq, at, kind, message_id, source, consumer, agreement_id, record_id, body, hash) "
-                "VALUES ",
-                audit_rows,
-            )
-            _insert_many(conn, "INSERT OR IGNORE INTO audit_records(seq, record_id) VALUES ", audit_record_rows)
-            _insert_many(
-                conn,
-                "INSERT OR IGNORE INTO records(record_id, consumer, agreement_id, agreement_revision, event_type, "
-                "source, message_id, released_at, expires_at, body) VALUES ",
-                record_rows,
-            )
-            _insert_many(
-                conn,
-                "INSERT INTO quarantine(at, reason, message, source, message_id, body_sha256, body) VALUES ",
-                quarantine_rows,
-            )
-            if purge:
-                conn.executemany("DELETE FROM records WHERE record_id = ?", purge)
-            _insert_many(
-                conn, "INSERT OR IGNORE INTO checkpoints(seq, head_hash, at, kid, signature) VALUES ", checkpoint_rows
-            )
+            self._apply(conn, plan)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        self.head = (seq, prev)
+        self.head = (plan.head.seq, plan.head.hash)
         self.commits += 1
         self.units += len(units)
-        return lost
+        return plan.lost
 
     @staticmethod
-    def _claims(conn: sqlite3.Connection, units: list[CommitUnit]) -> list[Lost]:
-        """Per unit, the message ids already held for different content.
-
-        Threat: a partner (or an attacker holding its key) reuses a message id for other content
-        and the two copies reach two broker processes at once. Each process's replay guard
-        read "not seen", so both would release, under the same record ids, while the audit
-        (one "released" entry per record id) would show only the first. The claim is settled
-        here, under SQLite's write lock: the first content written wins; a later unit with
-        other content for that id loses it and releases nothing."""
-        keys = list(dict.fromkeys(key for unit in units for key, seen in unit.seen if seen.content_sha256))
-        if not keys:
-            return [NONE_LOST] * len(units)
-        held = SqliteStore._replay_states(conn, keys)
-        content = {key: seen.content_sha256 for key, seen in held.items() if seen.content_sha256}
-        out: list[Lost] = []
-        for unit in units:
-            lost, mine = set(), set()  # a unit's own first content for an id is its claim
-            for key, seen in unit.seen:
-                if not seen.content_sha256 or key in mine:
-                    continue
-                prior = content.setdefault(key, seen.content_sha256)
-                if prior == seen.content_sha256:
-                    mine.add(key)
-                else:
-                    lost.add(key)
-            out.append(frozenset(lost) if lost else NONE_LOST)
-        return out
+    def _apply(conn: sqlite3.Connection, plan: CommitPlan) -> None:
+        stamp = plan.audit[0].at if plan.audit else format_time(datetime.now(UTC))
+        _insert_many(
+            conn,
+            "INSERT INTO seen(source, message_id, state, content_sha256, first_seen) VALUES ",
+            [(r.source, r.message_id, r.state.value, r.content_sha256, stamp) for r in plan.seen],
+            " ON CONFLICT(source, message_id) DO UPDATE SET state = excluded.state, "
+            "content_sha256 = coalesce(seen.content_sha256, excluded.content_sha256) "
+            "WHERE seen.state != 'done'",
+        )
+        _insert_many(conn, "INSERT INTO releases(record_id, audit_seq) VALUES ", list(plan.releases))
+        _insert_many(
+            conn,
+            "INSERT INTO audit(seq, at, kind, message_id, source, consumer, agreement_id, record_id, body, hash) "
+            "VALUES ",
+            [
+                (a.seq, a.at, a.kind, a.message_id, a.source, a.consumer, a.agreement_id, a.record_id, a.body, a.hash)
+                for a in plan.audit
+            ],
+        )
+        _insert_many(conn, "INSERT OR IGNORE INTO audit_records(seq, record_id) VALUES ", list(plan.audit_records))
+        _insert_many(
+            conn,
+            "INSERT OR IGNORE INTO records(record_id, consumer, agreement_id, agreement_revision, event_type, "
+            "source, message_id, released_at, expires_at, body) VALUES ",
+            [
+                (
+                    rec.record_id,
+                    rec.consumer,
+                    rec.agreement_id,
+                    rec.agreement_revision,
+                    rec.event_type,
+                    rec.source,
+                    rec.message_id,
+                    format_time(rec.released_at),
+                    format_time(rec.expires_at),
+                    rec.body,
+                )
+                for rec in plan.records
+            ],
+        )
+        _insert_many(
+            conn,
+            "INSERT INTO quarantine(at, reason, message, source, message_id, body_sha256, body) VALUES ",
+            [
+                (format_time(q.at), q.reason, q.message, q.source, q.message_id, q.body_sha256, q.body)
+                for q in plan.quarantine
+            ],
+        )
+        if plan.purge:
+            conn.executemany("DELETE FROM records WHERE record_id = ?", [(rid,) for rid in plan.purge])
+        _insert_many(
+            conn,
+            "INSERT OR IGNORE INTO checkpoints(seq, head_hash, at, kid, signature) VALUES ",
+            [(cp.seq, cp.head_hash, cp.at, cp.kid, cp.signature) for cp in plan.checkpoints],
+        )
 
     # -- reads -----------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -455,11 +409,11 @@ class SqliteStore:
         if not keys:
             return {}
         if self._guard is None:
-            raise RuntimeError("store is not open")
+            return await self._query(partial(self._replay_states, keys=list(keys)))
         try:
             return self._replay_states(self._guard, list(keys))
         except sqlite3.OperationalError:  # busy (see ``open``): wait for it off the loop
-            return await self.read(partial(self._replay_states, keys=list(keys)))
+            return await self._query(partial(self._replay_states, keys=list(keys)))
 
     @staticmethod
     def _replay_states(conn: sqlite3.Connection, keys: list[ReplayKey]) -> dict[ReplayKey, Seen]:
@@ -471,34 +425,24 @@ class SqliteStore:
             sql = f"SELECT source, message_id, state, content_sha256 FROM seen WHERE {where}"  # noqa: S608
             for source, message_id, state, content in conn.execute(sql, params):
                 out[(source, message_id)] = Seen(ReplayState(state), content)
-        return {key: out.get(key, NOT_SEEN) for key in keys}
+        return replay_view(keys, out)
 
     async def ping(self) -> bool:
         def check() -> bool:
             with self._read() as conn:
                 conn.execute("SELECT 1").fetchone()
-            return self._thread is not None and self._thread.is_alive()
+            return self.readonly or (self._thread is not None and self._thread.is_alive())
 
         try:
             return await asyncio.to_thread(check)
         except (sqlite3.Error, RuntimeError):
             return False
 
-    async def current_head(self) -> tuple[int, str]:
-        """The chain head as committed, whichever process wrote it (``head`` is only this
-        store's last write; broker processes sharing the file each write to the chain)."""
+    async def current_head(self) -> Head:
+        return await self._query(_head)
 
-        def query(conn: sqlite3.Connection) -> tuple[int, str]:
-            row = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
-            return (int(row[0]), str(row[1])) if row is not None else (0, GENESIS)
-
-        return await self.read(query)
-
-    async def verify_audit(self) -> ChainReport:
-        return await asyncio.to_thread(verify_audit_file, self.path)
-
-    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run a read-only query function on a reader connection, off the event loop."""
+    async def _query(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a read-only query function on the reader connection, off the event loop."""
 
         def run() -> T:
             with self._read() as conn:
@@ -512,10 +456,8 @@ class SqliteStore:
                 raise  # a bug of ours, as it is
             raise unavailable from exc
 
-    # -- queries (used through ``read``) ---------------------------------------------------------
-    @staticmethod
-    def feed_page(
-        conn: sqlite3.Connection,
+    async def feed_page(
+        self,
         consumer: str,
         *,
         after: int,
@@ -524,9 +466,7 @@ class SqliteStore:
         since: str | None = None,
         until: str | None = None,
     ) -> list[FeedRow]:
-        """One page of a consumer's records in id order. Ids are assigned by the single writer in
-        commit order, so paging by ``id > after`` never skips or repeats a record, however many
-        arrive meanwhile."""
+        """Ids are assigned by the single writer in commit order (see ``Store.feed_page``)."""
         sql = (
             "SELECT id, record_id, event_type, agreement_id, released_at, body FROM records "
             "WHERE consumer = ? AND id > ?"
@@ -543,102 +483,98 @@ class SqliteStore:
             params.append(until)
         sql += " ORDER BY id LIMIT ?"
         params.append(limit)
-        return [
-            FeedRow(int(i), str(rid), str(et), str(ag), str(at), bytes(body))
-            for i, rid, et, ag, at, body in conn.execute(sql, params)
-        ]
 
-    @staticmethod
-    def audit_page(conn: sqlite3.Connection, query: AuditQuery) -> list[tuple[int, bytes]]:
-        return [(seq, body) for seq, body, _ in SqliteStore.audit_page_with_hash(conn, query)]
+        def run(conn: sqlite3.Connection) -> list[FeedRow]:
+            return [
+                FeedRow(int(i), str(rid), str(et), str(ag), str(at), bytes(body))
+                for i, rid, et, ag, at, body in conn.execute(sql, params)
+            ]
 
-    @staticmethod
-    def all_audit_rows(conn: sqlite3.Connection) -> list[tuple[int, bytes, str]]:
-        return [
-            (int(s), bytes(b), str(h)) for s, b, h in conn.execute("SELECT seq, body, hash FROM audit ORDER BY seq")
-        ]
+        return await self._query(run)
 
-    @staticmethod
-    def audit_page_with_hash(conn: sqlite3.Connection, query: AuditQuery) -> list[tuple[int, bytes, str]]:
-        clauses: list[str] = ["seq > ?"]
-        params: list[object] = [query.after]
-        for column, value in (
-            ("message_id", query.message_id),
-            ("source", query.source),
-            ("consumer", query.consumer),
-            ("agreement_id", query.agreement_id),
-            ("kind", query.kind),
-        ):
-            if value:
-                clauses.append(f"{column} = ?")
-                params.append(value)
-        if query.record_id:
-            clauses.append("(record_id = ? OR seq IN (SELECT seq FROM audit_records WHERE record_id = ?))")
-            params.extend([query.record_id, query.record_id])
-        if query.since:
-            clauses.append("at >= ?")
-            params.append(query.since)
-        if query.until:
-            clauses.append("at < ?")
-            params.append(query.until)
-        sql = f"SELECT seq, body, hash FROM audit WHERE {' AND '.join(clauses)} ORDER BY seq LIMIT ?"  # noqa: S608
-        params.append(query.limit)
-        return [(int(seq), bytes(body), str(h)) for seq, body, h in conn.execute(sql, params)]
+    async def audit_page(self, query: AuditQuery) -> list[AuditRow]:
+        return await self._query(partial(_audit_page, query=query))
 
-    @staticmethod
-    def expired(conn: sqlite3.Connection, now: str, limit: int = 1000) -> list[tuple[str, str, str]]:
-        return [
-            (str(r), str(c), str(a))
-            for r, c, a in conn.execute(
-                "SELECT record_id, consumer, agreement_id FROM records WHERE expires_at <= ? "
-                "ORDER BY expires_at LIMIT ?",
-                (now, limit),
-            )
-        ]
+    async def record_message(self, record_id: str) -> str | None:
+        def run(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute(
+                "SELECT message_id FROM audit WHERE record_id = ? AND message_id IS NOT NULL ORDER BY seq LIMIT 1",
+                (record_id,),
+            ).fetchone()
+            return None if row is None else str(row[0])
 
-    @staticmethod
-    def checkpoints_list(conn: sqlite3.Connection) -> list[Checkpoint]:
-        return [
-            Checkpoint(int(seq), str(h), str(at), str(kid), str(sig))
-            for seq, h, at, kid, sig in conn.execute(
-                "SELECT seq, head_hash, at, kid, signature FROM checkpoints ORDER BY seq"
-            )
-        ]
+        return await self._query(run)
 
-    @staticmethod
-    def record_message(conn: sqlite3.Connection, record_id: str) -> str | None:
-        row = conn.execute(
-            "SELECT message_id FROM audit WHERE record_id = ? AND message_id IS NOT NULL LIMIT 1", (record_id,)
-        ).fetchone()
-        return None if row is None else str(row[0])
+    async def checkpoints(self) -> list[Checkpoint]:
+        def run(conn: sqlite3.Connection) -> list[Checkpoint]:
+            return [
+                Checkpoint(int(seq), str(h), str(at), str(kid), str(sig))
+                for seq, h, at, kid, sig in conn.execute(
+                    "SELECT seq, head_hash, at, kid, signature FROM checkpoints ORDER BY seq"
+                )
+            ]
+
+        return await self._query(run)
+
+    async def expired(self, now: datetime, limit: int) -> list[Expired]:
+        def run(conn: sqlite3.Connection) -> list[Expired]:
+            return [
+                Expired(str(r), str(c), str(a))
+                for r, c, a in conn.execute(
+                    "SELECT record_id, consumer, agreement_id FROM records WHERE expires_at <= ? "
+                    "ORDER BY expires_at, id LIMIT ?",
+                    (format_time(now), limit),
+                )
+            ]
+
+        return await self._query(run)
+
+    async def counts(self) -> StoreCounts:
+        def run(conn: sqlite3.Connection) -> StoreCounts:
+            kinds = {str(k): int(n) for k, n in conn.execute("SELECT kind, COUNT(*) FROM audit GROUP BY kind")}
+            consumers = {
+                str(c): int(n) for c, n in conn.execute("SELECT consumer, COUNT(*) FROM records GROUP BY consumer")
+            }
+            return StoreCounts(kinds, consumers)
+
+        return await self._query(run)
 
 
-@dataclass(frozen=True, slots=True)
-class FeedRow:
-    id: int
-    record_id: str
-    event_type: str
-    agreement_id: str
-    released_at: str
-    body: bytes
+_AUDIT_COLUMNS = "seq, at, kind, message_id, source, consumer, agreement_id, record_id, body, hash"
 
 
-@dataclass(frozen=True, slots=True)
-class AuditQuery:
-    after: int = 0
-    limit: int = 100
-    message_id: str | None = None
-    record_id: str | None = None
-    source: str | None = None
-    consumer: str | None = None
-    agreement_id: str | None = None
-    kind: str | None = None
-    since: str | None = None
-    until: str | None = None
+def _audit_page(conn: sqlite3.Connection, query: AuditQuery) -> list[AuditRow]:
+    clauses: list[str] = ["seq > ?"]
+    params: list[object] = [query.after]
+    for column, value in (
+        ("message_id", query.message_id),
+        ("source", query.source),
+        ("consumer", query.consumer),
+        ("agreement_id", query.agreement_id),
+        ("kind", query.kind),
+    ):
+        if value:
+            clauses.append(f"{column} = ?")
+            params.append(value)
+    if query.record_id:
+        clauses.append("(record_id = ? OR seq IN (SELECT seq FROM audit_records WHERE record_id = ?))")
+        params.extend([query.record_id, query.record_id])
+    if query.since:
+        clauses.append("at >= ?")
+        params.append(query.since)
+    if query.until:
+        clauses.append("at < ?")
+        params.append(query.until)
+    sql = f"SELECT {_AUDIT_COLUMNS} FROM audit WHERE {' AND '.join(clauses)} ORDER BY seq LIMIT ?"  # noqa: S608
+    params.append(query.limit)
+    return [
+        AuditRow(int(seq), str(at), str(kind), mid, src, con, agr, rid, bytes(body), str(h))
+        for seq, at, kind, mid, src, con, agr, rid, body, h in conn.execute(sql, params)
+    ]
 
 
 def verify_audit_file(path: Path) -> ChainReport:
-    """Verify the audit chain of a store file, read-only (the ``audit verify`` command)."""
+    """Verify the audit chain of a store file, read-only (tests and the demo's closing check)."""
     conn = connect(path, readonly=True)
     try:
         rows = (

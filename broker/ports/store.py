@@ -1,8 +1,13 @@
-"""The storage port: replay guard, audit trail, records and quarantine, behind one interface.
+"""The storage port: everything the broker reads and writes, behind one interface.
 
 One port rather than three because the invariants tie them together: the audit entries of a
 message, its stored records and its replay state must become durable in the same transaction
 (or the audit could say "released" for a record that does not exist, or the other way round).
+
+Two backends implement it (``sqlite_store.py``, the embedded default; ``postgres_store.py``, for
+several processes on several hosts) and one conformance suite (``tests/test_store_contract.py``)
+holds both to it. The rules of a commit (claims, release-once, sealing) are pure code both call
+(``broker/audit/commit_plan.py``). No module outside a backend writes SQL.
 """
 
 from __future__ import annotations
@@ -12,10 +17,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
-from broker.audit.chain import ChainReport, Draft
+from broker.audit.chain import GENESIS, Draft
 from broker.stages.replay import ReplayState
 
 ReplayKey = tuple[str, str]  # (source partner, message id)
+Lost = frozenset[ReplayKey]  # message ids a unit lost its claim on (see ``Store.commit``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,14 +96,83 @@ class CommitUnit:
         self.checkpoints.extend(other.checkpoints)
 
 
+@dataclass(frozen=True, slots=True)
+class Head:
+    """The last entry of the chain (``GENESIS_HEAD`` for an empty chain)."""
+
+    seq: int
+    hash: str
+    at: str | None = None  # RFC 3339; None for the empty chain
+
+
+GENESIS_HEAD = Head(0, GENESIS)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRow:
+    """One sealed entry as stored, with the columns the audit queries filter on."""
+
+    seq: int
+    at: str
+    kind: str
+    message_id: str | None
+    source: str | None
+    consumer: str | None
+    agreement_id: str | None
+    record_id: str | None
+    body: bytes
+    hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class FeedRow:
+    """One released record in a consumer's feed; ``id`` is the feed's cursor position."""
+
+    id: int
+    record_id: str
+    event_type: str
+    agreement_id: str
+    released_at: str
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AuditQuery:
+    """Filters over the audit trail (all optional, ANDed); pages by ``seq > after``."""
+
+    after: int = 0
+    limit: int = 100
+    message_id: str | None = None
+    record_id: str | None = None  # entries about this record (its release, reads, purge)
+    source: str | None = None
+    consumer: str | None = None
+    agreement_id: str | None = None
+    kind: str | None = None
+    since: str | None = None  # RFC 3339, inclusive
+    until: str | None = None  # RFC 3339, exclusive
+
+
+@dataclass(frozen=True, slots=True)
+class Expired:
+    """A record past its retention period (a purge candidate)."""
+
+    record_id: str
+    consumer: str
+    agreement_id: str
+
+
 class Store(Protocol):
+    """The store contract. Durable on return; a backend that cannot reach its database raises
+    :class:`broker.errors.StoreUnavailable` (retry, never dead-letter), anything else is a bug."""
+
     async def open(self) -> None: ...
 
     async def close(self) -> None: ...
 
+    # -- the replay guard and the group commit ------------------------------------------------------
     async def replay_states(self, keys: Sequence[ReplayKey]) -> dict[ReplayKey, Seen]: ...
 
-    async def commit(self, unit: CommitUnit) -> frozenset[ReplayKey]:
+    async def commit(self, unit: CommitUnit) -> Lost:
         """Durable on return (group commit: concurrent callers share one transaction).
 
         Returns the message ids this unit lost a claim on: another writer (a broker process
@@ -106,6 +181,44 @@ class Store(Protocol):
         must not release them (see ``Pipeline``)."""
         ...
 
+    # -- reads ---------------------------------------------------------------------------------------
     async def ping(self) -> bool: ...
 
-    async def verify_audit(self) -> ChainReport: ...
+    async def current_head(self) -> Head:
+        """The chain head as committed, whichever process (or host) wrote it."""
+        ...
+
+    async def feed_page(
+        self,
+        consumer: str,
+        *,
+        after: int,
+        limit: int,
+        event_type: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+    ) -> list[FeedRow]:
+        """One page of a consumer's records in cursor order. Positions are assigned in commit
+        order, so paging by ``id > after`` never skips or repeats a record, however many arrive
+        meanwhile (on every host)."""
+        ...
+
+    async def audit_page(self, query: AuditQuery) -> list[AuditRow]: ...
+
+    async def record_message(self, record_id: str) -> str | None:
+        """The message id a record was released from (None: never released)."""
+        ...
+
+    async def checkpoints(self) -> list[Checkpoint]: ...
+
+    async def expired(self, now: datetime, limit: int) -> list[Expired]: ...
+
+    async def counts(self) -> StoreCounts: ...
+
+
+@dataclass(frozen=True, slots=True)
+class StoreCounts:
+    """How much the store holds: audit entries by kind, records by consumer (ids and codes only)."""
+
+    audit_by_kind: dict[str, int]
+    records_by_consumer: dict[str, int]

@@ -25,7 +25,7 @@ from broker.auth.tokens import Principal, TokenVerifier
 from broker.errors import ApiError, AuthError
 from broker.pipeline.access import AccessAudit
 from broker.policy.model import PolicySet
-from broker.ports.sqlite_store import SqliteStore
+from broker.ports.store import Store
 from broker.registry import Registry
 from schemas.envelope import format_time, parse_time
 from schemas.errors import Reason
@@ -39,7 +39,7 @@ CSV_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 @dataclass
 class AccessContext:
-    store: SqliteStore
+    store: Store
     verifier: TokenVerifier
     registry: Registry
     policy: PolicySet

@@ -6,20 +6,18 @@ before the response is sent.
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
 import json
 from dataclasses import replace
-from functools import partial
 from typing import Any
 
 from aiohttp import web
 
 from broker.audit.checkpoints import checkpoints_document, export_line
-from broker.audit.trail import verify_trail
 from broker.errors import ApiError
-from broker.ports.sqlite_store import AuditQuery, SqliteStore
+from broker.pipeline.trail import trace_entries, verify_store
+from broker.ports.store import AuditQuery
 from broker.transports.http_access import (
     ACCESS,
     AUDIT_ROLES,
@@ -56,7 +54,7 @@ def _filters(request: web.Request) -> dict[str, str]:
     return {k: v for k, v in request.query.items() if k in names}
 
 
-def _entry(seq: int, body: bytes) -> dict[str, Any]:
+def _entry(body: bytes) -> dict[str, Any]:
     entry: dict[str, Any] = json.loads(body)
     return entry
 
@@ -68,13 +66,13 @@ async def audit_entries(request: web.Request) -> web.Response:
     if not SMALL_INT.fullmatch(after_raw):
         raise ApiError(Reason.BAD_CURSOR, "after must be a sequence number.")
     query = _audit_query(request, int(after_raw), page_limit(request))
-    rows = await ctx.store.read(lambda conn: SqliteStore.audit_page(conn, query))
+    rows = await ctx.store.audit_page(query)
     await ctx.audit.read(principal, "audit", request.path, {"query": _filters(request), "count": len(rows)})
     return web.json_response(
         {
             "count": len(rows),
-            "next_after": rows[-1][0] if rows else query.after,
-            "entries": [_entry(seq, body) for seq, body in rows],
+            "next_after": rows[-1].seq if rows else query.after,
+            "entries": [_entry(row.body) for row in rows],
         }
     )
 
@@ -99,20 +97,20 @@ async def audit_export(request: web.Request) -> web.StreamResponse:
     after = 0
     while True:
         query = replace(first, after=after)
-        rows = await ctx.store.read(partial(SqliteStore.audit_page_with_hash, query=query))
+        rows = await ctx.store.audit_page(query)
         if not rows:
             break
         out = io.StringIO()
         if fmt == "jsonl":
-            for seq, body, entry_hash in rows:
-                out.write(export_line(seq, body, entry_hash) + "\n")
+            for row in rows:
+                out.write(export_line(row.seq, row.body, row.hash) + "\n")
         else:
             writer = csv.writer(out)
-            for seq, body, _ in rows:
-                entry = json.loads(body)
-                writer.writerow([csv_cell(entry.get(c)) if c != "seq" else seq for c in columns])
+            for row in rows:
+                entry = json.loads(row.body)
+                writer.writerow([csv_cell(entry.get(c)) if c != "seq" else row.seq for c in columns])
         await response.write(out.getvalue().encode())
-        after = rows[-1][0]
+        after = rows[-1].seq
     await response.write_eof()
     return response
 
@@ -122,29 +120,17 @@ async def audit_trace(request: web.Request) -> web.Response:
     principal = await authenticate(request, AUDIT_ROLES)
     ctx = request.app[ACCESS]
     record_id = request.match_info["record_id"]
-    message_id = await ctx.store.read(lambda conn: SqliteStore.record_message(conn, record_id))
+    message_id = await ctx.store.record_message(record_id)
     if message_id is None:
         await ctx.audit.read(principal, "audit_trace", request.path, {"record_id": record_id, "found": False})
         raise ApiError(Reason.UNKNOWN_RECORD, "No release of this record id is in the audit trail.")
-    by_record = await ctx.store.read(
-        lambda conn: SqliteStore.audit_page(conn, AuditQuery(limit=100000, record_id=record_id))
-    )
-    by_message = await ctx.store.read(
-        lambda conn: SqliteStore.audit_page(conn, AuditQuery(limit=100000, message_id=message_id))
-    )
-    seen: dict[int, bytes] = {}
-    for seq, body in by_record + by_message:
-        entry = json.loads(body)
-        # the message's entries about *other* consumers' records belong to their traces, not this one
-        if entry.get("record_id") not in (None, record_id):
-            continue
-        seen[seq] = body
+    seen = await trace_entries(ctx.store, record_id, message_id)
     await ctx.audit.read(principal, "audit_trace", request.path, {"record_id": record_id, "count": len(seen)})
     return web.json_response(
         {
             "record_id": record_id,
             "message_id": message_id,
-            "entries": [_entry(seq, seen[seq]) for seq in sorted(seen)],
+            "entries": [_entry(seen[seq]) for seq in sorted(seen)],
         }
     )
 
@@ -152,7 +138,7 @@ async def audit_trace(request: web.Request) -> web.Response:
 async def audit_checkpoints(request: web.Request) -> web.Response:
     principal = await authenticate(request, AUDIT_ROLES)
     ctx = request.app[ACCESS]
-    checkpoints = await ctx.store.read(SqliteStore.checkpoints_list)
+    checkpoints = await ctx.store.checkpoints()
     await ctx.audit.read(principal, "audit_checkpoints", request.path, {"count": len(checkpoints)})
     return web.json_response(checkpoints_document(checkpoints) | {"public_keys": ctx.public_jwks})
 
@@ -160,9 +146,7 @@ async def audit_checkpoints(request: web.Request) -> web.Response:
 async def audit_verify(request: web.Request) -> web.Response:
     principal = await authenticate(request, AUDIT_ROLES)
     ctx = request.app[ACCESS]
-    checkpoints = await ctx.store.read(SqliteStore.checkpoints_list)
-    rows = await ctx.store.read(SqliteStore.all_audit_rows)
-    report = await asyncio.to_thread(verify_trail, rows, checkpoints, ctx.checkpoint_keys)
+    report = await verify_store(ctx.store, await ctx.store.checkpoints(), ctx.checkpoint_keys)
     await ctx.audit.read(principal, "audit_verify", request.path, {"ok": report.ok})
     return web.json_response(
         {

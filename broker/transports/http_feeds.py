@@ -18,7 +18,7 @@ from aiohttp import web
 
 from broker.auth.tokens import Principal
 from broker.errors import ApiError
-from broker.ports.sqlite_store import FeedRow, SqliteStore
+from broker.ports.store import FeedRow
 from broker.transports.http_access import (
     ACCESS,
     ANALYST,
@@ -73,10 +73,8 @@ async def _page(request: web.Request, consumer: str, after: int, limit: int) -> 
     if event_type is not None and event_type not in EVENT_TYPES:
         raise ApiError(Reason.BAD_EVENT_TYPE, f"event_type must be one of {', '.join(sorted(EVENT_TYPES))}.")
     since, until = query_time(request, "since"), query_time(request, "until")
-    return await ctx.store.read(
-        lambda conn: SqliteStore.feed_page(
-            conn, consumer, after=after, limit=limit, event_type=event_type, since=since, until=until
-        )
+    return await ctx.store.feed_page(
+        consumer, after=after, limit=limit, event_type=event_type, since=since, until=until
     )
 
 

@@ -1,0 +1,209 @@
+"""What one group commit writes: the store contract's rules, pure, applied by every backend.
+
+A backend (SQLite, PostgreSQL) opens its write transaction, takes its write lock (SQLite's
+``BEGIN IMMEDIATE``; PostgreSQL's chain-head row ``FOR UPDATE``), reads three things under it:
+
+1. the chain head (sequence, hash, time of the last entry),
+2. which of the units' record ids were already audited as released,
+3. which of the units' message ids are already held, and for which content,
+
+and hands them with the queued units to :func:`plan_commit`. The plan says, row by row, what to
+write; the backend writes it and commits. Because the reads happen under the lock, every process
+on every host that shares the store sees the previous commit's rows: the chain cannot fork, a
+record id is audited as released once ever, and of two copies of a message id with different
+content, the first committed wins (the rules below, in one place, tested once for both backends).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from broker.audit.chain import Kind, seal
+from broker.ports.store import (
+    NOT_SEEN,
+    AuditRow,
+    Checkpoint,
+    CommitUnit,
+    Head,
+    Lost,
+    QuarantineItem,
+    ReplayKey,
+    Seen,
+    StoredRecord,
+)
+from broker.stages.replay import ReplayState
+from schemas.envelope import parse_time
+
+NONE_LOST: Lost = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class SeenRow:
+    source: str
+    message_id: str
+    state: ReplayState
+    content_sha256: str | None
+
+
+@dataclass(slots=True)
+class CommitPlan:
+    """Everything to write, in order; ``lost`` is per unit, in the units' order."""
+
+    lost: list[Lost]
+    head: Head
+    audit: list[AuditRow] = field(default_factory=list)
+    releases: list[tuple[str, int]] = field(default_factory=list)  # (record id, audit seq)
+    audit_records: list[tuple[int, str]] = field(default_factory=list)  # (seq, record id) of many-record entries
+    seen: list[SeenRow] = field(default_factory=list)  # one row per key, folded (see ``_fold_seen``)
+    records: list[StoredRecord] = field(default_factory=list)
+    quarantine: list[QuarantineItem] = field(default_factory=list)
+    purge: list[str] = field(default_factory=list)
+    checkpoints: list[Checkpoint] = field(default_factory=list)
+
+
+def claim_keys(units: Iterable[CommitUnit]) -> list[ReplayKey]:
+    """The message ids whose held content the backend must read under its lock."""
+    return list(dict.fromkeys(key for unit in units for key, seen in unit.seen if seen.content_sha256))
+
+
+def released_ids(units: Iterable[CommitUnit]) -> list[str]:
+    """The record ids whose earlier release the backend must look up under its lock."""
+    out = (draft.attrs.get("record_id") for unit in units for draft in unit.drafts if draft.kind is Kind.RELEASED)
+    return list(dict.fromkeys(rid for rid in out if isinstance(rid, str)))
+
+
+def claims(units: Sequence[CommitUnit], held: Mapping[ReplayKey, Seen]) -> list[Lost]:
+    """Per unit, the message ids already held for different content.
+
+    Threat: a partner (or an attacker holding its key) reuses a message id for other content and
+    the two copies reach two broker processes (or hosts) at once. Each process's replay guard read
+    "not seen", so both would release, under the same record ids, while the audit (one "released"
+    entry per record id) would show only the first. The claim is settled here, under the store's
+    write lock: the first content written wins; a later unit with other content for that id
+    loses it and releases nothing."""
+    content = {key: seen.content_sha256 for key, seen in held.items() if seen.content_sha256}
+    out: list[Lost] = []
+    for unit in units:
+        lost, mine = set(), set()  # a unit's own first content for an id is its claim
+        for key, seen in unit.seen:
+            if not seen.content_sha256 or key in mine:
+                continue
+            prior = content.setdefault(key, seen.content_sha256)
+            if prior == seen.content_sha256:
+                mine.add(key)
+            else:
+                lost.add(key)
+        out.append(frozenset(lost) if lost else NONE_LOST)
+    return out
+
+
+def _fold_seen(rows: Iterable[SeenRow]) -> list[SeenRow]:
+    """One row per key, as if each row were upserted in order with the store's rule: a key already
+    ``done`` keeps its state, and the first content hash recorded for a key is kept (a resend
+    cannot overwrite it). The backend applies the same rule once more against the stored row."""
+    out: dict[ReplayKey, SeenRow] = {}
+    for row in rows:
+        key = (row.source, row.message_id)
+        prior = out.get(key)
+        if prior is None:
+            out[key] = row
+        elif prior.state is not ReplayState.DONE:
+            out[key] = SeenRow(row.source, row.message_id, row.state, prior.content_sha256 or row.content_sha256)
+    return list(out.values())
+
+
+def seal_time(now: datetime, head: Head) -> datetime:
+    """Entries' times never go backwards along the chain, whichever host's clock sealed them
+    (hosts' clocks differ by milliseconds; an audit query by time must not miss an entry that
+    sits between two later ones)."""
+    if head.at is None:
+        return now
+    last = parse_time(head.at)
+    return last if last > now else now
+
+
+def plan_commit(
+    units: Sequence[CommitUnit],
+    *,
+    head: Head,
+    released: Iterable[str],
+    held: Mapping[ReplayKey, Seen],
+    now: datetime,
+) -> CommitPlan:
+    """The rows one transaction writes for ``units``, given what the store held under its lock."""
+    at = seal_time(now, head)
+    lost = claims(units, held)
+    plan = CommitPlan(lost=lost, head=head)
+    already = set(released)
+    seq, prev = head.seq, head.hash
+    seen_rows: list[SeenRow] = []
+    for unit, unit_lost in zip(units, lost, strict=True):
+        plan.quarantine.extend(unit.quarantine)
+        plan.purge.extend(unit.purge)
+        plan.checkpoints.extend(unit.checkpoints)
+        for (source, message_id), seen in unit.seen:
+            if (source, message_id) not in unit_lost:
+                seen_rows.append(SeenRow(source, message_id, seen.state, seen.content_sha256))
+        plan.records.extend(rec for rec in unit.records if (rec.source, rec.message_id) not in unit_lost)
+        for draft in unit.drafts:
+            attrs = draft.attrs
+            if (
+                unit_lost
+                and draft.kind is not Kind.RECEIVED
+                and (attrs.get("source"), attrs.get("message_id")) in unit_lost
+            ):
+                continue  # the caller records this message's outcome again (rejected)
+            record_id = attrs.get("record_id")
+            if draft.kind is Kind.RELEASED and isinstance(record_id, str):
+                # A redelivered message's releases are audited once: record ids already released
+                # (earlier, on any host, or earlier in this very commit) get no second entry.
+                if record_id in already:
+                    continue
+                already.add(record_id)
+                plan.releases.append((record_id, seq + 1))
+            seq += 1
+            entry = seal(draft, seq=seq, prev=prev, at=at)
+            plan.audit.append(
+                AuditRow(
+                    seq,
+                    entry.at,
+                    draft.kind.value,
+                    attrs.get("message_id"),
+                    attrs.get("source"),
+                    attrs.get("consumer"),
+                    attrs.get("agreement_id"),
+                    record_id,
+                    entry.body,
+                    entry.hash,
+                )
+            )
+            prev = entry.hash
+            # Entries about many records (reads, purges) are indexed per record, so an IG lead's
+            # per-record trace finds them.
+            many = attrs.get("record_ids")
+            if isinstance(many, list):
+                plan.audit_records.extend((seq, rid) for rid in dict.fromkeys(many))
+    plan.seen = _fold_seen(seen_rows)
+    if plan.audit:
+        plan.head = Head(seq, prev, plan.audit[-1].at)
+    return plan
+
+
+def replay_view(keys: Sequence[ReplayKey], found: Mapping[ReplayKey, Seen]) -> dict[ReplayKey, Seen]:
+    """Every asked key, ``NOT_SEEN`` where the store holds nothing."""
+    return {key: found.get(key, NOT_SEEN) for key in keys}
+
+
+__all__ = [
+    "NONE_LOST",
+    "CommitPlan",
+    "SeenRow",
+    "claim_keys",
+    "claims",
+    "plan_commit",
+    "released_ids",
+    "replay_view",
+    "seal_time",
+]

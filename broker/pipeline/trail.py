@@ -1,0 +1,57 @@
+"""Reading the audit trail through the store contract, the same way on every backend.
+
+The HTTP audit API (``transports/http_audit.py``) and the offline ``sv-broker audit`` commands
+both use these, so a trace or a verification reads the same on SQLite and on PostgreSQL:
+
+- :func:`verify_store`: 1 read the chain page by page ─► 2 recompute it (pure,
+  ``audit/trail.py``), with the signed checkpoints when given;
+- :func:`trace_entries`: 1 the record's own entries (its release, reads, purge) ─► 2 the entries
+  of the message it came from ─► 3 without the entries about *other* consumers' records;
+- :func:`audit_pages`: every entry matching a query, in pages (exports).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import replace
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from broker.audit.trail import AuditReport, verify_trail
+from broker.ports.store import AuditQuery, AuditRow, Checkpoint, Store
+
+PAGE = 5000
+
+
+async def audit_pages(store: Store, query: AuditQuery, page: int = PAGE) -> AsyncIterator[list[AuditRow]]:
+    """Every entry matching ``query`` (its ``after`` is the start; its ``limit`` is ignored)."""
+    after = query.after
+    while rows := await store.audit_page(replace(query, after=after, limit=page)):
+        yield rows
+        after = rows[-1].seq
+
+
+async def verify_store(
+    store: Store,
+    checkpoints: list[Checkpoint] | None = None,
+    keys: Mapping[str, Ed25519PublicKey] | None = None,
+) -> AuditReport:
+    rows: list[tuple[int, bytes, str]] = []
+    async for page in audit_pages(store, AuditQuery()):
+        rows.extend((row.seq, row.body, row.hash) for row in page)
+    # Hashing and canonical re-encoding of every entry: CPU work, off the event loop.
+    return await asyncio.to_thread(verify_trail, rows, checkpoints, keys)
+
+
+async def trace_entries(store: Store, record_id: str, message_id: str) -> dict[int, bytes]:
+    """seq -> entry body, for one record: received -> decisions -> releases -> reads -> purge."""
+    seen: dict[int, bytes] = {}
+    for query in (AuditQuery(record_id=record_id), AuditQuery(message_id=message_id)):
+        async for page in audit_pages(store, query):
+            for row in page:
+                # the message's entries about *other* consumers' records belong to their traces
+                if row.record_id not in (None, record_id):
+                    continue
+                seen[row.seq] = row.body
+    return seen

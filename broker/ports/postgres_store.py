@@ -1,0 +1,606 @@
+"""PostgreSQL backend of the store contract (``broker/ports/store.py``): several broker processes
+on several hosts share one database, one audit chain and one replay guard.
+
+**One chain across every host.** The chain's head lives in a one-row table, ``chain_head``. Every
+commit's first statement is ``SELECT … FROM chain_head … FOR UPDATE``: it waits for the previous
+commit (from any process) to finish, then reads the head that commit left, the record ids
+already released and the message ids already claimed, all under the lock, and hands them to the
+pure rules in ``broker/audit/commit_plan.py`` (the same rules the SQLite backend applies). So the
+chain cannot fork, a record id is audited as released once ever, and of two copies of one message
+id with different content the first committed wins, whichever host holds them.
+
+What it costs: commits are serialised database-wide, one at a time, for as long as a commit
+transaction takes (a few round trips: lock, two lookups, one multi-row insert per table, commit
+and its WAL flush). Each process batches whatever is queued into one commit (group commit, as on
+SQLite), so the serial section is paid per batch, not per message. The README's "Several hosts"
+section has the measured figures. The alternatives were a chain per host merged for
+verification (no single order of events for an IG lead to read, and a record's release-once
+check still needs a global lock) or a sequence per entry with the hash linked later (a chain
+that is not sealed at commit time is not tamper-evident when it matters).
+
+**Feeds page by ``records.id``** (a sequence): ids are taken inside the locked section, so they
+increase in commit order on every host, and ``id > after`` never skips a record committed later.
+
+**Migrations** are numbered SQL steps applied at start under an advisory lock (several hosts may
+start at once); a database whose schema is newer than this code knows is refused.
+
+asyncpg's errors are translated here: a lost connection, a server shutting down or starting, too
+many connections, a serialisation failure: :class:`StoreUnavailable` (retry, never poison).
+Anything else (a constraint, a syntax error) is a bug and stays what it is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import asyncpg
+
+from broker.audit.chain import GENESIS
+from broker.audit.commit_plan import CommitPlan, claim_keys, plan_commit, released_ids, replay_view
+from broker.errors import StartupError, StoreUnavailable
+from broker.ports.store import (
+    GENESIS_HEAD,
+    AuditQuery,
+    AuditRow,
+    Checkpoint,
+    CommitUnit,
+    Expired,
+    FeedRow,
+    Head,
+    Lost,
+    ReplayKey,
+    Seen,
+    StoreCounts,
+)
+from broker.stages.replay import ReplayState
+from schemas.envelope import format_time
+
+T = TypeVar("T")
+
+# Numbered schema steps: MIGRATIONS[n - 1] takes a database from version n - 1 to n. Append only.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE chain_head (
+        id integer PRIMARY KEY CHECK (id = 1),
+        seq bigint NOT NULL,
+        hash text NOT NULL,
+        at text
+    );
+    INSERT INTO chain_head VALUES (1, 0, repeat('0', 64), NULL);  -- GENESIS
+    CREATE TABLE audit (
+        seq bigint PRIMARY KEY,
+        at text NOT NULL,
+        kind text NOT NULL,
+        message_id text,
+        source text,
+        consumer text,
+        agreement_id text,
+        record_id text,
+        body bytea NOT NULL,
+        hash text NOT NULL
+    );
+    CREATE INDEX audit_message ON audit(message_id);
+    CREATE INDEX audit_record ON audit(record_id);
+    CREATE INDEX audit_source ON audit(source, seq);
+    CREATE INDEX audit_consumer ON audit(consumer, seq);
+    CREATE INDEX audit_agreement ON audit(agreement_id, seq);
+    CREATE INDEX audit_kind ON audit(kind, seq);
+    CREATE INDEX audit_at ON audit(at);
+    CREATE TABLE seen (
+        source text NOT NULL,
+        message_id text NOT NULL,
+        state text NOT NULL,
+        content_sha256 text,
+        first_seen text NOT NULL,
+        PRIMARY KEY (source, message_id)
+    );
+    CREATE TABLE releases (
+        record_id text PRIMARY KEY,
+        audit_seq bigint NOT NULL
+    );
+    CREATE TABLE records (
+        id bigserial PRIMARY KEY,
+        record_id text NOT NULL UNIQUE,
+        consumer text NOT NULL,
+        agreement_id text NOT NULL,
+        agreement_revision integer NOT NULL,
+        event_type text NOT NULL,
+        source text NOT NULL,
+        message_id text NOT NULL,
+        released_at text NOT NULL,
+        expires_at text NOT NULL,
+        body bytea NOT NULL
+    );
+    CREATE INDEX records_consumer ON records(consumer, id);
+    CREATE INDEX records_expiry ON records(expires_at);
+    CREATE TABLE audit_records (
+        seq bigint NOT NULL,
+        record_id text NOT NULL,
+        PRIMARY KEY (record_id, seq)
+    );
+    CREATE TABLE checkpoints (
+        seq bigint PRIMARY KEY,
+        head_hash text NOT NULL,
+        at text NOT NULL,
+        kid text NOT NULL,
+        signature text NOT NULL
+    );
+    CREATE TABLE quarantine (
+        id bigserial PRIMARY KEY,
+        at text NOT NULL,
+        reason text NOT NULL,
+        message text NOT NULL,
+        source text,
+        message_id text,
+        body_sha256 text NOT NULL,
+        body bytea
+    );
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+VERSION_TABLE = "sv_broker_schema"
+MIGRATION_LOCK = 0x5376_4272_6F6B_0001  # pg_advisory_xact_lock key: "SvBrok" + 1
+
+# SQLSTATE classes that mean "the database is not there right now", not "our statement is wrong":
+# 08 connection exception, 40 transaction rollback (serialisation failure, deadlock), 53
+# insufficient resources, 57 operator intervention (shutdown, starting up), 58 system error;
+# 55P03 lock not available.
+_UNAVAILABLE_CLASSES = ("08", "40", "53", "57", "58")
+
+
+def translated(exc: BaseException) -> BaseException:
+    """asyncpg's (and the socket's) errors as the store contract's: unavailable, or a bug as it is."""
+    unavailable = False
+    if isinstance(exc, asyncpg.PostgresError):
+        state = str(getattr(exc, "sqlstate", "") or "")
+        unavailable = state[:2] in _UNAVAILABLE_CLASSES or state == "55P03"
+    elif isinstance(exc, asyncpg.exceptions.ConnectionDoesNotExistError | OSError | TimeoutError):
+        unavailable = True
+    elif isinstance(exc, asyncpg.InterfaceError) and "closed" in str(exc):
+        unavailable = True  # a pooled connection the server dropped (restart): reconnect and retry
+    if not unavailable:
+        return exc
+    out = StoreUnavailable(f"the PostgreSQL store is unavailable: {type(exc).__name__}")
+    out.__cause__ = exc
+    return out
+
+
+@dataclass(slots=True)
+class _Job:
+    unit: CommitUnit
+    future: asyncio.Future[Lost]
+
+
+class PostgresStore:
+    """The store contract on PostgreSQL (asyncpg). ``readonly``: the offline commands' view (no
+    migrations, no writer; ``commit`` refuses)."""
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        batch_max: int = 512,
+        readonly: bool = False,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        pool_size: int = 4,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        self.dsn = dsn
+        self.batch_max = batch_max
+        self.readonly = readonly
+        self.clock = clock
+        self.pool_size = pool_size
+        self.connect_timeout = connect_timeout
+        self._pool: asyncpg.Pool | None = None
+        self._queue: asyncio.Queue[_Job | None] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+        self.head: tuple[int, str] = (0, GENESIS)  # this process's last write
+        self.commits = 0
+        self.units = 0
+
+    def __repr__(self) -> str:
+        from broker.ports.stores import redacted
+
+        return f"PostgresStore({redacted(self.dsn)!r})"
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def open(self) -> None:
+        try:
+            self._pool = await asyncpg.create_pool(
+                self.dsn,
+                min_size=1,
+                max_size=self.pool_size,
+                timeout=self.connect_timeout,
+                command_timeout=60,
+            )
+            async with self._pool.acquire() as conn:
+                version = await self._migrate(conn)
+        except BaseException as exc:
+            await self._close_pool()
+            error = translated(exc)
+            if error is exc:
+                raise
+            raise error from exc
+        if self.readonly and version == 0:
+            await self._close_pool()
+            raise StoreUnavailable("the database holds no sv-broker store")
+        if not self.readonly:
+            self._writer = asyncio.create_task(self._write_loop(), name="postgres-writer")
+
+    async def _migrate(self, conn: asyncpg.Connection) -> int:
+        """Bring the schema to ``SCHEMA_VERSION``; refuse a newer one. Returns the version found."""
+        async with conn.transaction():
+            if self.readonly:
+                exists = await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", VERSION_TABLE)
+                if not exists:
+                    return 0
+                version = int(await conn.fetchval(f"SELECT coalesce(max(version), 0) FROM {VERSION_TABLE}"))  # noqa: S608
+            else:
+                # Several hosts may start at once: one migrates, the others wait and find it done.
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+                await conn.execute(f"CREATE TABLE IF NOT EXISTS {VERSION_TABLE} (version integer NOT NULL)")
+                version = int(await conn.fetchval(f"SELECT coalesce(max(version), 0) FROM {VERSION_TABLE}"))  # noqa: S608
+            if version > SCHEMA_VERSION:
+                # Threat: an older broker writing to a schema it does not know (a rolled-back
+                # deployment) could write rows a newer rule depends on without their columns.
+                raise StartupError(
+                    f"the database schema is version {version}, newer than this broker knows "
+                    f"({SCHEMA_VERSION}): upgrade the broker, or use the database it was made with"
+                )
+            if not self.readonly:
+                for number in range(version + 1, SCHEMA_VERSION + 1):
+                    await conn.execute(MIGRATIONS[number - 1])
+                    await conn.execute(f"INSERT INTO {VERSION_TABLE}(version) VALUES ($1)", number)  # noqa: S608
+            return version
+
+    async def _close_pool(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(pool.close(), timeout=10)
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            await self._queue.put(None)
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+            self._writer = None
+        await self._close_pool()
+
+    # -- writes ----------------------------------------------------------------------------------
+    async def commit(self, unit: CommitUnit) -> Lost:
+        if self._writer is None or self._writer.done():
+            raise RuntimeError("store is not open for writing")
+        future: asyncio.Future[Lost] = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Job(unit, future))
+        return await future
+
+    async def _write_loop(self) -> None:
+        while True:
+            first = await self._queue.get()
+            if first is None:
+                return
+            jobs = [first]
+            stop = False
+            while len(jobs) < self.batch_max and not self._queue.empty():
+                nxt = self._queue.get_nowait()
+                if nxt is None:
+                    stop = True
+                    break
+                jobs.append(nxt)
+            try:
+                lost = await self._write([job.unit for job in jobs])
+            except Exception as exc:  # report to every waiter; the writer keeps running
+                error = translated(exc)
+                for job in jobs:
+                    if not job.future.done():
+                        job.future.set_exception(error)
+            else:
+                for job, job_lost in zip(jobs, lost, strict=True):
+                    if not job.future.done():
+                        job.future.set_result(job_lost)
+            if stop:
+                return
+
+    async def _write(self, units: list[CommitUnit]) -> list[Lost]:
+        pool = self._open_pool()
+        async with pool.acquire() as conn, conn.transaction():
+            # The lock first: everything read below is what the previous commit left.
+            row = await conn.fetchrow("SELECT seq, hash, at FROM chain_head WHERE id = 1 FOR UPDATE")
+            if row is None:
+                raise StartupError("the chain_head row is missing: the database was altered by hand")
+            head = Head(int(row["seq"]), str(row["hash"]), row["at"])
+            ids = released_ids(units)
+            released: list[str] = []
+            if ids:
+                found = await conn.fetch("SELECT record_id FROM releases WHERE record_id = ANY($1::text[])", ids)
+                released = [str(r["record_id"]) for r in found]
+            held = await _seen(conn, claim_keys(units))
+            plan = plan_commit(units, head=head, released=released, held=held, now=self.clock())
+            await _apply(conn, plan)
+        self.head = (plan.head.seq, plan.head.hash)
+        self.commits += 1
+        self.units += len(units)
+        return plan.lost
+
+    # -- reads -----------------------------------------------------------------------------------
+    def _open_pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("store is not open")
+        return self._pool
+
+    async def _run(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        pool = self._open_pool()
+        try:
+            async with pool.acquire() as conn:
+                return await fn(conn)
+        except Exception as exc:
+            error = translated(exc)
+            if error is exc:
+                raise
+            raise error from exc
+
+    async def replay_states(self, keys: Sequence[ReplayKey]) -> dict[ReplayKey, Seen]:
+        if not keys:
+            return {}
+        wanted = list(keys)
+        found = await self._run(lambda conn: _seen(conn, wanted))
+        return replay_view(wanted, found)
+
+    async def ping(self) -> bool:
+        try:
+            await self._run(lambda conn: conn.fetchval("SELECT 1"))
+        except (StoreUnavailable, RuntimeError):
+            return False
+        return self.readonly or (self._writer is not None and not self._writer.done())
+
+    async def current_head(self) -> Head:
+        async def run(conn: asyncpg.Connection) -> Head:
+            row = await conn.fetchrow("SELECT seq, hash, at FROM chain_head WHERE id = 1")
+            return GENESIS_HEAD if row is None else Head(int(row["seq"]), str(row["hash"]), row["at"])
+
+        return await self._run(run)
+
+    async def feed_page(
+        self,
+        consumer: str,
+        *,
+        after: int,
+        limit: int,
+        event_type: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+    ) -> list[FeedRow]:
+        sql = (
+            "SELECT id, record_id, event_type, agreement_id, released_at, body FROM records "
+            "WHERE consumer = $1 AND id > $2"
+        )
+        params: list[object] = [consumer, after]
+        for clause, value in (("event_type = ", event_type), ("released_at >= ", since), ("released_at < ", until)):
+            if value:
+                params.append(value)
+                sql += f" AND {clause}${len(params)}"
+        params.append(limit)
+        sql += f" ORDER BY id LIMIT ${len(params)}"
+
+        async def run(conn: asyncpg.Connection) -> list[FeedRow]:
+            rows = await conn.fetch(sql, *params)
+            return [
+                FeedRow(int(r["id"]), r["record_id"], r["event_type"], r["agreement_id"], r["released_at"], r["body"])
+                for r in rows
+            ]
+
+        return await self._run(run)
+
+    async def audit_page(self, query: AuditQuery) -> list[AuditRow]:
+        clauses = ["seq > $1"]
+        params: list[object] = [query.after]
+        for column, value in (
+            ("message_id", query.message_id),
+            ("source", query.source),
+            ("consumer", query.consumer),
+            ("agreement_id", query.agreement_id),
+            ("kind", query.kind),
+        ):
+            if value:
+                params.append(value)
+                clauses.append(f"{column} = ${len(params)}")
+        if query.record_id:
+            params.append(query.record_id)
+            n = len(params)
+            # (only placeholders are formatted into the SQL; every value is a bound parameter)
+            clauses.append(f"(record_id = ${n} OR seq IN (SELECT seq FROM audit_records WHERE record_id = ${n}))")  # noqa: S608
+        if query.since:
+            params.append(query.since)
+            clauses.append(f"at >= ${len(params)}")
+        if query.until:
+            params.append(query.until)
+            clauses.append(f"at < ${len(params)}")
+        params.append(query.limit)
+        sql = (
+            "SELECT seq, at, kind, message_id, source, consumer, agreement_id, record_id, body, hash FROM audit "  # noqa: S608
+            f"WHERE {' AND '.join(clauses)} ORDER BY seq LIMIT ${len(params)}"
+        )
+
+        async def run(conn: asyncpg.Connection) -> list[AuditRow]:
+            return [
+                AuditRow(
+                    int(r["seq"]),
+                    r["at"],
+                    r["kind"],
+                    r["message_id"],
+                    r["source"],
+                    r["consumer"],
+                    r["agreement_id"],
+                    r["record_id"],
+                    bytes(r["body"]),
+                    r["hash"],
+                )
+                for r in await conn.fetch(sql, *params)
+            ]
+
+        return await self._run(run)
+
+    async def record_message(self, record_id: str) -> str | None:
+        async def run(conn: asyncpg.Connection) -> str | None:
+            value = await conn.fetchval(
+                "SELECT message_id FROM audit WHERE record_id = $1 AND message_id IS NOT NULL ORDER BY seq LIMIT 1",
+                record_id,
+            )
+            return None if value is None else str(value)
+
+        return await self._run(run)
+
+    async def checkpoints(self) -> list[Checkpoint]:
+        async def run(conn: asyncpg.Connection) -> list[Checkpoint]:
+            rows = await conn.fetch("SELECT seq, head_hash, at, kid, signature FROM checkpoints ORDER BY seq")
+            return [Checkpoint(int(r["seq"]), r["head_hash"], r["at"], r["kid"], r["signature"]) for r in rows]
+
+        return await self._run(run)
+
+    async def expired(self, now: datetime, limit: int) -> list[Expired]:
+        async def run(conn: asyncpg.Connection) -> list[Expired]:
+            rows = await conn.fetch(
+                "SELECT record_id, consumer, agreement_id FROM records WHERE expires_at <= $1 "
+                "ORDER BY expires_at, id LIMIT $2",
+                format_time(now),
+                limit,
+            )
+            return [Expired(r["record_id"], r["consumer"], r["agreement_id"]) for r in rows]
+
+        return await self._run(run)
+
+    async def counts(self) -> StoreCounts:
+        async def run(conn: asyncpg.Connection) -> StoreCounts:
+            kinds = await conn.fetch("SELECT kind, count(*) AS n FROM audit GROUP BY kind")
+            consumers = await conn.fetch("SELECT consumer, count(*) AS n FROM records GROUP BY consumer")
+            return StoreCounts(
+                {str(r["kind"]): int(r["n"]) for r in kinds}, {str(r["consumer"]): int(r["n"]) for r in consumers}
+            )
+
+        return await self._run(run)
+
+
+async def _seen(conn: asyncpg.Connection, keys: Sequence[ReplayKey]) -> dict[ReplayKey, Seen]:
+    if not keys:
+        return {}
+    rows = await conn.fetch(
+        "SELECT s.source, s.message_id, s.state, s.content_sha256 FROM seen s "
+        "JOIN unnest($1::text[], $2::text[]) AS k(source, message_id) "
+        "ON s.source = k.source AND s.message_id = k.message_id",
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+    )
+    return {(r["source"], r["message_id"]): Seen(ReplayState(r["state"]), r["content_sha256"]) for r in rows}
+
+
+def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    """Rows -> one list per column (``unnest`` takes arrays: one statement, one round trip)."""
+    return [[row[i] for row in rows] for i in range(width)]
+
+
+async def _apply(conn: asyncpg.Connection, plan: CommitPlan) -> None:
+    stamp = plan.audit[0].at if plan.audit else format_time(datetime.now(UTC))
+    if plan.seen:
+        await conn.execute(
+            "INSERT INTO seen(source, message_id, state, content_sha256, first_seen) "
+            "SELECT s, m, st, c, $5 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS u(s, m, st, c) "
+            "ON CONFLICT (source, message_id) DO UPDATE SET state = excluded.state, "
+            "content_sha256 = coalesce(seen.content_sha256, excluded.content_sha256) "
+            "WHERE seen.state <> 'done'",
+            *_columns([(r.source, r.message_id, r.state.value, r.content_sha256) for r in plan.seen], 4),
+            stamp,
+        )
+    if plan.releases:
+        await conn.execute(
+            "INSERT INTO releases(record_id, audit_seq) SELECT * FROM unnest($1::text[], $2::bigint[])",
+            *_columns(plan.releases, 2),
+        )
+    if plan.audit:
+        await conn.execute(
+            "INSERT INTO audit(seq, at, kind, message_id, source, consumer, agreement_id, record_id, body, hash) "
+            "SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], "
+            "$7::text[], $8::text[], $9::bytea[], $10::text[])",
+            *_columns(
+                [
+                    (
+                        a.seq,
+                        a.at,
+                        a.kind,
+                        a.message_id,
+                        a.source,
+                        a.consumer,
+                        a.agreement_id,
+                        a.record_id,
+                        a.body,
+                        a.hash,
+                    )
+                    for a in plan.audit
+                ],
+                10,
+            ),
+        )
+        head = plan.head
+        await conn.execute(
+            "UPDATE chain_head SET seq = $1, hash = $2, at = $3 WHERE id = 1", head.seq, head.hash, head.at
+        )
+    if plan.audit_records:
+        await conn.execute(
+            "INSERT INTO audit_records(seq, record_id) SELECT * FROM unnest($1::bigint[], $2::text[]) "
+            "ON CONFLICT DO NOTHING",
+            *_columns(plan.audit_records, 2),
+        )
+    if plan.records:
+        await conn.execute(
+            "INSERT INTO records(record_id, consumer, agreement_id, agreement_revision, event_type, source, "
+            "message_id, released_at, expires_at, body) "
+            "SELECT r, c, a, v, e, s, m, ra, ea, b FROM unnest($1::text[], $2::text[], $3::text[], $4::integer[], "
+            "$5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::bytea[]) "
+            "WITH ORDINALITY AS u(r, c, a, v, e, s, m, ra, ea, b, n) ORDER BY n "
+            "ON CONFLICT (record_id) DO NOTHING",
+            *_columns(
+                [
+                    (
+                        rec.record_id,
+                        rec.consumer,
+                        rec.agreement_id,
+                        rec.agreement_revision,
+                        rec.event_type,
+                        rec.source,
+                        rec.message_id,
+                        format_time(rec.released_at),
+                        format_time(rec.expires_at),
+                        rec.body,
+                    )
+                    for rec in plan.records
+                ],
+                10,
+            ),
+        )
+    if plan.quarantine:
+        await conn.execute(
+            "INSERT INTO quarantine(at, reason, message, source, message_id, body_sha256, body) "
+            "SELECT q, r, m, s, i, h, b FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], "
+            "$6::text[], $7::bytea[]) WITH ORDINALITY AS u(q, r, m, s, i, h, b, n) ORDER BY n",
+            *_columns(
+                [
+                    (format_time(q.at), q.reason, q.message, q.source, q.message_id, q.body_sha256, q.body)
+                    for q in plan.quarantine
+                ],
+                7,
+            ),
+        )
+    if plan.purge:
+        await conn.execute("DELETE FROM records WHERE record_id = ANY($1::text[])", list(plan.purge))
+    if plan.checkpoints:
+        await conn.execute(
+            "INSERT INTO checkpoints(seq, head_hash, at, kid, signature) "
+            "SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[]) "
+            "ON CONFLICT DO NOTHING",
+            *_columns([(cp.seq, cp.head_hash, cp.at, cp.kid, cp.signature) for cp in plan.checkpoints], 5),
+        )

@@ -1,0 +1,400 @@
+"""One conformance suite for the store contract (``broker/ports/store.py``), run against both
+backends: SQLite (a file of its own per test) and the real PostgreSQL (a schema of its own per
+test, dropped afterwards). Several store instances on one location stand for several broker
+processes (or hosts); one test runs writers in two real OS processes.
+
+Everything is read back through the contract itself, never with SQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from broker.audit.chain import Draft, Kind
+from broker.errors import StoreUnavailable
+from broker.pipeline.trail import audit_pages, verify_store
+from broker.ports.store import AuditQuery, Checkpoint, CommitUnit, QuarantineItem, Seen, Store, StoredRecord
+from broker.ports.stores import store_for
+from broker.stages.replay import ReplayState
+
+ROOT = Path(__file__).resolve().parents[1]
+T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+
+Location = str | Path
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def location(request: pytest.FixtureRequest, tmp_path: Path) -> Location:
+    if request.param == "sqlite":
+        return tmp_path / "broker.db"
+    url: str = request.getfixturevalue("pg_store_url")
+    return url
+
+
+@pytest.fixture
+async def make_store(location: Location) -> Callable[..., Store]:
+    """Open store instances on the test's location; all are closed at the end."""
+    opened: list[Store] = []
+
+    async def make(**kwargs: object) -> Store:
+        store = store_for(location, **kwargs)  # type: ignore[arg-type]
+        await store.open()
+        opened.append(store)
+        return store
+
+    yield make  # type: ignore[misc]
+    for store in opened:
+        await store.close()
+
+
+def released(record_id: str, message_id: str = "m1", consumer: str = "c") -> Draft:
+    return Draft(Kind.RELEASED, {"message_id": message_id, "source": "p", "consumer": consumer, "record_id": record_id})
+
+
+def record(
+    record_id: str, consumer: str = "c", *, message_id: str = "m1", at: datetime = T0, days: int = 30
+) -> StoredRecord:
+    body = json.dumps({"record_id": record_id, "consumer": consumer}).encode()
+    return StoredRecord(
+        record_id=record_id,
+        consumer=consumer,
+        agreement_id="dsa-1",
+        agreement_revision=1,
+        event_type="ae_assault" if record_id.endswith(("0", "2", "4", "6", "8")) else "school_exclusion",
+        source="p",
+        message_id=message_id,
+        released_at=at,
+        expires_at=at + timedelta(days=days),
+        body=body,
+    )
+
+
+async def all_rows(store: Store, query: AuditQuery | None = None) -> list[tuple[int, str, str | None]]:
+    out = []
+    async for page in audit_pages(store, query or AuditQuery()):
+        out.extend((row.seq, row.kind, row.record_id) for row in page)
+    return out
+
+
+# -- the replay guard ------------------------------------------------------------------------------
+async def test_upserts_of_one_key_in_one_commit_apply_in_order(make_store: Callable[..., Store]) -> None:
+    store = await make_store()
+    key = ("p", "m1")
+    await store.commit(
+        CommitUnit(
+            seen=[
+                (key, Seen(ReplayState.IN_PROGRESS, "first-content")),
+                (key, Seen(ReplayState.DONE)),  # done keeps the first content hash (coalesce)
+                (key, Seen(ReplayState.IN_PROGRESS, "other")),  # after done: ignored
+            ]
+        )
+    )
+    states = await store.replay_states([key, ("p", "never")])
+    assert states[key] == Seen(ReplayState.DONE, "first-content")
+    assert states[("p", "never")].state is ReplayState.NEW
+    # and across commits: a done id stays done, its content hash is never replaced
+    await store.commit(CommitUnit(seen=[(key, Seen(ReplayState.IN_PROGRESS, "first-content"))]))
+    assert (await store.replay_states([key]))[key] == Seen(ReplayState.DONE, "first-content")
+
+
+async def test_two_instances_racing_on_one_id_with_different_content_the_first_commit_wins(
+    make_store: Callable[..., Store],
+) -> None:
+    first, second = await make_store(), await make_store()
+    key = ("p", "m1")
+    lost_a = await first.commit(
+        CommitUnit(drafts=[released("r-a")], seen=[(key, Seen(ReplayState.DONE, "content-a"))], records=[record("r-a")])
+    )
+    # the second read "not seen" before the first committed; it commits other content for the id
+    lost_b = await second.commit(
+        CommitUnit(drafts=[released("r-b")], seen=[(key, Seen(ReplayState.DONE, "content-b"))], records=[record("r-b")])
+    )
+    same = await second.commit(CommitUnit(seen=[(key, Seen(ReplayState.DONE, "content-a"))]))
+    assert lost_a == frozenset()
+    assert lost_b == frozenset({key})
+    assert same == frozenset()  # the same content again is a resend, not a conflict
+    assert [r for _, kind, r in await all_rows(first) if kind == "released"] == ["r-a"]
+    assert [row.record_id for row in await first.feed_page("c", after=0, limit=10)] == ["r-a"]
+    assert (await second.replay_states([key]))[key] == Seen(ReplayState.DONE, "content-a")
+
+
+# -- the audit chain -------------------------------------------------------------------------------
+async def test_a_record_id_is_audited_as_released_once_within_and_across_commits(
+    make_store: Callable[..., Store],
+) -> None:
+    store, other = await make_store(), await make_store()
+    await store.commit(CommitUnit(drafts=[released("r1"), released("r1"), released("r2")]))
+    await other.commit(CommitUnit(drafts=[released("r2"), released("r3")]))  # another process
+    assert [r for _, kind, r in await all_rows(store) if kind == "released"] == ["r1", "r2", "r3"]
+    assert (await verify_store(store)).ok
+
+
+async def test_large_commits_span_several_statements_and_stay_one_chain(make_store: Callable[..., Store]) -> None:
+    store = await make_store()
+    drafts = [released(f"r{i}", f"m{i}") for i in range(1234)]
+    many = Draft(Kind.PURGED, {"record_ids": [f"r{i}" for i in range(450)] + ["r0"], "count": 451})
+    seen = [(("p", f"m{i}"), Seen(ReplayState.DONE)) for i in range(700)]
+    await store.commit(CommitUnit(drafts=[*drafts, many], seen=seen))
+    head = await store.current_head()
+    rows = await all_rows(store)
+    assert [seq for seq, _, _ in rows] == list(range(1, 1236))
+    assert head.seq == 1235
+    report = await verify_store(store)
+    assert report.ok
+    assert report.chain.entries == 1235
+    assert report.chain.head_hash == head.hash
+    # the purge entry is indexed under each of its 450 record ids (a per-record trace finds it)
+    for rid in ("r0", "r17", "r449"):
+        assert 1235 in [seq for seq, _, _ in await all_rows(store, AuditQuery(record_id=rid))]
+    assert 1235 not in [seq for seq, _, _ in await all_rows(store, AuditQuery(record_id="r450"))]
+    states = await store.replay_states([("p", f"m{i}") for i in range(800)])
+    assert sum(1 for s in states.values() if s.state is ReplayState.DONE) == 700
+
+
+async def test_instances_sharing_one_store_write_one_linear_chain(make_store: Callable[..., Store]) -> None:
+    """Broker processes (or hosts) share the store: the head is read under the write lock in
+    each commit, so interleaved commits from several writers never fork the chain."""
+    stores = [await make_store() for _ in range(3)]
+
+    async def writer(n: int, store: Store) -> None:
+        for i in range(40):
+            await store.commit(CommitUnit(drafts=[released(f"w{n}-{i}-{j}", f"w{n}-{i}") for j in range(5)]))
+
+    await asyncio.gather(*(writer(n, s) for n, s in enumerate(stores)))
+    heads = [await s.current_head() for s in stores]
+    report = await verify_store(stores[0])
+    assert report.ok, report.problem
+    assert report.chain.entries == 3 * 40 * 5
+    assert all((h.seq, h.hash) == (report.chain.head_seq, report.chain.head_hash) for h in heads)
+    assert len({r for _, _, r in await all_rows(stores[0])}) == 600
+
+
+async def test_entry_times_never_go_backwards_along_the_chain(make_store: Callable[..., Store]) -> None:
+    """Hosts' clocks differ: a commit sealed by a clock behind the head's still stamps the head's time."""
+    ahead = await make_store(clock=lambda: T0 + timedelta(seconds=5))
+    behind = await make_store(clock=lambda: T0)
+    await ahead.commit(CommitUnit(drafts=[released("r1")]))
+    await behind.commit(CommitUnit(drafts=[released("r2")]))
+    rows = await ahead.audit_page(AuditQuery())
+    assert [r.at for r in rows] == ["2026-06-01T12:00:05.000Z"] * 2
+    assert (await ahead.current_head()).at == "2026-06-01T12:00:05.000Z"
+
+
+async def test_concurrent_writers_in_two_os_processes_keep_one_chain(location: Location) -> None:
+    script = """
+import asyncio, sys
+from broker.audit.chain import Draft, Kind
+from broker.ports.store import CommitUnit
+from broker.ports.stores import store_for
+
+async def main(location, tag):
+    store = store_for(location)
+    await store.open()
+    async def one(i):
+        attrs = {"record_id": f"{tag}-{i}", "message_id": f"{tag}-{i}", "source": "p"}
+        await store.commit(CommitUnit(drafts=[Draft(Kind.RELEASED, attrs)]))
+    for start in range(0, 300, 30):
+        await asyncio.gather(*(one(i) for i in range(start, start + 30)))
+    await store.close()
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+    procs = [
+        await asyncio.create_subprocess_exec(sys.executable, "-c", script, str(location), tag, cwd=ROOT)
+        for tag in ("a", "b")
+    ]
+    codes = [await asyncio.wait_for(p.wait(), timeout=120) for p in procs]
+    assert codes == [0, 0]
+    store = store_for(location, readonly=True)
+    await store.open()
+    try:
+        report = await verify_store(store)
+        assert report.ok, report.problem
+        assert report.chain.entries == 600
+        ids = [r for _, _, r in await all_rows(store)]
+        assert sorted(ids) == sorted([f"a-{i}" for i in range(300)] + [f"b-{i}" for i in range(300)])
+        assert (await store.counts()).audit_by_kind == {"released": 600}
+    finally:
+        await store.close()
+
+
+# -- feeds ----------------------------------------------------------------------------------------
+async def test_feed_pages_in_commit_order_with_filters(make_store: Callable[..., Store]) -> None:
+    one, two = await make_store(), await make_store()
+    for i in range(10):
+        store = one if i % 2 else two  # two processes interleave their commits
+        at = T0 + timedelta(hours=i)
+        await store.commit(CommitUnit(records=[record(f"r{i}", at=at), record(f"x{i}", "other", at=at)]))
+    first = await one.feed_page("c", after=0, limit=4)
+    assert [r.record_id for r in first] == ["r0", "r1", "r2", "r3"]
+    rest = await two.feed_page("c", after=first[-1].id, limit=100)
+    assert [r.record_id for r in rest] == [f"r{i}" for i in range(4, 10)]
+    ids = [r.id for r in first + rest]
+    assert ids == sorted(ids)
+    assert len(set(ids)) == 10
+    assert json.loads(first[0].body) == {"record_id": "r0", "consumer": "c"}
+    assert first[0].released_at == "2026-06-01T12:00:00.000Z"
+    typed = await one.feed_page("c", after=0, limit=100, event_type="ae_assault")
+    assert [r.record_id for r in typed] == ["r0", "r2", "r4", "r6", "r8"]
+    window = await one.feed_page(
+        "c", after=0, limit=100, since="2026-06-01T14:00:00.000Z", until="2026-06-01T16:00:00.000Z"
+    )
+    assert [r.record_id for r in window] == ["r2", "r3"]
+    assert await one.feed_page("nobody", after=0, limit=10) == []
+    # a record id is stored once: a redelivered release does not add a second copy
+    await one.commit(CommitUnit(records=[record("r0")]))
+    assert len(await one.feed_page("c", after=0, limit=100)) == 10
+    assert (await one.counts()).records_by_consumer == {"c": 10, "other": 10}
+
+
+# -- audit queries, trace, checkpoints, retention, quarantine ----------------------------------------
+async def test_audit_queries_filter_on_every_column(make_store: Callable[..., Store]) -> None:
+    store = await make_store(clock=lambda: T0)
+    later = await make_store(clock=lambda: T0 + timedelta(hours=1))
+    await store.commit(
+        CommitUnit(
+            drafts=[
+                Draft(Kind.RECEIVED, {"message_id": "m1", "source": "p"}),
+                released("r1", "m1", "c1"),
+                released("r2", "m1", "c2"),
+                Draft(Kind.RECEIVED, {"message_id": "m2", "source": "q"}),
+            ]
+        )
+    )
+    await later.commit(CommitUnit(drafts=[Draft(Kind.ACCESSED, {"consumer": "c1", "record_ids": ["r1"]})]))
+
+    async def seqs(**filters: object) -> list[int]:
+        return [seq for seq, _, _ in await all_rows(store, AuditQuery(**filters))]  # type: ignore[arg-type]
+
+    assert await seqs(message_id="m1") == [1, 2, 3]
+    assert await seqs(source="q") == [4]
+    assert await seqs(consumer="c1") == [2, 5]
+    assert await seqs(kind="received") == [1, 4]
+    assert await seqs(record_id="r1") == [2, 5]  # its release and the read that named it
+    assert await seqs(since="2026-06-01T12:30:00.000Z") == [5]
+    assert await seqs(until="2026-06-01T12:30:00.000Z") == [1, 2, 3, 4]
+    assert [r.seq for r in await store.audit_page(AuditQuery(after=2, limit=2))] == [3, 4]
+    assert await store.record_message("r2") == "m1"
+    assert await store.record_message("r-none") is None
+    page = await store.audit_page(AuditQuery(limit=1))
+    assert json.loads(page[0].body)["seq"] == 1
+    assert len(page[0].hash) == 64
+
+
+async def test_checkpoints_retention_and_quarantine(make_store: Callable[..., Store]) -> None:
+    store = await make_store()
+    await store.commit(CommitUnit(records=[record("r1", days=1), record("r2", days=10), record("r3", days=1)]))
+    cp = Checkpoint(1, "ab" * 32, "2026-06-01T12:00:00.000Z", "kid-1", "sig")
+    await store.commit(CommitUnit(checkpoints=[cp]))
+    await store.commit(CommitUnit(checkpoints=[cp]))  # the same checkpoint twice is kept once
+    assert await store.checkpoints() == [cp]
+    due = await store.expired(T0 + timedelta(days=2), 100)
+    assert [(e.record_id, e.consumer, e.agreement_id) for e in due] == [("r1", "c", "dsa-1"), ("r3", "c", "dsa-1")]
+    assert [e.record_id for e in await store.expired(T0 + timedelta(days=2), 1)] == ["r1"]
+    await store.commit(CommitUnit(purge=["r1", "r3"], drafts=[Draft(Kind.PURGED, {"record_ids": ["r1", "r3"]})]))
+    assert [r.record_id for r in await store.feed_page("c", after=0, limit=10)] == ["r2"]
+    assert await store.expired(T0 + timedelta(days=2), 100) == []
+    item = QuarantineItem(T0, "bad_signature", "The signature does not verify.", "p", "m9", "00" * 32, None)
+    await store.commit(CommitUnit(quarantine=[item]))  # written without complaint; held, not returned
+    assert (await verify_store(store)).ok
+
+
+# -- read-only views and failures --------------------------------------------------------------------
+async def test_a_read_only_view_reads_and_refuses_to_write(
+    make_store: Callable[..., Store], location: Location
+) -> None:
+    writer = await make_store()
+    await writer.commit(CommitUnit(drafts=[released("r1")]))
+    reader = await make_store(readonly=True)
+    assert (await reader.current_head()).seq == 1
+    assert await reader.ping()
+    with pytest.raises(RuntimeError):
+        await reader.commit(CommitUnit(drafts=[released("r2")]))
+    assert (await writer.current_head()).seq == 1
+
+
+async def test_a_read_only_view_of_nothing_is_unavailable(tmp_path: Path, pg_store_url: str) -> None:
+    for location in (tmp_path / "none.db", pg_store_url):
+        store = store_for(location, readonly=True)
+        with pytest.raises(StoreUnavailable):
+            await store.open()
+        assert not (tmp_path / "none.db").exists()
+
+
+async def test_an_unreachable_database_is_unavailable_not_a_bug() -> None:
+    store = store_for("postgresql://postgres@127.0.0.1:1/none", readonly=True)
+    with pytest.raises(StoreUnavailable):
+        await store.open()
+
+
+async def test_postgres_refuses_a_schema_newer_than_it_knows(pg_store_url: str) -> None:
+    import asyncpg
+
+    from broker.errors import StartupError
+    from broker.ports.postgres_store import SCHEMA_VERSION, VERSION_TABLE
+
+    store = store_for(pg_store_url)
+    await store.open()
+    await store.close()
+    conn = await asyncpg.connect(pg_store_url)
+    try:
+        await conn.execute(f"INSERT INTO {VERSION_TABLE}(version) VALUES ($1)", SCHEMA_VERSION + 1)
+    finally:
+        await conn.close()
+    with pytest.raises(StartupError, match="newer than this broker knows"):
+        await store_for(pg_store_url).open()
+
+
+async def test_postgres_migrations_are_applied_once_when_hosts_start_together(pg_store_url: str) -> None:
+    stores = [store_for(pg_store_url) for _ in range(4)]
+    await asyncio.gather(*(s.open() for s in stores))
+    try:
+        await stores[0].commit(CommitUnit(drafts=[released("r1")]))
+        assert all([(await s.current_head()).seq == 1 for s in stores])
+    finally:
+        for s in stores:
+            await s.close()
+
+
+def test_the_offline_commands_read_either_backend(location: Location, tmp_path: Path) -> None:
+    async def fill() -> None:
+        store = store_for(location)
+        await store.open()
+        await store.commit(
+            CommitUnit(drafts=[Draft(Kind.RECEIVED, {"message_id": "m1", "source": "p"}), released("r1")])
+        )
+        await store.close()
+
+    asyncio.run(fill())
+    base = [sys.executable, "-m", "broker.cli", "audit"]
+    verify = subprocess.run(
+        [*base, "verify", "--store", str(location), "--json"], capture_output=True, text=True, cwd=ROOT, check=False
+    )
+    assert verify.returncode == 0, verify.stderr
+    assert json.loads(verify.stdout)["entries"] == 2
+    trace = subprocess.run(
+        [*base, "trace", "--store", str(location), "r1"], capture_output=True, text=True, cwd=ROOT, check=False
+    )
+    assert [json.loads(line)["kind"] for line in trace.stdout.splitlines()] == ["received", "released"]
+    out = tmp_path / "export.jsonl"
+    export = subprocess.run(
+        [*base, "export", "--store", str(location), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
+    assert export.returncode == 0, export.stderr
+    offline = subprocess.run(
+        [*base, "verify", "--export", str(out)], capture_output=True, text=True, cwd=ROOT, check=False
+    )
+    assert offline.returncode == 0
+    assert "2 entries" in offline.stdout
