@@ -28,8 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from broker.audit.chain import Draft, Kind
 from broker.audit.checkpoints import sign_checkpoint
 from broker.audit.trail import verify_trail
-from broker.ports.sqlite_store import AuditQuery, SqliteStore, connect
-from broker.ports.store import CommitUnit, StoredRecord
+from broker.pipeline.trail import audit_pages
+from broker.ports.sqlite_store import SqliteStore, connect
+from broker.ports.store import AuditQuery, CommitUnit, StoredRecord
 
 
 async def fill(store: SqliteStore, entries: int, key: Ed25519PrivateKey) -> tuple[list[str], list[str]]:
@@ -59,11 +60,11 @@ async def fill(store: SqliteStore, entries: int, key: Ed25519PrivateKey) -> tupl
     return message_ids, record_ids
 
 
-def timed_lookups(conn: object, queries: list[AuditQuery]) -> list[float]:
+async def timed_lookups(store: SqliteStore, queries: list[AuditQuery]) -> list[float]:
     out = []
     for query in queries:
         started = time.perf_counter()
-        rows = SqliteStore.audit_page(conn, query)  # type: ignore[arg-type]
+        rows = await store.audit_page(query)
         out.append(time.perf_counter() - started)
         assert rows, query
     return out
@@ -94,8 +95,8 @@ async def main() -> None:
 
         conn = connect(path, readonly=True)
         rng = random.Random(1)
-        by_message = timed_lookups(conn, [AuditQuery(message_id=m) for m in rng.sample(message_ids, 500)])
-        by_record = timed_lookups(conn, [AuditQuery(record_id=r) for r in rng.sample(record_ids, 500)])
+        by_message = await timed_lookups(store, [AuditQuery(message_id=m) for m in rng.sample(message_ids, 500)])
+        by_record = await timed_lookups(store, [AuditQuery(record_id=r) for r in rng.sample(record_ids, 500)])
         # baseline: the same point lookup on a column with no index (body hash): a full scan
         scan = []
         for h in [row[0] for row in conn.execute("SELECT hash FROM audit ORDER BY random() LIMIT 5")]:
@@ -111,8 +112,8 @@ async def main() -> None:
             f"-> indexed is {statistics.median(scan) / statistics.median(by_message):,.0f}x faster"
         )
 
-        rows = SqliteStore.all_audit_rows(conn)  # type: ignore[arg-type]
-        checkpoints = SqliteStore.checkpoints_list(conn)  # type: ignore[arg-type]
+        rows = [(r.seq, r.body, r.hash) async for page in audit_pages(store, AuditQuery()) for r in page]
+        checkpoints = await store.checkpoints()
         t0 = time.perf_counter()
         report = verify_trail(rows, checkpoints, {"bench": key.public_key()})
         verify_s = time.perf_counter() - t0
@@ -152,19 +153,19 @@ async def main() -> None:
             )
         t0 = time.perf_counter()
         after, read = 0, 0
-        while page := SqliteStore.feed_page(conn, "derby-csp-analysts", after=after, limit=1000):  # type: ignore[arg-type]
+        while page := await store.feed_page("derby-csp-analysts", after=after, limit=1000):
             read += len(page)
             after = page[-1].id
         feed_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        bare = sum(1 for _ in conn.execute("SELECT body FROM records WHERE consumer = ?", ("derby-csp-analysts",)))  # type: ignore[attr-defined]
+        bare = sum(1 for _ in conn.execute("SELECT body FROM records WHERE consumer = ?", ("derby-csp-analysts",)))
         bare_feed_s = time.perf_counter() - t0
         assert read == bare == args.records
         print(
             f"feed read: {read / feed_s:,.0f} records/s in cursor pages of 1,000; "
             f"bare SELECT {bare / bare_feed_s:,.0f} records/s (ratio {bare_feed_s / feed_s:.2f})"
         )
-        conn.close()  # type: ignore[attr-defined]
+        conn.close()
         await store.close()
 
 

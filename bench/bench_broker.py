@@ -22,7 +22,6 @@ import json
 import os
 import platform
 import signal
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -46,6 +45,8 @@ from adapters.synthetic import SyntheticGenerator
 from broker.demo import DemoEnvironment, prepare_environment
 from broker.ports.rabbitmq.fast_publish import Publish, forget_publishes, publish_frames
 from broker.ports.rabbitmq.topology import Names
+from broker.ports.store import Store
+from broker.ports.stores import store_for
 from broker.service import Broker
 from broker.settings import Settings
 from schemas.envelope import encode, format_time
@@ -152,12 +153,9 @@ def start_broker(
     return proc
 
 
-def received(db: Path) -> int:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        return int(conn.execute("SELECT COUNT(*) FROM audit WHERE kind = 'received'").fetchone()[0])
-    finally:
-        conn.close()
+async def received(store: Store) -> int:
+    """``received`` entries so far, read through the store contract (another process writes them)."""
+    return (await store.counts()).audit_by_kind.get("received", 0)
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -193,8 +191,13 @@ async def broker_throughput(
     db = data_dir / "broker.db"
     proc = start_broker(env, url, prefix, data_dir, work / "ready", workers)
     started = time.perf_counter()
-    while received(db) < len(bodies):  # noqa: ASYNC110 - polling another process's database
-        await asyncio.sleep(0.02)
+    view = store_for(db, readonly=True)
+    await view.open()
+    try:
+        while await received(view) < len(bodies):  # noqa: ASYNC110 - polling another process's store
+            await asyncio.sleep(0.02)
+    finally:
+        await view.close()
     elapsed = time.perf_counter() - started
     throughput = len(bodies) / elapsed
     label = f"{workers} process{'es' if workers > 1 else ''}"
