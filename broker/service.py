@@ -35,7 +35,7 @@ from broker.ports.delivery import Delivery, StoreDelivery
 from broker.ports.rabbitmq.connection import Connection, connect
 from broker.ports.rabbitmq.publisher import AmqpDelivery
 from broker.ports.rabbitmq.topology import Names, declare_topology
-from broker.ports.store import Checkpoint, CommitUnit, Store
+from broker.ports.store import Checkpoint, CommitUnit, Leadership, Store
 from broker.ports.stores import store_for
 from broker.registry import Registry, load_registry
 from broker.settings import Settings
@@ -45,7 +45,9 @@ from broker.transports.amqp_ingest import AmqpIngest
 from broker.transports.http_access import AccessContext, agreement_summaries
 from broker.transports.http_app import build_app
 from broker.workers import WorkerPool, WorkerSpec
+from schemas.errors import Unavailable
 
+LEADER_ROLE = "singleton-jobs"  # checkpoint signing, retention purge, dead-letter auditing
 log = get_logger("sv_broker.service")
 
 
@@ -120,6 +122,8 @@ class Broker:
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _checkpoints: CheckpointFlow | None = None
+    _leadership: Leadership | None = None
+    leading: bool = False  # this process runs the singleton jobs now
     _lock: IO[str] | None = None
 
     @property
@@ -202,7 +206,6 @@ class Broker:
             await dead_channel.set_qos(prefetch_count=16)
             dead_queue = await dead_channel.get_queue(names.dead_letter_queue, ensure=True)
             self.dead_letters = DeadLetterConsumer(DeadLetterFlow(self.store, amqp_delivery), dead_queue, self.user_map)
-            await self.dead_letters.start()
         assert self.pipeline is not None
         app = build_app(self.pipeline, ready_checks)
         self.access = AccessContext(
@@ -227,14 +230,26 @@ class Broker:
             self.workers = WorkerPool(WorkerSpec(settings, self.user_map, fingerprint), settings.workers - 1)
             await self.workers.start()
         self._warn_agreements()
+        # Singleton jobs: one process at a time among all sharing the store (always this one on
+        # SQLite; elected through PostgreSQL otherwise). The first check is made here, so a sole
+        # broker starts its jobs before ``start`` returns.
+        self._leadership = self.store.leadership(LEADER_ROLE)
+        await self._leadership_changed(await self._check_leadership())
+        leading = self.is_leader
         checkpoints = jobs.checkpoint_every(
-            self._checkpoints, self.clock, settings.checkpoint_every, settings.checkpoint_interval.total_seconds()
+            self._checkpoints,
+            self.clock,
+            settings.checkpoint_every,
+            settings.checkpoint_interval.total_seconds(),
+            leading,
         )
         retention = jobs.retention_every(
-            self.purge_expired, self._warn_agreements, self.clock, settings.retention_interval.total_seconds()
+            self.purge_expired, self._warn_agreements, self.clock, settings.retention_interval.total_seconds(), leading
         )
+        lead = jobs.lead(self._leadership, self._leadership_changed, settings.leader_check_interval, self.leading)
         self._tasks.append(asyncio.create_task(checkpoints, name="checkpoints"))
         self._tasks.append(asyncio.create_task(retention, name="retention"))
+        self._tasks.append(asyncio.create_task(lead, name="leadership"))
         log.info("broker_started", mode="amqp" if settings.amqp_url else "embedded", url=self.url)
 
     def _pipeline(self, delivery: Delivery) -> Pipeline:
@@ -262,6 +277,30 @@ class Broker:
         await self.ingest.start()
         self._tasks.append(asyncio.create_task(self.ingest.run(), name="amqp-ingest"))
         return delivery
+
+    # -- leadership of the singleton jobs ------------------------------------------------------------
+    def is_leader(self) -> bool:
+        return self.leading
+
+    async def _check_leadership(self) -> bool:
+        assert self._leadership is not None
+        try:
+            return await self._leadership.check()
+        except Exception as exc:
+            log.warning("leadership_check_failed", error=type(exc).__name__)
+            return False
+
+    async def _leadership_changed(self, held: bool) -> None:
+        """Gained: audit the dead letters, and purge at once (the last leader may have died mid-way).
+        Lost: stop auditing dead letters (another process now does)."""
+        self.leading = held
+        if held:
+            if self.dead_letters is not None:
+                await self.dead_letters.start()
+            with contextlib.suppress(Unavailable):  # the job retries at its next round
+                await self.purge_expired()
+        elif self.dead_letters is not None:
+            await self.dead_letters.stop()
 
     # -- the flows the jobs run (also called directly by tests and at shutdown) ---------------------
     async def checkpoint(self) -> Checkpoint | None:
@@ -295,7 +334,7 @@ class Broker:
         if self.runner is not None:
             await self.runner.cleanup()  # waits for in-flight HTTP requests
         for task in self._tasks:
-            if task.get_name() in ("checkpoints", "retention"):
+            if task.get_name() in ("checkpoints", "retention", "leadership"):
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait_for(task, timeout=30)
@@ -308,8 +347,10 @@ class Broker:
             with contextlib.suppress(Exception):
                 role = {"role": "ingest-worker"} if self.ingest_only else {}
                 await self.store.commit(CommitUnit(drafts=[entries.stopped(role)]))
-                if not self.ingest_only:
+                if not self.ingest_only and self.leading:
                     await self.checkpoint()  # the final head, signed
+            if self._leadership is not None:
+                await self._leadership.release()
             await self.store.close()
         self._release_lock()
         log.info("broker_stopped")

@@ -43,6 +43,7 @@ class Settings:
     checkpoint_every: int = 1000  # entries between signed checkpoints ...
     checkpoint_interval: timedelta = timedelta(seconds=60)  # ... or this long, whichever first
     retention_interval: timedelta = timedelta(hours=1)
+    leader_check_interval: float = 1.0  # seconds between leadership checks (singleton jobs)
     warn_within: timedelta = timedelta(days=30)  # agreements ending / due for review this soon
     log_level: str = "INFO"
     # audit group commit

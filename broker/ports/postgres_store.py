@@ -485,6 +485,74 @@ class PostgresStore:
 
         return await self._run(run)
 
+    def leadership(self, name: str) -> AdvisoryLeadership:
+        return AdvisoryLeadership(self.dsn, name, self.connect_timeout)
+
+
+class AdvisoryLeadership:
+    """A session-level advisory lock, held on a connection of its own for as long as this process
+    leads. PostgreSQL releases it when that session ends: a process killed (even by SIGKILL) or
+    cut off loses the role within seconds (TCP keep-alives below bound a silent network loss),
+    and the next ``check`` of another process takes it.
+
+    Between two checks (a second) a process that lost its connection may still believe it leads.
+    The singleton jobs are safe to overlap for that long: a checkpoint is keyed by its sequence
+    number, and a purge deletes only what is still there, in a commit serialised by the chain
+    head's lock."""
+
+    def __init__(self, dsn: str, name: str, connect_timeout: float) -> None:
+        self.dsn = dsn
+        self.name = name
+        self.connect_timeout = connect_timeout
+        self._conn: asyncpg.Connection | None = None
+        self._held = False
+
+    async def check(self) -> bool:
+        try:
+            if self._conn is None or self._conn.is_closed():
+                self._held = False
+                self._conn = await asyncpg.connect(
+                    self.dsn,
+                    timeout=self.connect_timeout,
+                    server_settings={
+                        "tcp_keepalives_idle": "5",
+                        "tcp_keepalives_interval": "2",
+                        "tcp_keepalives_count": "3",
+                        "application_name": f"sv-broker leader election: {self.name}",
+                    },
+                )
+            if self._held:
+                await self._conn.fetchval("SELECT 1")  # still our session, so still our lock
+            else:
+                # The key names the role within this store (database and schema): two stores on
+                # one server (a test per schema, two partnerships) elect separately.
+                self._held = bool(
+                    await self._conn.fetchval(
+                        "SELECT pg_try_advisory_lock(('x' || substr(md5($1 || current_database() || "
+                        "current_schema()), 1, 16))::bit(64)::bigint)",
+                        self.name,
+                    )
+                )
+        except Exception as exc:
+            if translated(exc) is exc:
+                raise
+            await self._drop()
+        return self._held
+
+    async def _drop(self) -> None:
+        self._held = False
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.terminate()
+
+    async def release(self) -> None:
+        conn = self._conn
+        if conn is not None and not conn.is_closed():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.close(), timeout=5)  # ends the session: the lock goes with it
+        self._conn, self._held = None, False
+
 
 async def _seen(conn: asyncpg.Connection, keys: Sequence[ReplayKey]) -> dict[ReplayKey, Seen]:
     if not keys:

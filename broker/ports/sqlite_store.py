@@ -539,6 +539,20 @@ class SqliteStore:
 
         return await self._query(run)
 
+    def leadership(self, name: str) -> SoleLeader:
+        return SoleLeader()
+
+
+class SoleLeader:
+    """SQLite: one store file has one primary (``service.hold_primary_lock``), and the ingest
+    workers sharing the file never run singleton jobs, so the primary always leads."""
+
+    async def check(self) -> bool:
+        return True
+
+    async def release(self) -> None:
+        return None
+
 
 _AUDIT_COLUMNS = "seq, at, kind, message_id, source, consumer, agreement_id, record_id, body, hash"
 

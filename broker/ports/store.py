@@ -215,6 +215,22 @@ class Store(Protocol):
 
     async def counts(self) -> StoreCounts: ...
 
+    # -- singleton jobs ------------------------------------------------------------------------------
+    def leadership(self, name: str) -> Leadership:
+        """The election for one singleton role among every process sharing this store."""
+        ...
+
+
+class Leadership(Protocol):
+    """Who runs the singleton jobs (checkpoint signing, retention purge, dead-letter auditing).
+
+    ``check`` is called every second or so by ``broker.jobs.lead``: it tries to take the role when
+    free, confirms it is still held otherwise, and answers whether this process holds it now."""
+
+    async def check(self) -> bool: ...
+
+    async def release(self) -> None: ...
+
 
 @dataclass(frozen=True, slots=True)
 class StoreCounts:
