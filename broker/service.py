@@ -24,6 +24,7 @@ from broker.auth.broker_key import broker_public_jwks, load_or_create_broker_key
 from broker.auth.tokens import TokenVerifier, load_jwks
 from broker.errors import StartupError
 from broker.logs import get_logger
+from broker.metrics import Metrics
 from broker.pipeline import DecideFn, Pipeline
 from broker.pipeline.checkpoints import CheckpointFlow
 from broker.pipeline.dead_letters import DeadLetterFlow
@@ -39,7 +40,7 @@ from broker.ports.store import Checkpoint, CommitUnit, Leadership, Store
 from broker.ports.stores import store_for
 from broker.registry import Registry, load_registry
 from broker.settings import Settings
-from broker.transports import http_access, http_audit, http_feeds
+from broker.transports import http_access, http_audit, http_feeds, http_metrics
 from broker.transports.amqp_dead_letters import DeadLetterConsumer
 from broker.transports.amqp_ingest import AmqpIngest
 from broker.transports.http_access import AccessContext, agreement_summaries
@@ -124,6 +125,7 @@ class Broker:
     _checkpoints: CheckpointFlow | None = None
     _leadership: Leadership | None = None
     leading: bool = False  # this process runs the singleton jobs now
+    metrics: Metrics = field(default_factory=Metrics)
     _lock: IO[str] | None = None
 
     @property
@@ -221,6 +223,7 @@ class Broker:
         http_access.add_routes(app, self.access)
         http_feeds.add_routes(app)
         http_audit.add_routes(app)
+        http_metrics.add_routes(app, self._scrape)
         self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=10)
         await self.runner.setup()
         site = web.TCPSite(self.runner, settings.http_host, settings.http_port)
@@ -256,7 +259,15 @@ class Broker:
         assert self.registry is not None
         assert self.policy is not None
         assert self.store is not None
-        return Pipeline(self.settings, self.registry, self.policy, self.store, delivery, decide_fn=self.decide_fn)
+        return Pipeline(
+            self.settings,
+            self.registry,
+            self.policy,
+            self.store,
+            delivery,
+            decide_fn=self.decide_fn,
+            observer=self.metrics,
+        )
 
     async def _start_amqp(self, url: str) -> AmqpDelivery:
         """Connect, declare the topology (idempotent) and start consuming the ingest queue."""
@@ -277,6 +288,21 @@ class Broker:
         await self.ingest.start()
         self._tasks.append(asyncio.create_task(self.ingest.run(), name="amqp-ingest"))
         return delivery
+
+    async def _scrape(self) -> bytes:
+        store = self.store
+        assert store is not None
+        connection = self.connection
+
+        async def rabbitmq_up() -> bool:
+            return connection is not None and not connection.is_closed
+
+        async def head_seq() -> int:
+            return (await store.current_head()).seq
+
+        return await self.metrics.render(
+            store.ping, rabbitmq_up if self.settings.amqp_url else None, self.leading, head_seq
+        )
 
     # -- leadership of the singleton jobs ------------------------------------------------------------
     def is_leader(self) -> bool:

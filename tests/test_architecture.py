@@ -104,6 +104,7 @@ WHERE = {
         "broker/transports/amqp_ingest.py",
     },
     "jwt": {"broker/auth/tokens.py"},
+    "prometheus_client": {"broker/metrics.py"},
 }
 
 

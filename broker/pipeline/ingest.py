@@ -20,9 +20,11 @@ redelivered, dead-lettered at the delivery limit), never blamed on the sender.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Protocol
 
 from broker.audit import entries
 from broker.logs import get_logger
@@ -59,6 +61,27 @@ class PipelineStats:
     by_reason: dict[str, int] = field(default_factory=dict)
 
 
+class Observer(Protocol):
+    """What the pipeline tells the metrics (``broker/metrics.py``): ids and codes, never values."""
+
+    def settled(self, outcomes: Sequence[Outcome]) -> None: ...
+
+    def committed(self, seconds: float) -> None: ...
+
+    def delivered(self, seconds: float) -> None: ...
+
+
+class Unobserved:
+    def settled(self, outcomes: Sequence[Outcome]) -> None:
+        return None
+
+    def committed(self, seconds: float) -> None:
+        return None
+
+    def delivered(self, seconds: float) -> None:
+        return None
+
+
 def key_of(validated: Validated) -> ReplayKey:
     env = validated.envelope
     return (env.source, env.id)
@@ -74,8 +97,10 @@ class Pipeline:
         delivery: Delivery,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         decide_fn: DecideFn = decide,
+        observer: Observer | None = None,
     ) -> None:
         self.settings = settings
+        self.observer: Observer = observer if observer is not None else Unobserved()
         self.registry = registry
         self.policy = policy
         self.store = store
@@ -152,7 +177,9 @@ class Pipeline:
             if lost:  # some accepted ones became refusals: deliver what they are now
                 deliverable = self._deliverable(outcomes, now)
             # Step 8: deliver releases, quarantine and receipts; returns when all are confirmed.
+            started = time.perf_counter()
             await self.delivery.deliver(deliverable)
+            self.observer.delivered(time.perf_counter() - started)
         except Unavailable:
             raise  # the transport retries the batch (nothing acknowledged, nothing doubled)
         except Exception as exc:  # a bug of ours: poison handling, never the sender's fault
@@ -185,11 +212,13 @@ class Pipeline:
         unit.seen.extend((key_of(o.validated), Seen(state, o.validated.content_sha256)) for o in accepted)
         flushing, self._pending_done = self._pending_done, []
         unit.seen.extend((key, Seen(ReplayState.DONE)) for key in flushing)
+        started = time.perf_counter()
         try:
             lost = await self.store.commit(unit)
         except BaseException:
             self._pending_done.extend(flushing)
             raise
+        self.observer.committed(time.perf_counter() - started)
         self._forget_done(flushing)
         if lost:
             await self._lost_claims(outcomes, lost, now)
@@ -286,6 +315,7 @@ class Pipeline:
         )
 
     def _count(self, outcomes: Sequence[Outcome]) -> None:
+        self.observer.settled(outcomes)
         stats = self.stats
         for outcome in outcomes:
             stats.processed += 1

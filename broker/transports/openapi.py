@@ -95,6 +95,17 @@ def document() -> dict[str, Any]:
                     "responses": {"200": _json(_ref("Ready"), "Ready."), "503": _json(_ref("Ready"), "Not ready.")},
                 }
             },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics: counts and latencies by id and code, never a payload value",
+                    "responses": {
+                        "200": {
+                            "description": "Prometheus text exposition format 0.0.4.",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
             "/openapi.json": {
                 "get": {"summary": "This document", "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1.")}}
             },
