@@ -29,7 +29,7 @@ def add_runtime_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--amqp-url",
         default=os.environ.get("SV_BROKER_AMQP_URL"),
-        help="RabbitMQ URL; without it the broker runs embedded (HTTP ingest, SQLite)",
+        help="RabbitMQ URL, or several nodes of a cluster comma-separated (failover in turn); without it the broker runs embedded (HTTP ingest)",
     )
     parser.add_argument("--amqp-prefix", default="sv", help="prefix of exchange and queue names (default: %(default)s)")
     parser.add_argument("--amqp-user-map", type=Path, default=None, help="TOML [users] AMQP user -> partner id")
