@@ -29,7 +29,10 @@ def add_runtime_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--amqp-url",
         default=os.environ.get("SV_BROKER_AMQP_URL"),
-        help="RabbitMQ URL, or several nodes of a cluster comma-separated (failover in turn); without it the broker runs embedded (HTTP ingest)",
+        help=(
+            "RabbitMQ URL, or several nodes of a cluster comma-separated (failover in turn); "
+            "without it the broker runs embedded (HTTP ingest)"
+        ),
     )
     parser.add_argument("--amqp-prefix", default="sv", help="prefix of exchange and queue names (default: %(default)s)")
     parser.add_argument("--amqp-user-map", type=Path, default=None, help="TOML [users] AMQP user -> partner id")
@@ -69,6 +72,13 @@ def add_runtime_args(parser: argparse.ArgumentParser) -> None:
         help="the store: postgresql://user@host/db for several processes on several hosts "
         "(env SV_BROKER_STORE_URL); default: SQLite at DATA_DIR/broker.db",
     )
+    parser.add_argument(
+        "--broker-key",
+        type=Path,
+        default=None,
+        help="the broker's Ed25519 key (checkpoints, tokens); several hosts share one, mounted from a "
+        "secret (default: DATA_DIR/broker-key.pem, made on first start)",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default: %(default)s)")
     parser.add_argument("--port", type=int, default=8080, help="HTTP port, 0 for any free port (default: %(default)s)")
     parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BYTES, help="body limit in bytes")
@@ -91,6 +101,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
             max_age=timedelta(hours=args.max_age_hours), max_future=timedelta(seconds=args.max_future_seconds)
         ),
         token_jwks_file=args.token_jwks,
+        broker_key_file=getattr(args, "broker_key", None),
         token_issuer=args.token_issuer,
         token_audience=args.token_audience,
         amqp_url=args.amqp_url,
