@@ -79,6 +79,18 @@ def add_runtime_args(parser: argparse.ArgumentParser) -> None:
         help="the broker's Ed25519 key (checkpoints, tokens); several hosts share one, mounted from a "
         "secret (default: DATA_DIR/broker-key.pem, made on first start)",
     )
+    parser.add_argument(
+        "--checkpoint-every",
+        type=positive_int,
+        default=1000,
+        help="sign the audit chain head after this many new entries (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--checkpoint-interval",
+        type=float,
+        default=60.0,
+        help="... or after this many seconds if the head moved (default: %(default)s)",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default: %(default)s)")
     parser.add_argument("--port", type=int, default=8080, help="HTTP port, 0 for any free port (default: %(default)s)")
     parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BYTES, help="body limit in bytes")
@@ -102,6 +114,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         ),
         token_jwks_file=args.token_jwks,
         broker_key_file=getattr(args, "broker_key", None),
+        checkpoint_every=getattr(args, "checkpoint_every", 1000),
+        checkpoint_interval=timedelta(seconds=getattr(args, "checkpoint_interval", 60.0)),
         token_issuer=args.token_issuer,
         token_audience=args.token_audience,
         amqp_url=args.amqp_url,
