@@ -239,6 +239,7 @@ async def latencies_at_rates(
     routing_key: str,
     queue: aio_pika.abc.AbstractQueue,
     time_field: str,
+    rates: tuple[tuple[float, int], ...] = RATES,
 ) -> dict[float, tuple[float, float]]:
     """p50 / p99 ms from publish (with confirm) to arrival in ``queue``, at each offered rate.
 
@@ -248,7 +249,7 @@ async def latencies_at_rates(
     signer = env.signers["uhdb-royal-derby-ed"]
     offset = 0
     out: dict[float, tuple[float, float]] = {}
-    for rate, count in RATES:
+    for rate, count in rates:
         sent_at: dict[str, float] = {}
         latencies: list[float] = []
         all_in = asyncio.Event()
