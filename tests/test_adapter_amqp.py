@@ -32,7 +32,7 @@ from adapters.state import StateFile, Status
 from broker.demo import DemoEnvironment, prepare_environment
 from broker.service import Broker
 from broker.settings import Settings
-from tests.helpers import query
+from tests.helpers import audit_entries
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -110,8 +110,9 @@ def expected_ids(export: Path, mapping_name: str, signer: Signer) -> dict[str, s
 def audit_by_kind(broker: Broker) -> dict[str, Counter[str]]:
     """audit kind -> message id -> count."""
     out: dict[str, Counter[str]] = {}
-    for kind, message_id in query(db(broker), "SELECT kind, message_id FROM audit WHERE message_id IS NOT NULL"):
-        out.setdefault(kind, Counter())[message_id] += 1
+    for entry in audit_entries(db(broker)):
+        if entry.get("message_id") is not None:
+            out.setdefault(entry["kind"], Counter())[entry["message_id"]] += 1
     return out
 
 
@@ -154,7 +155,7 @@ async def test_running_the_same_export_twice_sends_no_new_messages(
     first = await amqp_push(export, signer, amqp_url, amqp_prefix, state, mapping="police-crime")
     assert first.confirmed == 300
     await wait_processed(broker, 300)
-    released_before = query(db(broker), "SELECT COUNT(*) FROM audit WHERE kind = 'released'")[0][0]
+    released_before = len(audit_entries(db(broker), "released"))
     again = await amqp_push(export, signer, amqp_url, amqp_prefix, state, mapping="police-crime")
     assert (again.sent, again.skipped, again.exit_code) == (0, 300, ExitCode.OK)
     # Without the state (another machine, a lost file): everything goes again, and the broker
@@ -166,7 +167,7 @@ async def test_running_the_same_export_twice_sends_no_new_messages(
     assert broker.pipeline.stats.duplicates == 300
     audit = audit_by_kind(broker)
     assert set(audit["duplicate"]) == set(expected_ids(export, "police-crime", signer))
-    assert query(db(broker), "SELECT COUNT(*) FROM audit WHERE kind = 'released'")[0][0] == released_before
+    assert len(audit_entries(db(broker), "released")) == released_before
 
 
 async def test_bad_rows_are_reported_and_the_good_rows_accepted(
@@ -348,9 +349,7 @@ async def test_killed_half_way_and_run_again_completes_the_file_without_loss_or_
     await asyncio.sleep(0.5)  # let the last batch's audit entries land
     audit = audit_by_kind(broker)
     assert set(audit["received"]) == set(expected)  # nothing lost (and nothing else arrived)
-    released = Counter(
-        (m, c) for m, c in query(db(broker), "SELECT message_id, consumer FROM audit WHERE kind = 'released'")
-    )
+    released = Counter((e["message_id"], e["consumer"]) for e in audit_entries(db(broker), "released"))
     assert released
     assert max(released.values()) == 1
     decided = {m for m, _ in released} | set(audit.get("withheld", {}))

@@ -19,7 +19,7 @@ from adapters.state import StateFile, Status
 from broker.demo import DemoEnvironment, prepare_environment
 from broker.service import Broker
 from broker.settings import Settings
-from tests.helpers import query
+from tests.helpers import audit_counts as store_audit_counts
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ async def http_push(export: Path, signer: Signer, url: str, state: Path, mapping
 
 def audit_counts(broker: Broker) -> Counter[str]:
     db = broker.settings.data_dir / "broker.db"
-    return Counter(dict(query(db, "SELECT kind, COUNT(*) FROM audit GROUP BY kind")))
+    return Counter(store_audit_counts(db))
 
 
 async def test_a_sample_export_posted_to_the_embedded_broker_is_accepted_once(

@@ -1,4 +1,7 @@
-"""Audit trail: hash chain, group commit, exactly-once release entries, tamper detection."""
+"""Audit trail: hash chain, group commit, exactly-once release entries, tamper detection.
+
+The tampering tests edit the SQLite file with SQL, as an attacker with the file would; reads go
+through the store contract."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import pytest
 from broker.audit.chain import GENESIS, Draft, Kind, verify_chain
 from broker.ports.sqlite_store import SqliteStore, verify_audit_file
 from broker.ports.store import CommitUnit
+from tests.helpers import audit_entries
 
 
 async def _fill(path: Path, n: int) -> SqliteStore:
@@ -139,9 +143,7 @@ def test_release_entries_are_written_once_per_record_id(tmp_path: Path) -> None:
         await store.close()
 
     asyncio.run(go())
-    conn = sqlite3.connect(tmp_path / "broker.db")
-    kinds = [k for (k,) in conn.execute("SELECT kind FROM audit ORDER BY seq")]
-    conn.close()
+    kinds = [e["kind"] for e in audit_entries(tmp_path / "broker.db")]
     assert kinds == ["received", "released", "received"]
     assert verify_audit_file(tmp_path / "broker.db").ok
 

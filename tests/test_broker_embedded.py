@@ -14,7 +14,7 @@ from broker.demo import DemoEnvironment
 from broker.ports.sqlite_store import verify_audit_file
 from broker.service import Broker
 from schemas import envelope
-from tests.helpers import audit_entries, expected_records, query
+from tests.helpers import audit_entries, expected_records, quarantined, stored_records
 
 EVENT_PARTNERS = [
     ("ae_assault", "uhdb-royal-derby-ed"),
@@ -51,10 +51,7 @@ async def test_each_event_type_reaches_exactly_its_consumers(broker: Broker, env
             assert receipt["records"] == len(expected)
             message_id = json.loads(body)["id"]
             stored = {
-                consumer: json.loads(record)
-                for consumer, record in query(
-                    db(broker), "SELECT consumer, body FROM records WHERE message_id = ?", message_id
-                )
+                held.consumer: held.record for held in stored_records(db(broker)) if held.message_id == message_id
             }
             assert set(stored) == set(expected), (event_type, partner)
             for consumer, record in stored.items():
@@ -62,9 +59,9 @@ async def test_each_event_type_reaches_exactly_its_consumers(broker: Broker, env
                 assert record["consumer"] == consumer
             assert "derbyshire-fire-analysts" not in stored
     # every type reached at least one consumer overall, and the unentitled consumer nothing at all
-    per_consumer = dict(query(db(broker), "SELECT consumer, COUNT(*) FROM records GROUP BY consumer"))
-    assert "derbyshire-fire-analysts" not in per_consumer
-    types = {t for (t,) in query(db(broker), "SELECT DISTINCT event_type FROM records")}
+    held = stored_records(db(broker))
+    assert "derbyshire-fire-analysts" not in {h.consumer for h in held}
+    types = {h.event_type for h in held}
     assert types == {"ae_assault", "school_exclusion", "nte_incident", "police_sv_offence"}
     assert verify_audit_file(db(broker)).ok
 
@@ -120,12 +117,13 @@ async def test_bad_inputs_are_refused_quarantined_and_audited(broker: Broker, en
         assert receipt["message"]
     rejected = audit_entries(db(broker), "rejected")
     assert [entry["reason"] for entry in rejected] == [reason for reason, _, _ in _bad_inputs(env)]
-    quarantined = query(db(broker), "SELECT reason, body IS NULL FROM quarantine ORDER BY id")
-    assert [r for r, _ in quarantined] == [reason for reason, _, _ in _bad_inputs(env)]
+    held = quarantined(db(broker))
+    assert [item.reason for item in held] == [reason for reason, _, _ in _bad_inputs(env)]
     # the body refused for a direct identifier is not kept, only its hash
-    assert dict(quarantined)["direct_identifier"] == 1
-    assert dict(quarantined)["bad_signature"] == 0
-    assert query(db(broker), "SELECT COUNT(*) FROM records") == [(0,)]
+    kept = {item.reason: item.body is not None for item in held}
+    assert kept["direct_identifier"] is False
+    assert kept["bad_signature"] is True
+    assert stored_records(db(broker)) == []
     assert audit_entries(db(broker), "released") == []
 
 
@@ -149,10 +147,10 @@ async def test_replay_is_a_duplicate_and_reused_id_is_refused(broker: Broker, en
     assert receipt["reason"] == "replayed"
     message_id = json.loads(body)["id"]
     assert len(audit_entries(db(broker), "duplicate")) == 2
-    releases = query(db(broker), "SELECT COUNT(*) FROM audit WHERE kind = 'released' AND message_id = ?", message_id)
-    records = query(db(broker), "SELECT COUNT(*) FROM records WHERE message_id = ?", message_id)
+    releases = len(audit_entries(db(broker), "released", message_id=message_id))
+    records = sum(1 for held in stored_records(db(broker)) if held.message_id == message_id)
     assert releases == records
-    assert records[0][0] >= 1
+    assert records >= 1
 
 
 async def test_concurrent_copies_release_once(broker: Broker, env: DemoEnvironment) -> None:
@@ -162,12 +160,8 @@ async def test_concurrent_copies_release_once(broker: Broker, env: DemoEnvironme
     statuses = sorted(status for status, _ in results)
     assert statuses == [200] * 7 + [202]
     message_id = json.loads(body)["id"]
-    released = query(
-        db(broker),
-        "SELECT COUNT(DISTINCT record_id), COUNT(*) FROM audit WHERE kind='released' AND message_id=?",
-        message_id,
-    )
-    assert released[0][0] == released[0][1] >= 1
+    released = [e["record_id"] for e in audit_entries(db(broker), "released", message_id=message_id)]
+    assert len(set(released)) == len(released) >= 1
 
 
 async def test_health_and_readiness(broker: Broker) -> None:

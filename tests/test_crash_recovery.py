@@ -33,7 +33,7 @@ from broker.ports.rabbitmq.topology import Names
 from broker.ports.sqlite_store import verify_audit_file
 from broker.registry import load_registry
 from broker.settings import REPO_POLICIES
-from tests.helpers import audit_entries, expected_records, query
+from tests.helpers import audit_entries, expected_records
 
 EVENTS = 2400
 KILLS = 3
@@ -153,11 +153,10 @@ def test_no_loss_no_double_release_under_sigkill(amqp_url: str, amqp_prefix: str
     db = data_dir / "broker.db"
 
     def released() -> Counter[tuple[str, str]]:
-        rows = query(db, "SELECT message_id, consumer FROM audit WHERE kind = 'released'")
-        return Counter((m, c) for m, c in rows)
+        return Counter((e["message_id"], e["consumer"]) for e in audit_entries(db, "released"))
 
     def rejected_ids() -> set[str]:
-        return {m for (m,) in query(db, "SELECT message_id FROM audit WHERE kind = 'rejected'")}
+        return {e["message_id"] for e in audit_entries(db, "rejected")}
 
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -210,9 +209,7 @@ def test_no_loss_no_double_release_under_sigkill(amqp_url: str, amqp_prefix: str
         return got
 
     delivered = asyncio.run(drain())
-    record_ids = {key: rid for (rid, key) in ((r, (m, c)) for m, c, r in query(
-        db, "SELECT message_id, consumer, record_id FROM audit WHERE kind = 'released'"
-    ))}  # fmt: skip
+    record_ids = {(e["message_id"], e["consumer"]): e["record_id"] for e in audit_entries(db, "released")}
     missing = [key for key in expected if delivered[(record_ids[key], key[1])] == 0]
     assert missing == []
     redelivered_copies = sum(delivered.values()) - len(expected)

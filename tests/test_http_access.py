@@ -18,7 +18,7 @@ from broker.auth.broker_key import load_or_create_broker_key
 from broker.auth.tokens import DEFAULT_AUDIENCE, DEFAULT_ISSUER, issue_token
 from broker.demo import DemoEnvironment
 from broker.service import Broker
-from tests.helpers import audit_entries, query
+from tests.helpers import audit_entries, stored_records
 from tests.token_attacks import attack_tokens
 
 
@@ -146,7 +146,7 @@ async def test_paging_under_concurrent_inserts_returns_each_record_once(broker: 
             break
         await asyncio.sleep(0.01)
     await writer
-    stored = [rid for (rid,) in query(db(broker), "SELECT record_id FROM records WHERE consumer = ?", consumer)]
+    stored = [h.record["record_id"] for h in stored_records(db(broker)) if h.consumer == consumer]
     assert len(seen) == len(set(seen))  # no repeats
     assert sorted(seen) == sorted(stored)  # no skips
     assert len(stored) == 120

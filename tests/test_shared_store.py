@@ -20,7 +20,7 @@ from broker.registry import load_registry
 from broker.settings import REPO_POLICIES, Settings
 from broker.stages.outcome import Status
 from broker.stages.types import Inbound
-from tests.helpers import audit_entries, query
+from tests.helpers import audit_entries, quarantined, stored_records
 
 
 class BlindStore(SqliteStore):
@@ -68,10 +68,11 @@ async def test_two_processes_racing_on_one_id_with_different_content_release_one
     assert again.status is Status.ACCEPTED  # same record ids: released and audited once (below)
     released = audit_entries(db, "released")
     assert sorted(e["record_id"] for e in released) == sorted(r.record_id for r in got_a.releases)
-    bodies = {bytes(b) for (b,) in query(db, "SELECT body FROM records")}
-    assert len(bodies) == len(got_a.releases)
+    held = stored_records(db)
+    assert len(held) == len(got_a.releases)
+    assert {h.record["record_id"] for h in held} == {r.record_id for r in got_a.releases}
     assert [e["reason"] for e in audit_entries(db, "rejected")] == ["replayed"]
-    assert [r for (r,) in query(db, "SELECT reason FROM quarantine")] == ["replayed"]
+    assert [item.reason for item in quarantined(db)] == ["replayed"]
     assert verify_audit_file(db).ok
 
 

@@ -303,7 +303,11 @@ async def test_checkpoints_retention_and_quarantine(make_store: Callable[..., St
     assert [r.record_id for r in await store.feed_page("c", after=0, limit=10)] == ["r2"]
     assert await store.expired(T0 + timedelta(days=2), 100) == []
     item = QuarantineItem(T0, "bad_signature", "The signature does not verify.", "p", "m9", "00" * 32, None)
-    await store.commit(CommitUnit(quarantine=[item]))  # written without complaint; held, not returned
+    kept = QuarantineItem(T0, "schema_invalid", "district is not a district.", None, None, "11" * 32, b"{}")
+    await store.commit(CommitUnit(quarantine=[item, kept]))
+    page = await store.quarantine_page(after=0, limit=10)
+    assert [row.item for row in page] == [item, kept]
+    assert await store.quarantine_page(after=page[0].id, limit=10) == page[1:]
     assert (await verify_store(store)).ok
 
 

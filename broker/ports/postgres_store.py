@@ -53,12 +53,14 @@ from broker.ports.store import (
     FeedRow,
     Head,
     Lost,
+    QuarantineItem,
+    QuarantineRow,
     ReplayKey,
     Seen,
     StoreCounts,
 )
 from broker.stages.replay import ReplayState
-from schemas.envelope import format_time
+from schemas.envelope import format_time, parse_time
 
 T = TypeVar("T")
 
@@ -482,6 +484,32 @@ class PostgresStore:
             return StoreCounts(
                 {str(r["kind"]): int(r["n"]) for r in kinds}, {str(r["consumer"]): int(r["n"]) for r in consumers}
             )
+
+        return await self._run(run)
+
+    async def quarantine_page(self, *, after: int, limit: int) -> list[QuarantineRow]:
+        async def run(conn: asyncpg.Connection) -> list[QuarantineRow]:
+            rows = await conn.fetch(
+                "SELECT id, at, reason, message, source, message_id, body_sha256, body FROM quarantine "
+                "WHERE id > $1 ORDER BY id LIMIT $2",
+                after,
+                limit,
+            )
+            return [
+                QuarantineRow(
+                    int(r["id"]),
+                    QuarantineItem(
+                        parse_time(r["at"]),
+                        r["reason"],
+                        r["message"],
+                        r["source"],
+                        r["message_id"],
+                        r["body_sha256"],
+                        None if r["body"] is None else bytes(r["body"]),
+                    ),
+                )
+                for r in rows
+            ]
 
         return await self._run(run)
 

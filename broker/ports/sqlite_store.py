@@ -34,12 +34,14 @@ from broker.ports.store import (
     FeedRow,
     Head,
     Lost,
+    QuarantineItem,
+    QuarantineRow,
     ReplayKey,
     Seen,
     StoreCounts,
 )
 from broker.stages.replay import ReplayState
-from schemas.envelope import format_time
+from schemas.envelope import format_time, parse_time
 
 __all__ = ["AuditQuery", "FeedRow", "SqliteStore", "connect", "translated", "verify_audit_file"]
 
@@ -536,6 +538,22 @@ class SqliteStore:
                 str(c): int(n) for c, n in conn.execute("SELECT consumer, COUNT(*) FROM records GROUP BY consumer")
             }
             return StoreCounts(kinds, consumers)
+
+        return await self._query(run)
+
+    async def quarantine_page(self, *, after: int, limit: int) -> list[QuarantineRow]:
+        def run(conn: sqlite3.Connection) -> list[QuarantineRow]:
+            rows = conn.execute(
+                "SELECT id, at, reason, message, source, message_id, body_sha256, body FROM quarantine "
+                "WHERE id > ? ORDER BY id LIMIT ?",
+                (after, limit),
+            )
+            return [
+                QuarantineRow(
+                    int(i), QuarantineItem(parse_time(at), r, m, src, mid, h, None if body is None else bytes(body))
+                )
+                for i, at, r, m, src, mid, h, body in rows
+            ]
 
         return await self._query(run)
 

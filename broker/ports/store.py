@@ -215,6 +215,10 @@ class Store(Protocol):
 
     async def counts(self) -> StoreCounts: ...
 
+    async def quarantine_page(self, *, after: int, limit: int) -> list[QuarantineRow]:
+        """Quarantined messages in the order they were refused (``id > after``)."""
+        ...
+
     # -- singleton jobs ------------------------------------------------------------------------------
     def leadership(self, name: str) -> Leadership:
         """The election for one singleton role among every process sharing this store."""
@@ -230,6 +234,12 @@ class Leadership(Protocol):
     async def check(self) -> bool: ...
 
     async def release(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantineRow:
+    id: int  # position, for paging
+    item: QuarantineItem
 
 
 @dataclass(frozen=True, slots=True)
