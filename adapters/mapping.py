@@ -6,7 +6,8 @@ translating the partner's local codes to the contract's, age bands, list separat
 How to read a cell follows from the event field's type in the schema (a date field is read as a
 date, a boolean field as yes/no), so a mapping says only what differs between exports.
 
-Loading checks the mapping against the event model, so mistakes surface once, before a row is
+The file's shape (which keys, of which types) is :class:`adapters.mapping_documents.MappingDoc`.
+Loading then checks the mapping against the event model, so mistakes surface once, before a row is
 read: an unknown field, a required field left unmapped, a code table translating into a value
 the schema does not have, and a column that looks like a direct identifier (a mapping may never
 read one: DOMAIN.md, health feeds are anonymised at source). Event fields a mapping does not name
@@ -18,10 +19,9 @@ Mapping a row is pure: values in, an event payload or a list of problems out.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from enum import Enum, StrEnum
@@ -40,8 +40,8 @@ from adapters.datetimes import (
     parse_datetime,
 )
 from adapters.identifiers import looks_like_identifier
+from adapters.mapping_documents import FieldRuleDoc, ordered_bands, problem, shape
 from adapters.report import Problem
-from schemas.envelope import PARTY_ID_RE
 from schemas.errors import ConfigurationError
 from schemas.events import EVENT_MODELS, EventModel
 from schemas.fields import FieldKind, FieldSpec, schema_fields
@@ -122,10 +122,8 @@ def targets(model: type[EventModel]) -> dict[str, Target]:
 
 Converter = Callable[[Row], Any]  # returns the field's value, or None when the export gives none
 
-DEFAULT_EMPTY = ("", "NULL", "null", "N/A", "n/a")
 DEFAULT_TRUE = ("y", "yes", "true", "t", "1")
 DEFAULT_FALSE = ("n", "no", "false", "f", "0")
-FORMATS = ("csv", "jsonl")
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,35 +250,6 @@ class ExportMapping:
 
 # -- loading -------------------------------------------------------------------------------------------
 
-_MAPPING_KEYS = {
-    "name",
-    "description",
-    "event_type",
-    "version",
-    "format",
-    "partner",
-    "record_key",
-    "encoding",
-    "delimiter",
-    "timezone",
-    "empty_values",
-}
-_FIELD_KEYS = {
-    "column",
-    "columns",
-    "time_column",
-    "value",
-    "format",
-    "time_format",
-    "codes",
-    "separator",
-    "period",
-    "bands",
-    "default",
-    "true_values",
-    "false_values",
-}
-
 
 def builtin_mappings() -> dict[str, Path]:
     return {path.stem: path for path in sorted(BUILTIN_DIR.glob("*.toml"))}
@@ -308,21 +277,10 @@ def load_mapping(source: str | Path) -> ExportMapping:
     return compile_mapping(doc, origin=str(path))
 
 
-def _str(where: str, value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise MappingError(where, "must be a non-empty string")
-    return value.strip()
-
-
-def _str_list(where: str, value: Any) -> tuple[str, ...]:
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not value:
-        raise MappingError(where, "must be a string or a non-empty list of strings")
-    return tuple(_str(f"{where}[{i}]", v) for i, v in enumerate(value))
-
-
 def _not_identifier(where: str, column: str) -> str:
+    # A mapping may never read a direct identifier (DOMAIN.md: health feeds are anonymised at
+    # source): a column whose name looks like one (NHS number, date of birth, UPN, ...) is refused
+    # here, before a row is read, whatever field it would fill.
     looks = looks_like_identifier(column)
     if looks is not None:
         raise MappingError(
@@ -334,69 +292,44 @@ def _not_identifier(where: str, column: str) -> str:
 
 
 def compile_mapping(doc: dict[str, Any], *, origin: str = "") -> ExportMapping:
-    unknown = sorted(set(doc) - {"mapping", "fields", "codes", "bands"})
-    if unknown:
-        raise MappingError("", f"unknown table(s) {', '.join(unknown)} (expected mapping, fields, codes, bands)")
-    head = doc.get("mapping")
-    if not isinstance(head, dict):
-        raise MappingError("mapping", "the [mapping] table is missing")
-    extra = sorted(set(head) - _MAPPING_KEYS)
-    if extra:
-        raise MappingError("mapping", f"unknown key(s) {', '.join(extra)}")
-    name = _str("mapping.name", head.get("name"))
-    event_type = _str("mapping.event_type", head.get("event_type"))
-    version = head.get("version", 1)
-    if not isinstance(version, int) or isinstance(version, bool):
-        raise MappingError("mapping.version", "must be an integer")
+    """Check a mapping document against its event model and compile it into row converters.
+
+    The document's shape (keys, types, band overlaps) is :class:`MappingDoc`'s; what is checked
+    here needs the event model or the running system: the event type exists, every field named
+    exists and every required one is mapped, codes translate into the schema's values, no column
+    looks like a direct identifier, formats compile, the time zone and encoding exist."""
+    try:
+        shaped = shape(doc)
+    except ValidationError as exc:
+        raise MappingError(*problem(exc)) from None
+    head = shaped.mapping
+    event_type, version = head.event_type, head.version
     model = EVENT_MODELS.get((event_type, version))
     if model is None:
         known = ", ".join(f"{t} v{v}" for t, v in sorted(EVENT_MODELS))
         raise MappingError("mapping.event_type", f"no event type {event_type!r} v{version} (known: {known})")
-    fmt = head.get("format")
-    if fmt is not None and fmt not in FORMATS:
-        raise MappingError("mapping.format", f"must be one of {', '.join(FORMATS)}")
-    partner = head.get("partner")
-    if partner is not None and (not isinstance(partner, str) or not PARTY_ID_RE.fullmatch(partner)):
-        raise MappingError("mapping.partner", "must be a partner id (lower-case letters, digits, '-')")
-    record_key = tuple(
-        _not_identifier("mapping.record_key", c) for c in _str_list("mapping.record_key", head.get("record_key"))
-    )
-    encoding = head.get("encoding", "utf-8-sig")
+    record_key = tuple(_not_identifier("mapping.record_key", c) for c in head.record_key)
     try:
-        "".encode(encoding)
-    except (LookupError, TypeError):
-        raise MappingError("mapping.encoding", f"unknown encoding {encoding!r}") from None
-    delimiter = head.get("delimiter", ",")
-    if not isinstance(delimiter, str) or len(delimiter) != 1:
-        raise MappingError("mapping.delimiter", "must be one character")
-    zone_name = head.get("timezone", "Europe/London")
+        "".encode(head.encoding)
+    except (LookupError, ValueError):  # ValueError: a NUL in the name
+        raise MappingError("mapping.encoding", f"unknown encoding {head.encoding!r}") from None
     try:
-        zone = ZoneInfo(str(zone_name))
+        zone = ZoneInfo(head.timezone)
     except (ZoneInfoNotFoundError, ValueError):
-        raise MappingError("mapping.timezone", f"unknown time zone {zone_name!r}") from None
-    empty = head.get("empty_values", list(DEFAULT_EMPTY))
-    if not isinstance(empty, list) or not all(isinstance(v, str) for v in empty):
-        raise MappingError("mapping.empty_values", "must be a list of strings")
-    empty_values = frozenset(v.strip() for v in empty) | {""}
+        raise MappingError("mapping.timezone", f"unknown time zone {head.timezone!r}") from None
+    empty_values = frozenset(v.strip() for v in head.empty_values) | {""}
 
-    codes = _tables(doc.get("codes", {}), "codes")
-    bands = _band_tables(doc.get("bands", {}))
-    fields_doc = doc.get("fields")
-    if not isinstance(fields_doc, dict) or not fields_doc:
-        raise MappingError("fields", "the [fields] table is missing or empty")
+    bands = {name: ordered_bands(table) for name, table in shaped.bands.items()}
     all_targets = targets(model)
     rules: list[FieldRule] = []
-    for field_name, spec in fields_doc.items():
+    for field_name, spec in shaped.fields.items():
         where = f"fields.{field_name}"
         target = all_targets.get(field_name)
         if target is None:
             raise MappingError(
                 where, f"{event_type} v{version} has no field {field_name!r} (fields: {', '.join(all_targets)})"
             )
-        table = {"column": spec} if isinstance(spec, str) else spec
-        if not isinstance(table, dict):
-            raise MappingError(where, "must be a column name or a table")
-        rules.append(_rule(where, target, table, codes, bands, zone, empty_values))
+        rules.append(_rule(where, target, spec, shaped.codes, bands, zone, empty_values))
     mapped = {rule.target.name for rule in rules}
     missing = [t.name for t in all_targets.values() if t.required and t.name not in mapped]
     if missing:
@@ -404,55 +337,22 @@ def compile_mapping(doc: dict[str, Any], *, origin: str = "") -> ExportMapping:
             "fields", f"{event_type} v{version} requires {', '.join(missing)}: say which column each comes from"
         )
     return ExportMapping(
-        name=name,
-        description=str(head.get("description", "")),
+        name=head.name,
+        description=head.description,
         event_type=event_type,
         version=version,
         model=model,
-        format=fmt,
-        partner=partner,
+        format=head.format,
+        partner=head.partner,
         record_key=record_key,
-        encoding=encoding,
-        delimiter=delimiter,
-        timezone=str(zone_name),
+        encoding=head.encoding,
+        delimiter=head.delimiter,
+        timezone=head.timezone,
         rules=tuple(rules),
         origin=origin,
         empty_values=empty_values,
         source=doc,
     )
-
-
-def _tables(doc: Any, where: str) -> dict[str, dict[str, Any]]:
-    if not isinstance(doc, dict):
-        raise MappingError(where, "must be a table of tables")
-    out: dict[str, dict[str, Any]] = {}
-    for name, table in doc.items():
-        if not isinstance(table, dict) or not table:
-            raise MappingError(f"{where}.{name}", "must be a non-empty table of export code = event value")
-        out[name] = table
-    return out
-
-
-def _band_tables(doc: Any) -> dict[str, list[tuple[int, int, str]]]:
-    out: dict[str, list[tuple[int, int, str]]] = {}
-    for name, table in _tables(doc, "bands").items():
-        bands: list[tuple[int, int, str]] = []
-        for label, bounds in table.items():
-            ok = (
-                isinstance(bounds, list)
-                and len(bounds) == 2
-                and all(isinstance(b, int) and not isinstance(b, bool) for b in bounds)
-                and bounds[0] <= bounds[1]
-            )
-            if not ok:
-                raise MappingError(f"bands.{name}.{label}", "must be [lowest, highest] (whole numbers, inclusive)")
-            bands.append((bounds[0], bounds[1], label))
-        bands.sort()
-        for (_, hi, a), (lo, _, b) in itertools.pairwise(bands):
-            if lo <= hi:
-                raise MappingError(f"bands.{name}", f"bands {a!r} and {b!r} overlap")
-        out[name] = bands
-    return out
 
 
 def _check_value(where: str, target: Target, value: Any) -> None:
@@ -464,75 +364,63 @@ def _check_value(where: str, target: Target, value: Any) -> None:
 def _rule(
     where: str,
     target: Target,
-    spec: dict[str, Any],
-    codes: dict[str, dict[str, Any]],
-    bands: dict[str, list[tuple[int, int, str]]],
+    spec: FieldRuleDoc,
+    codes: Mapping[str, Mapping[str, str]],
+    bands: Mapping[str, list[tuple[int, int, str]]],
     zone: ZoneInfo,
     empty: frozenset[str],
 ) -> FieldRule:
-    extra = sorted(set(spec) - _FIELD_KEYS)
-    if extra:
-        raise MappingError(where, f"unknown key(s) {', '.join(extra)} (allowed: {', '.join(sorted(_FIELD_KEYS))})")
-    sources = [k for k in ("column", "columns", "value") if k in spec]
-    if len(sources) != 1:
-        raise MappingError(where, "give exactly one of column, columns (list fields) or value (a constant)")
-
-    if "value" in spec:
-        constant = spec["value"]
+    given = spec.model_fields_set  # the keys the file sets (the model: exactly one of column, columns, value)
+    if "value" in given:
+        constant = spec.value
         for item in constant if isinstance(constant, list) else [constant]:
             _check_value(f"{where}.value", target, item)
         return FieldRule(target, "(constant)", (), lambda _row: constant)
 
-    columns = (
-        (_str(f"{where}.column", spec["column"]),)
-        if "column" in spec
-        else _str_list(f"{where}.columns", spec["columns"])
-    )
-    if "columns" in spec and target.kind is not Kind.LIST:
-        raise MappingError(where, "columns (several cells) is only for list fields")
-    time_column = None
-    if "time_column" in spec:
+    if spec.columns is not None:
+        if target.kind is not Kind.LIST:
+            raise MappingError(where, "columns (several cells) is only for list fields")
+        columns: tuple[str, ...] = tuple(spec.columns)
+    else:
+        assert spec.column is not None  # the model: one of column, columns, value
+        columns = (spec.column,)
+    time_column = spec.time_column
+    if time_column is not None:
         if target.kind is not Kind.DATETIME:
             raise MappingError(where, "time_column is only for date-time fields")
-        time_column = _str(f"{where}.time_column", spec["time_column"])
         columns = (*columns, time_column)
     for column in columns:
         _not_identifier(where, column)
     label = " + ".join(columns)
 
     table: dict[str, str] | None = None
-    if "codes" in spec:
+    if spec.codes is not None:
         if target.kind not in (Kind.TEXT, Kind.LIST):
             raise MappingError(where, "codes translate text or list fields only")
-        raw = spec["codes"]
-        if isinstance(raw, str):
-            if raw not in codes:
-                raise MappingError(f"{where}.codes", f"no table [codes.{raw}]")
-            raw = codes[raw]
-        if not isinstance(raw, dict) or not raw:
-            raise MappingError(f"{where}.codes", "must name a [codes.X] table or be an inline table")
+        raw: Mapping[str, str]
+        if isinstance(spec.codes, str):
+            if spec.codes not in codes:
+                raise MappingError(f"{where}.codes", f"no table [codes.{spec.codes}]")
+            raw = codes[spec.codes]
+        else:
+            raw = spec.codes
         table = {}
         for code, value in raw.items():
-            if not isinstance(value, str):
-                raise MappingError(f"{where}.codes", f"the value for {code!r} must be a string")
             _check_value(f"{where}.codes.{code}", target, value)
             folded = code.strip().casefold()
             if folded in table and table[folded] != value:
                 raise MappingError(f"{where}.codes", f"code {code!r} appears twice (codes are matched ignoring case)")
             table[folded] = value
     band_table = None
-    if "bands" in spec:
+    if spec.bands is not None:
         if target.kind is not Kind.TEXT:
             raise MappingError(where, "bands turn a number into a text or code field")
-        band_name = spec["bands"]
-        if not isinstance(band_name, str) or band_name not in bands:
-            raise MappingError(f"{where}.bands", f"no table [bands.{band_name}]")
-        band_table = bands[band_name]
+        if spec.bands not in bands:
+            raise MappingError(f"{where}.bands", f"no table [bands.{spec.bands}]")
+        band_table = bands[spec.bands]
         for _, _, band_label in band_table:
-            _check_value(f"bands.{band_name}.{band_label}", target, band_label)
-        if table is not None:
-            raise MappingError(where, "give codes or bands, not both")
-    default = spec.get("default")
+            _check_value(f"bands.{spec.bands}.{band_label}", target, band_label)
+    default = spec.default
     if default is not None:
         for item in default if isinstance(default, list) else [default]:
             _check_value(f"{where}.default", target, item)
@@ -551,7 +439,7 @@ def _rule(
     if kind is Kind.TEXT:
         allowed = None if target.enum is None else {str(m.value) for m in target.enum}
         for key in ("format", "time_format", "separator", "period", "true_values", "false_values"):
-            if key in spec:
+            if key in given:
                 raise MappingError(where, f"{key} does not apply to a text field")
 
         def text(row: Row) -> Any:
@@ -582,10 +470,6 @@ def _rule(
 
         return FieldRule(target, label, columns, text)
 
-    for key in ("codes", "bands"):
-        if key in spec and kind is not Kind.LIST:
-            raise MappingError(where, f"{key} do not apply to a {kind.value} field")
-
     if kind is Kind.INT:
 
         def integer(row: Row) -> Any:
@@ -595,8 +479,8 @@ def _rule(
         return FieldRule(target, label, columns, integer)
 
     if kind is Kind.BOOL:
-        truthy = _folded(where, spec.get("true_values", list(DEFAULT_TRUE)))
-        falsy = _folded(where, spec.get("false_values", list(DEFAULT_FALSE)))
+        truthy = _folded(DEFAULT_TRUE if spec.true_values is None else spec.true_values)
+        falsy = _folded(DEFAULT_FALSE if spec.false_values is None else spec.false_values)
         if truthy & falsy:
             raise MappingError(where, f"{', '.join(sorted(truthy & falsy))} is both true and false")
 
@@ -615,11 +499,11 @@ def _rule(
 
         return FieldRule(target, label, columns, boolean)
 
+    date_format = "iso" if spec.format is None else spec.format
+
     if kind is Kind.DATE:
-        fmt = _format(where, spec.get("format", "iso"), need_date=True, need_time=False)
-        period = spec.get("period")
-        if period not in (None, "month_start", "month_end"):
-            raise MappingError(f"{where}.period", "must be month_start or month_end")
+        fmt = _format(where, date_format, need_date=True, need_time=False)
+        period = spec.period
 
         def day(row: Row) -> Any:
             value = cell(row)
@@ -640,9 +524,9 @@ def _rule(
         return FieldRule(target, label, columns, day)
 
     if kind is Kind.DATETIME:
-        fmt = _format(where, spec.get("format", "iso"), need_date=True, need_time=time_column is None)
+        fmt = _format(where, date_format, need_date=True, need_time=time_column is None)
         time_fmt = (
-            _format(where, spec.get("time_format", "iso"), need_date=False, need_time=True)
+            _format(where, "iso" if spec.time_format is None else spec.time_format, need_date=False, need_time=True)
             if time_column is not None
             else None
         )
@@ -670,10 +554,8 @@ def _rule(
         return FieldRule(target, label, columns, moment)
 
     # Kind.LIST: one cell split by a separator, several cells (one code each), or a JSON array.
-    separator = spec.get("separator")
-    if separator is not None and (not isinstance(separator, str) or not separator):
-        raise MappingError(f"{where}.separator", "must be a non-empty string")
-    if "column" in spec and separator is None:
+    separator = spec.separator
+    if spec.column is not None and separator is None:
         separator = ";"
     allowed_items = None if target.enum is None else {str(m.value) for m in target.enum}
 
@@ -721,18 +603,14 @@ def _date_only(fmt: Format, value: str, zone: ZoneInfo) -> date:
     return parse_date(fmt, value)
 
 
-def _format(where: str, text: Any, *, need_date: bool, need_time: bool) -> Format:
-    if not isinstance(text, str):
-        raise MappingError(where, "format must be a string such as '%d/%m/%Y' or 'iso'")
+def _format(where: str, text: str, *, need_date: bool, need_time: bool) -> Format:
     try:
         return compile_format(text, need_date=need_date, need_time=need_time)
     except FormatError as exc:
         raise MappingError(where, str(exc)) from None
 
 
-def _folded(where: str, values: Any) -> frozenset[str]:
-    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
-        raise MappingError(where, "true_values / false_values must be lists of strings")
+def _folded(values: Sequence[str]) -> frozenset[str]:
     return frozenset(v.strip().casefold() for v in values)
 
 

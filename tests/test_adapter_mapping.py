@@ -267,6 +267,58 @@ def test_mapping_mistakes_are_caught_at_load(change: dict[str, Any], match: str)
         compile_mapping(doc)
 
 
+def _set(doc: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    *parents, last = path.split("/")
+    table = doc
+    for part in parents:
+        table = table[part]
+    table[last] = value
+    return doc
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "where", "message"),
+    [
+        # unknown keys are refused at every level, all of a table's at once
+        ("extra", {}, "", "unknown table(s) extra (expected mapping, fields, codes, bands)"),
+        ("mapping/nmae", "t", "mapping", "unknown key(s) nmae"),
+        ("fields/district", {"column": "LA", "zz": 1, "aa": 2}, "fields.district", "unknown key(s) aa, zz (allowed:"),
+        # strict types: TOML "1" is not 1, false is not 0
+        ("mapping/version", "1", "mapping.version", "must be an integer"),
+        ("mapping/version", True, "mapping.version", "must be an integer"),
+        ("bands/age/0-10", [False, 10], "bands.age.0-10", "must be [lowest, highest] (whole numbers, inclusive)"),
+        ("codes/group/8N", 8, "codes.group", "the value for '8N' must be a string"),
+        ("codes/unused", {"A": 1}, "codes.unused", "the value for 'A' must be a string"),  # used or not
+        ("mapping/description", 12, "mapping.description", "must be a string"),
+        ("mapping/record_key", ["Ref", " "], "mapping.record_key[1]", "must be a non-empty string"),
+        ("mapping/format", "xls", "mapping.format", "must be one of csv, jsonl"),
+        ("mapping/partner", "Police", "mapping.partner", "must be a partner id"),
+        ("mapping/delimiter", ";;", "mapping.delimiter", "must be one character"),
+        ("mapping/encoding", "nope-8", "mapping.encoding", "unknown encoding 'nope-8'"),
+        ("mapping/timezone", "Mars/Olympus", "mapping.timezone", "unknown time zone 'Mars/Olympus'"),
+        ("fields/district", 3, "fields.district", "must be a column name or a table"),
+        ("fields/district", " ", "fields.district.column", "must be a non-empty string"),
+        ("fields/district", {"column": "LA", "value": "x"}, "fields.district", "give exactly one of column, columns"),
+        ("fields/victim_sex", {"column": "VSex", "codes": {"M": 1}}, "fields.victim_sex.codes", "the value for 'M'"),
+        ("fields/victim_sex", {"column": "VSex", "codes": 3}, "fields.victim_sex.codes", "must name a [codes.X] table"),
+        ("fields/knife_involved", {"column": "K", "true_values": "Y"}, "fields.knife_involved", "true_values / false"),
+        ("fields/offence_datetime", {"column": "When", "format": 3}, "fields.offence_datetime", "format must be a"),
+    ],
+)
+def test_the_document_shape_is_strict_and_says_where(path: str, value: Any, where: str, message: str) -> None:
+    with pytest.raises(MappingError) as caught:
+        compile_mapping(_set(base_doc(), path, value))
+    assert caught.value.where == where
+    assert str(caught.value).startswith(f"{where}: {message}" if where else message)
+
+
+def test_an_unknown_key_is_reported_before_what_it_leaves_missing() -> None:
+    doc = base_doc()
+    doc["mapping"]["nmae"] = doc["mapping"].pop("name")
+    with pytest.raises(MappingError, match="unknown key"):
+        compile_mapping(doc)
+
+
 def test_overlapping_bands_are_refused() -> None:
     doc = base_doc()
     doc["bands"]["age"]["18-24"] = [17, 24]
