@@ -5,20 +5,23 @@ be a setting nobody applied, e.g. a ``revoked`` that leaves a withdrawn key trus
 from __future__ import annotations
 
 import shutil
+import tomllib
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from broker.errors import RegistryError, SecretsError
-from broker.policy.loader import read_lock
+from broker.errors import PolicyError, RegistryError, SecretsError
+from broker.policy.loader import build_policy, read_lock
 from broker.policy.secrets import load_secrets
 from broker.registry import load_registry
 from broker.settings import REPO_POLICIES
 from schemas.documents import key_path
 from schemas.errors import CheckCode, Reason
 from schemas.keyfile import KeyEntry, public_bytes
+from tests.test_policy_lint import BASE
 
 PARTNER = '[[partner]]\nid = "new-partner"\nname = "n"\norganisation = "o"\nkind = "k"\nevent_types = ["ae_assault"]\n'
 CONSUMER = '[[consumer]]\nid = "new-consumer"\nname = "n"\norganisation = "o"\nrole = "analyst"\n'
@@ -169,3 +172,56 @@ def test_lock_shape_reports_every_problem(
     assert [p.key for p in problems] == keys
     assert {p.code for p in problems} == {CheckCode.LOCK_INVALID}
     assert all(p.path == str(tmp_path / "revisions.lock") for p in problems)
+
+
+FLOW = "flows['ae-to-csp']"
+
+
+def _agreement() -> dict[str, Any]:
+    return tomllib.loads(BASE)
+
+
+@pytest.mark.parametrize(
+    ("where", "change", "key", "code"),
+    [
+        ((), {"whne": 1}, "whne", CheckCode.UNKNOWN_KEY),
+        (("flows", 0), {"whne": []}, "flows['ae-to-csp'].whne", CheckCode.UNKNOWN_KEY),
+        (("flows", 0, "rules", 0), {"resaon": "x"}, "flows['ae-to-csp'].rules['method']", CheckCode.UNKNOWN_KEY),
+        (("flows", 0, "when", 0), {"nin": ["x"]}, "flows['ae-to-csp'].when[0]", CheckCode.UNKNOWN_KEY),
+        ((), {"revision": "3"}, "revision", CheckCode.BAD_VALUE),
+        ((), {"retention_days": True}, "retention_days", CheckCode.BAD_VALUE),
+        (("flows", 0), {"versions": ["1"]}, "flows['ae-to-csp'].versions", CheckCode.BAD_VALUE),
+        (
+            ("flows", 0, "when", 0),
+            {"present": 1, "in": None},
+            "flows['ae-to-csp'].when[0].present",
+            CheckCode.BAD_CONDITION,
+        ),
+    ],
+    ids=[
+        "top-unknown",
+        "flow-unknown",
+        "rule-unknown",
+        "condition-unknown",
+        "str-not-int",
+        "bool-not-int",
+        "str-not-int-in-list",
+        "int-not-bool",
+    ],
+)
+def test_agreements_refuse_unknown_keys_and_wrong_types_at_every_level(
+    where: tuple[Any, ...], change: dict[str, Any], key: str, code: CheckCode
+) -> None:
+    doc = _agreement()
+    table = doc
+    for step in where:
+        table = table[step]
+    for name, value in change.items():
+        if value is None:
+            del table[name]
+        else:
+            table[name] = value
+    registry = load_registry(REPO_POLICIES, REPO_POLICIES / "keys")
+    with pytest.raises(PolicyError) as info:
+        build_policy([("<doc>", doc)], registry, {"dsa-lint-test": b"\x01" * 32})
+    assert [(p.key, p.code) for p in info.value.problems] == [(key, code)]

@@ -26,12 +26,13 @@ from enum import StrEnum
 from typing import Any
 
 from broker.errors import SpecError
+from broker.policy.documents import OPERATORS, ConditionDoc
 from broker.policy.model import CompiledCondition
 from schemas.errors import CheckCode as C
 from schemas.events import EventModel
 from schemas.fields import FieldKind, FieldSpec
 
-OPERATORS = ("in", "not_in", "any_in", "between", "equals", "present")
+__all__ = ["OPERATORS", "compile_condition"]
 
 _KINDS: Mapping[str, frozenset[FieldKind]] = {
     "in": frozenset({FieldKind.CODE, FieldKind.DISTRICT, FieldKind.STRING, FieldKind.INT, FieldKind.LSOA}),
@@ -64,26 +65,13 @@ def _check_value(spec: FieldSpec, value: Any, key: str) -> Any:
     return value
 
 
-def _values(spec: FieldSpec, operand: Any, key: str) -> frozenset[Any]:
-    if not isinstance(operand, list) or not operand:
-        raise SpecError(C.BAD_CONDITION, "the operand must be a non-empty list", key)
+def _values(spec: FieldSpec, operand: list[Any], key: str) -> frozenset[Any]:
     return frozenset(_check_value(spec, v, f"{key}[{i}]") for i, v in enumerate(operand))
 
 
-def compile_condition(table: Any, fields: Mapping[str, FieldSpec], key: str) -> CompiledCondition:
-    if not isinstance(table, dict):
-        raise SpecError(C.BAD_CONDITION, "a condition must be a table like { field = ..., in = [...] }", key)
-    unknown = sorted(set(table) - {"field", *OPERATORS})
-    if unknown:
-        raise SpecError(C.UNKNOWN_KEY, f"unknown condition key(s) {unknown}; operators are {list(OPERATORS)}", key)
-    name = table.get("field")
-    if not isinstance(name, str):
-        raise SpecError(C.BAD_CONDITION, 'a condition needs field = "<event field>"', key)
-    ops = [op for op in OPERATORS if op in table]
-    if len(ops) != 1:
-        raise SpecError(C.BAD_CONDITION, f"a condition needs exactly one operator of {list(OPERATORS)}", key)
-    op = ops[0]
-    operand = table[op]
+def compile_condition(condition: ConditionDoc, fields: Mapping[str, FieldSpec], key: str) -> CompiledCondition:
+    """A well-formed condition (its shape is :class:`ConditionDoc`'s) against the event's fields."""
+    name, op, operand = condition.field, condition.operator, condition.operand
     spec = fields.get(name)
     if spec is None:
         raise SpecError(C.UNKNOWN_FIELD, f"the event has no field {name!r}", f"{key}.field")
@@ -91,9 +79,7 @@ def compile_condition(table: Any, fields: Mapping[str, FieldSpec], key: str) -> 
         raise SpecError(C.BAD_CONDITION, f"{op!r} does not apply to {name!r} ({spec.kind} field)", f"{key}.{op}")
     test: Callable[[EventModel], bool]
     if op == "present":
-        if not isinstance(operand, bool):
-            raise SpecError(C.BAD_CONDITION, "present must be true or false", f"{key}.{op}")
-        wanted = operand
+        wanted = bool(operand)
 
         def test(event: EventModel) -> bool:
             return (getattr(event, name) is not None) is wanted
@@ -124,8 +110,6 @@ def compile_condition(table: Any, fields: Mapping[str, FieldSpec], key: str) -> 
 
             text = f"{name} includes any of [{shown}]"
     elif op == "between":
-        if not isinstance(operand, list) or len(operand) != 2:
-            raise SpecError(C.BAD_CONDITION, "between needs [LOW, HIGH]", f"{key}.{op}")
         low, high = (_check_value(spec, v, f"{key}.{op}") for v in operand)
         if low > high:
             raise SpecError(C.BAD_CONDITION, f"between [{low}, {high}] is empty", f"{key}.{op}")

@@ -39,6 +39,12 @@ The file format (one agreement per file, ``policies/agreements/<id>.toml``)::
 
 Everything not named by a rule is dropped.  Unknown keys anywhere are errors, not ignored: a
 misspelt ``when`` would otherwise silently widen a release.
+
+The document's shape (keys, types, which may be left out) is the pydantic model
+:class:`~broker.policy.documents.AgreementDoc`; this module reads the files and checks what a
+model cannot say: parties in the registry, fields in the event schema and the transforms that fit
+them, the band, group and rule sets a rule or flow names, the revision lock, the dates' order,
+the secrets, and the lint (sets used by no flow).
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -55,6 +61,7 @@ from pydantic import Field, ValidationError
 
 from broker.errors import PolicyError, SpecError
 from broker.policy.conditions import compile_condition
+from broker.policy.documents import ConditionDoc, FlowDoc, RuleDoc, Salvage, salvage
 from broker.policy.model import (
     FORMS_FOR_KIND,
     NEEDS_REASON,
@@ -85,7 +92,7 @@ from broker.policy.transforms import (
 from broker.registry import Registry
 from schemas.documents import DocumentModel, ErrorDetails, key_path
 from schemas.errors import CheckCode as C
-from schemas.events import DIRECT_IDENTIFIER_FIELDS, EVENT_MODELS, EVENT_TYPES
+from schemas.events import EVENT_MODELS
 
 __all__ = [
     "Document",
@@ -103,28 +110,6 @@ __all__ = [
 
 AGREEMENTS_DIR = "agreements"
 LOCK_FILE = "revisions.lock"
-
-ID_RE = re.compile(r"^[a-z0-9][a-z0-9\-]{1,62}$")
-OUTPUT_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
-REQUIRED_KEYS = (
-    "id",
-    "title",
-    "revision",
-    "parties",
-    "purpose",
-    "lawful_basis",
-    "valid_from",
-    "valid_to",
-    "review_by",
-    "retention_days",
-    "flows",
-)
-AGREEMENT_KEYS = frozenset({*REQUIRED_KEYS, "bands", "groups", "rule_sets", "notes"})
-FLOW_KEYS = frozenset({"id", "partners", "event_type", "versions", "consumers", "when", "rules", "rule_set", "notes"})
-RULE_KEYS = frozenset({"id", "field", "action", "to", "as", "bands", "groups", "reason"})
-MAX_RETENTION_DAYS = 3650
-EARLIEST_DATE = date(2000, 1, 1)
-LATEST_DATE = date(2999, 12, 31)
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,7 +233,7 @@ def _kv(key: str, value: str) -> str:
 
 
 def _key(key: str) -> str:
-    return rf"(?m)^\s*[\"']?{re.escape(key)}[\"']?\s*=|^\s*\[{re.escape(key)}[.\]]"
+    return rf"(?m)^\s*[\"']?{re.escape(key)}[\"']?\s*=|^\s*\[(?:[^\]\s]*\.)?{re.escape(key)}[.\]]"
 
 
 def _line_of(text: str, anchors: tuple[str, ...]) -> int | None:
@@ -272,14 +257,43 @@ def _line_of(text: str, anchors: tuple[str, ...]) -> int | None:
 # --- compiling ----------------------------------------------------------------------------------
 
 
+def _anchors(raw: Any, loc: tuple[int | str, ...]) -> tuple[str, ...]:
+    """Line anchors for a place in the document: each item by its id (a flow without one by its
+    ``[[flows]]`` header), each key by its name."""
+    out: list[str] = []
+    item: Any = raw
+    for depth, part in enumerate(loc):
+        if isinstance(item, dict):
+            item = item.get(part)
+        elif isinstance(item, list) and isinstance(part, int) and part < len(item):
+            item = item[part]
+        else:
+            item = None
+        if isinstance(part, str):
+            out.append(_key(part))
+            continue
+        rid = item.get("id") if isinstance(item, dict) else None
+        if isinstance(rid, str):
+            out.append(_kv("id", rid))
+        elif loc[:depth] == ("flows",):
+            out += [r"\[\[flows\]\]"] * (part + 1)
+    if loc[:1] == ("flows",):  # a flow's keys are found after its header, not by the section name
+        out.pop(0)
+    return tuple(out)
+
+
 @dataclass(slots=True)
 class _RuleSource:
-    table: Any
+    rule: RuleDoc
     key: str
     anchors: tuple[str, ...]
 
 
 class _Compiler:
+    """Checks what the document models cannot say (see ``documents.py`` for the shape): references
+    to the registry and the event schemas, references inside the document, the revision lock,
+    the dates' order, the secrets; then compiles each flow."""
+
     def __init__(self, registry: Registry, secrets: Mapping[str, bytes], lock: Mapping[str, int] | None) -> None:
         self.registry = registry
         self.secrets = secrets
@@ -298,71 +312,32 @@ class _Compiler:
     def warn(self, document: Document, key: str, code: C, message: str, anchors: tuple[str, ...] = ()) -> None:
         self._add("warning", document, key, code, message, anchors)
 
-    # typed getters: each records a problem and returns None on a bad value
-    def _str(self, document: Document, table: Mapping[str, Any], key: str, where: str) -> str | None:
-        value = table.get(key)
-        if not isinstance(value, str) or not value.strip():
-            self.error(document, where, C.BAD_VALUE, f"{key} must be a non-empty string", (_key(key),))
-            return None
-        return value
-
-    def _date(self, document: Document, doc: Mapping[str, Any], key: str) -> date | None:
-        value = doc.get(key)
-        if isinstance(value, datetime) or not isinstance(value, date):
-            self.error(document, key, C.BAD_VALUE, f"{key} must be a TOML date, e.g. 2026-04-01", (_key(key),))
-            return None
-        if not EARLIEST_DATE <= value <= LATEST_DATE:
-            # An agreement has a real term (ICO Data Sharing Code); and 9999-12-31 would overflow.
-            self.error(
-                document, key, C.BAD_VALUE, f"{key} must be between {EARLIEST_DATE} and {LATEST_DATE}", (_key(key),)
-            )
-            return None
-        return value
-
-    def _id_list(self, document: Document, value: Any, where: str, anchors: tuple[str, ...]) -> list[str]:
-        if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
-            self.error(document, where, C.BAD_VALUE, "must be a non-empty list of ids", anchors)
-            return []
-        return list(dict.fromkeys(value))
+    def _error_count(self) -> int:
+        return sum(1 for p in self.problems if p.severity == "error")
 
     # the agreement
     def agreement(self, document: Document) -> tuple[Agreement, list[Flow]] | None:
-        doc = document.doc
         before = self._error_count()
-        for key in sorted(set(doc) - AGREEMENT_KEYS):
-            self.error(document, key, C.UNKNOWN_KEY, f"unknown setting {key!r}", (_key(key),))
-        for key in REQUIRED_KEYS:
-            if key not in doc:
-                self.error(document, key, C.MISSING_KEY, f"the agreement must say {key}")
-        if self._error_count() > before and "id" not in doc:
+        doc, shape = salvage(document.doc)
+        for problem in shape:
+            self.error(document, problem.key, problem.code, problem.message, _anchors(document.doc, problem.loc))
+        if doc.id is None:
             return None
-        agreement_id = self._str(document, doc, "id", "id")
-        if agreement_id is not None and not ID_RE.fullmatch(agreement_id):
-            self.error(document, "id", C.BAD_VALUE, "id must be lower-case letters, digits and '-'", (_key("id"),))
-            agreement_id = None
-        if agreement_id is None:
-            return None
-        stem = Path(document.path).stem
-        if document.path.endswith(".toml") and stem != agreement_id:
+        agreement_id = doc.id
+        if document.path.endswith(".toml") and Path(document.path).stem != agreement_id:
             self.error(
                 document, "id", C.FILE_NAME_MISMATCH, f"the file must be named {agreement_id}.toml", (_key("id"),)
             )
-        title = self._str(document, doc, "title", "title") or ""
-        purpose = self._str(document, doc, "purpose", "purpose") or ""
-        revision = doc.get("revision")
-        if not isinstance(revision, int) or isinstance(revision, bool) or revision < 1:
-            self.error(document, "revision", C.BAD_VALUE, "revision must be a positive integer", (_key("revision"),))
-            revision = 0
-        elif self.lock is not None and self.lock.get(agreement_id, 0) > revision:
+        if doc.revision is not None and self.lock is not None and self.lock.get(agreement_id, 0) > doc.revision:
             self.error(
                 document,
                 "revision",
                 C.REVISION_DECREASED,
-                f"revision {revision} is below revision {self.lock[agreement_id]} recorded in {LOCK_FILE}; an "
+                f"revision {doc.revision} is below revision {self.lock[agreement_id]} recorded in {LOCK_FILE}; an "
                 "agreement's revision only goes up (a lower one may be a rolled-back, wider agreement)",
                 (_key("revision"),),
             )
-        parties = self._id_list(document, doc.get("parties"), "parties", (_key("parties"),))
+        parties = list(dict.fromkeys(doc.parties or ()))
         for party in parties:
             if party not in self.registry.partners and party not in self.registry.consumers:
                 self.error(
@@ -372,49 +347,21 @@ class _Compiler:
                     f"party {party!r} is not in the registry (parties.toml)",
                     (_key("parties"),),
                 )
-        basis = doc.get("lawful_basis")
-        if not isinstance(basis, list) or not basis or not all(isinstance(b, str) and b.strip() for b in basis):
-            self.error(
-                document,
-                "lawful_basis",
-                C.BAD_VALUE,
-                "lawful_basis must be a non-empty list of citations",
-                (_key("lawful_basis"),),
-            )
-            basis = []
-        valid_from = self._date(document, doc, "valid_from")
-        valid_to = self._date(document, doc, "valid_to")
-        review_by = self._date(document, doc, "review_by")
-        if valid_from and valid_to and valid_to < valid_from:
-            self.error(document, "valid_to", C.DATES_INCONSISTENT, "valid_to is before valid_from", (_key("valid_to"),))
-        if valid_from and review_by and review_by < valid_from:
-            self.error(
-                document, "review_by", C.DATES_INCONSISTENT, "review_by is before valid_from", (_key("review_by"),)
-            )
-        if valid_to and review_by and review_by > valid_to:
-            self.warn(
-                document,
-                "review_by",
-                C.DATES_INCONSISTENT,
-                "review_by is after valid_to: the agreement ends unreviewed",
-                (_key("review_by"),),
-            )
-        retention = doc.get("retention_days")
-        if not isinstance(retention, int) or isinstance(retention, bool) or not 1 <= retention <= MAX_RETENTION_DAYS:
-            self.error(
-                document,
-                "retention_days",
-                C.BAD_VALUE,
-                f"retention_days must be an integer from 1 to {MAX_RETENTION_DAYS}",
-                (_key("retention_days"),),
-            )
-            retention = 0
+        self._dates(document, doc)
+        bands: dict[str, tuple[Band, ...]] = {}
+        for name, labels in doc.bands.items():
+            try:
+                bands[name] = parse_bands(labels, f"bands.{name}")
+            except SpecError as exc:
+                self.error(document, exc.key, exc.code, exc.message, (r"(?m)^\s*\[bands\]", _key(name)))
+        groups: dict[str, dict[str, str]] = {}
+        for name, table in doc.groups.items():
+            try:
+                groups[name] = parse_groups(table, f"groups.{name}")
+            except SpecError as exc:
+                self.error(document, exc.key, exc.code, exc.message, (rf"\[groups\.{re.escape(name)}\]",))
 
-        bands = self._band_sets(document, doc.get("bands", {}))
-        groups = self._group_sets(document, doc.get("groups", {}))
-        rule_sets = self._rule_sets(document, doc.get("rule_sets", {}))
-
-        pseudonymises = uses_pseudonyms(doc)
+        pseudonymises = uses_pseudonyms(document.doc)
         secret = self.secrets.get(agreement_id)
         if pseudonymises and secret is None:
             # The engine refuses to start an agreement that pseudonymises without its own secret:
@@ -436,260 +383,120 @@ class _Compiler:
                 f"the secret for {agreement_id} is {len(secret)} bytes; at least {MIN_SECRET_BYTES} are required",
             )
 
+        whole = doc.complete
         agreement = Agreement(
             id=agreement_id,
-            title=title,
-            revision=revision,
+            title=whole.title if whole else "",
+            revision=whole.revision if whole else 0,
             parties=tuple(parties),
-            purpose=purpose,
-            lawful_basis=tuple(basis),
-            valid_from=valid_from or date.min,
-            valid_to=valid_to or date.min,
-            review_by=review_by or date.min,
-            retention_days=retention,
+            purpose=whole.purpose if whole else "",
+            lawful_basis=tuple(whole.lawful_basis) if whole else (),
+            valid_from=whole.valid_from if whole else date.min,
+            valid_to=whole.valid_to if whole else date.min,
+            review_by=whole.review_by if whole else date.min,
+            retention_days=whole.retention_days if whole else 0,
             path=document.path,
             pseudonymises=pseudonymises,
         )
-        flows = self._flows(document, agreement, set(parties), bands, groups, rule_sets, secret)
-        self._unused(document, doc)
+        # Parties unknown (malformed): the flows' parties are not checked against them.
+        listed = set(parties) if doc.parties is not None else None
+        flows = self._flows(document, agreement, doc, listed, bands, groups, secret)
+        self._unused(document, document.doc)
         if self._error_count() > before:
             return None
         return agreement, flows
 
-    def _error_count(self) -> int:
-        return sum(1 for p in self.problems if p.severity == "error")
-
-    def _band_sets(self, document: Document, table: Any) -> dict[str, tuple[Band, ...]]:
-        out: dict[str, tuple[Band, ...]] = {}
-        if not isinstance(table, dict):
-            self.error(document, "bands", C.BAD_BAND, "bands must be a table of name = [labels]", (_key("bands"),))
-            return out
-        for name, labels in table.items():
-            try:
-                out[name] = parse_bands(labels, f"bands.{name}")
-            except SpecError as exc:
-                self.error(document, exc.key, exc.code, exc.message, (r"(?m)^\s*\[bands\]", _key(name)))
-        return out
-
-    def _group_sets(self, document: Document, table: Any) -> dict[str, dict[str, str]]:
-        out: dict[str, dict[str, str]] = {}
-        if not isinstance(table, dict):
-            self.error(document, "groups", C.BAD_GROUP, "groups must be a table of group sets", (_key("groups"),))
-            return out
-        for name, groups in table.items():
-            try:
-                out[name] = parse_groups(groups, f"groups.{name}")
-            except SpecError as exc:
-                self.error(document, exc.key, exc.code, exc.message, (rf"\[groups\.{re.escape(name)}\]",))
-        return out
-
-    def _rule_sets(self, document: Document, table: Any) -> dict[str, list[_RuleSource]]:
-        out: dict[str, list[_RuleSource]] = {}
-        if not isinstance(table, dict):
-            self.error(document, "rule_sets", C.BAD_VALUE, "rule_sets must be a table of name = [rules]")
-            return out
-        for name, rules in table.items():
-            if not isinstance(rules, list) or not rules:
-                self.error(document, f"rule_sets.{name}", C.BAD_VALUE, "a rule set must be a non-empty list of rules")
-                continue
-            out[name] = [
-                _RuleSource(rule, self._rule_key(f"rule_sets.{name}", i, rule), (_key(name), *self._rule_anchor(rule)))
-                for i, rule in enumerate(rules)
-            ]
-        return out
-
-    @staticmethod
-    def _rule_key(prefix: str, index: int, rule: Any) -> str:
-        rid = rule.get("id") if isinstance(rule, dict) else None
-        return f"{prefix}[{rid!r}]" if isinstance(rid, str) else f"{prefix}[{index}]"
-
-    @staticmethod
-    def _rule_anchor(rule: Any) -> tuple[str, ...]:
-        rid = rule.get("id") if isinstance(rule, dict) else None
-        return (_kv("id", rid),) if isinstance(rid, str) else ()
+    def _dates(self, document: Document, doc: Salvage) -> None:
+        valid_from, valid_to, review_by = doc.valid_from, doc.valid_to, doc.review_by
+        if valid_from and valid_to and valid_to < valid_from:
+            self.error(document, "valid_to", C.DATES_INCONSISTENT, "valid_to is before valid_from", (_key("valid_to"),))
+        if valid_from and review_by and review_by < valid_from:
+            self.error(
+                document, "review_by", C.DATES_INCONSISTENT, "review_by is before valid_from", (_key("review_by"),)
+            )
+        if valid_to and review_by and review_by > valid_to:
+            self.warn(
+                document,
+                "review_by",
+                C.DATES_INCONSISTENT,
+                "review_by is after valid_to: the agreement ends unreviewed",
+                (_key("review_by"),),
+            )
 
     def _flows(
         self,
         document: Document,
         agreement: Agreement,
-        parties: set[str],
+        doc: Salvage,
+        parties: set[str] | None,
         bands: Mapping[str, tuple[Band, ...]],
         groups: Mapping[str, dict[str, str]],
-        rule_sets: Mapping[str, list[_RuleSource]],
         secret: bytes | None,
     ) -> list[Flow]:
-        flows_raw = document.doc.get("flows")
-        if not isinstance(flows_raw, list) or not flows_raw:
-            if "flows" in document.doc:
-                self.error(document, "flows", C.BAD_VALUE, "flows must be one or more [[flows]] tables")
-            return []
         flows: list[Flow] = []
         flow_ids: set[str] = set()
         rule_ids: dict[str, str] = {}  # rule id -> key of its declaration
+        rule_sets = {
+            name: [_RuleSource(r, f"rule_sets.{name}[{r.id!r}]", (_key(name), _kv("id", r.id))) for r in rules]
+            for name, rules in doc.rule_sets.items()
+        }
         for declared in rule_sets.values():
             for source in declared:
                 self._note_rule_id(document, source, rule_ids)
         taken: dict[tuple[str, str, int, str], str] = {}  # (partner, type, version, consumer) -> flow id
-        for index, raw in enumerate(flows_raw):
-            fid = raw.get("id") if isinstance(raw, dict) else None
-            where = f"flows[{fid!r}]" if isinstance(fid, str) else f"flows[{index}]"
-            anchors: tuple[str, ...] = (_kv("id", fid),) if isinstance(fid, str) else (r"\[\[flows\]\]",) * (index + 1)
-            if not isinstance(raw, dict):
-                self.error(document, where, C.BAD_VALUE, "a flow must be a table")
-                continue
+        for index, flow in doc.flows:
+            where = f"flows[{flow.id!r}]"
+            anchors = (_kv("id", flow.id),)
             errors_before = self._error_count()
-            for key in sorted(set(raw) - FLOW_KEYS):
-                self.error(document, f"{where}.{key}", C.UNKNOWN_KEY, f"unknown flow setting {key!r}", anchors)
-            flow_id = self._str(document, raw, "id", f"{where}.id")
-            if flow_id is not None:
-                if not ID_RE.fullmatch(flow_id):
-                    self.error(document, f"{where}.id", C.BAD_VALUE, "a flow id is lower-case letters, digits, '-'")
-                if flow_id in flow_ids:
-                    self.error(
-                        document,
-                        f"{where}.id",
-                        C.DUPLICATE_ID,
-                        f"flow id {flow_id!r} is used twice",
-                        (*anchors, _kv("id", flow_id)),  # the second use
-                    )
-                flow_ids.add(flow_id)
-            event_type = raw.get("event_type")
-            if not isinstance(event_type, str) or event_type not in EVENT_TYPES:
+            if flow.id in flow_ids:
                 self.error(
-                    document,
-                    f"{where}.event_type",
-                    C.UNKNOWN_EVENT_TYPE,
-                    f"event_type {event_type!r} is not one of {sorted(EVENT_TYPES)}",
-                    (*anchors, _key("event_type")),
-                )
-                event_type = None
-            versions_raw = raw.get("versions")
+                    document, f"{where}.id", C.DUPLICATE_ID, f"flow id {flow.id!r} is used twice", (*anchors, *anchors)
+                )  # the second use
+            flow_ids.add(flow.id)
             versions: list[int] = []
-            if (
-                not isinstance(versions_raw, list)
-                or not versions_raw
-                or not all(isinstance(v, int) and not isinstance(v, bool) for v in versions_raw)
-            ):
-                self.error(
-                    document,
-                    f"{where}.versions",
-                    C.BAD_VALUE,
-                    "versions must be a list like [1]",
-                    (*anchors, _key("versions")),
-                )
-            elif event_type is not None:
-                for v in dict.fromkeys(versions_raw):
-                    if (event_type, v) in EVENT_MODELS:
-                        versions.append(v)
-                    else:
-                        self.error(
-                            document,
-                            f"{where}.versions",
-                            C.UNKNOWN_EVENT_VERSION,
-                            f"there is no schema for {event_type} version {v}",
-                            (*anchors, _key("versions")),
-                        )
-            partners = self._id_list(document, raw.get("partners"), f"{where}.partners", anchors)
-            for partner in partners:
-                known = self.registry.partners.get(partner)
-                if known is None:
-                    hint = " (it is a consumer)" if partner in self.registry.consumers else ""
+            for v in dict.fromkeys(flow.versions):
+                if (flow.event_type, v) in EVENT_MODELS:
+                    versions.append(v)
+                else:
                     self.error(
                         document,
-                        f"{where}.partners",
-                        C.UNKNOWN_PARTY,
-                        f"partner {partner!r} is not a registered partner{hint}",
-                        (*anchors, _key("partners")),
+                        f"{where}.versions",
+                        C.UNKNOWN_EVENT_VERSION,
+                        f"there is no schema for {flow.event_type} version {v}",
+                        (*anchors, _key("versions")),
                     )
-                    continue
-                if partner not in parties:
-                    self.error(
-                        document,
-                        f"{where}.partners",
-                        C.PARTY_NOT_IN_AGREEMENT,
-                        f"partner {partner!r} is not listed in the agreement's parties",
-                        (*anchors, _key("partners")),
-                    )
-                if event_type is not None and event_type not in known.event_types:
-                    self.error(
-                        document,
-                        f"{where}.partners",
-                        C.PARTNER_CANNOT_SEND,
-                        f"partner {partner!r} is not registered to send {event_type}",
-                        (*anchors, _key("partners")),
-                    )
-            consumers = self._id_list(document, raw.get("consumers"), f"{where}.consumers", anchors)
-            for consumer in consumers:
-                if consumer not in self.registry.consumers:
-                    hint = " (it is a partner)" if consumer in self.registry.partners else ""
-                    self.error(
-                        document,
-                        f"{where}.consumers",
-                        C.UNKNOWN_PARTY,
-                        f"consumer {consumer!r} is not a registered consumer{hint}",
-                        (*anchors, _key("consumers")),
-                    )
-                elif consumer not in parties:
-                    self.error(
-                        document,
-                        f"{where}.consumers",
-                        C.PARTY_NOT_IN_AGREEMENT,
-                        f"consumer {consumer!r} is not listed in the agreement's parties",
-                        (*anchors, _key("consumers")),
-                    )
-            # Rules: inline or a named rule set, never both (which would win is not obvious).
+            partners = list(dict.fromkeys(flow.partners))
+            consumers = list(dict.fromkeys(flow.consumers))
+            self._flow_parties(document, flow, where, anchors, partners, consumers, parties)
             sources: list[_RuleSource] = []
-            if ("rules" in raw) == ("rule_set" in raw):
-                self.error(
-                    document, where, C.BAD_VALUE, "a flow needs exactly one of rules = [...] or rule_set", anchors
-                )
-            elif "rule_set" in raw:
-                set_name = raw["rule_set"]
-                if not isinstance(set_name, str) or set_name not in rule_sets:
+            if flow.rule_set is not None:
+                if flow.rule_set in rule_sets:
+                    sources = rule_sets[flow.rule_set]
+                elif flow.rule_set not in doc.broken_rule_sets:  # a malformed one is reported already
                     self.error(
                         document,
                         f"{where}.rule_set",
                         C.UNKNOWN_RULE_SET,
-                        f"no rule set {set_name!r} in [rule_sets]",
+                        f"no rule set {flow.rule_set!r} in [rule_sets]",
                         (*anchors, _key("rule_set")),
                     )
-                else:
-                    sources = rule_sets[set_name]
-            elif not isinstance(raw["rules"], list) or not raw["rules"]:
-                self.error(
-                    document, f"{where}.rules", C.BAD_VALUE, "rules must be a non-empty list", (*anchors, _key("rules"))
-                )
-            else:
-                sources = [
-                    _RuleSource(r, self._rule_key(f"{where}.rules", i, r), (*anchors, *self._rule_anchor(r)))
-                    for i, r in enumerate(raw["rules"])
-                ]
-                for source in sources:
-                    self._note_rule_id(document, source, rule_ids)
-            when = raw.get("when", [])
-            if not isinstance(when, list):
-                self.error(
-                    document,
-                    f"{where}.when",
-                    C.BAD_CONDITION,
-                    "when must be a list of conditions",
-                    (*anchors, _key("when")),
-                )
-                when = []
+            for rule in flow.rules or ():
+                key = f"{where}.rules[{rule.id!r}]"
+                sources.append(_RuleSource(rule, key, (*anchors, _kv("id", rule.id))))
+                self._note_rule_id(document, sources[-1], rule_ids)
 
             conditions: list[CompiledCondition] = []
             rules: list[CompiledRule] = []
             for version in versions:
-                assert event_type is not None
-                fields = SCHEMA_FIELDS[(event_type, version)]
-                conditions = self._conditions(document, when, fields, where, anchors)
+                fields = SCHEMA_FIELDS[(flow.event_type, version)]
+                conditions = self._conditions(document, flow.when, fields, where, anchors)
                 rules = self._rules(document, agreement, sources, fields, bands, groups, secret, where)
-            if self._error_count() > errors_before or flow_id is None or event_type is None:
+            if self._error_count() > errors_before:
                 continue
             for partner in partners:
                 for version in versions:
                     for consumer in consumers:
-                        slot = (partner, event_type, version, consumer)
+                        slot = (partner, flow.event_type, version, consumer)
                         if slot in taken:
                             # Two releases with one record id (record ids do not include the flow),
                             # and an IG lead could not tell which rules applied.
@@ -697,19 +504,19 @@ class _Compiler:
                                 document,
                                 f"{where}.consumers",
                                 C.CONSUMER_IN_TWO_FLOWS,
-                                f"consumer {consumer!r} already receives {event_type} v{version} from {partner} "
+                                f"consumer {consumer!r} already receives {flow.event_type} v{version} from {partner} "
                                 f"in flow {taken[slot]!r}; one flow per consumer per partner and event",
                                 (*anchors, _key("consumers")),
                             )
-                        taken[slot] = flow_id
+                        taken[slot] = flow.id
             flows.append(
                 finish_flow(
                     Flow(
                         agreement=agreement,
-                        id=flow_id,
+                        id=flow.id,
                         index=index,
                         partners=frozenset(partners),
-                        event_type=event_type,
+                        event_type=flow.event_type,
                         versions=frozenset(versions),
                         consumers=tuple(consumers),
                         conditions=tuple(conditions),
@@ -719,10 +526,50 @@ class _Compiler:
             )
         return flows
 
+    def _flow_parties(
+        self,
+        document: Document,
+        flow: FlowDoc,
+        where: str,
+        anchors: tuple[str, ...],
+        partners: list[str],
+        consumers: list[str],
+        parties: set[str] | None,
+    ) -> None:
+        def error(key: str, code: C, message: str) -> None:
+            self.error(document, f"{where}.{key}", code, message, (*anchors, _key(key)))
+
+        for partner in partners:
+            known = self.registry.partners.get(partner)
+            if known is None:
+                hint = " (it is a consumer)" if partner in self.registry.consumers else ""
+                error("partners", C.UNKNOWN_PARTY, f"partner {partner!r} is not a registered partner{hint}")
+                continue
+            if parties is not None and partner not in parties:
+                error(
+                    "partners",
+                    C.PARTY_NOT_IN_AGREEMENT,
+                    f"partner {partner!r} is not listed in the agreement's parties",
+                )
+            if flow.event_type not in known.event_types:
+                error(
+                    "partners",
+                    C.PARTNER_CANNOT_SEND,
+                    f"partner {partner!r} is not registered to send {flow.event_type}",
+                )
+        for consumer in consumers:
+            if consumer not in self.registry.consumers:
+                hint = " (it is a partner)" if consumer in self.registry.partners else ""
+                error("consumers", C.UNKNOWN_PARTY, f"consumer {consumer!r} is not a registered consumer{hint}")
+            elif parties is not None and consumer not in parties:
+                error(
+                    "consumers",
+                    C.PARTY_NOT_IN_AGREEMENT,
+                    f"consumer {consumer!r} is not listed in the agreement's parties",
+                )
+
     def _note_rule_id(self, document: Document, source: _RuleSource, rule_ids: dict[str, str]) -> None:
-        rid = source.table.get("id") if isinstance(source.table, dict) else None
-        if not isinstance(rid, str):
-            return
+        rid = source.rule.id
         if rid in rule_ids and rule_ids[rid] != source.key:
             self.error(
                 document,
@@ -736,19 +583,18 @@ class _Compiler:
     def _conditions(
         self,
         document: Document,
-        when: list[Any],
+        when: list[ConditionDoc],
         fields: Mapping[str, FieldSpec],
         where: str,
         anchors: tuple[str, ...],
     ) -> list[CompiledCondition]:
         out: list[CompiledCondition] = []
-        for i, table in enumerate(when):
+        for i, condition in enumerate(when):
             key = f"{where}.when[{i}]"
-            field = table.get("field") if isinstance(table, dict) else None
-            cond_anchors = (*anchors, r"\bwhen\s*=", *((_kv("field", field),) if isinstance(field, str) else ()))
             try:
-                out.append(compile_condition(table, fields, key))
+                out.append(compile_condition(condition, fields, key))
             except SpecError as exc:
+                cond_anchors = (*anchors, r"\bwhen\s*=", _kv("field", condition.field))
                 self.error(document, exc.key or key, exc.code, exc.message, cond_anchors)
         return out
 
@@ -767,7 +613,7 @@ class _Compiler:
         outputs: dict[str, str] = {}
         for source in sources:
             try:
-                rule = self._rule(agreement, source, fields, bands, groups, secret)
+                rule = _rule(agreement, source.rule, fields, bands, groups, secret)
             except SpecError as exc:
                 self.error(document, f"{source.key}{exc.key}", exc.code, exc.message, source.anchors)
                 continue
@@ -783,117 +629,6 @@ class _Compiler:
             outputs[rule.output] = rule.id
             out.append(rule)
         return out
-
-    @staticmethod
-    def _rule(
-        agreement: Agreement,
-        source: _RuleSource,
-        fields: Mapping[str, FieldSpec],
-        bands: Mapping[str, tuple[Band, ...]],
-        groups: Mapping[str, dict[str, str]],
-        secret: bytes | None,
-    ) -> CompiledRule:
-        table = source.table
-        if not isinstance(table, dict):
-            raise SpecError(C.BAD_VALUE, "a rule must be a table { id = ..., field = ..., action = ... }")
-        unknown = sorted(set(table) - RULE_KEYS)
-        if unknown:
-            raise SpecError(C.UNKNOWN_KEY, f"unknown rule setting(s) {unknown}")
-        rid = table.get("id")
-        if not isinstance(rid, str) or not ID_RE.fullmatch(rid):
-            raise SpecError(C.BAD_VALUE, 'a rule needs id = "<lower-case-id>" (it names the rule in decisions)', ".id")
-        name = table.get("field")
-        if not isinstance(name, str):
-            raise SpecError(C.BAD_VALUE, 'a rule needs field = "<event field>"', ".field")
-        action_raw = table.get("action")
-        if name.lower() in DIRECT_IDENTIFIER_FIELDS:
-            # A direct identifier is never released in any form (DOMAIN.md; PCSC Act 2022 s.16 does
-            # not cover patient data). The contract refuses such events, so this is belt and braces
-            # against an agreement written for an export that should never reach the broker.
-            raise SpecError(
-                C.DIRECT_IDENTIFIER,
-                f"{name!r} is a direct identifier and may not be named as {action_raw!r} (or at all)",
-                ".field",
-            )
-        spec = fields.get(name)
-        if spec is None:
-            raise SpecError(C.UNKNOWN_FIELD, f"the event has no field {name!r}", ".field")
-        output = table.get("as", name)
-        if not isinstance(output, str) or not OUTPUT_RE.fullmatch(output):
-            raise SpecError(C.BAD_VALUE, "as must be a lower_snake_case field name", ".as")
-        if output.lower() in DIRECT_IDENTIFIER_FIELDS:
-            raise SpecError(C.DIRECT_IDENTIFIER, f"output name {output!r} reads as a direct identifier", ".as")
-        reason = table.get("reason")
-        if reason is not None and (not isinstance(reason, str) or not reason.strip()):
-            raise SpecError(C.BAD_VALUE, "reason must be a sentence", ".reason")
-        try:
-            action = Action(str(action_raw))
-        except ValueError:
-            raise SpecError(
-                C.UNKNOWN_TRANSFORM, f"action {action_raw!r} is not one of {[a.value for a in Action]}", ".action"
-            ) from None
-        if action is not Action.GENERALISE:
-            extra = sorted({"to", "bands", "groups"} & set(table))
-            if extra:
-                raise SpecError(C.BAD_VALUE, f'{extra} only go with action = "generalise"', f".{extra[0]}")
-        if action is Action.KEEP:
-            if spec.kind in NEEDS_REASON and reason is None:
-                raise SpecError(
-                    C.REASON_REQUIRED,
-                    f'{name!r} is {spec.kind} (a quasi-identifier); keeping it needs reason = "..." saying why',
-                    ".reason",
-                )
-            return CompiledRule(rid, name, output, action, compile_keep(spec), reason=reason)
-        if action is Action.PSEUDONYMISE:
-            if spec.kind not in PSEUDONYMISABLE:
-                raise SpecError(
-                    C.TRANSFORM_TYPE_MISMATCH,
-                    f"pseudonymise does not fit {name!r} ({spec.kind}); it fits "
-                    f"{sorted(k.value for k in PSEUDONYMISABLE)} fields",
-                    ".action",
-                )
-            if secret is None:
-                # SECRET_MISSING is reported once for the agreement, which is then not started; the
-                # rule is never compiled with a default key.
-                return CompiledRule(rid, name, output, action, _no_secret, reason=reason)
-            return CompiledRule(
-                rid, name, output, action, compile_pseudonymise(spec, secret, agreement.id), reason=reason
-            )
-        to = table.get("to")
-        try:
-            form = Form(str(to))
-        except ValueError:
-            raise SpecError(
-                C.UNKNOWN_TRANSFORM, f"generalise to {to!r} is not one of {[f.value for f in Form]}", ".to"
-            ) from None
-        fitting = FORMS_FOR_KIND.get(spec.kind, frozenset())
-        if form not in fitting:
-            fits = ", ".join(sorted(f.value for f in fitting)) or "nothing (keep, pseudonymise or drop it)"
-            raise SpecError(
-                C.TRANSFORM_TYPE_MISMATCH,
-                f"generalise to {form.value!r} does not fit {name!r} ({spec.kind}); it fits: {fits}",
-                ".to",
-            )
-        if form is Form.LSOA and reason is None:
-            raise SpecError(C.REASON_REQUIRED, 'releasing an LSOA needs reason = "..." saying why', ".reason")
-        if form is Form.BAND:
-            set_name = table.get("bands")
-            if not isinstance(set_name, str) or set_name not in bands:
-                raise SpecError(C.UNKNOWN_BAND_SET, f"bands = {set_name!r} names no set in [bands]", ".bands")
-            apply = compile_generalise(form, spec, bands=bands[set_name])
-            return CompiledRule(rid, name, output, action, apply, form, set_name, reason)
-        if "bands" in table:
-            raise SpecError(C.BAD_VALUE, 'bands only goes with to = "band"', ".bands")
-        if form is Form.GROUP:
-            set_name = table.get("groups")
-            if not isinstance(set_name, str) or set_name not in groups:
-                raise SpecError(C.UNKNOWN_GROUP_SET, f"groups = {set_name!r} names no set in [groups]", ".groups")
-            check_groups_fit(groups[set_name], spec, set_name, ".groups")
-            apply = compile_generalise(form, spec, groups=groups[set_name])
-            return CompiledRule(rid, name, output, action, apply, form, set_name, reason)
-        if "groups" in table:
-            raise SpecError(C.BAD_VALUE, 'groups only goes with to = "group"', ".groups")
-        return CompiledRule(rid, name, output, action, compile_generalise(form, spec), form, None, reason)
 
     def _unused(self, document: Document, doc: Mapping[str, Any]) -> None:
         # From the document, not the compiled flows: a flow with an error must not make the band
@@ -911,6 +646,66 @@ class _Compiler:
             for name in table if isinstance(table, dict) else {}:
                 if name not in names:
                     self.warn(document, f"{section}.{name}", C.UNUSED, f"{section} entry {name!r} is used by no flow")
+
+
+def _rule(
+    agreement: Agreement,
+    rule: RuleDoc,
+    fields: Mapping[str, FieldSpec],
+    bands: Mapping[str, tuple[Band, ...]],
+    groups: Mapping[str, dict[str, str]],
+    secret: bytes | None,
+) -> CompiledRule:
+    """A well-formed rule against the event's fields and the agreement's band and group sets."""
+    rid, name, output, action, reason = rule.id, rule.field, rule.output, rule.action, rule.reason
+    spec = fields.get(name)
+    if spec is None:
+        raise SpecError(C.UNKNOWN_FIELD, f"the event has no field {name!r}", ".field")
+    if action is Action.KEEP:
+        if spec.kind in NEEDS_REASON and reason is None:
+            raise SpecError(
+                C.REASON_REQUIRED,
+                f'{name!r} is {spec.kind} (a quasi-identifier); keeping it needs reason = "..." saying why',
+                ".reason",
+            )
+        return CompiledRule(rid, name, output, action, compile_keep(spec), reason=reason)
+    if action is Action.PSEUDONYMISE:
+        if spec.kind not in PSEUDONYMISABLE:
+            raise SpecError(
+                C.TRANSFORM_TYPE_MISMATCH,
+                f"pseudonymise does not fit {name!r} ({spec.kind}); it fits "
+                f"{sorted(k.value for k in PSEUDONYMISABLE)} fields",
+                ".action",
+            )
+        if secret is None:
+            # SECRET_MISSING is reported once for the agreement, which is then not started; the
+            # rule is never compiled with a default key.
+            return CompiledRule(rid, name, output, action, _no_secret, reason=reason)
+        return CompiledRule(rid, name, output, action, compile_pseudonymise(spec, secret, agreement.id), reason=reason)
+    form = rule.to
+    assert form is not None  # RuleDoc: generalise always says to what
+    fitting = FORMS_FOR_KIND.get(spec.kind, frozenset())
+    if form not in fitting:
+        fits = ", ".join(sorted(f.value for f in fitting)) or "nothing (keep, pseudonymise or drop it)"
+        raise SpecError(
+            C.TRANSFORM_TYPE_MISMATCH,
+            f"generalise to {form.value!r} does not fit {name!r} ({spec.kind}); it fits: {fits}",
+            ".to",
+        )
+    if form is Form.LSOA and reason is None:
+        raise SpecError(C.REASON_REQUIRED, 'releasing an LSOA needs reason = "..." saying why', ".reason")
+    if form is Form.BAND:
+        if rule.bands is None or rule.bands not in bands:
+            raise SpecError(C.UNKNOWN_BAND_SET, f"bands = {rule.bands!r} names no set in [bands]", ".bands")
+        apply = compile_generalise(form, spec, bands=bands[rule.bands])
+        return CompiledRule(rid, name, output, action, apply, form, rule.bands, reason)
+    if form is Form.GROUP:
+        if rule.groups is None or rule.groups not in groups:
+            raise SpecError(C.UNKNOWN_GROUP_SET, f"groups = {rule.groups!r} names no set in [groups]", ".groups")
+        check_groups_fit(groups[rule.groups], spec, rule.groups, ".groups")
+        apply = compile_generalise(form, spec, groups=groups[rule.groups])
+        return CompiledRule(rid, name, output, action, apply, form, rule.groups, reason)
+    return CompiledRule(rid, name, output, action, compile_generalise(form, spec), form, None, reason)
 
 
 def _rule_tables(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
