@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
+from aio_pika.abc import AbstractChannel
 from aiohttp import web
 
 from broker import jobs
@@ -278,7 +279,14 @@ class Broker:
         names = Names(settings.amqp_prefix)
         publish_channel = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
         topology = await declare_topology(publish_channel, names, self.registry, settings.delivery_limit)
-        delivery = AmqpDelivery(publish_channel, topology, self.registry, settings.publish_timeout.total_seconds())
+        connection = self.connection
+
+        async def open_channel() -> AbstractChannel:
+            return await connection.channel(publisher_confirms=True, on_return_raises=True)
+
+        delivery = AmqpDelivery(
+            publish_channel, topology, self.registry, settings.publish_timeout.total_seconds(), open_channel
+        )
         await delivery.check()
         self.pipeline = self._pipeline(delivery)
         consume_channel = await self.connection.channel(publisher_confirms=False)

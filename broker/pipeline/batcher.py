@@ -111,7 +111,16 @@ class Batcher(Generic[T]):
             except Exception as exc:
                 if not await self.retry(tokens, exc):
                     return
-                log.warning("batch_failed", size=len(batch), error=type(exc).__name__, retry_in=delay)
+                # Our own sentence for an unavailable port (ids and counts only), and the
+                # dependency's exception type under it; never a payload.
+                log.warning(
+                    "batch_failed",
+                    size=len(batch),
+                    error=type(exc).__name__,
+                    detail=str(exc) if isinstance(exc, Unavailable) else None,
+                    cause=type(exc.__cause__).__name__ if exc.__cause__ is not None else None,
+                    retry_in=delay,
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
         await self.settle(tokens, outcomes)

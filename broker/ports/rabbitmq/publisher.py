@@ -9,8 +9,9 @@ timeout counts as "not confirmed".
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 
 import aiormq
@@ -30,6 +31,7 @@ from broker.ports.rabbitmq.fast_publish import (
 from broker.ports.rabbitmq.topology import Topology
 from broker.registry import Registry
 from broker.stages.outcome import Rejected, Settled, receipt
+from schemas.errors import Unavailable
 from schemas.messages import Receipt, quarantine_headers, receipts_message
 
 
@@ -40,8 +42,18 @@ class AmqpDelivery:
     (:func:`publish_frames`) and their confirms awaited together, under one deadline.
     """
 
-    def __init__(self, channel: AbstractChannel, topology: Topology, registry: Registry, timeout: float) -> None:
+    def __init__(
+        self,
+        channel: AbstractChannel,
+        topology: Topology,
+        registry: Registry,
+        timeout: float,
+        open_channel: Callable[[], Awaitable[AbstractChannel]] | None = None,
+    ) -> None:
         self.channel = channel
+        # After a failed batch the next one goes out on a fresh channel (see ``publish_all``).
+        self.open_channel = open_channel
+        self._stale = False
         self.topology = topology
         self.registry = registry
         self.timeout = timeout
@@ -61,9 +73,37 @@ class AmqpDelivery:
         """Nothing rides in the audit transaction: records are published after it, confirmed."""
         return WithAudit()
 
+    async def _fresh_channel(self) -> None:
+        """Replace the publishing channel after a failed batch.
+
+        Measured against a real 3-node cluster (RabbitMQ 3.10.8, aio-pika 10): when the node the
+        broker is connected to dies mid-stream, the robust channel that aio-pika reopens on the
+        surviving node gets a nack for every later publish to a quorum queue, for as long as it
+        lives, while a channel opened afresh on the same connection is confirmed at once
+        (``tests/test_rabbitmq_failover.py``). A retry on the old channel would wait for ever;
+        on a new one it goes through."""
+        if self.open_channel is None:
+            return
+        with bus_errors("opening a fresh publishing channel"):
+            fresh = await self.open_channel()
+            check_channel_internals(await fresh.get_underlay_channel())
+        old, self.channel = self.channel, fresh
+        self._stale = False
+        with contextlib.suppress(Exception):
+            await old.close()
+
     async def publish_all(self, publishes: Sequence[Publish]) -> None:
         if not publishes:
             return
+        if self._stale:
+            await self._fresh_channel()
+        try:
+            await self._publish_all(publishes)
+        except Unavailable:  # not confirmed, or the channel went: the next batch gets a new one
+            self._stale = True
+            raise
+
+    async def _publish_all(self, publishes: Sequence[Publish]) -> None:
         if self.channel.is_closed:
             raise DeliveryFailed("the publishing channel is closed")
         with bus_errors("opening the publishing channel"):
@@ -88,7 +128,7 @@ class AmqpDelivery:
         if errors:
             # A nack, a return or a lost channel: all mean "not confirmed".
             first = errors[0]
-            raise DeliveryFailed(f"{len(errors)} of {len(results)} publishes not confirmed") from (
+            raise DeliveryFailed(f"{len(errors)} of {len(results)} publishes not confirmed: {_why(first)}") from (
                 first if isinstance(first, BaseException) else None
             )
 
@@ -144,3 +184,13 @@ class AmqpDelivery:
         publishes.extend(self.quarantine(outcome) for outcome in batch.rejected)
         publishes.extend(self.receipts(batch.receipts, batch.at))
         await self.publish_all(publishes)
+
+
+def _why(error: object) -> str:
+    """RabbitMQ's own answer (a nack, or a return's code and text), for the log: never a body."""
+    frame = getattr(error, "frame", None)
+    if isinstance(frame, Basic.Return):
+        return f"returned {frame.reply_code} {frame.reply_text} ({frame.exchange!r}, {frame.routing_key!r})"
+    if frame is not None:
+        return type(frame).__name__
+    return type(error).__name__
