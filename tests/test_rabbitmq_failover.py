@@ -115,7 +115,8 @@ def test_the_broker_carries_on_when_its_node_is_lost(cluster: Cluster, tmp_path:
     lost = [key for key in expected if released[key] == 0]
     doubled = [key for key in expected if released[key] > 1]
     print(
-        f"\nnode 1 {'stopped' if loss == 'stop' else 'killed'} mid-stream: {len(confirmed)} confirmed events, {len(expected)} entitled "
+        f"\nnode 1 {'stopped' if loss == 'stop' else 'killed'} mid-stream: {len(confirmed)} confirmed events, "
+        f"{len(expected)} entitled "
         f"releases, lost {len(lost)}, double-released {len(doubled)}; audit {kinds}"
     )
     assert "Reconnecting" in host.log_path.read_text()  # the broker lost its node ...
