@@ -56,7 +56,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def serve(
-    env: DemoEnvironment, url: str, prefix: str, data_dir: Path, store: str | None, workers: int = 1
+    env: DemoEnvironment,
+    url: str,
+    prefix: str,
+    data_dir: Path,
+    store: str | None,
+    workers: int = 1,
+    *,
+    wait: bool = True,
 ) -> subprocess.Popen[bytes]:
     ready = data_dir.with_suffix(".ready")
     ready.unlink(missing_ok=True)
@@ -69,11 +76,18 @@ def serve(
     if store:
         args += ["--store", store]
     proc = subprocess.Popen(args, cwd=ROOT)
-    while not ready.exists():
-        if proc.poll() is not None:
-            raise RuntimeError("broker exited")
-        time.sleep(0.05)
+    proc.ready_file = ready  # type: ignore[attr-defined]
+    if wait:
+        wait_ready([proc])
     return proc
+
+
+def wait_ready(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        while not proc.ready_file.exists():  # type: ignore[attr-defined]
+            if proc.poll() is not None:
+                raise RuntimeError("broker exited")
+            time.sleep(0.05)
 
 
 def stop(procs: list[subprocess.Popen[bytes]]) -> None:
@@ -119,7 +133,9 @@ async def run_system(
     stop([serve(env, url, prefix, first, store)])  # declares the topology
     await preload(url, Names(prefix).ingest_exchange, bodies)
     location = store if store else first / "broker.db"
-    procs = [serve(env, url, prefix, work / f"{prefix}-{i}", store, workers) for i in range(processes)]
+    # All processes start together (each takes about a second), so none drains the queue alone.
+    procs = [serve(env, url, prefix, work / f"{prefix}-{i}", store, workers, wait=False) for i in range(processes)]
+    wait_ready(procs)
     view: Store = store_for(location, readonly=True)
     await view.open()
     # Timed from the first settled message, not from process start (start-up is not throughput).
@@ -136,6 +152,8 @@ async def run_system(
     finally:
         await view.close()
     assert first_seen is not None
+    if now - first_seen[0] < 0.5 or len(bodies) - first_seen[1] < len(bodies) // 2:
+        raise RuntimeError("too few events to time: run with more --events")
     throughput = (len(bodies) - first_seen[1]) / (now - first_seen[0])
     print(f"  {label:<34} {throughput:8.0f} msg/s", flush=True)
     connection = await aio_pika.connect(url)
