@@ -34,7 +34,7 @@ from broker.ports.store import (
     StoredRecord,
 )
 from broker.stages.replay import ReplayState
-from schemas.envelope import parse_time
+from schemas.envelope import format_time, parse_time
 
 NONE_LOST: Lost = frozenset()
 
@@ -53,6 +53,7 @@ class CommitPlan:
 
     lost: list[Lost]
     head: Head
+    at: str  # the commit's sealing time (RFC 3339): every entry's ``at``, and new replay rows' first-seen
     audit: list[AuditRow] = field(default_factory=list)
     releases: list[tuple[str, int]] = field(default_factory=list)  # (record id, audit seq)
     audit_records: list[tuple[int, str]] = field(default_factory=list)  # (seq, record id) of many-record entries
@@ -135,7 +136,7 @@ def plan_commit(
     """The rows one transaction writes for ``units``, given what the store held under its lock."""
     at = seal_time(now, head)
     lost = claims(units, held)
-    plan = CommitPlan(lost=lost, head=head)
+    plan = CommitPlan(lost=lost, head=head, at=format_time(at))
     already = set(released)
     seq, prev = head.seq, head.hash
     seen_rows: list[SeenRow] = []

@@ -43,6 +43,7 @@ import asyncpg
 from broker.audit.chain import GENESIS
 from broker.audit.commit_plan import CommitPlan, claim_keys, plan_commit, released_ids, replay_view
 from broker.errors import StartupError, StoreUnavailable
+from broker.ports.sql import Binder, audit_page_query, feed_page_query, numbered
 from broker.ports.store import (
     GENESIS_HEAD,
     AuditQuery,
@@ -378,17 +379,9 @@ class PostgresStore:
         since: str | None = None,
         until: str | None = None,
     ) -> list[FeedRow]:
-        sql = (
-            "SELECT id, record_id, event_type, agreement_id, released_at, body FROM records "
-            "WHERE consumer = $1 AND id > $2"
-        )
-        params: list[object] = [consumer, after]
-        for clause, value in (("event_type = ", event_type), ("released_at >= ", since), ("released_at < ", until)):
-            if value:
-                params.append(value)
-                sql += f" AND {clause}${len(params)}"
-        params.append(limit)
-        sql += f" ORDER BY id LIMIT ${len(params)}"
+        bind = Binder(numbered)
+        sql = feed_page_query(bind, consumer, after=after, limit=limit, event_type=event_type, since=since, until=until)
+        params = bind.params
 
         async def run(conn: asyncpg.Connection) -> list[FeedRow]:
             rows = await conn.fetch(sql, *params)
@@ -400,34 +393,9 @@ class PostgresStore:
         return await self._run(run)
 
     async def audit_page(self, query: AuditQuery) -> list[AuditRow]:
-        clauses = ["seq > $1"]
-        params: list[object] = [query.after]
-        for column, value in (
-            ("message_id", query.message_id),
-            ("source", query.source),
-            ("consumer", query.consumer),
-            ("agreement_id", query.agreement_id),
-            ("kind", query.kind),
-        ):
-            if value:
-                params.append(value)
-                clauses.append(f"{column} = ${len(params)}")
-        if query.record_id:
-            params.append(query.record_id)
-            n = len(params)
-            # (only placeholders are formatted into the SQL; every value is a bound parameter)
-            clauses.append(f"(record_id = ${n} OR seq IN (SELECT seq FROM audit_records WHERE record_id = ${n}))")  # noqa: S608
-        if query.since:
-            params.append(query.since)
-            clauses.append(f"at >= ${len(params)}")
-        if query.until:
-            params.append(query.until)
-            clauses.append(f"at < ${len(params)}")
-        params.append(query.limit)
-        sql = (
-            "SELECT seq, at, kind, message_id, source, consumer, agreement_id, record_id, body, hash FROM audit "  # noqa: S608
-            f"WHERE {' AND '.join(clauses)} ORDER BY seq LIMIT ${len(params)}"
-        )
+        bind = Binder(numbered)
+        sql = audit_page_query(bind, query)
+        params = bind.params
 
         async def run(conn: asyncpg.Connection) -> list[AuditRow]:
             return [
@@ -601,7 +569,6 @@ def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
 
 
 async def _apply(conn: asyncpg.Connection, plan: CommitPlan) -> None:
-    stamp = plan.audit[0].at if plan.audit else format_time(datetime.now(UTC))
     if plan.seen:
         await conn.execute(
             "INSERT INTO seen(source, message_id, state, content_sha256, first_seen) "
@@ -610,7 +577,7 @@ async def _apply(conn: asyncpg.Connection, plan: CommitPlan) -> None:
             "content_sha256 = coalesce(seen.content_sha256, excluded.content_sha256) "
             "WHERE seen.state <> 'done'",
             *_columns([(r.source, r.message_id, r.state.value, r.content_sha256) for r in plan.seen], 4),
-            stamp,
+            plan.at,
         )
     if plan.releases:
         await conn.execute(

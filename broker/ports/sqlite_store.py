@@ -24,6 +24,7 @@ from typing import TypeVar
 from broker.audit.chain import GENESIS, ChainReport, verify_chain
 from broker.audit.commit_plan import NONE_LOST, CommitPlan, claim_keys, plan_commit, released_ids, replay_view
 from broker.errors import StoreUnavailable
+from broker.ports.sql import Binder, audit_page_query, feed_page_query, qmark
 from broker.ports.store import (
     GENESIS_HEAD,
     AuditQuery,
@@ -123,12 +124,15 @@ T = TypeVar("T")
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     if readonly:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False, isolation_level=None)
-    else:
-        conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        conn.execute("PRAGMA journal_mode=WAL")
-        # FULL: a commit is on disk when it returns, so an ack/response after it never loses data.
-        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA busy_timeout=10000")
+        return conn
+    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    # The timeout first: processes opening one file at once (``--workers``) wait for each other's
+    # schema and journal-mode set-up instead of failing with "database is locked".
     conn.execute("PRAGMA busy_timeout=10000")
+    conn.execute("PRAGMA journal_mode=WAL")
+    # FULL: a commit is on disk when it returns, so an ack/response after it never loses data.
+    conn.execute("PRAGMA synchronous=FULL")
     return conn
 
 
@@ -340,11 +344,10 @@ class SqliteStore:
 
     @staticmethod
     def _apply(conn: sqlite3.Connection, plan: CommitPlan) -> None:
-        stamp = plan.audit[0].at if plan.audit else format_time(datetime.now(UTC))
         _insert_many(
             conn,
             "INSERT INTO seen(source, message_id, state, content_sha256, first_seen) VALUES ",
-            [(r.source, r.message_id, r.state.value, r.content_sha256, stamp) for r in plan.seen],
+            [(r.source, r.message_id, r.state.value, r.content_sha256, plan.at) for r in plan.seen],
             " ON CONFLICT(source, message_id) DO UPDATE SET state = excluded.state, "
             "content_sha256 = coalesce(seen.content_sha256, excluded.content_sha256) "
             "WHERE seen.state != 'done'",
@@ -469,22 +472,9 @@ class SqliteStore:
         until: str | None = None,
     ) -> list[FeedRow]:
         """Ids are assigned by the single writer in commit order (see ``Store.feed_page``)."""
-        sql = (
-            "SELECT id, record_id, event_type, agreement_id, released_at, body FROM records "
-            "WHERE consumer = ? AND id > ?"
-        )
-        params: list[object] = [consumer, after]
-        if event_type:
-            sql += " AND event_type = ?"
-            params.append(event_type)
-        if since:
-            sql += " AND released_at >= ?"
-            params.append(since)
-        if until:
-            sql += " AND released_at < ?"
-            params.append(until)
-        sql += " ORDER BY id LIMIT ?"
-        params.append(limit)
+        bind = Binder(qmark)
+        sql = feed_page_query(bind, consumer, after=after, limit=limit, event_type=event_type, since=since, until=until)
+        params = bind.params
 
         def run(conn: sqlite3.Connection) -> list[FeedRow]:
             return [
@@ -572,33 +562,10 @@ class SoleLeader:
         return None
 
 
-_AUDIT_COLUMNS = "seq, at, kind, message_id, source, consumer, agreement_id, record_id, body, hash"
-
-
 def _audit_page(conn: sqlite3.Connection, query: AuditQuery) -> list[AuditRow]:
-    clauses: list[str] = ["seq > ?"]
-    params: list[object] = [query.after]
-    for column, value in (
-        ("message_id", query.message_id),
-        ("source", query.source),
-        ("consumer", query.consumer),
-        ("agreement_id", query.agreement_id),
-        ("kind", query.kind),
-    ):
-        if value:
-            clauses.append(f"{column} = ?")
-            params.append(value)
-    if query.record_id:
-        clauses.append("(record_id = ? OR seq IN (SELECT seq FROM audit_records WHERE record_id = ?))")
-        params.extend([query.record_id, query.record_id])
-    if query.since:
-        clauses.append("at >= ?")
-        params.append(query.since)
-    if query.until:
-        clauses.append("at < ?")
-        params.append(query.until)
-    sql = f"SELECT {_AUDIT_COLUMNS} FROM audit WHERE {' AND '.join(clauses)} ORDER BY seq LIMIT ?"  # noqa: S608
-    params.append(query.limit)
+    bind = Binder(qmark)
+    sql = audit_page_query(bind, query)
+    params = bind.params
     return [
         AuditRow(int(seq), str(at), str(kind), mid, src, con, agr, rid, bytes(body), str(h))
         for seq, at, kind, mid, src, con, agr, rid, body, h in conn.execute(sql, params)
