@@ -307,7 +307,9 @@ async def latencies_at_rates(
     return out
 
 
-async def relay_latency(env: DemoEnvironment, url: str) -> None:
+async def relay_latency(
+    env: DemoEnvironment, url: str, rates: tuple[tuple[float, int], ...] = RATES
+) -> dict[float, tuple[float, float]]:
     """The same latency measurement through the naive callback relay: the bare RabbitMQ hops
     (two quorum queues, confirmed publishes) on this machine, as the baseline for (b)."""
     prefix, connection, channel = await relay_topology(url)
@@ -325,8 +327,14 @@ async def relay_latency(env: DemoEnvironment, url: str) -> None:
     tag = await relay_in.consume(relay)
     reader = await connection.channel()
     await reader.set_qos(prefetch_count=1000)
-    await latencies_at_rates(
-        env, channel, f"{prefix}.in", "uhdb-royal-derby-ed.ae_assault", await reader.get_queue(f"{prefix}.out"), "time"
+    out = await latencies_at_rates(
+        env,
+        channel,
+        f"{prefix}.in",
+        "uhdb-royal-derby-ed.ae_assault",
+        await reader.get_queue(f"{prefix}.out"),
+        "time",
+        rates,
     )
     await relay_in.cancel(tag)
     await relay_connection.close()
@@ -335,6 +343,7 @@ async def relay_latency(env: DemoEnvironment, url: str) -> None:
     for exchange_name in (f"{prefix}.in", f"{prefix}.out"):
         await channel.exchange_delete(exchange_name)
     await connection.close()
+    return out
 
 
 async def http_ingest(env: DemoEnvironment, work: Path, count: int) -> tuple[float, float]:

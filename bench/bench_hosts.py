@@ -40,7 +40,7 @@ from bench.bench_broker import (
     naive_relay,
     peak_rss_mb,
     preload,
-    relay_topology,
+    relay_latency,
     two_consumer_bodies,
     worker_pids,
 )
@@ -51,7 +51,6 @@ from broker.ports.store import CommitUnit, Seen, Store, StoredRecord
 from broker.ports.stores import store_for
 from broker.stages.replay import ReplayState
 
-PERSISTENT = aio_pika.DeliveryMode.PERSISTENT
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -164,7 +163,7 @@ async def run_system(
     for consumer in ("derbyshire-vru", "derby-csp-analysts", "derbyshire-csp-analysts"):
         await (await reader.get_queue(Names(prefix).consumer_queue(consumer))).purge()
     queue = await reader.get_queue(Names(prefix).consumer_queue("derbyshire-vru"))
-    rates = tuple((round(throughput * share), max(500, round(throughput * share * 4))) for share in (0.25, 0.5))
+    rates = relative_rates(throughput)
     latencies = await latencies_at_rates(
         env, channel, exchange.name, "uhdb-royal-derby-ed.ae_assault", queue, "produced_at", rates
     )
@@ -175,39 +174,9 @@ async def run_system(
     return throughput, latencies, rss
 
 
-async def relay_latency_at(env: DemoEnvironment, url: str, peak: float) -> dict[float, tuple[float, float]]:
-    prefix, connection, channel = await relay_topology(url)
-    relay_connection = await aio_pika.connect(url)
-    relay_channel = await relay_connection.channel(publisher_confirms=True, on_return_raises=True)
-    relay_out = await relay_channel.get_exchange(f"{prefix}.out")
-    consume_channel = await relay_connection.channel()
-    await consume_channel.set_qos(prefetch_count=256)
-    relay_in = await consume_channel.get_queue(f"{prefix}.in")
-
-    async def relay(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-        await relay_out.publish(aio_pika.Message(message.body, delivery_mode=PERSISTENT), "out", mandatory=True)
-        await message.ack()
-
-    tag = await relay_in.consume(relay)
-    reader = await connection.channel()
-    await reader.set_qos(prefetch_count=1000)
-    rates = tuple((round(peak * share), max(500, round(peak * share * 4))) for share in (0.25, 0.5))
-    out = await latencies_at_rates(
-        env,
-        channel,
-        f"{prefix}.in",
-        "uhdb-royal-derby-ed.ae_assault",
-        await reader.get_queue(f"{prefix}.out"),
-        "time",
-        rates,
-    )
-    await relay_in.cancel(tag)
-    await relay_connection.close()
-    for name in (f"{prefix}.in", f"{prefix}.out"):
-        await channel.queue_delete(name)
-        await channel.exchange_delete(name)
-    await connection.close()
-    return out
+def relative_rates(peak: float) -> tuple[tuple[float, int], ...]:
+    """25% and 50% of a system's own peak, each for about four seconds."""
+    return tuple((round(peak * share), max(500, round(peak * share * 4))) for share in (0.25, 0.5))
 
 
 def unit(n: int, tag: str) -> CommitUnit:
@@ -308,7 +277,7 @@ async def main() -> None:
         print(f"  (a1) sequential iterator relay      {sequential:8.0f} msg/s")
         concurrent = await naive_relay(args.amqp_url, bodies, concurrent=True)
         print(f"  (a2) consume-callback relay         {concurrent:8.0f} msg/s")
-        relay = await relay_latency_at(env, args.amqp_url, concurrent)
+        relay = await relay_latency(env, args.amqp_url, relative_rates(concurrent))
         print("\nbroker throughput, then latency at 25% / 50% of its own peak:")
         results = []
         systems: list[tuple[str, str | None, int, int]] = [

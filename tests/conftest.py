@@ -6,8 +6,9 @@ import asyncio
 import contextlib
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,6 +17,7 @@ from broker.demo import DemoEnvironment, partner_ids, prepare_environment
 from broker.registry import Registry, load_registry
 from broker.service import Broker
 from broker.settings import REPO_POLICIES, Settings
+from tests.rabbitmq_cluster import skip_or_fail
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 TESTVECTORS = SHARED / "testvectors"
@@ -60,13 +62,8 @@ async def broker(env: DemoEnvironment, tmp_path: Path) -> AsyncIterator[Broker]:
 AMQP_URL = os.environ.get("SV_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 
 
-def _amqp_reachable(url: str) -> str | None:
-    import aio_pika
-
-    async def probe() -> None:
-        connection = await aio_pika.connect(url, timeout=5)
-        await connection.close()
-
+def _problem(probe: Callable[[], Coroutine[Any, Any, None]]) -> str | None:
+    """None if ``probe`` connects, else what went wrong."""
     try:
         asyncio.run(probe())
     except Exception as exc:
@@ -74,15 +71,22 @@ def _amqp_reachable(url: str) -> str | None:
     return None
 
 
+def _amqp_reachable(url: str) -> str | None:
+    import aio_pika
+
+    async def probe() -> None:
+        connection = await aio_pika.connect(url, timeout=5)
+        await connection.close()
+
+    return _problem(probe)
+
+
 @pytest.fixture(scope="session")
 def amqp_url() -> str:
     """The real RabbitMQ. Unreachable: skipped on a laptop, a failure in CI (CI=true)."""
     problem = _amqp_reachable(AMQP_URL)
     if problem is not None:
-        message = f"RabbitMQ is not reachable at {AMQP_URL} ({problem}); start it with `rabbitmq-server -detached`"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(message)
-        pytest.skip(message)
+        skip_or_fail(f"RabbitMQ is not reachable at {AMQP_URL} ({problem}); start it with `rabbitmq-server -detached`")
     return AMQP_URL
 
 
@@ -139,11 +143,7 @@ def _pg_reachable(url: str) -> str | None:
         connection = await asyncpg.connect(url, timeout=5)
         await connection.close()
 
-    try:
-        asyncio.run(probe())
-    except Exception as exc:
-        return f"{type(exc).__name__}: {exc}"
-    return None
+    return _problem(probe)
 
 
 @pytest.fixture(scope="session")
@@ -151,13 +151,10 @@ def pg_url() -> str:
     """The real PostgreSQL. Unreachable: skipped on a laptop, a failure in CI (CI=true)."""
     problem = _pg_reachable(PG_URL)
     if problem is not None:
-        message = (
+        skip_or_fail(
             f"PostgreSQL is not reachable at {PG_URL} ({problem}); start it with "
             "`pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`"
         )
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(message)
-        pytest.skip(message)
     return PG_URL
 
 

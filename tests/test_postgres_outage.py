@@ -5,31 +5,20 @@ instead of requeueing them, which would count toward the quorum queue's delivery
 
 from __future__ import annotations
 
-import asyncio
-import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from pathlib import Path
 
-import aio_pika
 import pytest
 
-from adapters.synthetic import SyntheticGenerator
 from broker.demo import prepare_environment
-from broker.pipeline.trail import audit_pages, verify_store
-from broker.policy.loader import load_policy
-from broker.policy.secrets import load_secrets
+from broker.pipeline.trail import verify_store
 from broker.ports.rabbitmq.topology import Names
-from broker.ports.store import AuditQuery
-from broker.ports.stores import store_for
-from broker.registry import load_registry
-from broker.settings import REPO_POLICIES
-from tests.helpers import expected_records
-from tests.test_no_loss_across_hosts import Host
+from tests.helpers import audit_counts, read_store
+from tests.streams import Host, PacedPublisher, entitled, released_counts, signed_bodies, wait_released
 
 EVENTS = 1500
 pytestmark = pytest.mark.timeout(600)
@@ -63,70 +52,21 @@ def test_postgres_restarted_mid_stream_loses_nothing(
         ],
         tmp_path,
     )  # fmt: skip
-    gen = SyntheticGenerator(seed=43)
-    bodies = []
-    for rec in gen.mixed(EVENTS):
-        body = env.signers[rec.partner].sign_bytes(rec.event.EVENT_TYPE, rec.data(), source_key=rec.source_key)
-        bodies.append((f"{rec.partner}.{rec.event.EVENT_TYPE}", body))
-    names = Names(amqp_prefix)
-    confirmed: list[bytes] = []
-    errors: list[BaseException] = []
-
-    async def publish_all() -> None:
-        connection = await aio_pika.connect_robust(amqp_url)
-        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        exchange = await channel.get_exchange(names.ingest_exchange)
-        for i in range(0, len(bodies), 25):
-            chunk = bodies[i : i + 25]
-            await asyncio.gather(
-                *(exchange.publish(aio_pika.Message(b, delivery_mode=2), k, mandatory=True) for k, b in chunk)
-            )
-            confirmed.extend(b for _, b in chunk)
-            await asyncio.sleep(0.08)
-        await connection.close()
-
-    def publisher() -> None:
-        try:
-            asyncio.run(publish_all())
-        except BaseException as exc:
-            errors.append(exc)
-
+    publisher = PacedPublisher(amqp_url, Names(amqp_prefix).ingest_exchange, signed_bodies(env, EVENTS, 43), pause=0.08)
     host.start()
-    thread = threading.Thread(target=publisher)
-    thread.start()
+    publisher.start()
     time.sleep(1.5)
     outage = restart_postgres()  # mid-stream: every connection of the broker is cut
-    thread.join(timeout=300)
-    assert not errors, errors
+    confirmed = publisher.join()
     assert len(confirmed) == EVENTS
 
-    registry = load_registry(REPO_POLICIES, env.keys_dir)
-    policy = load_policy(REPO_POLICIES, registry, load_secrets(env.secrets_file, os.environ))
-    expected = {
-        (json.loads(body)["id"], consumer)
-        for body in confirmed
-        for consumer in expected_records(body, registry, policy)
-    }
+    expected = entitled(env, confirmed)
 
-    async def audit() -> tuple[Counter[tuple[str, str]], Counter[str], bool]:
-        store = store_for(pg_store_url, readonly=True)
-        await store.open()
-        try:
-            released: Counter[tuple[str, str]] = Counter()
-            async for page in audit_pages(store, AuditQuery(kind="released")):
-                released.update((row.message_id or "", row.consumer or "") for row in page)
-            return released, Counter((await store.counts()).audit_by_kind), (await verify_store(store)).ok
-        finally:
-            await store.close()
-
-    deadline = time.monotonic() + 180
-    while True:
-        released, kinds, _ = asyncio.run(audit())
-        if all(released[key] >= 1 for key in expected) or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
+    wait_released(pg_store_url, expected)
     assert host.stop() == 0, host.log_path.read_text()[-2000:]
-    released, kinds, chain_ok = asyncio.run(audit())
+    released = released_counts(pg_store_url)
+    kinds = Counter(audit_counts(pg_store_url))
+    chain_ok = read_store(pg_store_url, verify_store).ok
     lost = [key for key in expected if released[key] == 0]
     doubled = [key for key in expected if released[key] > 1]
     print(
