@@ -348,7 +348,13 @@ async def relay_latency(
 
 async def http_ingest(env: DemoEnvironment, work: Path, count: int) -> tuple[float, float]:
     bodies = [body for _, body in two_consumer_bodies(env, count)]
-    settings = Settings(keys_dir=env.keys_dir, secrets_file=env.secrets_file, data_dir=work / "http", http_port=0)
+    settings = Settings(
+        policy_dir=env.policy_dir,
+        keys_dir=env.keys_dir,
+        secrets_file=env.secrets_file,
+        data_dir=work / "http",
+        http_port=0,
+    )
 
     async def blast(url: str) -> float:
         semaphore = asyncio.Semaphore(64)

@@ -18,7 +18,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from adapters.signer import Signer, generate_keyring
 from adapters.synthetic import SyntheticGenerator
 from broker.audit.chain import ChainReport
 from broker.pipeline.trail import verify_store
+from broker.policy.renewal import Renewal, renewed_copy
 from broker.ports.store import StoreCounts
 from broker.ports.stores import store_for
 from broker.registry import load_registry
@@ -57,6 +58,17 @@ class DemoEnvironment:
     revoked: Signer
     stranger: Signer  # a key the registry has never heard of
     agreement_ids: list[str] = field(default_factory=list)
+    policy_dir: Path = REPO_POLICIES  # a copy of the shipped policies, sample agreements renewed
+    renewals: list[Renewal] = field(default_factory=list)
+
+    def renewal_lines(self) -> list[str]:
+        """What the run changed in the sample agreements, to be said, not hidden."""
+        if not self.renewals:
+            return []
+        return [
+            "The shipped sample agreements would not be in force today (a broker releases nothing under "
+            "an agreement past its review date), so this run uses a copy with their dates moved:"
+        ] + [f"  {r.describe()}" for r in self.renewals]
 
 
 def agreement_ids(policy_dir: Path) -> list[str]:
@@ -69,7 +81,12 @@ def agreement_ids(policy_dir: Path) -> list[str]:
     return ids
 
 
-def prepare_environment(workdir: Path, policy_dir: Path = REPO_POLICIES) -> DemoEnvironment:
+def prepare_environment(workdir: Path, policy_dir: Path = REPO_POLICIES, today: date | None = None) -> DemoEnvironment:
+    # The demo and the tests run on a copy of the policies in which sample agreements that would
+    # not be in force today are renewed (all dates moved together, said in the output): they work
+    # on any date, with the real clock (broker/policy/renewal.py).
+    renewals = renewed_copy(policy_dir, workdir / "policies", today or datetime.now(UTC).date())
+    policy_dir = workdir / "policies"
     keys_dir = workdir / "keys"
     signers = generate_keyring(partner_ids(policy_dir), keys_dir)
     # A second police key, revoked: signatures under it must be refused.
@@ -95,6 +112,8 @@ def prepare_environment(workdir: Path, policy_dir: Path = REPO_POLICIES) -> Demo
         revoked=Signer.create("derbyshire-police", "derbyshire-police-k0", revoked_key),
         stranger=Signer.create("derbyshire-police", "derbyshire-police-k9", Ed25519PrivateKey.generate()),
         agreement_ids=ids,
+        policy_dir=policy_dir,
+        renewals=renewals,
     )
 
 
@@ -232,7 +251,15 @@ async def run_embedded(workdir: Path, events: int, say: Print) -> int:
         f"Generated Ed25519 keys for {len(env.signers)} partners and pseudonym secrets for "
         f"{len(env.agreement_ids)} agreements in {workdir} (nothing from the repository)."
     )
-    settings = Settings(keys_dir=env.keys_dir, secrets_file=env.secrets_file, data_dir=workdir / "var", http_port=0)
+    for line in env.renewal_lines():
+        say(line)
+    settings = Settings(
+        policy_dir=env.policy_dir,
+        keys_dir=env.keys_dir,
+        secrets_file=env.secrets_file,
+        data_dir=workdir / "var",
+        http_port=0,
+    )
     broker = Broker(settings)
     await broker.start()
     try:
@@ -298,7 +325,10 @@ async def run_amqp(workdir: Path, events: int, amqp_url: str, say: Print) -> int
     gen = SyntheticGenerator(seed=int.from_bytes(os.urandom(2), "big"))
     prefix = f"sv-demo-{uuid.uuid4().hex[:8]}"
     names = Names(prefix)
+    for line in env.renewal_lines():
+        say(line)
     settings = Settings(
+        policy_dir=env.policy_dir,
         keys_dir=env.keys_dir,
         secrets_file=env.secrets_file,
         data_dir=workdir / "var",
@@ -321,12 +351,23 @@ async def run_amqp(workdir: Path, events: int, amqp_url: str, say: Print) -> int
         bad = bad_messages(env, gen)
         started = asyncio.get_running_loop().time()
 
+        def bad_route(body: bytes) -> tuple[str, str]:
+            # Each bad message travels under the routing key its envelope claims (as a partner's
+            # adapter would send it), so the demo shows the refusal it was built to show rather
+            # than `routing_key_mismatch`; one that does not parse goes under the police's key.
+            try:
+                doc = json.loads(body)
+                return str(doc["source"]), str(doc["type"])
+            except (ValueError, KeyError, TypeError):
+                return "derbyshire-police", "unknown"
+
         async def publish(partner: str, body: bytes, event_type: str) -> None:
             message = aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
             await exchange.publish(message, f"{partner}.{event_type}", mandatory=True, timeout=30)
 
         await asyncio.gather(*(publish(p, b, json.loads(b)["type"]) for p, b in good))
-        await asyncio.gather(*(publish("derbyshire-police", b, "unknown") for _, b in bad))
+        routes = [bad_route(b) for _, b in bad]
+        await asyncio.gather(*(publish(src, b, kind) for (src, kind), (_, b) in zip(routes, bad, strict=True)))
         say(
             f"Published {len(good) + len(bad)} events with publisher confirms "
             f"in {asyncio.get_running_loop().time() - started:.2f} s"

@@ -53,6 +53,7 @@ class Reason(StrEnum):
     BAD_SIGNATURE = "bad_signature"
     TYPE_NOT_REGISTERED = "type_not_registered"
     PUBLISHER_MISMATCH = "publisher_mismatch"
+    ROUTING_KEY_MISMATCH = "routing_key_mismatch"
     # freshness / replay
     STALE = "stale"
     FROM_THE_FUTURE = "from_the_future"
@@ -161,6 +162,9 @@ REASONS: dict[Reason, ReasonInfo] = {
     Reason.BAD_SIGNATURE: _r("authenticity", 401, "the Ed25519 signature does not verify"),
     Reason.TYPE_NOT_REGISTERED: _r("authenticity", 403, "the partner may not send this event type"),
     Reason.PUBLISHER_MISMATCH: _r("authenticity", 403, "the AMQP user_id is not the envelope's source"),
+    Reason.ROUTING_KEY_MISMATCH: _r(
+        "authenticity", 403, "the AMQP routing key is not <source>.<type> of the envelope it carries"
+    ),
     Reason.STALE: _r("freshness", 400, "the envelope time is older than the freshness window"),
     Reason.FROM_THE_FUTURE: _r("freshness", 400, "the envelope time is ahead of the broker's clock"),
     Reason.REPLAYED: _r("freshness", 400, "the message id was used before for different content"),

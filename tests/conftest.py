@@ -48,7 +48,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> DemoEnvironment:
 @pytest.fixture
 async def broker(env: DemoEnvironment, tmp_path: Path) -> AsyncIterator[Broker]:
     """An embedded broker on a free loopback port with its own store."""
-    settings = Settings(keys_dir=env.keys_dir, secrets_file=env.secrets_file, data_dir=tmp_path, http_port=0)
+    settings = Settings(
+        policy_dir=env.policy_dir, keys_dir=env.keys_dir, secrets_file=env.secrets_file, data_dir=tmp_path, http_port=0
+    )
     instance = Broker(settings)
     await instance.start()
     try:

@@ -127,7 +127,7 @@ class PacedPublisher:
 def entitled(env: DemoEnvironment, confirmed: list[bytes]) -> set[tuple[str, str]]:
     """(message id, consumer) for every release the agreements entitle for these bodies."""
     registry = load_registry(REPO_POLICIES, env.keys_dir)
-    policy = load_policy(REPO_POLICIES, registry, load_secrets(env.secrets_file, os.environ))
+    policy = load_policy(env.policy_dir, registry, load_secrets(env.secrets_file, os.environ))
     return {
         (json.loads(body)["id"], consumer)
         for body in confirmed

@@ -51,6 +51,7 @@ async def start_broker(amqp_url: str, amqp_prefix: str, env: DemoEnvironment, tm
 
     async def start() -> Broker:
         settings = Settings(
+            policy_dir=env.policy_dir,
             keys_dir=env.keys_dir,
             secrets_file=env.secrets_file,
             data_dir=tmp_path / "var",

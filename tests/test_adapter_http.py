@@ -29,7 +29,13 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> DemoEnvironment:
 
 @pytest.fixture
 async def broker(env: DemoEnvironment, tmp_path: Path) -> AsyncIterator[Broker]:
-    settings = Settings(keys_dir=env.keys_dir, secrets_file=env.secrets_file, data_dir=tmp_path / "var", http_port=0)
+    settings = Settings(
+        policy_dir=env.policy_dir,
+        keys_dir=env.keys_dir,
+        secrets_file=env.secrets_file,
+        data_dir=tmp_path / "var",
+        http_port=0,
+    )
     running = Broker(settings)
     await running.start()
     yield running

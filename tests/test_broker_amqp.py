@@ -73,6 +73,7 @@ async def start_broker(amqp_url: str, amqp_prefix: str, env: DemoEnvironment, tm
         decide_fn = overrides.pop("decide_fn", decide)
         user_map = overrides.pop("user_map", {})
         settings = Settings(
+            policy_dir=env.policy_dir,
             keys_dir=env.keys_dir,
             secrets_file=env.secrets_file,
             data_dir=tmp_path,
@@ -182,7 +183,7 @@ async def test_bad_inputs_go_to_quarantine_with_receipts(start_broker: Starter, 
     assert h.broker.pipeline is not None
     cases.append(("replayed", reused))
     for _, body in cases:
-        await h.publish(body, "derbyshire-police.police_sv_offence", user_id="guest")
+        await h.publish(body, own_routing_key(body), user_id="guest")
     await h.publish(first, "derbyshire-police.police_sv_offence", user_id="guest")  # an exact resend
     await h.wait_processed(len(cases) + 2)
 
@@ -204,6 +205,60 @@ async def test_bad_inputs_go_to_quarantine_with_receipts(start_broker: Starter, 
     # nothing released for any bad input: only the first, good message's records exist
     released = audit_entries(h.db, "released")
     assert {e["message_id"] for e in released} == {json.loads(first)["id"]}
+
+
+def own_routing_key(body: bytes) -> str:
+    """The routing key the envelope's own source and type name (as an adapter publishes it)."""
+    try:
+        doc = json.loads(body)
+        return f"{doc['source']}.{doc['type']}"
+    except (ValueError, KeyError, TypeError):
+        return "derbyshire-police.police_sv_offence"
+
+
+async def test_an_envelope_under_a_routing_key_not_its_own_is_refused(
+    start_broker: Starter, env: DemoEnvironment
+) -> None:
+    # The attack: RabbitMQ's topic permissions misconfigured (here: the test's guest account may
+    # write any key), so the police's signed envelopes travel under another partner's routing key,
+    # a made-up one, their own partner with another type, or a key with extra parts.  Each is
+    # refused as `routing_key_mismatch`, quarantined, told to the source, and releases nothing.
+    h = await start_broker(user_map={"guest": "derbyshire-police"})
+    gen = SyntheticGenerator(seed=29)
+    police = env.signers["derbyshire-police"]
+    keys = [
+        "derby-pubwatch.police_sv_offence",
+        "uhdb-royal-derby-ed.ae_assault",
+        "derbyshire-police.ae_assault",
+        "derbyshire-police.police_sv_offence.extra",
+        "made-up.thing",
+        "derbyshire-police",
+        "DERBYSHIRE-POLICE.police_sv_offence",
+    ]
+    bodies = []
+    for key in keys:
+        rec = gen.police_sv_offence()
+        body = police.sign_bytes("police_sv_offence", rec.data(), source_key=rec.source_key)
+        bodies.append(body)
+        await h.publish(body, key, user_id="guest")
+    rec = gen.police_sv_offence()
+    good = police.sign_bytes("police_sv_offence", rec.data(), source_key=rec.source_key)
+    await h.publish(good, "derbyshire-police.police_sv_offence", user_id="guest")
+    await h.wait_processed(len(keys) + 1)
+
+    rejected = audit_entries(h.db, "rejected")
+    assert [e["reason"] for e in rejected] == ["routing_key_mismatch"] * len(keys)
+    assert {e["message_id"] for e in rejected} == {json.loads(b)["id"] for b in bodies}
+    quarantined = await h.drain(h.names.quarantine_queue)
+    assert [(m.headers or {}).get("reason") for m in quarantined] == ["routing_key_mismatch"] * len(keys)
+    released = audit_entries(h.db, "released")
+    assert {e["message_id"] for e in released} == {json.loads(good)["id"]}
+    receipts = [
+        r for m in await h.drain(h.names.receipts_queue("derbyshire-police")) for r in json.loads(m.body)["receipts"]
+    ]
+    assert sorted(r.get("reason", r["status"]) for r in receipts) == sorted(
+        ["routing_key_mismatch"] * len(keys) + ["accepted"]
+    )
 
 
 async def test_poison_message_is_dead_lettered_and_the_rest_flow(start_broker: Starter, env: DemoEnvironment) -> None:
@@ -343,7 +398,10 @@ async def test_a_store_outage_holds_messages_and_dead_letters_none(start_broker:
     police = env.signers["derbyshire-police"]
     for _ in range(10):
         rec = gen.police_sv_offence()
-        await h.publish(police.sign_bytes("police_sv_offence", rec.data(), source_key=rec.source_key), "x.y")
+        await h.publish(
+            police.sign_bytes("police_sv_offence", rec.data(), source_key=rec.source_key),
+            "derbyshire-police.police_sv_offence",
+        )
     await h.wait_processed(10, timeout=30)
     assert h.broker.pipeline is not None
     assert h.broker.pipeline.stats.accepted == 10

@@ -33,7 +33,12 @@ def trail(tmp_path_factory: pytest.TempPathFactory) -> Path:
     work = tmp_path_factory.mktemp("trail")
     env = prepare_environment(work / "env")
     settings = Settings(
-        keys_dir=env.keys_dir, secrets_file=env.secrets_file, data_dir=work / "var", http_port=0, checkpoint_every=10
+        policy_dir=env.policy_dir,
+        keys_dir=env.keys_dir,
+        secrets_file=env.secrets_file,
+        data_dir=work / "var",
+        http_port=0,
+        checkpoint_every=10,
     )
 
     async def run() -> None:

@@ -88,7 +88,8 @@ def test_no_loss_no_double_release_under_sigkill(amqp_url: str, amqp_prefix: str
         [
             sys.executable, "-m", "broker.cli", "serve",
             "--amqp-url", amqp_url, "--amqp-prefix", amqp_prefix,
-            "--data-dir", str(data_dir), "--keys-dir", str(env.keys_dir), "--secrets", str(env.secrets_file),
+            "--data-dir", str(data_dir), "--policy-dir", str(env.policy_dir),
+            "--keys-dir", str(env.keys_dir), "--secrets", str(env.secrets_file),
             "--port", "0", "--no-user-id-check", "--ready-file", str(tmp_path / "ready"), "--log-level", "WARNING",
             "--workers", str(workers),
         ],
@@ -142,7 +143,7 @@ def test_no_loss_no_double_release_under_sigkill(amqp_url: str, amqp_prefix: str
     assert len(confirmed) >= 2000
 
     registry = load_registry(REPO_POLICIES, env.keys_dir)
-    policy = load_policy(REPO_POLICIES, registry, load_secrets(env.secrets_file, os.environ))
+    policy = load_policy(env.policy_dir, registry, load_secrets(env.secrets_file, os.environ))
     expected: dict[tuple[str, str], str] = {}  # (message id, consumer) -> expected record data
     ids = []
     for body in confirmed:

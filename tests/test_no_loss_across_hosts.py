@@ -65,7 +65,8 @@ def test_no_loss_across_hosts_under_sigkill(amqp_url: str, amqp_prefix: str, pg_
     common = [
         sys.executable, "-m", "broker.cli", "serve",
         "--amqp-url", amqp_url, "--amqp-prefix", amqp_prefix, "--store", pg_store_url,
-        "--keys-dir", str(env.keys_dir), "--secrets", str(env.secrets_file), "--broker-key", str(broker_key),
+        "--policy-dir", str(env.policy_dir), "--keys-dir", str(env.keys_dir),
+        "--secrets", str(env.secrets_file), "--broker-key", str(broker_key),
         "--port", "0", "--no-user-id-check", "--log-level", "WARNING",
         "--checkpoint-every", "50", "--checkpoint-interval", "1",
     ]  # fmt: skip

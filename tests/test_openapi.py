@@ -35,7 +35,11 @@ class RunningBroker:
     def __init__(self, work: Path) -> None:
         env = prepare_environment(work / "env")
         self.settings = Settings(
-            keys_dir=env.keys_dir, secrets_file=env.secrets_file, data_dir=work / "var", http_port=0
+            policy_dir=env.policy_dir,
+            keys_dir=env.keys_dir,
+            secrets_file=env.secrets_file,
+            data_dir=work / "var",
+            http_port=0,
         )
         self.broker = Broker(self.settings)
         self.loop = asyncio.new_event_loop()

@@ -47,7 +47,7 @@ def test_postgres_restarted_mid_stream_loses_nothing(
         [
             sys.executable, "-m", "broker.cli", "serve",
             "--amqp-url", amqp_url, "--amqp-prefix", amqp_prefix, "--store", pg_store_url,
-            "--keys-dir", str(env.keys_dir), "--secrets", str(env.secrets_file),
+            "--policy-dir", str(env.policy_dir), "--keys-dir", str(env.keys_dir), "--secrets", str(env.secrets_file),
             "--port", "0", "--no-user-id-check", "--log-level", "WARNING",
         ],
         tmp_path,

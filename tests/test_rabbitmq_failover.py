@@ -38,7 +38,7 @@ def test_the_broker_carries_on_when_its_node_is_lost(cluster: Cluster, tmp_path:
         [
             sys.executable, "-m", "broker.cli", "serve",
             "--amqp-url", ",".join(cluster.urls), "--amqp-prefix", prefix,
-            "--keys-dir", str(env.keys_dir), "--secrets", str(env.secrets_file),
+            "--policy-dir", str(env.policy_dir), "--keys-dir", str(env.keys_dir), "--secrets", str(env.secrets_file),
             "--port", "0", "--no-user-id-check", "--log-level", "INFO",
         ],
         tmp_path,

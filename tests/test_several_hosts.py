@@ -52,6 +52,7 @@ async def hosts(env: DemoEnvironment, tmp_path: Path, pg_store_url: str) -> Asyn
     brokers = []
     for name in ("host-a", "host-b"):
         settings = Settings(
+            policy_dir=env.policy_dir,
             keys_dir=env.keys_dir,
             secrets_file=env.secrets_file,
             data_dir=tmp_path / name,

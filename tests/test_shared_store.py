@@ -33,8 +33,10 @@ class BlindStore(SqliteStore):
 async def pipelines_on(env: DemoEnvironment, tmp_path: Path, stores: list[SqliteStore]) -> list[Pipeline]:
     """One pipeline per store, as in separate broker processes sharing ``broker.db``."""
     registry = load_registry(REPO_POLICIES, env.keys_dir)
-    policy = load_policy(REPO_POLICIES, registry, load_secrets(env.secrets_file, os.environ))
-    settings = Settings(keys_dir=env.keys_dir, secrets_file=env.secrets_file, data_dir=tmp_path)
+    policy = load_policy(env.policy_dir, registry, load_secrets(env.secrets_file, os.environ))
+    settings = Settings(
+        policy_dir=env.policy_dir, keys_dir=env.keys_dir, secrets_file=env.secrets_file, data_dir=tmp_path
+    )
     for store in stores:
         await store.open()
     return [Pipeline(settings, registry, policy, store, StoreDelivery()) for store in stores]

@@ -136,6 +136,30 @@ def test_publisher_mismatch_even_when_the_publisher_has_no_key_for_it(world: Wor
     rejected(signed(world.signers[ED]), world.registry, Reason.PUBLISHER_MISMATCH, "source", publisher="derbyshire-vru")
 
 
+@pytest.mark.parametrize(
+    "routing_key",
+    [
+        "derbyshire-police.ae_assault",  # another partner's key
+        f"{ED}.police_sv_offence",  # its own partner, another type
+        f"{ED}.ae_assault.x",  # extra parts
+        f"{ED}",  # no type
+        "",  # nothing at all
+        f"{ED.upper()}.ae_assault",  # case is not folded
+        f"{ED}.ae_assault ",  # nor is whitespace trimmed
+        f"{ED}.ae_аssault",  # Cyrillic a: looks the same, is not
+    ],
+)
+def test_routing_key_that_is_not_source_and_type_is_refused(world: World, routing_key: str) -> None:
+    exc = rejected(
+        signed(world.signers[ED]), world.registry, Reason.ROUTING_KEY_MISMATCH, "source", routing_key=routing_key
+    )
+    assert f"{ED}.ae_assault" in exc.message
+
+
+def test_routing_key_of_its_own_source_and_type_passes(world: World) -> None:
+    verify(signed(world.signers[ED]), world.registry, routing_key=f"{ED}.ae_assault")
+
+
 # --- key state ------------------------------------------------------------------------------------
 
 

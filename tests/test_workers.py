@@ -19,7 +19,13 @@ from broker.workers import WorkerSpec
 
 
 def settings(env: DemoEnvironment, tmp_path: Path, amqp_url: str | None = None) -> Settings:
-    return Settings(keys_dir=env.keys_dir, secrets_file=env.secrets_file, data_dir=tmp_path, amqp_url=amqp_url)
+    return Settings(
+        policy_dir=env.policy_dir,
+        keys_dir=env.keys_dir,
+        secrets_file=env.secrets_file,
+        data_dir=tmp_path,
+        amqp_url=amqp_url,
+    )
 
 
 async def test_a_worker_refuses_a_configuration_changed_since_the_primary_started(
@@ -36,7 +42,16 @@ async def test_a_worker_needs_rabbitmq(env: DemoEnvironment, tmp_path: Path) -> 
 
 
 def test_workers_need_rabbitmq_and_a_positive_count(env: DemoEnvironment, tmp_path: Path) -> None:
-    common = [sys.executable, "-m", "broker.cli", "serve", "--keys-dir", str(env.keys_dir)]
+    common = [
+        sys.executable,
+        "-m",
+        "broker.cli",
+        "serve",
+        "--policy-dir",
+        str(env.policy_dir),
+        "--keys-dir",
+        str(env.keys_dir),
+    ]
     common += ["--secrets", str(env.secrets_file), "--data-dir", str(tmp_path), "--port", "0"]
     embedded = subprocess.run([*common, "--workers", "2"], capture_output=True, text=True, timeout=60, check=False)
     assert embedded.returncode == 2
@@ -60,11 +75,27 @@ def test_a_worker_process_reports_a_refusal_and_exits_2(env: DemoEnvironment, tm
 
 async def test_one_primary_per_store(broker: Broker, env: DemoEnvironment) -> None:
     data_dir = broker.settings.data_dir
-    second = Broker(Settings(keys_dir=env.keys_dir, secrets_file=env.secrets_file, data_dir=data_dir, http_port=0))
+    second = Broker(
+        Settings(
+            policy_dir=env.policy_dir,
+            keys_dir=env.keys_dir,
+            secrets_file=env.secrets_file,
+            data_dir=data_dir,
+            http_port=0,
+        )
+    )
     with pytest.raises(StartupError, match=f"in use by a running broker \\(pid {os.getpid()}\\)"):
         await second.start()
     await broker.stop()  # releases it (as a crash would: the kernel drops the lock with the process)
-    third = Broker(Settings(keys_dir=env.keys_dir, secrets_file=env.secrets_file, data_dir=data_dir, http_port=0))
+    third = Broker(
+        Settings(
+            policy_dir=env.policy_dir,
+            keys_dir=env.keys_dir,
+            secrets_file=env.secrets_file,
+            data_dir=data_dir,
+            http_port=0,
+        )
+    )
     await third.start()
     await third.stop()
     await broker.start()  # the fixture stops it again

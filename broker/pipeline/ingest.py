@@ -261,7 +261,7 @@ class Pipeline:
         received: Received | None = None
         try:
             received = parse(inbound.body, max_bytes=self.settings.max_body_bytes, now=now)
-            verified = verify(received, self.registry, publisher=inbound.publisher)
+            verified = verify(received, self.registry, publisher=inbound.publisher, routing_key=inbound.routing_key)
             fresh = check_freshness(verified, now, self.settings.freshness)
             return validate(fresh)
         except ContractError as exc:

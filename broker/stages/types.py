@@ -24,6 +24,7 @@ class Inbound:
     body: bytes
     publisher: str | None = None  # partner id the transport authenticated (AMQP user_id), if any
     route_partner: str | None = None  # partner named by the routing key, for receipts of unparseable input
+    routing_key: str | None = None  # the AMQP routing key it was published under (None over HTTP)
     redelivered: bool = False
     transport: str = "http"
 

@@ -6,13 +6,17 @@ from broker.registry import Registry
 from broker.stages.types import Received, Verified
 from schemas.errors import ContractError, Reason
 from schemas.signing import b64u_decode, verify_raw
+from schemas.topology import ingest_routing_key
 
 
-def verify(received: Received, registry: Registry, *, publisher: str | None = None) -> Verified:
+def verify(
+    received: Received, registry: Registry, *, publisher: str | None = None, routing_key: str | None = None
+) -> Verified:
     """Verify ``received`` against the registry.
 
     ``publisher`` is the transport-authenticated account (the AMQP ``user_id`` that RabbitMQ
-    checked against the connection's login), when there is one.
+    checked against the connection's login), when there is one; ``routing_key`` the AMQP routing
+    key the message was published under (``None`` over HTTP, where there is none).
     """
     env = received.envelope
     partner = registry.partners.get(env.source)
@@ -25,6 +29,18 @@ def verify(received: Received, registry: Registry, *, publisher: str | None = No
         raise ContractError(
             Reason.PUBLISHER_MISMATCH,
             f"The message was published by {who}, not by the envelope's source.",
+            field="source",
+        )
+    if routing_key is not None and routing_key != ingest_routing_key(env.source, env.type):
+        # Threat: RabbitMQ's topic permissions are what keep a partner's login to its own routing
+        # keys; if they are misconfigured (or an operator account publishes), an envelope could
+        # travel under another partner's key or a made-up one, and anything that routes, meters or
+        # alerts by routing key would be misled.  Defence in depth: the key must name exactly the
+        # envelope's own source and type.
+        raise ContractError(
+            Reason.ROUTING_KEY_MISMATCH,
+            f"The message was published under routing key {routing_key[:100]!r}, "
+            f"not {ingest_routing_key(env.source, env.type)!r} as its source and type require.",
             field="source",
         )
     key = registry.key(env.keyid)

@@ -104,11 +104,13 @@ class AmqpIngest:
         publisher: str | None = None
         if self.settings.check_user_id:
             publisher = self.user_map.get(user_id, user_id) if user_id else NO_USER_ID
-        route = (getattr(message.delivery, "routing_key", None) or "").split(".", 1)[0]
+        routing_key = getattr(message.delivery, "routing_key", None) or ""
+        route = routing_key.split(".", 1)[0]
         return Inbound(
             body=message.body,
             publisher=publisher,
             route_partner=route if route in self.registry.partners else None,
+            routing_key=routing_key,
             redelivered=bool(getattr(message.delivery, "redelivered", False)),
             transport="amqp",
         )
