@@ -11,22 +11,71 @@ steps 1-3 and 5; this module writes 4.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import hashlib
+import re
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from broker.audit import entries
+from broker.audit.chain import Kind
 from broker.auth.tokens import Principal
 from broker.ports.store import CommitUnit, Store
 from schemas.errors import Reason
 
+# Values a caller may put in a path or query string that the audit keeps as they are: the shapes
+# of the broker's own identifiers and of times.  Anything else is recorded as a digest.
+_SAFE_SHAPES = re.compile(
+    r"rec-[0-9a-f]{32}"  # record ids
+    r"|[a-z0-9][a-z0-9-]{0,63}:[0-9a-f]{32}"  # message ids
+    r"|[0-9]{4}-[0-9]{2}-[0-9]{2}(?:[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,9})?)?(?:Z|[+-][0-9]{2}:[0-9]{2})?)?"
+    r"|[0-9]{1,19}",  # cursors, limits, sequence numbers
+    re.ASCII,
+)
+_FIXED_WORDS = frozenset({"csv", "jsonl", "json", "true", "false", "asc", "desc"}) | {k.value for k in Kind}
+
+
+def screened(value: Any, known: frozenset[str]) -> Any:
+    """``value`` as the audit may keep it.  Pure.
+
+    Threat: the access audit records what a caller asked for (the consumer in the path, the
+    record id to trace, the filters of a query), and the caller chooses those strings. Kept
+    verbatim, a hostile or careless client could write personal data (or anything else) into a
+    trail that is kept for years and cannot be edited.  So a caller-supplied string is kept only
+    when it is one of the broker's own names (``known``: partners, consumers, agreements), has
+    the shape of one of its identifiers or of a time, or is a fixed word; otherwise the entry
+    holds its SHA-256 and length, which an IG lead who knows the value can still match.
+    """
+    if value is None or isinstance(value, bool | int):
+        return value
+    if isinstance(value, str):
+        if value in known or value in _FIXED_WORDS or _SAFE_SHAPES.fullmatch(value):
+            return value
+        digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
+        return {"untrusted_sha256": digest, "length": len(value)}
+    if isinstance(value, Mapping):
+        # keys are the broker's own (the handlers name them); only the values came from the caller
+        return {str(k): screened(v, known) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [screened(v, known) for v in value]
+    return screened(str(value), known)
+
 
 class AccessAudit:
-    def __init__(self, store: Store) -> None:
+    """Writes the access entries; every caller-supplied value in them is screened first.
+
+    ``route`` is the route's template (``/v1/feeds/{consumer}/records``), never the concrete path:
+    the path holds what the caller typed (``broker.transports.http_access.route_of``)."""
+
+    def __init__(self, store: Store, known: Iterable[str] = ()) -> None:
         self.store = store
+        self.known = frozenset(known)
 
     async def denied(self, route: str, status: int, reason: Reason, details: Mapping[str, Any] | None = None) -> None:
-        await self.store.commit(CommitUnit(drafts=[entries.access_denied(route, status, reason, details)]))
+        draft = entries.access_denied(
+            route, status, reason, screened(dict(details or {}), self.known) if details else None
+        )
+        await self.store.commit(CommitUnit(drafts=[draft]))
 
     async def read(self, principal: Principal, resource: str, route: str, details: Mapping[str, Any]) -> None:
-        draft = entries.accessed(principal.sub, principal.role, resource, route, details)
+        draft = entries.accessed(principal.sub, principal.role, resource, route, screened(dict(details), self.known))
         await self.store.commit(CommitUnit(drafts=[draft]))
