@@ -26,7 +26,7 @@ import structlog
 # Loggers of code that is not ours whose records reach stderr. Their message templates are fixed
 # strings in the library, their arguments (a peer address, a request line, a repr of a task with
 # its arguments) are not ours to vouch for.
-_FOREIGN_FIXED_EVENTS = {"asyncio": "asyncio_error"}
+_FOREIGN_FIXED_EVENTS = {"asyncio": "asyncio_record"}
 _MAX_EVENT_CHARS = 120
 
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
