@@ -93,7 +93,7 @@ async def raw(url: str, data: bytes, read: int | None = None, linger: float = 0.
         writer.transport.abort()  # a client vanishing, not a polite close
 
 
-async def traffic(serve: ServeProcess, env: DemoEnvironment, canary: str) -> None:
+async def traffic(serve: ServeProcess, env: DemoEnvironment, canary: str) -> list[str]:
     url = serve.url
     analyst = serve.token("analyst", "derbyshire-police-licensing")
     ig = serve.token("ig")
@@ -184,14 +184,16 @@ async def traffic(serve: ServeProcess, env: DemoEnvironment, canary: str) -> Non
         read=0,
     )  # fmt: skip
     await asyncio.sleep(1.0)  # the stream's next write finds the connection gone
+    return [analyst, ig]
 
 
 def test_every_log_line_is_json_and_holds_no_request_data(env: DemoEnvironment, tmp_path: Path) -> None:
     canary = "cnry" + secrets.token_hex(8)
     serve = ServeProcess(env, tmp_path)
     serve.start()
+    tokens: list[str] = []
     try:
-        asyncio.run(traffic(serve, env, canary))
+        tokens = asyncio.run(traffic(serve, env, canary))
     finally:
         output = serve.stop()
     lines = [line for line in output.splitlines() if line.strip()]
@@ -207,6 +209,8 @@ def test_every_log_line_is_json_and_holds_no_request_data(env: DemoEnvironment, 
             not_json.append(line)
     assert not_json == [], "\n".join(not_json[:20])
     assert canary not in output
+    assert tokens
+    assert all(tok.split(".")[1] not in output and tok.split(".")[2] not in output for tok in tokens)
     assert canary.upper() not in output.upper()
     events = [json.loads(line) for line in lines]
     access = [e for e in events if e["event"] == "http_request"]

@@ -131,6 +131,11 @@ def runner_options(header_timeout: float, body_timeout: float, max_field_size: i
     refused unaudited by the parser. ``lingering_time``: after an answer to a request whose body
     was not read (a 408, a 413), aiohttp reads and discards the rest for this long so the client
     sees the answer; bounded by the body timeout, so a stalled client is not held 10 s more."""
+    if not 0 < header_timeout <= 3600 or not 0 < body_timeout <= 3600:
+        # 0 would switch aiohttp's timer off (no header timeout at all), not make it immediate.
+        raise ValueError("http_header_timeout and http_body_timeout must be more than 0 and at most 3600 seconds")
+    if max_field_size < 8190:
+        raise ValueError("http_max_field_size must be at least aiohttp's default of 8190 bytes")
     return {
         "keepalive_timeout": header_timeout,
         "lingering_time": min(10.0, body_timeout),
