@@ -51,6 +51,9 @@ from broker.service import Broker
 from broker.settings import Settings
 from schemas.envelope import encode, format_time
 
+# HTTP ingest takes JSON only (415 otherwise).
+JSON = {"Content-Type": "application/json"}
+
 PERSISTENT = aio_pika.DeliveryMode.PERSISTENT
 QUORUM: dict[str, Any] = {"x-queue-type": "quorum"}
 
@@ -361,7 +364,7 @@ async def http_ingest(env: DemoEnvironment, work: Path, count: int) -> tuple[flo
         async with aiohttp.ClientSession() as session:
 
             async def post(body: bytes) -> None:
-                async with semaphore, session.post(url, data=body) as resp:
+                async with semaphore, session.post(url, data=body, headers=JSON) as resp:
                     await resp.read()
                     assert resp.status in (200, 202), resp.status
 

@@ -45,7 +45,7 @@ from broker.transports import http_access, http_audit, http_feeds, http_metrics
 from broker.transports.amqp_dead_letters import DeadLetterConsumer
 from broker.transports.amqp_ingest import AmqpIngest
 from broker.transports.http_access import AccessContext, agreement_summaries
-from broker.transports.http_app import build_app
+from broker.transports.http_app import build_app, runner_options
 from broker.workers import WorkerPool, WorkerSpec
 from schemas.errors import Unavailable
 
@@ -220,12 +220,15 @@ class Broker:
             checkpoint_keys={kid: private_key.public_key()},
             clock=self.clock,
             warn_within=settings.warn_within,
+            max_authorization=settings.http_max_authorization,
         )
         http_access.add_routes(app, self.access)
         http_feeds.add_routes(app)
         http_audit.add_routes(app)
         http_metrics.add_routes(app, self._scrape)
-        self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=10)
+        # Slow clients, oversized headers and the access log (issue 11 items 8, 9, 12): see runner_options.
+        options = runner_options(settings.http_header_timeout, settings.http_body_timeout, settings.http_max_field_size)
+        self.runner = web.AppRunner(app, shutdown_timeout=10, **options)
         await self.runner.setup()
         site = web.TCPSite(self.runner, settings.http_host, settings.http_port)
         await site.start()

@@ -35,6 +35,17 @@ class Settings:
     # HTTP
     http_host: str = "127.0.0.1"
     http_port: int = 8080
+    # HTTP limits against slow and oversized clients (issue 11 items 8 and 9), in one block.
+    # The request line and headers must arrive within this many seconds of the connection opening
+    # (or of the previous response): aiohttp's keep-alive timer also closes a half-sent header block.
+    http_header_timeout: float = 10.0
+    # The whole body of a POST must arrive within this many seconds (a stalled chunked body).
+    http_body_timeout: float = 30.0
+    # Largest header line aiohttp parses; above it the parser answers 400 before any route runs.
+    # Kept above the Authorization limit so an oversized token is refused (401) and audited.
+    http_max_field_size: int = 32 * 1024
+    # Largest Authorization header the read API looks at (a bound on unauthenticated work).
+    http_max_authorization: int = 8 * 1024
     # tokens and checkpoints
     broker_key_file: Path | None = None  # default: data_dir / "broker-key.pem"
     token_jwks_file: Path | None = None  # an identity provider's public keys, besides the broker's own

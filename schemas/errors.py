@@ -110,6 +110,9 @@ class Reason(StrEnum):
     NOT_FOUND = "not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
     HTTP_ERROR = "http_error"
+    # HTTP transport: ingest media type, slow clients (issue 11 items 5 and 9)
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    REQUEST_TIMEOUT = "request_timeout"
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +215,11 @@ REASONS: dict[Reason, ReasonInfo] = {
     Reason.NOT_FOUND: _r("request", 404, "no such route"),
     Reason.METHOD_NOT_ALLOWED: _r("request", 405, "the route does not take this method"),
     Reason.HTTP_ERROR: _r("request", 400, "any other HTTP-level refusal"),
+    # HTTP transport: ingest media type, slow clients (issue 11 items 5 and 9)
+    Reason.UNSUPPORTED_MEDIA_TYPE: _r(
+        "request", 415, "HTTP ingest takes application/json or application/cloudevents+json (UTF-8) only"
+    ),
+    Reason.REQUEST_TIMEOUT: _r("request", 408, "the request body did not arrive within the read timeout"),
 }
 
 

@@ -16,6 +16,9 @@ from broker.service import Broker
 from schemas import envelope
 from tests.helpers import audit_entries, expected_records, quarantined, stored_records
 
+# HTTP ingest takes JSON only (415 otherwise).
+JSON = {"Content-Type": "application/json"}
+
 EVENT_PARTNERS = [
     ("ae_assault", "uhdb-royal-derby-ed"),
     ("ae_assault", "crh-chesterfield-ed"),
@@ -28,7 +31,10 @@ EVENT_PARTNERS = [
 
 
 async def post(broker: Broker, body: bytes) -> tuple[int, dict[str, Any]]:
-    async with aiohttp.ClientSession() as session, session.post(f"{broker.url}/v1/events", data=body) as resp:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{broker.url}/v1/events", data=body, headers=JSON) as resp,
+    ):
         return resp.status, await resp.json()
 
 

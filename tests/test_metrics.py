@@ -13,6 +13,9 @@ from adapters.synthetic import SyntheticGenerator
 from broker.demo import DemoEnvironment
 from broker.service import Broker
 
+# HTTP ingest takes JSON only (415 otherwise).
+JSON = {"Content-Type": "application/json"}
+
 CANARY = "CANARY-7f3a9c"
 
 
@@ -40,14 +43,14 @@ async def test_metrics_count_what_happened_and_never_hold_a_payload_value(broker
         for i in range(20):
             data = gen.nte_incident("derby-pubwatch").data() | {"premises_name": f"{CANARY} bar {i}"}
             body = signer.sign_bytes("nte_incident", data, source_key=f"{CANARY}-{i}")
-            async with session.post(broker.url + "/v1/events", data=body) as resp:
+            async with session.post(broker.url + "/v1/events", data=body, headers=JSON) as resp:
                 assert resp.status == 202, await resp.text()
                 released += (await resp.json())["records"]
             if i == 0:  # the same event again: a duplicate
-                async with session.post(broker.url + "/v1/events", data=body) as resp:
+                async with session.post(broker.url + "/v1/events", data=body, headers=JSON) as resp:
                     assert resp.status == 200
         bad = json.dumps({"type": CANARY, "payload": {"x": CANARY}}).encode()
-        async with session.post(broker.url + "/v1/events", data=bad) as resp:
+        async with session.post(broker.url + "/v1/events", data=bad, headers=JSON) as resp:
             assert resp.status == 400
             reason = (await resp.json())["reason"]
 

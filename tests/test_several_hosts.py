@@ -30,6 +30,9 @@ from broker.ports.stores import store_for
 from broker.service import LEADER_ROLE, Broker
 from broker.settings import Settings
 
+# HTTP ingest takes JSON only (415 otherwise).
+JSON = {"Content-Type": "application/json"}
+
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.timeout(180)
 
@@ -94,7 +97,7 @@ async def post_events(broker: Broker, env: DemoEnvironment, count: int, seed: in
         for _ in range(count):
             rec = gen.nte_incident("derby-pubwatch")
             body = env.signers["derby-pubwatch"].sign_bytes("nte_incident", rec.data(), source_key=rec.source_key)
-            async with session.post(broker.url + "/v1/events", data=body) as resp:
+            async with session.post(broker.url + "/v1/events", data=body, headers=JSON) as resp:
                 assert resp.status == 202, await resp.text()
 
 

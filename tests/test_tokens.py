@@ -381,3 +381,49 @@ def test_token_help_works(path: list[str], capsys: pytest.CaptureFixture[str]) -
         main([*path, "--help"])
     assert caught.value.code == 0
     assert "usage: sv-broker token" in capsys.readouterr().out
+
+
+# -- issue 11 items 7 and 8: strict claims, and no time value a verifier cannot represent ----------
+def _signed_raw_claims(claims_json: bytes) -> str:
+    head = b64u_encode(json.dumps({"alg": "EdDSA", "typ": "at+jwt", "kid": KID}).encode())
+    signing_input = f"{head}.{b64u_encode(claims_json)}"
+    return f"{signing_input}.{b64u_encode(KEY.sign(signing_input.encode()))}"
+
+
+NUMERIC_LITERALS = [
+    "0", "-0", "1", "-1", "1e12", "1e300", "-1e300", "1e308", "1.7976931348623157e308", "5e-324", "-5e-324",
+    "253402300799", "253402300800", "9007199254740991", "-9007199254740991", "9007199254740992",
+    "1" + "0" * 30, "9" * 5000, "0.5", "1e-400", "true", "false", "null", '"1"', "[]", "{}",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("claim", ["exp", "iat", "nbf"])
+@pytest.mark.parametrize("literal", NUMERIC_LITERALS)
+def test_any_time_claim_value_is_accepted_or_refused_never_a_crash(claim: str, literal: str) -> None:
+    # The attack: exp 1e12 / 1e300 (or nbf, iat, negative, huge) overflowed datetime: a 500 with no
+    # access_denied entry on every protected route. Each value must verify or raise AuthError.
+    now = int(T0.timestamp())
+    claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": "a@example.org", "role": "ig", "iat": now, "exp": now + 600}
+    rest = {k: v for k, v in claims.items() if k != claim}
+    raw = json.dumps(rest, separators=(",", ":")).encode()[:-1] + f',"{claim}":{literal}}}'.encode()
+    outcome: Principal | AuthError
+    try:
+        outcome = verifier(T0).verify(_signed_raw_claims(raw))
+    except AuthError as exc:
+        outcome = exc
+    if isinstance(outcome, AuthError):
+        assert REASONS[outcome.reason].status == 401
+    else:
+        assert outcome.expires_at is not None
+
+
+def test_duplicate_consumer_claim_is_refused_not_last_wins() -> None:
+    now = int(T0.timestamp())
+    raw = (
+        b'{"iss":"%s","aud":"%s","sub":"a@example.org","role":"analyst","iat":%d,"exp":%d,'
+        b'"consumer":"derby-csp-analysts","consumer":"derbyshire-vru"}'
+        % (ISSUER.encode(), AUDIENCE.encode(), now, now + 600)
+    )
+    with pytest.raises(AuthError) as caught:
+        verifier(T0).verify(_signed_raw_claims(raw))
+    assert caught.value.reason is Reason.TOKEN_MALFORMED

@@ -32,9 +32,9 @@ def _json(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode()
 
 
-def _compact(header: dict[str, Any] | bytes, claims: dict[str, Any], sign: Signer | None) -> str:
+def _compact(header: dict[str, Any] | bytes, claims: dict[str, Any] | bytes, sign: Signer | None) -> str:
     head = _b64u(header if isinstance(header, bytes) else _json(header))
-    signing_input = f"{head}.{_b64u(_json(claims))}"
+    signing_input = f"{head}.{_b64u(claims if isinstance(claims, bytes) else _json(claims))}"
     signature = sign(signing_input.encode("ascii")) if sign is not None else b""
     return f"{signing_input}.{_b64u(signature)}"
 
@@ -86,6 +86,19 @@ def attack_tokens(
     valid = _compact(header, claims, ours)
     head, body, sig = valid.split(".")
     tampered_body = _b64u(_json({**claims, "sub": "someone-else@example.org"}))
+
+    def dup(name: str, first: Any, second: Any, base: dict[str, Any] | None = None) -> bytes:
+        # A payload naming one claim twice, validly signed: "last wins" in json.loads (issue 11 item 7).
+        rest = {k: v for k, v in (base or claims).items() if k != name}
+        return _json(rest)[:-1] + b"," + _json({name: first})[1:-1] + b"," + _json({name: second})[1:]
+
+    analyst = {**claims, "role": "analyst", "consumer": "derby-csp-analysts"}
+
+    def raw_claims(**literals: str) -> bytes:
+        # Claims whose JSON literal we write by hand (1e300, huge integers, -0, nulls).
+        rest = {k: v for k, v in claims.items() if k not in literals}
+        extra = ",".join(f'"{k}":{v}' for k, v in literals.items())
+        return _json(rest)[:-1] + b"," + extra.encode() + b"}"
 
     cases: list[tuple[str, str, str]] = [
         # -- algorithm: pinned to EdDSA [RFC 8725 2.1, 3.1]
@@ -182,6 +195,55 @@ def attack_tokens(
             _compact(header, with_claims(role="ig", consumer="derby-csp-analysts"), ours),
             "token_bad_role",
         ),
+        # -- duplicate claims: the payload is parsed as strictly as the header (issue 11 item 7)
+        (
+            "duplicate_consumer_csp_then_vru",
+            _compact(header, dup("consumer", "derby-csp-analysts", "derbyshire-vru", analyst), ours),
+            "token_malformed",
+        ),
+        ("duplicate_role", _compact(header, dup("role", "analyst", "admin"), ours), "token_malformed"),
+        ("duplicate_exp", _compact(header, dup("exp", now - 3600, now + 3600), ours), "token_malformed"),
+        ("duplicate_sub", _compact(header, dup("sub", "a@example.org", "b@example.org"), ours), "token_malformed"),
+        ("duplicate_iss", _compact(header, dup("iss", issuer, issuer), ours), "token_malformed"),
+        # -- claims of the wrong type
+        ("exp_null", _compact(header, {**claims, "exp": None}, ours), "token_missing_claim"),
+        ("exp_true", _compact(header, with_claims(exp=True), ours), "token_malformed"),
+        ("exp_string_number", _compact(header, with_claims(exp=str(now + 600)), ours), "token_malformed"),
+        ("iat_null", _compact(header, {**claims, "iat": None}, ours), "token_missing_claim"),
+        ("nbf_false", _compact(header, with_claims(nbf=False), ours), "token_malformed"),
+        ("iss_list", _compact(header, with_claims(iss=[issuer]), ours), "token_bad_issuer"),
+        ("iss_number", _compact(header, with_claims(iss=7), ours), "token_bad_issuer"),
+        ("aud_number", _compact(header, with_claims(aud=7), ours), "token_bad_audience"),
+        ("sub_empty", _compact(header, with_claims(sub=""), ours), "token_missing_claim"),
+        ("sub_blank", _compact(header, with_claims(sub="   "), ours), "token_missing_claim"),
+        ("sub_multi_line", _compact(header, with_claims(sub="a@example.org\nforged"), ours), "token_malformed"),
+        ("sub_control_char", _compact(header, with_claims(sub="a@example.org\x1b[2J"), ours), "token_malformed"),
+        ("sub_line_separator", _compact(header, with_claims(sub="a\u2028b"), ours), "token_malformed"),
+        ("sub_list", _compact(header, with_claims(sub=["a", "b"]), ours), "token_malformed"),
+        ("role_number", _compact(header, with_claims(role=1), ours), "token_bad_role"),
+        ("role_list", _compact(header, with_claims(role=["admin"]), ours), "token_bad_role"),
+        (
+            "consumer_number",
+            _compact(header, with_claims(role="analyst", consumer=7), ours),
+            "token_consumer_required",
+        ),
+        ("jti_object", _compact(header, with_claims(jti={"a": 1}), ours), "token_malformed"),
+        # -- out-of-range times: a datetime overflow was a 500 (issue 11 item 8)
+        ("exp_1e12", _compact(header, raw_claims(exp="1e12"), ours), "token_malformed"),
+        ("exp_1e300", _compact(header, raw_claims(exp="1e300"), ours), "token_malformed"),
+        ("exp_1e999_infinity", _compact(header, raw_claims(exp="1e999"), ours), "token_malformed"),
+        ("exp_int_1e12", _compact(header, raw_claims(exp="1000000000000"), ours), "token_malformed"),
+        ("exp_beyond_2_53", _compact(header, raw_claims(exp="9007199254740993"), ours), "token_malformed"),
+        ("exp_huge_int", _compact(header, raw_claims(exp="9" * 400), ours), "token_malformed"),
+        ("exp_negative", _compact(header, raw_claims(exp="-1"), ours), "token_malformed"),
+        ("exp_negative_huge", _compact(header, raw_claims(exp="-1e300"), ours), "token_malformed"),
+        ("exp_nan", _compact(header, raw_claims(exp="NaN"), ours), "token_malformed"),
+        ("iat_1e300", _compact(header, raw_claims(iat="1e300"), ours), "token_malformed"),
+        ("iat_negative_huge", _compact(header, raw_claims(iat="-99999999999999"), ours), "token_malformed"),
+        ("nbf_1e300", _compact(header, raw_claims(nbf="1e300"), ours), "token_malformed"),
+        ("nbf_negative_1e300", _compact(header, raw_claims(nbf="-1e300"), ours), "token_malformed"),
+        ("payload_not_json", f"{head}.{_b64u(b'not json')}.{sig}", "token_malformed"),
+        ("payload_trailing_data", _compact(header, _json(claims) + b"{}", ours), "token_malformed"),
         # -- malformed
         ("empty", "", "token_missing"),
         ("not_a_jwt", "not-a-token", "token_malformed"),

@@ -49,7 +49,13 @@ FORBIDDEN_HEADERS = ("jku", "x5u", "jwk", "x5c", "crit", "b64")
 _KID_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _MAX_TOKEN_CHARS = 8192  # a bound on work done for an unauthenticated request
 _MAX_HEADER_BYTES = 1024
+_MAX_PAYLOAD_BYTES = 6144  # within _MAX_TOKEN_CHARS once base64url-encoded
 _MAX_TEXT_CLAIM = 256
+# NumericDate bounds: 1970-01-01 to 9999-12-31T23:59:59Z. A value outside them (1e12, 1e300,
+# negative, a huge integer) cannot become a datetime: refused as malformed (401), never a 500
+# from an OverflowError deep in the verifier.
+_MIN_NUMERIC_DATE = 0
+_MAX_NUMERIC_DATE = 253402300799
 _REQUIRED_CLAIMS = ["iss", "aud", "exp", "iat", "sub", "role"]
 
 
@@ -72,13 +78,19 @@ def _fail(reason: Reason, message: str) -> AuthError:
 
 
 def _numeric_date(claims: Mapping[str, Any], name: str) -> float | None:
-    value = claims.get(name)
-    if value is None:
+    if name not in claims:
         return None
+    value = claims[name]
+    # An explicit null is not an absent claim: "exp": null read as "no expiry" would never expire.
     # bool is an int in Python; NaN/Infinity would make every comparison below false (so an
-    # "exp": Infinity token would never expire).
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise _fail(Reason.TOKEN_MALFORMED, f"The token's {name} claim is not a NumericDate.")
+    # "exp": Infinity token would never expire); out-of-range values overflow datetime (a 500).
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not _MIN_NUMERIC_DATE <= value <= _MAX_NUMERIC_DATE
+    ):
+        raise _fail(Reason.TOKEN_MALFORMED, f"The token's {name} claim is not a NumericDate in range.")
     return float(value)
 
 
@@ -100,6 +112,40 @@ def _read_header(token: str) -> dict[str, Any]:
     except (ValueError, ContractError):
         raise _fail(Reason.TOKEN_MALFORMED, "The token's header is not strict base64url JSON.") from None
     return header
+
+
+def _read_payload(token: str) -> dict[str, Any]:
+    """The claims, parsed as strictly as the header (before pyjwt reads them).
+
+    Threat: a duplicated member ("consumer" twice, "role" twice, "exp" twice) read "last wins" by
+    the json module inside pyjwt, so a token could say two things and the verifier act on one
+    (issue 11 item 7: both derby-csp-analysts and derbyshire-vru read the VRU feed). Strict parsing
+    also refuses NaN/Infinity and integers beyond 2^53 that other languages' parsers round.
+    """
+    try:
+        raw = b64u_decode(token.split(".")[1])
+        return parse_strict(raw, max_bytes=_MAX_PAYLOAD_BYTES)
+    except (ValueError, ContractError):
+        raise _fail(Reason.TOKEN_MALFORMED, "The token's payload is not strict base64url JSON.") from None
+
+
+def _check_claim_types(claims: Mapping[str, Any]) -> None:
+    """Each claim has exactly the type this service reads it as (threat: a claim another verifier
+    or a later reader interprets differently: "iss" as a list, "role" as a number, "sub" with a
+    newline forging a second audit or log line)."""
+    iss = claims.get("iss")
+    if not isinstance(iss, str):
+        raise _fail(Reason.TOKEN_MALFORMED, "The token's iss claim is not a string.")
+    aud = claims.get("aud")
+    if not (isinstance(aud, str) or (isinstance(aud, list) and aud and all(isinstance(a, str) for a in aud))):
+        raise _fail(Reason.TOKEN_MALFORMED, "The token's aud claim is not a string or a list of strings.")
+    sub = claims.get("sub")
+    if not isinstance(sub, str):
+        raise _fail(Reason.TOKEN_MALFORMED, "The token's sub claim is not a string.")
+    if "role" in claims and not isinstance(claims["role"], str):
+        raise _fail(Reason.TOKEN_BAD_ROLE, f"The token's role must be one of {', '.join(ROLES)}.")
+    if "jti" in claims and not _plain_text(claims["jti"]):
+        raise _fail(Reason.TOKEN_MALFORMED, "The token's jti claim is not a short plain string.")
 
 
 def _same_header_as_pyjwt(token: str, header: Mapping[str, Any]) -> None:
@@ -153,7 +199,13 @@ class TokenVerifier:
         header = _read_header(token)
         key = self._select_key(header)
         _same_header_as_pyjwt(token, header)
+        strict_claims = _read_payload(token)
         claims = self._decode(token, key)
+        if claims != strict_claims:
+            # The claims pyjwt verified are not the claims we parsed: refuse rather than pick one.
+            raise _fail(Reason.TOKEN_MALFORMED, "The token's payload is ambiguous.")
+        claims = strict_claims
+        _check_claim_types(claims)
         self._check_times(claims)
         return self._principal(claims)
 
@@ -249,9 +301,10 @@ class TokenVerifier:
         if not (aud == self.audience or (isinstance(aud, list) and self.audience in aud)):
             raise _fail(Reason.TOKEN_BAD_AUDIENCE, "The token is not meant for this service.")
         sub = claims.get("sub")
-        if sub == "":
+        if not isinstance(sub, str) or not sub.strip():
             raise _fail(Reason.TOKEN_MISSING_CLAIM, "The token lacks the sub claim.")
-        if not _plain_text(sub):
+        # Single line, printable, bounded: sub is written to audit entries (log forging).
+        if not _plain_text(sub) or sub != sub.strip():
             raise _fail(Reason.TOKEN_MALFORMED, "The token's sub claim is not a short plain string.")
         role = claims.get("role")
         if not isinstance(role, str) or role not in ROLES:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -23,6 +24,7 @@ from aiohttp import web
 
 from broker.auth.tokens import Principal, TokenVerifier
 from broker.errors import ApiError, AuthError
+from broker.logs import get_logger
 from broker.pipeline.access import AccessAudit
 from broker.policy.model import PolicySet
 from broker.ports.store import Store
@@ -30,6 +32,7 @@ from broker.registry import Registry
 from schemas.envelope import format_time, parse_time
 from schemas.errors import Reason
 
+log = get_logger("sv_broker.http")
 ANALYST, IG, ADMIN = "analyst", "ig", "admin"
 AUDIT_ROLES = frozenset({IG, ADMIN})
 ANY_ROLE = frozenset({ANALYST, IG, ADMIN})
@@ -48,6 +51,7 @@ class AccessContext:
     clock: Callable[[], datetime]
     warn_within: timedelta = timedelta(days=30)
     stream_poll: float = 0.25
+    max_authorization: int = 8 * 1024  # Settings.http_max_authorization
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     audit: AccessAudit = field(init=False)
 
@@ -59,13 +63,37 @@ ACCESS = web.AppKey("access", AccessContext)
 
 
 # -- authentication and the access audit ------------------------------------------------------------
+def _verify(verifier: TokenVerifier, token: str) -> Principal:
+    """Threat: a token the verifier's code did not foresee (as "exp": 1e300 was, a datetime
+    overflow) answered 500 with no ``access_denied`` entry, on every protected route. A token that
+    makes the verifier fail is refused like any bad token (401, audited); the failure is logged
+    as its exception class only (the token is never logged)."""
+    try:
+        return verifier.verify(token)
+    except AuthError:
+        raise
+    except Exception as exc:
+        log.error("token_verifier_failed", error=type(exc).__name__)
+        raise AuthError(Reason.TOKEN_MALFORMED, "The bearer token is not a well-formed JWT.") from None
+
+
 async def authenticate(request: web.Request, roles: frozenset[str]) -> Principal:
     ctx = request.app[ACCESS]
-    header = request.headers.get("Authorization", "")
+    headers = request.headers.getall("Authorization", [])
+    header = headers[0] if headers else ""
     try:
+        # Threat: a huge header as a bound on unauthenticated work, and two Authorization headers
+        # (a proxy and the broker may each read a different one). Refused 401 and audited like any
+        # other bad token; the value itself is never logged or stored, only its length class.
+        if len(header) > ctx.max_authorization:
+            raise AuthError(
+                Reason.TOKEN_MALFORMED, f"The Authorization header is longer than {ctx.max_authorization} bytes."
+            )
+        if len(headers) > 1:
+            raise AuthError(Reason.TOKEN_MALFORMED, "More than one Authorization header was sent.")
         if not header.startswith("Bearer ") or not header[7:].strip():
             raise AuthError(Reason.TOKEN_MISSING, "An 'Authorization: Bearer <token>' header is required.")
-        principal = ctx.verifier.verify(header[7:].strip())
+        principal = _verify(ctx.verifier, header[7:].strip())
     except AuthError as exc:
         # The token itself is never recorded (a token in the audit would be a credential at rest).
         await ctx.audit.denied(request.path, 401, exc.reason)
@@ -117,8 +145,27 @@ def csv_cell(value: Any) -> str:
     if isinstance(value, list):
         value = ";".join(str(v) for v in value)
     text = str(value)
-    # CSV injection (OWASP): a cell starting with = + - @ is a formula to a spreadsheet.
-    return "'" + text if text.startswith(CSV_FORMULA_START) else text
+    return "'" + text if formula_like(text) else text
+
+
+def formula_like(text: str) -> bool:
+    """Threat: CSV injection (OWASP) - a cell a spreadsheet reads as a formula (=HYPERLINK(...),
+    +cmd|..., @SUM). Spreadsheets skip leading whitespace before looking for the formula sign
+    (" =1+1" is a formula in LibreOffice and Excel), and some fold compatibility forms: a
+    fullwidth "＝" (U+FF1D) or "﹦" (U+FE66) is "=" after NFKC, as read by tools that normalise on
+    import. So: drop leading whitespace, normalise the first character, then look. A cell that
+    starts with a tab or a carriage return is quoted in any case (OWASP's list)."""
+    if text.startswith(CSV_FORMULA_START):
+        return True
+    stripped = text.lstrip()  # str.lstrip: every Unicode whitespace, incl. \n, \v, \f, NBSP, U+3000
+    if not stripped:
+        return False
+    # NFKC of one character can be several characters (e.g. "⁼" -> "="); look at its first.
+    first = unicodedata.normalize("NFKC", stripped[0])
+    return first.startswith(CSV_FORMULA_START) or (
+        # A whitespace-like character NFKC does not fold (rare): keep looking past it.
+        first != stripped[0] and formula_like(first + stripped[1:])
+    )
 
 
 # -- agreements ----------------------------------------------------------------------------------------

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.web_request import BaseRequest
 
 from broker.errors import ApiError
 from broker.logs import get_logger
@@ -65,6 +68,83 @@ def problem(
     return web.json_response(body, status=status, headers=headers, dumps=lambda v: json.dumps(v, ensure_ascii=False))
 
 
+# What HTTP ingest accepts: a signed CloudEvent in structured JSON mode. "application/json" is the
+# envelope's own content type; "application/cloudevents+json" is what CloudEvents' HTTP binding
+# (structured mode) and our adapter send. Both are UTF-8 JSON, parsed strictly.
+INGEST_MEDIA_TYPES = frozenset({"application/json", "application/cloudevents+json"})
+
+
+def _media_type_refusal(request: web.Request) -> web.Response | None:
+    """Threat: a body sent as something else (a form, text/plain from a browser's CORS "simple
+    request", XML) being parsed as JSON regardless, so a cross-site form post or a proxy's
+    content-type-based filtering reads the body differently than the broker does. Two
+    Content-Type headers are ambiguous (which one a proxy honoured is unknown): refused too."""
+    values = request.headers.getall("Content-Type", [])
+    charset = (request.charset or "utf-8").lower()
+    if len(values) == 1 and request.content_type in INGEST_MEDIA_TYPES and charset == "utf-8":
+        return None
+    return problem(
+        415,
+        Reason.UNSUPPORTED_MEDIA_TYPE.value,
+        "Send the signed event as Content-Type: application/json (or application/cloudevents+json), UTF-8.",
+        {"Accept-Post": "application/json, application/cloudevents+json"},
+    )
+
+
+def route_template(request: BaseRequest) -> str | None:
+    """The route's template ("/v1/feeds/{consumer}/records"), never the path itself: a path can
+    hold a value (a consumer id, a record id, a canary) that must not reach the log."""
+    # A BaseRequest (a head aiohttp refused before routing) has no match_info; a web.Request whose
+    # routing has not run yet asserts on it.
+    match_info = getattr(request, "_match_info", None)
+    route = getattr(match_info, "route", None)
+    resource = getattr(route, "resource", None)
+    return resource.canonical if resource is not None else None
+
+
+class RouteAccessLogger(AbstractAccessLogger):
+    """aiohttp's access log writes the full path and query string and the Referer and User-Agent
+    headers (threat: a value from a URL or a header in the log). This one writes the method, the
+    route template, the status and the duration, as a JSON line."""
+
+    def log(self, request: BaseRequest, response: web.StreamResponse, time: float) -> None:
+        access_log.info(
+            "http_request",
+            method=request.method if request.method.isalpha() else "-",
+            route=route_template(request),
+            status=response.status,
+            duration_ms=round(time * 1000, 3),
+        )
+
+
+access_log = get_logger("sv_broker.access")
+
+
+def runner_options(header_timeout: float, body_timeout: float, max_field_size: int) -> dict[str, Any]:
+    """Keyword arguments for ``web.AppRunner`` (passed on to aiohttp's request handler).
+
+    ``keepalive_timeout``: aiohttp starts this timer when a connection opens and after each
+    response, and closes the connection if no complete request head has arrived by then (threat:
+    slowloris, a client holding a connection open by sending its headers a byte at a time, or not
+    at all). ``max_field_size``: above the Authorization limit, so an oversized token reaches
+    :func:`~broker.transports.http_access.authenticate` (refused 401, audited) instead of being
+    refused unaudited by the parser. ``lingering_time``: after an answer to a request whose body
+    was not read (a 408, a 413), aiohttp reads and discards the rest for this long so the client
+    sees the answer; bounded by the body timeout, so a stalled client is not held 10 s more."""
+    if not 0 < header_timeout <= 3600 or not 0 < body_timeout <= 3600:
+        # 0 would switch aiohttp's timer off (no header timeout at all), not make it immediate.
+        raise ValueError("http_header_timeout and http_body_timeout must be more than 0 and at most 3600 seconds")
+    if max_field_size < 8190:
+        raise ValueError("http_max_field_size must be at least aiohttp's default of 8190 bytes")
+    return {
+        "keepalive_timeout": header_timeout,
+        "lingering_time": min(10.0, body_timeout),
+        "max_field_size": max_field_size,
+        "access_log_class": RouteAccessLogger,
+        "access_log": logging.getLogger("sv_broker.access"),
+    }
+
+
 async def _read_limited(request: web.Request, limit: int) -> bytes:
     """Read at most ``limit + 1`` bytes: enough to know the body is too large, never more
     (threat: memory exhaustion by an endless body)."""
@@ -81,7 +161,24 @@ async def _read_limited(request: web.Request, limit: int) -> bytes:
 
 async def ingest(request: web.Request) -> web.Response:
     pipeline = request.app[PIPELINE]
-    body = await _read_limited(request, pipeline.settings.max_body_bytes)
+    refused = _media_type_refusal(request)
+    if refused is not None:
+        return refused
+    try:
+        # Threat: a slow client holding a connection and a handler open by sending its body a
+        # byte at a time, or stalling a chunked body (nothing else bounds a body read).
+        async with asyncio.timeout(pipeline.settings.http_body_timeout):
+            body = await _read_limited(request, pipeline.settings.max_body_bytes)
+    except TimeoutError:
+        log.warning("http_body_timeout", route=route_template(request))
+        late = problem(
+            408,
+            Reason.REQUEST_TIMEOUT.value,
+            f"The request body did not arrive within {pipeline.settings.http_body_timeout:g} s; nothing was kept.",
+            {"Connection": "close"},
+        )
+        late.force_close()  # the rest of the body is not read: this connection cannot carry another request
+        return late
     try:
         outcome = await request.app[INGEST].submit(Inbound(body=body, transport="http"))
     except Unavailable:
@@ -141,7 +238,7 @@ async def errors_middleware(
     except (ConnectionResetError, asyncio.CancelledError):
         raise  # the client went away (e.g. closed an event stream): nothing to answer
     except Exception as exc:
-        log.exception("http_handler_failed", path=request.path, error=type(exc).__name__)
+        log.exception("http_handler_failed", route=route_template(request), error=type(exc).__name__)
         return problem(500, Reason.INTERNAL_ERROR.value, "The broker hit an internal error; nothing was kept. Retry.")
 
 

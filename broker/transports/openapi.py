@@ -83,6 +83,8 @@ def document() -> dict[str, Any]:
                         "401": _json(_ref("Receipt"), "Refused: signature or key (reason code)."),
                         "403": _json(_ref("Receipt"), "Refused: the partner may not send this type."),
                         "413": _json(_ref("Receipt"), "Refused: body over the limit."),
+                        "408": _problem("The body did not arrive within the read timeout; nothing was kept."),
+                        "415": _problem("Not application/json or application/cloudevents+json (UTF-8)."),
                         "422": _json(_ref("Receipt"), "Refused: schema invalid or a direct identifier present."),
                         "500": _problem("Our fault; nothing was kept. Retry."),
                     },
