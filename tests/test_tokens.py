@@ -39,8 +39,10 @@ KEY = Ed25519PrivateKey.generate()
 KID = jwk_thumbprint(KEY.public_key())
 ISSUER = "https://sv-broker.example"
 AUDIENCE = "sv-broker-api"
-ATTACKS = attack_tokens(KEY, KID, issuer=ISSUER, audience=AUDIENCE)
 T0 = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
+# Built at collection around T0 and verified at T0: the suite runs longer than the tokens' 10
+# minutes, so verifying at the wall clock would find every late-run case merely expired.
+ATTACKS = attack_tokens(KEY, KID, issuer=ISSUER, audience=AUDIENCE, now=int(T0.timestamp()))
 
 
 def verifier(clock: datetime | None = None, leeway: timedelta = timedelta(seconds=30)) -> TokenVerifier:
@@ -69,7 +71,7 @@ def token(role: str = "ig", consumer: str | None = None, *, now: datetime = T0, 
 @pytest.mark.parametrize(("case", "bad_token", "reason"), ATTACKS, ids=[c[0] for c in ATTACKS])
 def test_every_attack_is_refused_with_its_reason(case: str, bad_token: str, reason: str) -> None:
     with pytest.raises(AuthError) as caught:
-        verifier().verify(bad_token)
+        verifier(T0).verify(bad_token)
     assert caught.value.reason == reason, caught.value.message
     # The refusal never echoes the token (or any of its parts): it goes to logs and clients.
     for part in (p for p in bad_token.split(".") if len(p) > 8):
@@ -92,7 +94,7 @@ def test_verifying_attacks_touches_no_file_and_no_network(monkeypatch: pytest.Mo
 
         return blocked
 
-    valid = token(now=datetime.now(UTC))
+    valid = token(now=T0)
     seen: list[str] = []
     with monkeypatch.context() as patch:
         patch.setattr(socket.socket, "connect", refuse("socket.connect"))
@@ -101,7 +103,7 @@ def test_verifying_attacks_touches_no_file_and_no_network(monkeypatch: pytest.Mo
         patch.setattr(builtins, "open", refuse("open"))
         patch.setattr(io, "open", refuse("io.open"))
         patch.setattr(os, "open", refuse("os.open"))
-        check = verifier()
+        check = verifier(T0)
         for case, bad_token, _ in ATTACKS:
             try:
                 check.verify(bad_token)

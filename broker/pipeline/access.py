@@ -53,8 +53,15 @@ def screened(value: Any, known: frozenset[str]) -> Any:
         digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
         return {"untrusted_sha256": digest, "length": len(value)}
     if isinstance(value, Mapping):
-        # keys are the broker's own (the handlers name them); only the values came from the caller
-        return {str(k): screened(v, known) for k, v in value.items()}
+        # Keys are the broker's own (the handlers name them); only the values came from the caller.
+        # A value kept as a digest moves to "<key>_untrusted", so an indexed audit column
+        # (consumer, record_id, ...) only ever holds a real name or id, or nothing.
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            kept = screened(item, known)
+            untrusted = isinstance(item, str) and isinstance(kept, dict)
+            out[f"{key}_untrusted" if untrusted else str(key)] = kept
+        return out
     if isinstance(value, list | tuple):
         return [screened(v, known) for v in value]
     return screened(str(value), known)
@@ -70,10 +77,22 @@ class AccessAudit:
         self.store = store
         self.known = frozenset(known)
 
-    async def denied(self, route: str, status: int, reason: Reason, details: Mapping[str, Any] | None = None) -> None:
-        draft = entries.access_denied(
-            route, status, reason, screened(dict(details or {}), self.known) if details else None
-        )
+    async def denied(
+        self,
+        route: str,
+        status: int,
+        reason: Reason,
+        details: Mapping[str, Any] | None = None,
+        principal: Principal | None = None,
+    ) -> None:
+        """``principal``: who was refused, when the token itself was good (its ``sub`` and role
+        were signed by a trusted issuer, so they are kept as they are; ``details`` are screened)."""
+        attrs = screened(dict(details or {}), self.known)
+        if principal is not None:
+            attrs |= {"sub": principal.sub, "role": principal.role}
+            if principal.consumer is not None:
+                attrs["own_consumer"] = principal.consumer
+        draft = entries.access_denied(route, status, reason, attrs or None)
         await self.store.commit(CommitUnit(drafts=[draft]))
 
     async def read(self, principal: Principal, resource: str, route: str, details: Mapping[str, Any]) -> None:

@@ -29,6 +29,7 @@ from broker.pipeline.access import AccessAudit
 from broker.policy.model import PolicySet
 from broker.ports.store import Store
 from broker.registry import Registry
+from broker.transports.http_app import route_template
 from schemas.envelope import format_time, parse_time
 from schemas.errors import Reason
 
@@ -56,10 +57,17 @@ class AccessContext:
     audit: AccessAudit = field(init=False)
 
     def __post_init__(self) -> None:
-        self.audit = AccessAudit(self.store)
+        # The broker's own names are kept verbatim in access entries; other caller values as digests.
+        known = [*self.registry.partners, *self.registry.consumers, *self.policy.agreements]
+        self.audit = AccessAudit(self.store, known)
 
 
 ACCESS = web.AppKey("access", AccessContext)
+
+
+def audited_route(request: web.Request) -> str:
+    """The route an access entry records: its template, never the path the caller typed."""
+    return route_template(request) or "{unrouted}"
 
 
 # -- authentication and the access audit ------------------------------------------------------------
@@ -96,12 +104,10 @@ async def authenticate(request: web.Request, roles: frozenset[str]) -> Principal
         principal = _verify(ctx.verifier, header[7:].strip())
     except AuthError as exc:
         # The token itself is never recorded (a token in the audit would be a credential at rest).
-        await ctx.audit.denied(request.path, 401, exc.reason)
+        await ctx.audit.denied(audited_route(request), 401, exc.reason)
         raise ApiError(exc.reason, exc.message, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}) from None
     if principal.role not in roles:
-        await ctx.audit.denied(
-            request.path, 403, Reason.ROLE_NOT_ALLOWED, {"sub": principal.sub, "role": principal.role}
-        )
+        await ctx.audit.denied(audited_route(request), 403, Reason.ROLE_NOT_ALLOWED, principal=principal)
         raise ApiError(Reason.ROLE_NOT_ALLOWED, f"The {principal.role!r} role may not use this route.")
     return principal
 
@@ -201,7 +207,7 @@ def agreement_summaries(policy: PolicySet, now: datetime, warn_within: timedelta
 async def agreements(request: web.Request) -> web.Response:
     principal = await authenticate(request, ANY_ROLE)
     ctx = request.app[ACCESS]
-    await ctx.audit.read(principal, "agreements", request.path, {})
+    await ctx.audit.read(principal, "agreements", audited_route(request), {})
     return web.json_response({"agreements": agreement_summaries(ctx.policy, ctx.clock(), ctx.warn_within)})
 
 

@@ -23,6 +23,7 @@ from broker.transports.http_access import (
     AUDIT_ROLES,
     MAX_PAGE,
     SMALL_INT,
+    audited_route,
     authenticate,
     csv_cell,
     page_limit,
@@ -67,7 +68,7 @@ async def audit_entries(request: web.Request) -> web.Response:
         raise ApiError(Reason.BAD_CURSOR, "after must be a sequence number.")
     query = _audit_query(request, int(after_raw), page_limit(request))
     rows = await ctx.store.audit_page(query)
-    await ctx.audit.read(principal, "audit", request.path, {"query": _filters(request), "count": len(rows)})
+    await ctx.audit.read(principal, "audit", audited_route(request), {"query": _filters(request), "count": len(rows)})
     return web.json_response(
         {
             "count": len(rows),
@@ -83,7 +84,7 @@ async def audit_export(request: web.Request) -> web.StreamResponse:
     ctx = request.app[ACCESS]
     fmt = response_format(request, ("jsonl", "csv"))
     first = _audit_query(request, 0, MAX_PAGE)  # parameters are checked before the stream starts
-    await ctx.audit.read(principal, "audit_export", request.path, {"query": _filters(request), "format": fmt})
+    await ctx.audit.read(principal, "audit_export", audited_route(request), {"query": _filters(request), "format": fmt})
     response = web.StreamResponse(
         headers={
             "Content-Type": "application/x-ndjson" if fmt == "jsonl" else "text/csv; charset=utf-8",
@@ -122,10 +123,10 @@ async def audit_trace(request: web.Request) -> web.Response:
     record_id = request.match_info["record_id"]
     message_id = await ctx.store.record_message(record_id)
     if message_id is None:
-        await ctx.audit.read(principal, "audit_trace", request.path, {"record_id": record_id, "found": False})
+        await ctx.audit.read(principal, "audit_trace", audited_route(request), {"record_id": record_id, "found": False})
         raise ApiError(Reason.UNKNOWN_RECORD, "No release of this record id is in the audit trail.")
     seen = await trace_entries(ctx.store, record_id, message_id)
-    await ctx.audit.read(principal, "audit_trace", request.path, {"record_id": record_id, "count": len(seen)})
+    await ctx.audit.read(principal, "audit_trace", audited_route(request), {"record_id": record_id, "count": len(seen)})
     return web.json_response(
         {
             "record_id": record_id,
@@ -139,7 +140,7 @@ async def audit_checkpoints(request: web.Request) -> web.Response:
     principal = await authenticate(request, AUDIT_ROLES)
     ctx = request.app[ACCESS]
     checkpoints = await ctx.store.checkpoints()
-    await ctx.audit.read(principal, "audit_checkpoints", request.path, {"count": len(checkpoints)})
+    await ctx.audit.read(principal, "audit_checkpoints", audited_route(request), {"count": len(checkpoints)})
     return web.json_response(checkpoints_document(checkpoints) | {"public_keys": ctx.public_jwks})
 
 
@@ -147,7 +148,7 @@ async def audit_verify(request: web.Request) -> web.Response:
     principal = await authenticate(request, AUDIT_ROLES)
     ctx = request.app[ACCESS]
     report = await verify_store(ctx.store, await ctx.store.checkpoints(), ctx.checkpoint_keys)
-    await ctx.audit.read(principal, "audit_verify", request.path, {"ok": report.ok})
+    await ctx.audit.read(principal, "audit_verify", audited_route(request), {"ok": report.ok})
     return web.json_response(
         {
             "ok": report.ok,

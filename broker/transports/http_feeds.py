@@ -23,6 +23,7 @@ from broker.transports.http_access import (
     ACCESS,
     ANALYST,
     SMALL_INT,
+    audited_route,
     authenticate,
     csv_cell,
     page_limit,
@@ -40,10 +41,11 @@ async def analyst_for(request: web.Request) -> tuple[Principal, str]:
     if principal.consumer != consumer or consumer not in request.app[ACCESS].registry.consumers:
         # Threat: an analyst of one consumer reading another's records (horizontal escalation).
         await request.app[ACCESS].audit.denied(
-            request.path,
+            audited_route(request),
             403,
             Reason.NOT_YOUR_FEED,
-            {"sub": principal.sub, "consumer": consumer, "own_consumer": principal.consumer},
+            {"consumer": consumer},
+            principal,
         )
         raise ApiError(Reason.NOT_YOUR_FEED, "An analyst may read only their own consumer's feed.")
     return principal, consumer
@@ -88,7 +90,7 @@ async def feed_records(request: web.Request) -> web.StreamResponse:
     await ctx.audit.read(
         principal,
         "feed",
-        request.path,
+        audited_route(request),
         {
             "consumer": consumer,
             "format": fmt,
@@ -147,7 +149,7 @@ async def feed_stream(request: web.Request) -> web.StreamResponse:
             await ctx.audit.read(
                 principal,
                 "feed",
-                request.path,
+                audited_route(request),
                 {"consumer": consumer, "format": "sse", "count": len(rows), "record_ids": [r.record_id for r in rows]},
             )
             chunks = []
