@@ -42,6 +42,7 @@ from adapters.datetimes import (
 from adapters.identifiers import looks_like_identifier
 from adapters.mapping_documents import FieldRuleDoc, ordered_bands, problem, shape
 from adapters.report import Problem
+from schemas.envelope import join_record_key, record_key_part
 from schemas.errors import ConfigurationError
 from schemas.events import EVENT_MODELS, EventModel
 from schemas.fields import FieldKind, FieldSpec, schema_fields
@@ -178,16 +179,18 @@ class ExportMapping:
         return tuple(seen)
 
     def key_of(self, row: Row) -> str | None:
+        """The row's source record key (``schemas.envelope.join_record_key``), or None when a
+        record-key column is missing or empty: the contract every client must reproduce."""
         parts = []
         for column in self.record_key:
             value = row.get(column)
             if isinstance(value, bool) or not isinstance(value, (str, int)):
                 return None
-            text = str(value).strip()
+            text = record_key_part(value)
             if text in self.empty_values:
                 return None
             parts.append(text)
-        return "/".join(parts)
+        return join_record_key(parts)
 
     def map_row(self, row: Row) -> Mapped | list[CellProblem]:
         """Map and validate one row; every problem in it is reported, not only the first."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -163,11 +164,45 @@ def message_id_key(private_key: Ed25519PrivateKey) -> bytes:
     return hmac.new(seed, b"sv-broker message-id v1", hashlib.sha256).digest()
 
 
+# The whitespace trimmed from a record-key value: ASCII only (TAB, LF, VT, FF, CR, SPACE), the same
+# set in every language. Python's str.strip() would also trim NBSP and 20-odd other characters
+# that another language's trim keeps: one record, two ids (issue 11).
+RECORD_KEY_TRIM = "\t\n\x0b\x0c\r "
+RECORD_KEY_SEPARATOR = "/"
+
+
+def record_key_part(value: str | int) -> str:
+    """One record-key column's value as it enters the record key: an integer in decimal
+    (``str(int)``), a string with leading and trailing ASCII whitespace removed, nothing else
+    changed (no case folding, no Unicode normalisation)."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise TypeError("a record-key value is a string or an integer")
+    return str(value).strip(RECORD_KEY_TRIM)
+
+
+def join_record_key(parts: Sequence[str]) -> str:
+    """The source record key of a row from its record-key parts, in the mapping's column order.
+
+    Each part has ``\\`` escaped as ``\\\\`` and ``/`` as ``\\/``, then the parts are joined by ``/``.
+    Injective: two different rows never share a key, so never a message id (a bare ``/`` join
+    gave ``("a/b", "c")`` and ``("a", "b/c")`` one id, and the second was refused as a replay).
+    A part with neither character is unchanged, so a one-column key is its value as it was.
+    """
+    return RECORD_KEY_SEPARATOR.join(p.replace("\\", "\\\\").replace("/", "\\/") for p in parts)
+
+
 def message_id(partner_id: str, source_record_key: str, id_key: bytes) -> str:
     """The stable message id of a source record: a resend of the same record has the same id.
 
+    ``<partner>:`` + the first 32 hex digits (16 bytes), lower case, of
+    HMAC-SHA256(key = ``id_key``, message = UTF-8(``partner_id`` + U+0000 + ``source_record_key``)).
+    ``id_key`` is the raw secret (the id key file holds it hex-encoded: ``schemas.keyfile``).
+    The README's "Message ids" section and ``schemas/testvectors/contract.v1.json`` state it for
+    other implementations.
+
     A keyed hash, not a plain one: source record keys (attendance numbers, incident numbers) are
     small spaces that a plain hash would let anyone who sees the id enumerate back to the record.
+    The NUL separator keeps ``("ab", "c")`` and ``("a", "bc")`` apart (a partner id never holds one).
     """
     mac = hmac.new(id_key, f"{partner_id}\x00{source_record_key}".encode(), hashlib.sha256).hexdigest()
     return f"{partner_id}:{mac[:32]}"

@@ -18,6 +18,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     exp.add_argument("--out", type=Path, default=SCHEMA_DIR, help="directory (default: %(default)s)")
     exp.add_argument("--check", action="store_true", help="only check the files in --out are up to date")
     exp.set_defaults(handler=run_export)
+    vec = schemas_sub.add_parser(
+        "vectors",
+        help="write the contract test vectors",
+        description=(
+            "Write schemas/testvectors/contract.v1.json: keys, record keys, message ids, envelopes, canonical "
+            "bytes, signatures and the broker's receipts, for other implementations to check themselves against."
+        ),
+    )
+    vec.add_argument("--out", type=Path, default=None, help="file (default: the repository's vector file)")
+    vec.add_argument("--check", action="store_true", help="only check the file is what this code derives")
+    vec.set_defaults(handler=run_vectors)
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -32,4 +43,20 @@ def run_export(args: argparse.Namespace) -> int:
         return 1 if stale else 0
     for path in write_schema_files(args.out):
         print(path)
+    return 0
+
+
+def run_vectors(args: argparse.Namespace) -> int:
+    from broker.contract_vectors import VECTOR_FILE, build_vectors, render
+
+    path: Path = args.out or VECTOR_FILE
+    text = render(build_vectors())
+    if args.check:
+        if not path.is_file() or path.read_text(encoding="utf-8") != text:
+            print(f"out of date: {path} (sv-broker schemas vectors rewrites it)", file=sys.stderr)
+            return 1
+        return 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    print(path)
     return 0
