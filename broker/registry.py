@@ -204,6 +204,14 @@ def _entry(raw: Any, loc: tuple[int | str, ...], top: str) -> str:
 def _message(error: ErrorDetails) -> str:
     """One pydantic error as the sentence operators have always read for it."""
     field = next((str(p) for p in reversed(error["loc"]) if isinstance(p, str)), "")
+    if error["type"] == "extra_forbidden" and len(error["loc"]) == 1:
+        # Threat: a table the loader does not know is not ignored. A [[key]] pasted into
+        # parties.toml (instead of under its [[partner]]) would otherwise be silently dropped, and
+        # the operator would believe a key registered (or a revocation applied) that is not.
+        return (
+            f"unknown top-level table {field!r}: a parties file holds only [[partner]] (keys under it as "
+            "[[partner.keys]]) and [[consumer]]; a key file holds only [[key]]"
+        )
     if error["type"] == "extra_forbidden":
         return f"unknown setting(s) [{field!r}]"
     if error["type"] == "value_error":
@@ -307,6 +315,7 @@ def load_registry(policy_dir: Path, keys_dir: Path | None = None) -> Registry:
         key_docs.extend((key_path, f"key[{j}]", key, None) for j, key in enumerate(key_file.key))
 
     keys: dict[str, PartnerKey] = {}
+    owners: dict[bytes, PartnerKey] = {}  # public key -> the first entry registering it
     by_partner: dict[str, list[PartnerKey]] = {}
     for kpath, entry, key_doc, owner in key_docs:
         key = _key(key_doc, kpath, entry, owner)
@@ -315,6 +324,18 @@ def load_registry(policy_dir: Path, keys_dir: Path | None = None) -> Registry:
             raise RegistryError(Reason.DUPLICATE_KEY_ID, kpath, entry, f"key id {key.kid!r} is already registered")
         if key.partner not in partners:
             raise RegistryError(Reason.REGISTRY_INVALID, kpath, entry, f"unknown partner {key.partner!r}")
+        holder = owners.setdefault(key.public_key, key)
+        if holder.partner != key.partner:
+            # Threat: one key under two partners lets whoever holds it sign as either, so an
+            # envelope "from" the police could come from a pub-watch adapter (or a copied key
+            # file): the source a signature proves would be ambiguous.
+            raise RegistryError(
+                Reason.DUPLICATE_PUBLIC_KEY,
+                kpath,
+                entry,
+                f"this public key is already registered for partner {holder.partner!r} (kid {holder.kid!r}); "
+                "every partner needs its own key",
+            )
         keys[key.kid] = key
         by_partner.setdefault(key.partner, []).append(key)
     for pid, plist in by_partner.items():

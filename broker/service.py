@@ -34,6 +34,7 @@ from broker.policy.engine import decide
 from broker.policy.loader import PolicySet, load_policy
 from broker.policy.secrets import load_secrets
 from broker.ports.delivery import Delivery, StoreDelivery
+from broker.ports.private_files import private_directory, private_file
 from broker.ports.rabbitmq.connection import Connection, connect
 from broker.ports.rabbitmq.publisher import AmqpDelivery
 from broker.ports.rabbitmq.topology import Names, declare_topology
@@ -87,7 +88,8 @@ def hold_primary_lock(data_dir: Path) -> IO[str]:
     operator who started the second by mistake would not know which one partners talk to.
     ``flock`` is released by the kernel when the holder dies, even by SIGKILL: a restart after a
     crash is never refused. (Ingest workers share the store under their primary's lock.)"""
-    data_dir.mkdir(parents=True, exist_ok=True)
+    private_directory(data_dir)
+    private_file(data_dir / "broker.lock")
     handle = (data_dir / "broker.lock").open("a+", encoding="utf-8")
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -71,6 +71,7 @@ class Reason(StrEnum):
     KEY_LOW_ORDER = "key_low_order"
     KEY_NOT_PRIME_ORDER = "key_not_prime_order"
     DUPLICATE_KEY_ID = "duplicate_key_id"
+    DUPLICATE_PUBLIC_KEY = "duplicate_public_key"
     REGISTRY_INVALID = "registry_invalid"
     # policy: why an agreement released nothing to a consumer (withheld entries, explain)
     NO_AGREEMENT = "no_agreement"
@@ -181,6 +182,7 @@ REASONS: dict[Reason, ReasonInfo] = {
     Reason.KEY_LOW_ORDER: _r("registry", 400, "a public key is a small-order point"),
     Reason.KEY_NOT_PRIME_ORDER: _r("registry", 400, "a public key has a small-order component"),
     Reason.DUPLICATE_KEY_ID: _r("registry", 400, "a key id is registered twice"),
+    Reason.DUPLICATE_PUBLIC_KEY: _r("registry", 400, "one public key is registered for two partners"),
     Reason.REGISTRY_INVALID: _r("registry", 400, "a registry entry is missing, unknown or malformed"),
     Reason.NO_AGREEMENT: _r("policy", 200, "no agreement covers this partner and event type"),
     Reason.NOT_YET_VALID: _r("policy", 200, "the agreement is not in force yet"),

@@ -138,10 +138,26 @@ def test_parties_refuse_a_wrong_type_at_every_level(tmp_path: Path, text: str, e
 def test_secrets_file_shape(tmp_path: Path, text: str, words: str) -> None:
     path = tmp_path / "secrets.toml"
     path.write_text(text)
+    path.chmod(0o600)
     with pytest.raises(SecretsError) as info:
         load_secrets(path, {})
     assert str(info.value).startswith(f"{path}: ")
     assert words in str(info.value)
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o644, 0o660, 0o666])
+def test_a_secrets_file_readable_by_group_or_others_is_refused(tmp_path: Path, mode: int) -> None:
+    # The attack: another local user reads the pseudonymisation secrets and re-derives pseudonyms.
+    path = tmp_path / "secrets.toml"
+    path.write_text('[pseudonym_secrets]\n"dsa-x" = "' + "ab" * 32 + '"\n')
+    path.chmod(mode)
+    with pytest.raises(SecretsError) as info:
+        load_secrets(path, {})
+    assert "readable by group or others" in str(info.value)
+    assert "chmod 600" in str(info.value)
+    assert "ab" * 32 not in str(info.value)
+    path.chmod(0o600)
+    assert load_secrets(path, {}) == {"dsa-x": b"\xab" * 32}
 
 
 def test_key_path_reads_like_the_file() -> None:

@@ -344,6 +344,7 @@ def test_example_secrets_file_is_not_usable(tmp_path: Path) -> None:
         load_secrets(example, {})
     copied = tmp_path / "secrets.toml"
     copied.write_text(example.read_text(encoding="utf-8"), encoding="utf-8")
+    copied.chmod(0o600)
     with pytest.raises(SecretsError, match="must be a hex string"):
         load_secrets(copied, {})
 

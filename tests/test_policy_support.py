@@ -100,6 +100,7 @@ def secrets_file(tmp: Path, secrets: dict[str, bytes]) -> Path:
     path = tmp / "secrets.toml"
     lines = ["[pseudonym_secrets]", *(f'"{k}" = "{v.hex()}"' for k, v in secrets.items())]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    path.chmod(0o600)
     return path
 
 

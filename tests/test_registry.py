@@ -339,3 +339,72 @@ def test_parse_key_entry_owner_overrides_partner_field() -> None:
         {"kid": "k1", "public_key": b64u_encode(_good_key()), "valid_from": VALID_FROM}, Path("x.toml"), "e", "owner"
     )
     assert key.partner == "owner"
+
+
+# --- one key, two partners; tables the loader does not know (issue 11 item 13) -------------------
+
+
+@pytest.mark.parametrize("where", ["one_file", "two_files", "inline_then_file"])
+def test_one_public_key_under_two_partners_is_refused(dirs: tuple[Path, Path], where: str) -> None:
+    # The attack: the pub-watch adapter's key also registered for the police, so it can sign
+    # "police" envelopes (or a copied key file registered twice by mistake).
+    policy, keys = dirs
+    raw = _good_key()
+    if where == "one_file":
+        path, entry = keys / "a.toml", "key[1]"
+        path.write_text(_entry("pub-k1", "derby-pubwatch", public_key=raw) + _entry("pol-k1", "derbyshire-police", raw))
+    elif where == "two_files":
+        (keys / "a.toml").write_text(_entry("pub-k1", "derby-pubwatch", public_key=raw))
+        path, entry = keys / "b.toml", "key[0]"
+        path.write_text(_entry("pol-k1", "derbyshire-police", public_key=raw))
+    else:
+        parties = policy / "parties.toml"
+        parties.write_text(
+            parties.read_text()
+            + PARTNER.format(id="new-partner", types='["ae_assault"]')
+            + f'[[partner.keys]]\nkid = "np-k1"\npublic_key = "{b64u_encode(raw)}"\nvalid_from = 2026-01-01\n'
+        )
+        path, entry = keys / "a.toml", "key[0]"
+        path.write_text(_entry("pol-k1", "derbyshire-police", public_key=raw))
+    exc = refused(policy, keys, Reason.DUPLICATE_PUBLIC_KEY, path, entry)
+    assert "already registered for partner" in exc.message
+
+
+def test_one_public_key_under_two_kids_of_one_partner_loads(dirs: tuple[Path, Path]) -> None:
+    # A re-registration of a partner's own key (new validity) proves nothing new: allowed.
+    policy, keys = dirs
+    raw = _good_key()
+    (keys / "a.toml").write_text(
+        _entry("pol-k1", "derbyshire-police", raw) + _entry("pol-k2", "derbyshire-police", raw)
+    )
+    assert set(load_registry(policy, keys).keys) == {"pol-k1", "pol-k2"}
+
+
+@pytest.mark.parametrize(
+    ("text", "table"),
+    [
+        (
+            "[[key]]\n"
+            + 'kid = "x-k1"\npartner = "derbyshire-police"\npublic_key = "{key}"\nvalid_from = 2026-01-01\n',
+            "key",
+        ),
+        ('[[partners]]\nid = "x"\n', "partners"),
+        ("[settings]\nstrict = false\n", "settings"),
+        ("revoked = true\n", "revoked"),
+    ],
+    ids=["key_outside_a_partner", "misspelt_partners", "settings_table", "top_level_value"],
+)
+def test_unknown_top_level_tables_in_parties_toml_are_refused(dirs: tuple[Path, Path], text: str, table: str) -> None:
+    policy, keys = dirs
+    path = policy / "parties.toml"
+    path.write_text(text.format(key=b64u_encode(_good_key())) + "\n" + path.read_text())
+    exc = refused(policy, keys, Reason.REGISTRY_INVALID, path, table)
+    assert f"unknown top-level table {table!r}" in exc.message
+
+
+def test_unknown_top_level_table_in_a_key_file_is_refused(dirs: tuple[Path, Path]) -> None:
+    policy, keys = dirs
+    path = keys / "a.toml"
+    path.write_text(_entry("k1") + '\n[[keys]]\nkid = "k2"\n')
+    exc = refused(policy, keys, Reason.REGISTRY_INVALID, path, "keys")
+    assert "unknown top-level table 'keys'" in exc.message

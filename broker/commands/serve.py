@@ -154,6 +154,9 @@ def run(args: argparse.Namespace) -> int:
     from broker.service import load_user_map, serve_forever
 
     configure(args.log_level)
+    # Everything the serving process creates (store, checkpoints, exports, its key) is private to
+    # its user unless a step says otherwise: the second wall behind the explicit 0600/0700 modes.
+    os.umask(0o077)
     try:
         asyncio.run(serve_forever(settings_from(args), load_user_map(args.amqp_user_map), args.ready_file))
     except ConfigurationError as exc:

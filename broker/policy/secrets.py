@@ -24,6 +24,7 @@ pseudonym, so the secret is as sensitive as the identifiers it protects.
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from collections.abc import Mapping
@@ -69,6 +70,15 @@ def _read(path: Path) -> SecretsDoc:
     (never with the value: pydantic's error carries the input, and the input is a secret)."""
     try:
         with path.open("rb") as fh:
+            # Threat: a pseudonymisation secret readable by another local user lets them re-derive
+            # every pseudonym of the agreement (and link it back to the source values). Checked on
+            # the open file, so a swap between the check and the read changes nothing.
+            mode = os.fstat(fh.fileno()).st_mode & 0o077
+            if mode:
+                raise SecretsError(
+                    f"{path}: readable by group or others (mode {oct(mode)}); a secrets file must be "
+                    f"private to the broker's user: chmod 600 {path}"
+                )
             doc = tomllib.load(fh)
     except OSError as exc:
         raise SecretsError(f"{path}: cannot read: {exc.strerror}") from None

@@ -24,6 +24,7 @@ from typing import TypeVar
 from broker.audit.chain import GENESIS, ChainReport, verify_chain
 from broker.audit.commit_plan import NONE_LOST, CommitPlan, claim_keys, plan_commit, released_ids, replay_view
 from broker.errors import StoreUnavailable
+from broker.ports.private_files import private_directory, private_file
 from broker.ports.sql import Binder, audit_page_query, feed_page_query, qmark
 from broker.ports.store import (
     GENESIS_HEAD,
@@ -246,7 +247,10 @@ class SqliteStore:
                 raise StoreUnavailable(f"no audit store at {self.path}")
             self._reader = connect(self.path, readonly=True)
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_directory(self.path.parent)
+        for name in (self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm")):
+            if name == self.path or name.exists():
+                private_file(name)
         writer = connect(self.path)
         writer.executescript(SCHEMA)
         head = _head(writer)
