@@ -39,13 +39,13 @@ from adapters.datetimes import (
     parse_date,
     parse_datetime,
 )
-from adapters.identifiers import looks_like_identifier
 from adapters.mapping_documents import FieldRuleDoc, ordered_bands, problem, shape
 from adapters.report import Problem
 from schemas.envelope import join_record_key, record_key_part
 from schemas.errors import ConfigurationError
 from schemas.events import EVENT_MODELS, EventModel
 from schemas.fields import FieldKind, FieldSpec, schema_fields
+from schemas.identifiers import looks_like_identifier
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "mappings"
 

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import TextIO
 
 from adapters import exports
-from adapters.identifiers import identifier_columns
 from adapters.mapping import ExportMapping
 from adapters.prepare import Item, PrepareWorker, Ready, Refused, Skipped, prepare
 from adapters.progress import Progress
@@ -29,6 +28,7 @@ from adapters.report import Problem, ReportWriter, RowProblem, Stage
 from adapters.signer import Signer
 from adapters.sink import OnResult, Outgoing, Result, Sink, Verdict
 from adapters.state import DONE, Entry, StateFile, Status
+from schemas.identifiers import identifier_columns
 
 SinkFactory = Callable[[OnResult], Sink]
 WORKER_MIN_ROWS = 2000

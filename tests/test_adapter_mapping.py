@@ -10,10 +10,10 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from adapters.datetimes import FormatError, ValueFormatError, compile_format, parse_date, parse_datetime
-from adapters.identifiers import identifier_columns, looks_like_identifier
 from adapters.mapping import CellProblem, Mapped, MappingError, builtin_mappings, compile_mapping, load_mapping
 from adapters.sample_exports import KINDS, export_rows, sample_records
 from schemas.events.common import DIRECT_IDENTIFIER_FIELDS
+from schemas.identifiers import identifier_columns, looks_like_identifier
 
 LONDON = ZoneInfo("Europe/London")
 

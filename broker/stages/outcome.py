@@ -16,6 +16,7 @@ the fields it can have.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -24,7 +25,57 @@ from typing import ClassVar
 from broker.policy.decision import Decision, Refusal, Release
 from broker.stages.types import Admitted, Inbound, Validated
 from schemas.errors import Reason
+from schemas.identifiers import looks_identifying, looks_identifying_text
 from schemas.messages import Receipt, receipt_for
+
+# Refusals a person can only diagnose by reading the body: a field the schema refused, JSON the
+# parser refused, an envelope attribute, a signature over bytes the partner's canonicaliser got
+# wrong, a replay's other content, a message the broker itself failed on. Every other refusal is
+# about keys, clocks, routing or size: its reason and hash say all there is to say.
+DIAGNOSABLE: frozenset[Reason] = frozenset(
+    {
+        Reason.SCHEMA_INVALID,
+        Reason.ENVELOPE_INVALID,
+        Reason.UNSUPPORTED_SPECVERSION,
+        Reason.UNKNOWN_EVENT_TYPE,
+        Reason.BAD_SIGNATURE,
+        Reason.REPLAYED,
+        Reason.DEAD_LETTERED,
+        Reason.MALFORMED_JSON,
+        Reason.TRAILING_DATA,
+        Reason.DUPLICATE_KEY,
+        Reason.NON_FINITE_NUMBER,
+        Reason.INTEGER_OUT_OF_RANGE,
+        Reason.LONE_SURROGATE,
+        Reason.NOT_AN_OBJECT,
+        Reason.BOM_PRESENT,
+        Reason.INVALID_UTF8,
+    }
+)
+# The envelope's own attributes, whose values the contract's patterns fix (ids, times, a
+# signature): their values are not scanned for identifiers (a signature's digits are no one's).
+_ENVELOPE_ATTRS = frozenset(
+    {"specversion", "id", "source", "type", "dataschema", "time", "datacontenttype", "keyid", "signature"}
+)
+
+
+def keep_body(reason: Reason, body: bytes) -> bool:
+    """May quarantine keep a refused message's body?  Pure.
+
+    Threat: quarantine is read by operators and kept for weeks; a body under an identifier-like
+    name the contract's list missed (``nhsnumber``), or an NHS number in a free-text field, would
+    sit there as personal data the broker has no basis to hold (DOMAIN.md, PCSC Act s.16). So a
+    body is kept only for a diagnosable reason (``DIAGNOSABLE``) and only when no member name at
+    any depth and no string value looks like a direct identifier (``schemas.identifiers``); a
+    body that is not JSON is scanned as text. Never for ``direct_identifier``.
+    """
+    if reason not in DIAGNOSABLE:
+        return False
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError):
+        return looks_identifying_text(body.decode("utf-8", "replace")) is None
+    return looks_identifying(document, _ENVELOPE_ATTRS) is None
 
 
 class Status(StrEnum):
@@ -133,10 +184,9 @@ class Rejected:
 
     @property
     def body_kept(self) -> bool:
-        """A body refused for carrying a direct identifier is not kept anywhere: holding it would
-        itself be processing patient data the broker has no basis for (DOMAIN.md, PCSC Act s.16).
-        The hash lets the partner find the record in its own export."""
-        return self.reason is not Reason.DIRECT_IDENTIFIER
+        """Whether quarantine may hold this body (``keep_body``); otherwise only its hash, which
+        lets the partner find the message in its own export."""
+        return keep_body(self.reason, self.inbound.body)
 
 
 @dataclass(frozen=True, slots=True)

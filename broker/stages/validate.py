@@ -11,6 +11,7 @@ from broker.stages.types import Fresh, Validated
 from schemas.envelope import Envelope
 from schemas.errors import ContractError, Reason
 from schemas.events import DIRECT_IDENTIFIER_FIELDS, EVENT_MODELS, EventModel
+from schemas.identifiers import looks_like_identifier
 
 
 def _field_path(loc: tuple[int | str, ...]) -> str:
@@ -36,7 +37,11 @@ def validate_payload(env: Envelope) -> EventModel:
         raise ContractError(
             Reason.UNKNOWN_EVENT_TYPE, f"There is no schema for {env.type!r} version {env.version}.", field="dataschema"
         )
-    identifiers = sorted(name for name in env.data if name.lower() in DIRECT_IDENTIFIER_FIELDS)
+    # The contract's list and the variants partners' systems use ("nhsnumber", "NHS No."): a field
+    # that is not in the schema anyway, refused as what it is, not as an unknown field.
+    identifiers = sorted(
+        name for name in env.data if name.lower() in DIRECT_IDENTIFIER_FIELDS or looks_like_identifier(name) is not None
+    )
     if identifiers:
         # DOMAIN.md / PCSC Act s.16: health data must be anonymised at source, so an event carrying
         # a direct identifier is refused (not stripped), so the sender fixes its export.
