@@ -185,9 +185,7 @@ _VALUE_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("upn", re.compile(r"(?<![A-Za-z0-9])[A-HJ-NP-RT-Z][0-9]{11}[0-9A-HJ-NP-RT-Z](?![A-Za-z0-9])")),
     (
         "national_insurance_number",
-        re.compile(
-            r"(?<![A-Za-z0-9])[A-Z]{2} ?[0-9]{2} ?[0-9]{2} ?[0-9]{2} ?[A-D](?![A-Za-z0-9])", re.IGNORECASE
-        ),
+        re.compile(r"(?<![A-Za-z0-9])[A-Z]{2} ?[0-9]{2} ?[0-9]{2} ?[0-9]{2} ?[A-D](?![A-Za-z0-9])", re.IGNORECASE),
     ),
     ("email", re.compile(r"[^@\s\"<>]+@[^@\s\"<>]+\.[A-Za-z]{2,}")),
     ("phone", re.compile(_EDGE_BEFORE + r"(?:\+44 ?|0)(?:[0-9] ?){9,10}" + _EDGE_AFTER)),
