@@ -75,17 +75,25 @@ def test_modified_entry_is_named(filled: Path) -> None:
 
 
 def test_modified_entry_with_recomputed_hash_is_named(filled: Path) -> None:
-    """An editor who also recomputes the entry's own hash still breaks the next link."""
+    """An editor who also recomputes the entry's own hash (and its indexed column) still breaks
+    the next link; one who forgets the column is caught at the entry itself."""
     import hashlib
 
     conn = sqlite3.connect(filled)
     body = bytes(conn.execute("SELECT body FROM audit WHERE seq = 9").fetchone()[0]).replace(b"m-0", b"m-9")
     conn.execute("UPDATE audit SET body = ?, hash = ? WHERE seq = 9", (body, hashlib.sha256(body).hexdigest()))
     conn.commit()
+    report = verify_audit_file(filled)
+    assert (report.ok, report.first_bad_seq) == (False, 9)
+    assert report.problem is not None
+    assert "message_id column" in report.problem
+    conn.execute("UPDATE audit SET message_id = 'm-90000008' WHERE seq = 9")
+    conn.commit()
     conn.close()
     report = verify_audit_file(filled)
     assert not report.ok
     assert report.first_bad_seq == 10
+    assert report.problem == "previous-hash link is broken"
 
 
 def test_deleted_entry_is_named(filled: Path) -> None:
@@ -121,8 +129,8 @@ def test_inserted_entry_is_named(filled: Path) -> None:
     prev = conn.execute("SELECT hash FROM audit WHERE seq = 30").fetchone()[0]
     conn.execute("UPDATE audit SET seq = seq + 1000 WHERE seq > 30")
     forged = seal(Draft(Kind.RELEASED, {"record_id": "rec-forged"}), seq=31, prev=prev, at=datetime.now(UTC))
-    conn.execute(
-        "INSERT INTO audit(seq, at, kind, body, hash) VALUES (31, ?, 'released', ?, ?)",
+    conn.execute(  # with its indexed columns filled in as the broker would
+        "INSERT INTO audit(seq, at, kind, record_id, body, hash) VALUES (31, ?, 'released', 'rec-forged', ?, ?)",
         (forged.at, forged.body, forged.hash),
     )
     conn.execute("UPDATE audit SET seq = seq - 999 WHERE seq > 1000")

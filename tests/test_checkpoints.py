@@ -142,7 +142,10 @@ def test_rebuilt_chain_is_caught_only_with_checkpoints(trail: Path, tmp_path: Pa
             prev=prev,
             at=datetime.fromisoformat(doc["at"].replace("Z", "+00:00")),
         )
-        conn.execute("UPDATE audit SET body = ?, hash = ? WHERE seq = ?", (entry.body, entry.hash, seq))
+        conn.execute(  # a thorough forger keeps the indexed column in step with the body
+            "UPDATE audit SET body = ?, hash = ?, source = ? WHERE seq = ?",
+            (entry.body, entry.hash, doc.get("source"), seq),
+        )
         prev = entry.hash
     conn.commit()
     conn.close()

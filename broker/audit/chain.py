@@ -17,6 +17,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from broker.audit.columns import COLUMN_NAMES, Columns, columns_of, first_mismatch
 from schemas.canonical import canonicalize, canonicalize_plain
 from schemas.envelope import format_time
 
@@ -59,7 +60,9 @@ def seal(draft: Draft, *, seq: int, prev: str, at: datetime) -> Sealed:
     stamp = format_time(at)
     # Entries hold only our own ids, codes, hashes, ints and ASCII keys, never a float: the fast
     # RFC 8785 path applies (``verify_chain`` re-checks every entry with the reference encoder).
-    body = canonicalize_plain({"seq": seq, "prev": prev, "at": stamp, "kind": draft.kind.value, **draft.attrs})
+    # The chain's own fields last: an attribute of the same name can never replace them (the
+    # sequence, the link, or the time and kind the store indexes the entry under).
+    body = canonicalize_plain({**draft.attrs, "seq": seq, "prev": prev, "at": stamp, "kind": draft.kind.value})
     return Sealed(seq, hashlib.sha256(body).hexdigest(), body, draft.kind, stamp, draft.attrs)
 
 
@@ -73,24 +76,32 @@ class ChainReport:
     problem: str | None = None
 
 
+# A stored row: (seq, body, hash), with its indexed columns when it comes from a store (an export
+# holds entries only: there the body is all there is).
+ChainRow = tuple[int, bytes, str] | tuple[int, bytes, str, Columns]
+
+
 def verify_chain(
-    rows: Iterable[tuple[int, bytes, str]],
+    rows: Iterable[ChainRow],
     *,
     start_seq: int = 1,
     start_prev: str = GENESIS,
     collect: set[int] | None = None,
     collected: dict[int, str] | None = None,
 ) -> ChainReport:
-    """Recompute the chain over ``(seq, body, hash)`` rows in storage order.
+    """Recompute the chain over ``(seq, body, hash[, columns])`` rows in storage order.
 
     ``collect``/``collected``: the hashes at these sequence numbers are recorded (for checkpoints).
 
     Reports the first sequence number at which the stored chain stops being the chain that was
     written: a body that does not hash to its stored hash (modified), a ``prev`` that is not the
-    previous entry's hash (deleted, inserted or swapped), or a sequence number out of step.
+    previous entry's hash (deleted, inserted or swapped), a sequence number out of step, or an
+    indexed column that is not the body's value (``columns.py``: the queries and the record trace
+    select by those columns, so a rewritten one makes them lie while the chain itself holds).
     """
     expected_seq, prev, count = start_seq, start_prev, 0
-    for seq, body, stored_hash in rows:
+    for row in rows:
+        seq, body, stored_hash = row[0], row[1], row[2]
         bad_at = min(seq, expected_seq)
         if hashlib.sha256(body).hexdigest() != stored_hash:
             return ChainReport(False, count, expected_seq - 1, prev, bad_at, "entry content does not match its hash")
@@ -98,6 +109,8 @@ def verify_chain(
             doc = json.loads(body)
         except ValueError:
             return ChainReport(False, count, expected_seq - 1, prev, bad_at, "entry is not JSON")
+        if not isinstance(doc, dict):
+            return ChainReport(False, count, expected_seq - 1, prev, bad_at, "entry is not a JSON object")
         # (the fast encoder first: entries are ours and float-free; the reference one decides otherwise)
         if canonicalize_plain(doc) != body and canonicalize(doc) != body:
             return ChainReport(False, count, expected_seq - 1, prev, bad_at, "entry is not in canonical form")
@@ -107,6 +120,12 @@ def verify_chain(
             )
         if doc.get("prev") != prev:
             return ChainReport(False, count, expected_seq - 1, prev, seq, "previous-hash link is broken")
+        if len(row) == 4:
+            wrong = first_mismatch(row[3], columns_of(doc))
+            if wrong is not None:
+                # the column's name only: its value and the body's may be personal data
+                problem = f"{COLUMN_NAMES[wrong]} does not match the entry (the stored index was edited)"
+                return ChainReport(False, count, expected_seq - 1, prev, seq, problem)
         if collect is not None and collected is not None and seq in collect:
             collected[seq] = stored_hash
         prev, expected_seq, count = stored_hash, expected_seq + 1, count + 1

@@ -16,11 +16,13 @@ content, the first committed wins (the rules below, in one place, tested once fo
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from broker.audit.chain import Kind, seal
+from broker.audit.columns import columns_of
 from broker.ports.store import (
     NOT_SEEN,
     AuditRow,
@@ -166,30 +168,37 @@ def plan_commit(
                 plan.releases.append((record_id, seq + 1))
             seq += 1
             entry = seal(draft, seq=seq, prev=prev, at=at)
-            plan.audit.append(
-                AuditRow(
-                    seq,
-                    entry.at,
-                    draft.kind.value,
-                    attrs.get("message_id"),
-                    attrs.get("source"),
-                    attrs.get("consumer"),
-                    attrs.get("agreement_id"),
-                    record_id,
-                    entry.body,
-                    entry.hash,
-                )
-            )
+            plan.audit.append(indexed_row(seq, entry.body, entry.hash))
             prev = entry.hash
             # Entries about many records (reads, purges) are indexed per record, so an IG lead's
             # per-record trace finds them.
-            many = attrs.get("record_ids")
-            if isinstance(many, list):
-                plan.audit_records.extend((seq, rid) for rid in dict.fromkeys(many))
+            plan.audit_records.extend((seq, rid) for rid in plan.audit[-1].record_ids)
     plan.seen = _fold_seen(seen_rows)
     if plan.audit:
         plan.head = Head(seq, prev, plan.audit[-1].at)
     return plan
+
+
+def indexed_row(seq: int, body: bytes, entry_hash: str) -> AuditRow:
+    """The row to store for a sealed entry: its columns are ``columns_of`` its canonical body, the
+    same function verification recomputes them with (so what is written and what is checked
+    cannot drift; the body is parsed back rather than trusted to equal the attributes)."""
+    cols = columns_of(json.loads(body))
+    if cols.at is None or cols.kind is None:  # ``seal`` always writes both
+        raise ValueError(f"audit entry #{seq} has no time or kind")
+    return AuditRow(
+        seq,
+        cols.at,
+        cols.kind,
+        cols.message_id,
+        cols.source,
+        cols.consumer,
+        cols.agreement_id,
+        cols.record_id,
+        body,
+        entry_hash,
+        cols.record_ids,
+    )
 
 
 def replay_view(keys: Sequence[ReplayKey], found: Mapping[ReplayKey, Seen]) -> dict[ReplayKey, Seen]:
@@ -203,6 +212,7 @@ __all__ = [
     "SeenRow",
     "claim_keys",
     "claims",
+    "indexed_row",
     "plan_commit",
     "released_ids",
     "replay_view",

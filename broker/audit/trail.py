@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from broker.audit.chain import ChainReport, verify_chain
+from broker.audit.chain import ChainReport, ChainRow, verify_chain
 from broker.audit.checkpoints import CheckpointReport, verify_against_chain
 from broker.ports.store import Checkpoint
 
@@ -35,7 +35,7 @@ class AuditReport:
 
 
 def verify_trail(
-    rows: Iterable[tuple[int, bytes, str]],
+    rows: Iterable[ChainRow],
     checkpoints: list[Checkpoint] | None = None,
     keys: Mapping[str, Ed25519PublicKey] | None = None,
 ) -> AuditReport:

@@ -3,10 +3,12 @@
 The HTTP audit API (``transports/http_audit.py``) and the offline ``sv-broker audit`` commands
 both use these, so a trace or a verification reads the same on SQLite and on PostgreSQL:
 
-- :func:`verify_store`: 1 read the chain page by page ─► 2 recompute it (pure,
-  ``audit/trail.py``), with the signed checkpoints when given;
+- :func:`verify_store`: 1 read the chain page by page, each entry with its indexed columns ─►
+  2 recompute it and check every column against its entry (pure, ``audit/trail.py``), with the
+  signed checkpoints when given;
 - :func:`trace_entries`: 1 the record's own entries (its release, reads, purge) ─► 2 the entries
-  of the message it came from ─► 3 without the entries about *other* consumers' records;
+  of the message it came from ─► 3 without the entries about *other* consumers' records (each
+  decided on the entry's body: the store answers only with entries whose body matches);
 - :func:`audit_pages`: every entry matching a query, in pages (exports).
 """
 
@@ -18,6 +20,8 @@ from dataclasses import replace
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from broker.audit.chain import ChainRow
+from broker.audit.columns import body_columns
 from broker.audit.trail import AuditReport, verify_trail
 from broker.ports.store import AuditQuery, AuditRow, Checkpoint, Store
 
@@ -37,9 +41,10 @@ async def verify_store(
     checkpoints: list[Checkpoint] | None = None,
     keys: Mapping[str, Ed25519PublicKey] | None = None,
 ) -> AuditReport:
-    rows: list[tuple[int, bytes, str]] = []
+    rows: list[ChainRow] = []
     async for page in audit_pages(store, AuditQuery()):
-        rows.extend((row.seq, row.body, row.hash) for row in page)
+        # with each row's indexed columns: a column that is not its body's value is tampering too
+        rows.extend((row.seq, row.body, row.hash, row.columns) for row in page)
     # Hashing and canonical re-encoding of every entry: CPU work, off the event loop.
     return await asyncio.to_thread(verify_trail, rows, checkpoints, keys)
 
@@ -50,8 +55,10 @@ async def trace_entries(store: Store, record_id: str, message_id: str) -> dict[i
     for query in (AuditQuery(record_id=record_id), AuditQuery(message_id=message_id)):
         async for page in audit_pages(store, query):
             for row in page:
+                # what the entry says, not what its (rewritable) index column says
+                body = body_columns(row.body)
                 # the message's entries about *other* consumers' records belong to their traces
-                if row.record_id not in (None, record_id):
+                if body is not None and body.record_id not in (None, record_id):
                     continue
                 seen[row.seq] = row.body
     return seen

@@ -41,9 +41,10 @@ from typing import Any, TypeVar
 import asyncpg
 
 from broker.audit.chain import GENESIS
+from broker.audit.columns import record_index
 from broker.audit.commit_plan import CommitPlan, claim_keys, plan_commit, released_ids, replay_view
 from broker.errors import StartupError, StoreUnavailable
-from broker.ports.sql import Binder, audit_page_query, feed_page_query, numbered
+from broker.ports.sql import Binder, admitted, audit_page_query, feed_page_query, message_of, numbered, refill
 from broker.ports.store import (
     GENESIS_HEAD,
     AuditQuery,
@@ -143,6 +144,11 @@ MIGRATIONS: tuple[str, ...] = (
         body_sha256 text NOT NULL,
         body bytea
     );
+    """,
+    # 2: an entry's per-record index rows looked up by its seq (read with every audit row, so
+    # verification checks the index against the body).
+    """
+    CREATE INDEX audit_records_seq ON audit_records(seq);
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -393,36 +399,21 @@ class PostgresStore:
         return await self._run(run)
 
     async def audit_page(self, query: AuditQuery) -> list[AuditRow]:
-        bind = Binder(numbered)
-        sql = audit_page_query(bind, query)
-        params = bind.params
-
         async def run(conn: asyncpg.Connection) -> list[AuditRow]:
-            return [
-                AuditRow(
-                    int(r["seq"]),
-                    r["at"],
-                    r["kind"],
-                    r["message_id"],
-                    r["source"],
-                    r["consumer"],
-                    r["agreement_id"],
-                    r["record_id"],
-                    bytes(r["body"]),
-                    r["hash"],
-                )
-                for r in await conn.fetch(sql, *params)
-            ]
+            out: list[AuditRow] = []
+            asked: AuditQuery | None = query
+            while asked is not None:
+                rows = await _audit_rows(conn, asked)
+                out.extend(admitted(query, rows))
+                asked = refill(query, asked, rows, len(out))
+            return out
 
         return await self._run(run)
 
     async def record_message(self, record_id: str) -> str | None:
         async def run(conn: asyncpg.Connection) -> str | None:
-            value = await conn.fetchval(
-                "SELECT message_id FROM audit WHERE record_id = $1 AND message_id IS NOT NULL ORDER BY seq LIMIT 1",
-                record_id,
-            )
-            return None if value is None else str(value)
+            rows = await conn.fetch("SELECT body FROM audit WHERE record_id = $1 ORDER BY seq", record_id)
+            return message_of(record_id, (bytes(r["body"]) for r in rows))
 
         return await self._run(run)
 
@@ -561,6 +552,32 @@ async def _seen(conn: asyncpg.Connection, keys: Sequence[ReplayKey]) -> dict[Rep
         [k[1] for k in keys],
     )
     return {(r["source"], r["message_id"]): Seen(ReplayState(r["state"]), r["content_sha256"]) for r in rows}
+
+
+# An entry's per-record index rows (``audit_records_seq`` makes it a lookup).
+_RECORD_IDS = "ARRAY(SELECT r.record_id FROM audit_records r WHERE r.seq = audit.seq)"
+
+
+async def _audit_rows(conn: asyncpg.Connection, query: AuditQuery) -> list[AuditRow]:
+    """The rows the index selects, with their columns as stored (verification checks those)."""
+    bind = Binder(numbered)
+    sql = audit_page_query(bind, query, _RECORD_IDS)
+    return [
+        AuditRow(
+            int(r["seq"]),
+            r["at"],
+            r["kind"],
+            r["message_id"],
+            r["source"],
+            r["consumer"],
+            r["agreement_id"],
+            r["record_id"],
+            bytes(r["body"]),
+            r["hash"],
+            record_index(list(r["record_ids"])),
+        )
+        for r in await conn.fetch(sql, *bind.params)
+    ]
 
 
 def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:

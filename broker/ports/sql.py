@@ -8,9 +8,11 @@ parameter (threat: SQL injection through a query-string filter).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import replace
 
-from broker.ports.store import AuditQuery
+from broker.audit.columns import body_columns
+from broker.ports.store import AuditQuery, AuditRow
 
 AUDIT_COLUMNS = "seq, at, kind, message_id, source, consumer, agreement_id, record_id, body, hash"
 FEED_COLUMNS = "id, record_id, event_type, agreement_id, released_at, body"
@@ -53,7 +55,9 @@ def feed_page_query(
     return sql + f" ORDER BY id LIMIT {bind(limit)}"
 
 
-def audit_page_query(bind: Binder, query: AuditQuery) -> str:
+def audit_page_query(bind: Binder, query: AuditQuery, record_ids: str) -> str:
+    """``record_ids``: the backend's expression for an entry's per-record index rows (an array),
+    read with every row so that verification can check the index against the body too."""
     clauses = [f"seq > {bind(query.after)}"]
     for column, value in (
         ("message_id", query.message_id),
@@ -73,4 +77,41 @@ def audit_page_query(bind: Binder, query: AuditQuery) -> str:
         clauses.append(f"at >= {bind(query.since)}")
     if query.until:
         clauses.append(f"at < {bind(query.until)}")
-    return f"SELECT {AUDIT_COLUMNS} FROM audit WHERE {' AND '.join(clauses)} ORDER BY seq LIMIT {bind(query.limit)}"  # noqa: S608
+    where = " AND ".join(clauses)
+    select = f"SELECT {AUDIT_COLUMNS}, {record_ids} AS record_ids FROM audit"  # noqa: S608
+    return f"{select} WHERE {where} ORDER BY seq LIMIT {bind(query.limit)}"
+
+
+def admitted(query: AuditQuery, rows: list[AuditRow]) -> list[AuditRow]:
+    """The rows whose body, not only whose index columns, matches ``query`` (``AuditQuery.admits``).
+
+    A body that is not a JSON object cannot contradict the index: it is kept (and verification
+    names it)."""
+    if not query.selects_by_index():
+        return rows
+    out = []
+    for row in rows:
+        body = body_columns(row.body)
+        if body is None or query.admits(body):
+            out.append(row)
+    return out
+
+
+def refill(query: AuditQuery, asked: AuditQuery, rows: list[AuditRow], kept: int) -> AuditQuery | None:
+    """After :func:`admitted` dropped rows of a page: the query for the rest of it, or None when
+    the page is complete (``limit`` rows kept) or the trail is exhausted. So a page comes back
+    short only at the end of the trail, as the callers' paging (``after`` = the last row's seq,
+    an empty page ends it) expects, however many rows were dropped."""
+    if kept >= query.limit or len(rows) < asked.limit or not rows:
+        return None
+    return replace(query, after=rows[-1].seq, limit=query.limit - kept)
+
+
+def message_of(record_id: str, bodies: Iterable[bytes]) -> str | None:
+    """The message id of the first entry whose body names ``record_id`` as its record (its
+    release), from the bodies of the rows the ``record_id`` column selected."""
+    for body in bodies:
+        cols = body_columns(body)
+        if cols is not None and cols.record_id == record_id and cols.message_id is not None:
+            return cols.message_id
+    return None

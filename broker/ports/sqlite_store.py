@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import queue
 import sqlite3
 import threading
@@ -21,11 +22,12 @@ from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
-from broker.audit.chain import GENESIS, ChainReport, verify_chain
+from broker.audit.chain import GENESIS, ChainReport, ChainRow, verify_chain
+from broker.audit.columns import record_index
 from broker.audit.commit_plan import NONE_LOST, CommitPlan, claim_keys, plan_commit, released_ids, replay_view
 from broker.errors import StoreUnavailable
 from broker.ports.private_files import private_directory, private_file
-from broker.ports.sql import Binder, audit_page_query, feed_page_query, qmark
+from broker.ports.sql import Binder, admitted, audit_page_query, feed_page_query, message_of, qmark, refill
 from broker.ports.store import (
     GENESIS_HEAD,
     AuditQuery,
@@ -99,6 +101,7 @@ CREATE TABLE IF NOT EXISTS audit_records (
     record_id TEXT NOT NULL,
     PRIMARY KEY (record_id, seq)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS audit_records_seq ON audit_records(seq);
 CREATE TABLE IF NOT EXISTS checkpoints (
     seq INTEGER PRIMARY KEY,
     head_hash TEXT NOT NULL,
@@ -493,11 +496,8 @@ class SqliteStore:
 
     async def record_message(self, record_id: str) -> str | None:
         def run(conn: sqlite3.Connection) -> str | None:
-            row = conn.execute(
-                "SELECT message_id FROM audit WHERE record_id = ? AND message_id IS NOT NULL ORDER BY seq LIMIT 1",
-                (record_id,),
-            ).fetchone()
-            return None if row is None else str(row[0])
+            rows = conn.execute("SELECT body FROM audit WHERE record_id = ? ORDER BY seq", (record_id,))
+            return message_of(record_id, (bytes(body) for (body,) in rows))
 
         return await self._query(run)
 
@@ -566,24 +566,40 @@ class SoleLeader:
         return None
 
 
-def _audit_page(conn: sqlite3.Connection, query: AuditQuery) -> list[AuditRow]:
+# An entry's per-record index rows, as a JSON array (``audit_records_seq`` makes it a lookup).
+_RECORD_IDS = "(SELECT json_group_array(r.record_id) FROM audit_records r WHERE r.seq = audit.seq)"
+
+
+def _audit_rows(conn: sqlite3.Connection, query: AuditQuery) -> list[AuditRow]:
+    """The rows the index selects, with their columns as stored (verification checks those)."""
     bind = Binder(qmark)
-    sql = audit_page_query(bind, query)
-    params = bind.params
+    sql = audit_page_query(bind, query, _RECORD_IDS)
     return [
-        AuditRow(int(seq), str(at), str(kind), mid, src, con, agr, rid, bytes(body), str(h))
-        for seq, at, kind, mid, src, con, agr, rid, body, h in conn.execute(sql, params)
+        AuditRow(int(seq), at, kind, mid, src, con, agr, rid, bytes(body), h, record_index(json.loads(many or "[]")))
+        for seq, at, kind, mid, src, con, agr, rid, body, h, many in conn.execute(sql, bind.params)
     ]
 
 
+def _audit_page(conn: sqlite3.Connection, query: AuditQuery) -> list[AuditRow]:
+    out: list[AuditRow] = []
+    asked: AuditQuery | None = query
+    while asked is not None:
+        rows = _audit_rows(conn, asked)
+        out.extend(admitted(query, rows))
+        asked = refill(query, asked, rows, len(out))
+    return out
+
+
 def verify_audit_file(path: Path) -> ChainReport:
-    """Verify the audit chain of a store file, read-only (tests and the demo's closing check)."""
+    """Verify the audit chain of a store file, read-only (tests and the demo's closing check):
+    the same check as ``broker.pipeline.trail.verify_store``, columns included."""
     conn = connect(path, readonly=True)
     try:
-        rows = (
-            (int(seq), bytes(body), str(h))
-            for seq, body, h in conn.execute("SELECT seq, body, hash FROM audit ORDER BY seq")
-        )
+        rows: list[ChainRow] = []
+        after = 0
+        while page := _audit_rows(conn, AuditQuery(after=after, limit=5000)):
+            rows.extend((row.seq, row.body, row.hash, row.columns) for row in page)
+            after = page[-1].seq
         return verify_chain(rows)
     finally:
         conn.close()

@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Protocol
 
 from broker.audit.chain import GENESIS, Draft
+from broker.audit.columns import Columns
 from broker.stages.replay import ReplayState
 
 ReplayKey = tuple[str, str]  # (source partner, message id)
@@ -110,7 +111,13 @@ GENESIS_HEAD = Head(0, GENESIS)
 
 @dataclass(frozen=True, slots=True)
 class AuditRow:
-    """One sealed entry as stored, with the columns the audit queries filter on."""
+    """One sealed entry as stored, with the columns the audit queries filter on.
+
+    The columns are the store's index, *as stored*: what an entry says is its ``body`` (the
+    hashed, chained bytes). Verification (``broker/pipeline/trail.verify_store``) checks every
+    column against the body (``broker/audit/columns.py``); a reader that shows or decides on an
+    entry's values reads them from the body. ``record_ids``: the per-record index rows of a
+    many-record entry (reads, purges), sorted."""
 
     seq: int
     at: str
@@ -122,6 +129,20 @@ class AuditRow:
     record_id: str | None
     body: bytes
     hash: str
+    record_ids: tuple[str, ...] = ()
+
+    @property
+    def columns(self) -> Columns:
+        return Columns(
+            self.at,
+            self.kind,
+            self.message_id,
+            self.source,
+            self.consumer,
+            self.agreement_id,
+            self.record_id,
+            self.record_ids,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +171,30 @@ class AuditQuery:
     kind: str | None = None
     since: str | None = None  # RFC 3339, inclusive
     until: str | None = None  # RFC 3339, exclusive
+
+    def selects_by_index(self) -> bool:
+        return any((self.message_id, self.record_id, self.source, self.consumer, self.agreement_id, self.kind))
+
+    def admits(self, body: Columns) -> bool:
+        """Whether the entry whose body has these columns matches the query's equality filters.
+
+        The database selects by its index columns; a backend keeps only the rows whose *body*
+        also matches (``columns_of``), so a rewritten column cannot put an entry into an answer
+        it does not belong to (a record's trace, another consumer's entries). An entry whose
+        column was rewritten *away* is missed, and verification names it. The time bounds are
+        not re-checked here: the database compares them as text in its own collation, which a
+        re-check could disagree with for a bound written in another format; a rewritten ``at``
+        is likewise a verification failure."""
+        for wanted, actual in (
+            (self.message_id, body.message_id),
+            (self.source, body.source),
+            (self.consumer, body.consumer),
+            (self.agreement_id, body.agreement_id),
+            (self.kind, body.kind),
+        ):
+            if wanted and wanted != actual:
+                return False
+        return not self.record_id or self.record_id == body.record_id or self.record_id in body.record_ids
 
 
 @dataclass(frozen=True, slots=True)
