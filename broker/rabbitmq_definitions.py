@@ -90,6 +90,7 @@ def build_definitions(
     delivery_limit: int = 5,
     broker_user: str = DEFAULT_BROKER_USER,
     passwords: Mapping[str, str] | None = None,
+    quarantine_retention_days: int = 30,
 ) -> Definitions:
     """Definitions for ``registry``; ``passwords`` (user -> password) overrides generated ones."""
     if not vhost or not vhost.isprintable():
@@ -98,6 +99,8 @@ def build_definitions(
         raise ValueError("the prefix must be a non-empty printable string")
     if delivery_limit < 1:
         raise ValueError("the delivery limit must be at least 1")
+    if quarantine_retention_days < 1:
+        raise ValueError("the quarantine retention must be at least 1 day")
     if broker_user in registry.partners or broker_user in registry.consumers:
         # One account for two parties would give a partner or consumer the broker's rights.
         raise ValueError(f"the broker user {broker_user!r} is also a party id in the registry")
@@ -157,7 +160,19 @@ def build_definitions(
         "topic_permissions": topic_permissions,
         "parameters": [],
         "global_parameters": [],
-        "policies": [],
+        # The quarantine queue keeps refused messages as long as the store's quarantine does (serve
+        # --quarantine-retention-days), then RabbitMQ drops them: a policy, not a queue argument,
+        # so a changed period applies to the existing queue (arguments cannot change once declared).
+        "policies": [
+            {
+                "vhost": vhost,
+                "name": f"{prefix}-quarantine-retention",
+                "pattern": f"^{re.escape(names.quarantine_queue)}$",
+                "apply-to": "queues",
+                "priority": 0,
+                "definition": {"message-ttl": quarantine_retention_days * 86_400_000},
+            }
+        ],
         "exchanges": [
             {
                 "name": name,

@@ -29,7 +29,7 @@ from broker.metrics import Metrics
 from broker.pipeline import DecideFn, Pipeline
 from broker.pipeline.checkpoints import CheckpointFlow
 from broker.pipeline.dead_letters import DeadLetterFlow
-from broker.pipeline.retention import purge_expired
+from broker.pipeline.retention import purge_expired, purge_quarantine
 from broker.policy.engine import decide
 from broker.policy.loader import PolicySet, load_policy
 from broker.policy.secrets import load_secrets
@@ -348,9 +348,13 @@ class Broker:
         return await self._checkpoints.sign_head(self.clock())
 
     async def purge_expired(self, now: datetime | None = None) -> int:
-        """Delete records past their agreement's retention period, each purge audited."""
+        """Delete records past their agreement's retention period and quarantined messages past
+        the quarantine retention, each purge audited; returns the number of records purged."""
         assert self.store is not None
-        return await purge_expired(self.store, now or self.clock())
+        moment = now or self.clock()
+        records = await purge_expired(self.store, moment)
+        await purge_quarantine(self.store, moment, self.settings.quarantine_retention)
+        return records
 
     def _warn_agreements(self) -> None:
         assert self.policy is not None

@@ -54,6 +54,7 @@ class Settings:
     checkpoint_every: int = 1000  # entries between signed checkpoints ...
     checkpoint_interval: timedelta = timedelta(seconds=60)  # ... or this long, whichever first
     retention_interval: timedelta = timedelta(hours=1)
+    quarantine_retention: timedelta = timedelta(days=30)  # refused messages are deleted after this
     leader_check_interval: float = 1.0  # seconds between leadership checks (singleton jobs)
     warn_within: timedelta = timedelta(days=30)  # agreements ending / due for review this soon
     log_level: str = "INFO"

@@ -216,7 +216,7 @@ def imported(amqp_url: str, tmp_path: Path) -> Iterator[dict[str, Any]]:
             return f"amqp://{user}:{passwords[user]}@{host}/{quote(vhost, safe='')}"
 
         registry = load_registry(policy_dir, keys_dir)
-        yield {"names": Names(prefix), "url": url, "registry": registry, **parties}
+        yield {"names": Names(prefix), "url": url, "registry": registry, "vhost": vhost, **parties}
     finally:
         rabbitmqctl("delete_vhost", vhost)
         for user in passwords:
@@ -334,3 +334,18 @@ async def _check_permissions(env: dict[str, Any]) -> None:
 
 def test_imported_definitions_enforce_least_privilege(imported: dict[str, Any]) -> None:
     asyncio.run(_check_permissions(imported))
+
+
+def test_the_quarantine_queue_drops_messages_after_the_quarantine_retention(imported: dict[str, Any]) -> None:
+    # Issue 11 item 14: refused messages on RabbitMQ are kept no longer than in the store. The
+    # policy is RabbitMQ's own, applied to the imported queue (read back from the node).
+    names: Names = imported["names"]
+    result = rabbitmqctl("list_queues", "-p", imported["vhost"], "--no-table-headers", "name", "policy")
+    assert result.returncode == 0, result.stderr
+    rows = dict(line.split("\t", 1) for line in result.stdout.splitlines() if "\t" in line)
+    assert rows[names.quarantine_queue].endswith("-quarantine-retention")
+    assert [name for name, pol in rows.items() if pol.strip() and name != names.quarantine_queue] == []
+    policies = rabbitmqctl("list_policies", "-p", imported["vhost"], "--no-table-headers")
+    assert policies.returncode == 0, policies.stderr
+    [line] = [line for line in policies.stdout.splitlines() if "-quarantine-retention" in line]
+    assert f'"message-ttl":{30 * 86_400_000}' in line.replace(" ", "")

@@ -34,6 +34,7 @@ class Kind(StrEnum):
     ACCESSED = "accessed"  # an analyst's or IG lead's read: who, what, which records
     ACCESS_DENIED = "access_denied"  # a refused token or a read outside the caller's rights
     PURGED = "purged"
+    QUARANTINE_PURGED = "quarantine_purged"  # refused messages past the quarantine retention
     STARTED = "started"  # broker start: configuration fingerprint (agreements, registry)
     STOPPED = "stopped"  # graceful shutdown
 

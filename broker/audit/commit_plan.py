@@ -63,6 +63,7 @@ class CommitPlan:
     records: list[StoredRecord] = field(default_factory=list)
     quarantine: list[QuarantineItem] = field(default_factory=list)
     purge: list[str] = field(default_factory=list)
+    purge_quarantine: list[int] = field(default_factory=list)
     checkpoints: list[Checkpoint] = field(default_factory=list)
 
 
@@ -145,6 +146,7 @@ def plan_commit(
     for unit, unit_lost in zip(units, lost, strict=True):
         plan.quarantine.extend(unit.quarantine)
         plan.purge.extend(unit.purge)
+        plan.purge_quarantine.extend(unit.purge_quarantine)
         plan.checkpoints.extend(unit.checkpoints)
         for (source, message_id), seen in unit.seen:
             if (source, message_id) not in unit_lost:

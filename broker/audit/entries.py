@@ -116,6 +116,21 @@ def purged(consumer: str, agreement_id: str, record_ids: Sequence[str]) -> Draft
     )
 
 
+def quarantine_purged(reasons: Mapping[str, int], before: str, retention_days: int) -> Draft:
+    """Quarantined messages deleted at the end of the quarantine retention: how many, for which
+    reasons, refused before when (their hashes stay in their ``rejected`` entries)."""
+    return Draft(
+        Kind.QUARANTINE_PURGED,
+        {
+            "reason": Reason.RETENTION_EXPIRED.value,
+            "count": sum(reasons.values()),
+            "reasons": dict(sorted(reasons.items())),
+            "refused_before": before,
+            "retention_days": retention_days,
+        },
+    )
+
+
 def started(config_sha256: str, mode: str, agreements: Mapping[str, int], role: Mapping[str, Any]) -> Draft:
     """Broker start: the configuration fingerprint, so an IG lead can tell which agreements governed
     a period."""

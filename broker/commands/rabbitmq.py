@@ -50,6 +50,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="FILE",
         help="an earlier --passwords-out file: users listed there keep their password (only new users get one)",
     )
+    defs.add_argument(
+        "--quarantine-retention-days",
+        type=int,
+        default=30,
+        help="message TTL of the quarantine queue, as serve --quarantine-retention-days (default: %(default)s)",
+    )
     add_policy_args(defs)
     defs.set_defaults(handler=run_definitions)
 
@@ -82,6 +88,7 @@ def run_definitions(args: argparse.Namespace) -> int:
             delivery_limit=args.delivery_limit,
             broker_user=args.broker_user,
             passwords=kept,
+            quarantine_retention_days=args.quarantine_retention_days,
         )
         write_definitions(definitions, args.out, args.passwords_out)
     except FileExistsError as exc:

@@ -99,6 +99,12 @@ def add_runtime_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--token-issuer", default="urn:sv-broker", help="accepted token issuer (exact match)")
     parser.add_argument("--token-audience", default="sv-broker-api", help="required token audience")
     parser.add_argument("--max-future-seconds", type=float, default=300.0, help="freshness: allowed clock skew ahead")
+    parser.add_argument(
+        "--quarantine-retention-days",
+        type=positive_int,
+        default=30,
+        help="refused messages are deleted (and the deletion audited) after this many days (default: %(default)s)",
+    )
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -130,6 +136,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         log_level=getattr(args, "log_level", "INFO"),
         http_host=args.host,
         http_port=args.port,
+        quarantine_retention=timedelta(days=getattr(args, "quarantine_retention_days", 30)),
     )
 
 

@@ -8,15 +8,39 @@ show it).
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections import Counter
+from datetime import datetime, timedelta
 
 from broker.audit import entries
 from broker.logs import get_logger
 from broker.ports.store import CommitUnit, Store
+from schemas.envelope import format_time
 
 log = get_logger("sv_broker.retention")
 
 PAGE = 1000
+
+
+async def purge_quarantine(store: Store, now: datetime, retention: timedelta) -> int:
+    """Delete every quarantined message refused more than ``retention`` ago, each page of them
+    audited (``quarantine_purged``, counts by reason) in the commit that deletes it; returns how many.
+
+    Threat: quarantine holds what partners sent and the broker refused (bodies only where a person
+    needs them to diagnose, and never identifier-like: ``broker.stages.outcome.keep_body``); kept
+    for ever, even that becomes a store of other people's data without a purpose (UK GDPR art.
+    5(1)(e), storage limitation)."""
+    before = now - retention
+    stamp = format_time(before)
+    total = 0
+    while True:
+        rows = await store.expired_quarantine(before, PAGE)
+        if not rows:
+            return total
+        reasons = Counter(row.reason for row in rows)
+        draft = entries.quarantine_purged(reasons, stamp, retention.days)
+        await store.commit(CommitUnit(drafts=[draft], purge_quarantine=[r.id for r in rows]))
+        total += len(rows)
+        log.info("quarantine_purged", count=len(rows))
 
 
 async def purge_expired(store: Store, now: datetime) -> int:

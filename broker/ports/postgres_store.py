@@ -52,6 +52,7 @@ from broker.ports.store import (
     Checkpoint,
     CommitUnit,
     Expired,
+    ExpiredQuarantine,
     FeedRow,
     Head,
     Lost,
@@ -436,6 +437,15 @@ class PostgresStore:
 
         return await self._run(run)
 
+    async def expired_quarantine(self, before: datetime, limit: int) -> list[ExpiredQuarantine]:
+        async def run(conn: asyncpg.Connection) -> list[ExpiredQuarantine]:
+            rows = await conn.fetch(
+                "SELECT id, reason FROM quarantine WHERE at < $1 ORDER BY id LIMIT $2", format_time(before), limit
+            )
+            return [ExpiredQuarantine(int(r["id"]), r["reason"]) for r in rows]
+
+        return await self._run(run)
+
     async def counts(self) -> StoreCounts:
         async def run(conn: asyncpg.Connection) -> StoreCounts:
             kinds = await conn.fetch("SELECT kind, count(*) AS n FROM audit GROUP BY kind")
@@ -677,6 +687,8 @@ async def _apply(conn: asyncpg.Connection, plan: CommitPlan) -> None:
         )
     if plan.purge:
         await conn.execute("DELETE FROM records WHERE record_id = ANY($1::text[])", list(plan.purge))
+    if plan.purge_quarantine:
+        await conn.execute("DELETE FROM quarantine WHERE id = ANY($1::bigint[])", list(plan.purge_quarantine))
     if plan.checkpoints:
         await conn.execute(
             "INSERT INTO checkpoints(seq, head_hash, at, kid, signature) "

@@ -35,6 +35,7 @@ from broker.ports.store import (
     Checkpoint,
     CommitUnit,
     Expired,
+    ExpiredQuarantine,
     FeedRow,
     Head,
     Lost,
@@ -400,6 +401,8 @@ class SqliteStore:
         )
         if plan.purge:
             conn.executemany("DELETE FROM records WHERE record_id = ?", [(rid,) for rid in plan.purge])
+        if plan.purge_quarantine:
+            conn.executemany("DELETE FROM quarantine WHERE id = ?", [(qid,) for qid in plan.purge_quarantine])
         _insert_many(
             conn,
             "INSERT OR IGNORE INTO checkpoints(seq, head_hash, at, kid, signature) VALUES ",
@@ -520,6 +523,17 @@ class SqliteStore:
                     "SELECT record_id, consumer, agreement_id FROM records WHERE expires_at <= ? "
                     "ORDER BY expires_at, id LIMIT ?",
                     (format_time(now), limit),
+                )
+            ]
+
+        return await self._query(run)
+
+    async def expired_quarantine(self, before: datetime, limit: int) -> list[ExpiredQuarantine]:
+        def run(conn: sqlite3.Connection) -> list[ExpiredQuarantine]:
+            return [
+                ExpiredQuarantine(int(i), str(r))
+                for i, r in conn.execute(
+                    "SELECT id, reason FROM quarantine WHERE at < ? ORDER BY id LIMIT ?", (format_time(before), limit)
                 )
             ]
 

@@ -86,6 +86,7 @@ class CommitUnit:
     seen: list[tuple[ReplayKey, Seen]] = field(default_factory=list)
     quarantine: list[QuarantineItem] = field(default_factory=list)
     purge: list[str] = field(default_factory=list)  # record ids to delete (retention)
+    purge_quarantine: list[int] = field(default_factory=list)  # quarantine row ids to delete (retention)
     checkpoints: list[Checkpoint] = field(default_factory=list)
 
     def extend(self, other: CommitUnit) -> None:
@@ -198,6 +199,14 @@ class AuditQuery:
 
 
 @dataclass(frozen=True, slots=True)
+class ExpiredQuarantine:
+    """A quarantined message past the quarantine retention period (a purge candidate)."""
+
+    id: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Expired:
     """A record past its retention period (a purge candidate)."""
 
@@ -257,6 +266,10 @@ class Store(Protocol):
     async def checkpoints(self) -> list[Checkpoint]: ...
 
     async def expired(self, now: datetime, limit: int) -> list[Expired]: ...
+
+    async def expired_quarantine(self, before: datetime, limit: int) -> list[ExpiredQuarantine]:
+        """Quarantined messages refused before ``before``, oldest first."""
+        ...
 
     async def counts(self) -> StoreCounts: ...
 
