@@ -77,6 +77,11 @@ def exactly(name: str) -> str:
     return f"^{re.escape(name)}$"
 
 
+def one_of(*names: str) -> str:
+    """A permission regex matching exactly these names and nothing else."""
+    return "^(" + "|".join(re.escape(n) for n in names) + ")$"
+
+
 def generate_password() -> str:
     # 256 bits from the OS CSPRNG; URL-safe so it can sit in an amqp:// URL without escaping.
     return secrets.token_urlsafe(32)
@@ -122,7 +127,8 @@ def build_definitions(
             "partner",
             configure=NOTHING,  # no declaring, deleting or re-binding: the topology is the operator's
             write=exactly(names.ingest_exchange),  # publish events, nowhere else (not deliver/receipts)
-            read=exactly(names.receipts_queue(partner)),  # its own receipts, never another partner's
+            # its own receipts (never another partner's) and its own copy of the audit checkpoints
+            read=one_of(names.receipts_queue(partner), names.checkpoints_queue(partner)),
         )
         topic_permissions.append(
             {
@@ -138,7 +144,8 @@ def build_definitions(
     for consumer in sorted(registry.consumers):
         # Only its own minimised records: another consumer's queue holds records its agreement
         # does not cover.
-        add(consumer, "consumer", configure=NOTHING, write=NOTHING, read=exactly(names.consumer_queue(consumer)))
+        read = one_of(names.consumer_queue(consumer), names.checkpoints_queue(consumer))
+        add(consumer, "consumer", configure=NOTHING, write=NOTHING, read=read)
     everything = f"^{re.escape(prefix + '.')}.*$"  # every name the broker owns, nothing outside the prefix
     add(broker_user, "broker", configure=everything, write=everything, read=everything)
 

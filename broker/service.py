@@ -21,18 +21,19 @@ from aiohttp import web
 
 from broker import jobs
 from broker.audit import entries
-from broker.auth.broker_key import broker_public_jwks, load_or_create_broker_key
+from broker.auth.broker_key import BrokerKey, broker_public_jwks, load_or_create_broker_key
 from broker.auth.tokens import TokenVerifier, load_jwks
 from broker.errors import StartupError
 from broker.logs import get_logger
 from broker.metrics import Metrics
 from broker.pipeline import DecideFn, Pipeline
-from broker.pipeline.checkpoints import CheckpointFlow
+from broker.pipeline.checkpoints import CheckpointFlow, refuse_store_behind
 from broker.pipeline.dead_letters import DeadLetterFlow
 from broker.pipeline.retention import purge_expired, purge_quarantine
 from broker.policy.engine import decide
 from broker.policy.loader import PolicySet, load_policy
 from broker.policy.secrets import load_secrets
+from broker.ports.checkpoint_log import CheckpointLog
 from broker.ports.delivery import Delivery, StoreDelivery
 from broker.ports.private_files import private_directory, private_file
 from broker.ports.rabbitmq.connection import Connection, connect
@@ -165,6 +166,16 @@ class Broker:
         self.policy = load_policy(settings.policy_dir, self.registry, secrets)
         self.store = store_for(settings.store_location, batch_max=settings.audit_batch_max)
         await self.store.open()
+        checkpoint_log = CheckpointLog(settings.effective_checkpoint_log)
+        broker_key: BrokerKey | None = None
+        if not self.ingest_only:
+            # Before anything is written: a store behind what this broker published is refused
+            # (truncated, rebuilt or an older copy), never extended as if nothing had happened.
+            broker_key = await asyncio.to_thread(load_or_create_broker_key, settings.effective_broker_key)
+            last = await asyncio.to_thread(checkpoint_log.last)
+            await refuse_store_behind(
+                self.store, last, {broker_key[0]: broker_key[1].public_key()}, checkpoint_log.path
+            )
         role: dict[str, object] = {}
         if self.ingest_only:
             role["role"] = "ingest-worker"
@@ -197,8 +208,16 @@ class Broker:
             log.info("broker_started", mode="amqp", role="ingest-worker")
             return
 
-        kid, private_key = await asyncio.to_thread(load_or_create_broker_key, settings.effective_broker_key)
-        self._checkpoints = CheckpointFlow(self.store, kid, private_key)
+        assert broker_key is not None
+        kid, private_key = broker_key
+
+        async def to_log(checkpoint: Checkpoint) -> None:
+            await asyncio.to_thread(checkpoint_log.append, checkpoint)
+
+        publishers = [to_log]
+        if amqp_delivery is not None:
+            publishers.append(amqp_delivery.publish_checkpoint)
+        self._checkpoints = CheckpointFlow(self.store, kid, private_key, publishers)
         token_keys = {kid: private_key.public_key()}
         if settings.token_jwks_file is not None:
             # An identity provider's keys: configuration, not code (and read once, here).
@@ -223,6 +242,7 @@ class Broker:
             clock=self.clock,
             warn_within=settings.warn_within,
             max_authorization=settings.http_max_authorization,
+            body_timeout=settings.http_body_timeout,
         )
         http_access.add_routes(app, self.access)
         http_feeds.add_routes(app)

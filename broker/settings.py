@@ -53,6 +53,7 @@ class Settings:
     token_audience: str = "sv-broker-api"  # noqa: S105 - an audience name, not a secret
     checkpoint_every: int = 1000  # entries between signed checkpoints ...
     checkpoint_interval: timedelta = timedelta(seconds=60)  # ... or this long, whichever first
+    checkpoint_log: Path | None = None  # every checkpoint appended here; default data_dir / checkpoints.jsonl
     retention_interval: timedelta = timedelta(hours=1)
     quarantine_retention: timedelta = timedelta(days=30)  # refused messages are deleted after this
     leader_check_interval: float = 1.0  # seconds between leadership checks (singleton jobs)
@@ -68,6 +69,10 @@ class Settings:
     @property
     def effective_broker_key(self) -> Path:
         return self.broker_key_file if self.broker_key_file is not None else self.data_dir / "broker-key.pem"
+
+    @property
+    def effective_checkpoint_log(self) -> Path:
+        return self.checkpoint_log if self.checkpoint_log is not None else self.data_dir / "checkpoints.jsonl"
 
     @property
     def effective_keys_dir(self) -> Path:

@@ -16,10 +16,10 @@ from typing import Any
 
 from schemas.envelope import KEY_ID_RE, PARTY_ID_RE, TYPE_RE
 from schemas.events import EVENT_MODELS
-from schemas.topology import DEFAULT_PREFIX, QUORUM, Names, ingest_queue_arguments
+from schemas.topology import CHECKPOINTS_QUEUE, DEFAULT_PREFIX, QUORUM, Names, ingest_queue_arguments
 
 # Placeholders the document's parameters stand for (a test substitutes real ids for them).
-PARTNER, CONSUMER, EVENT_TYPE = "{partner}", "{consumer}", "{event_type}"
+PARTNER, CONSUMER, EVENT_TYPE, PARTY = "{partner}", "{consumer}", "{event_type}", "{party}"
 DELIVERY_LIMIT = 5  # the broker's default x-delivery-limit (Settings.delivery_limit)
 BINDING_VERSION = "0.3.0"
 CONTENT_TYPE = "application/json"
@@ -55,6 +55,7 @@ def _params(*names: str) -> dict[str, Any]:
         "partner": f"A partner id of the registry (policies/parties.toml), pattern {PARTY_ID_RE.pattern}",
         "consumer": f"A consumer id of the registry (policies/parties.toml), pattern {PARTY_ID_RE.pattern}",
         "event_type": f"An event type (schemas/events), pattern {TYPE_RE.pattern}",
+        "party": f"A partner or consumer id of the registry, pattern {PARTY_ID_RE.pattern}",
     }
     out: dict[str, Any] = {}
     for name in names:
@@ -164,6 +165,25 @@ def asyncapi_document(prefix: str = DEFAULT_PREFIX) -> dict[str, Any]:
             "bindings": _queue(n.quarantine_queue, QUORUM),
             "x-bound-to": [{"exchange": n.quarantine_exchange, "routingKey": ""}],
         },
+        "checkpoints": {
+            "address": n.checkpoints_exchange,
+            "title": "The broker's signed audit checkpoints",
+            "messages": {"checkpoint": _ref("messages", "checkpoint")},
+            "bindings": _exchange(n.checkpoints_exchange, "fanout"),
+        },
+        "checkpointsQueue": {
+            "address": n.checkpoints_queue(PARTY),
+            "title": "One party's copy of every checkpoint (the latest 10,080)",
+            "description": (
+                "Every partner and consumer has one: a copy of the audit trail's signed checkpoints outside the "
+                "broker's store. Keep them; send them to POST /v1/audit/verify or `sv-broker audit verify "
+                "--checkpoints` (one body per line) to prove the trail was not truncated or rebuilt."
+            ),
+            "parameters": _params("party"),
+            "messages": {"checkpoint": _ref("messages", "checkpoint")},
+            "bindings": _queue(n.checkpoints_queue(PARTY), CHECKPOINTS_QUEUE),
+            "x-bound-to": [{"exchange": n.checkpoints_exchange, "routingKey": ""}],
+        },
     }
 
     def op(action: str, channel: str, summary: str) -> dict[str, Any]:
@@ -188,6 +208,8 @@ def asyncapi_document(prefix: str = DEFAULT_PREFIX) -> dict[str, Any]:
         "consumeReceipts": op("receive", "receiptsQueue", "A partner reads its receipts."),
         "quarantineMessage": op("send", "quarantine", "The broker sets a refused message aside."),
         "consumeQuarantine": op("receive", "quarantineQueue", "The operators read refused messages."),
+        "publishCheckpoint": op("send", "checkpoints", "The broker publishes each signed checkpoint as it signs it."),
+        "consumeCheckpoints": op("receive", "checkpointsQueue", "A partner or consumer keeps the checkpoints."),
     }
 
     def message(name: str, title: str, schema_file: str, headers: str | None = None) -> dict[str, Any]:
@@ -235,7 +257,32 @@ def asyncapi_document(prefix: str = DEFAULT_PREFIX) -> dict[str, Any]:
                     "envelope.v1.json",
                     headers="quarantine_headers.v1.json",
                 ),
+                "checkpoint": message("checkpoint", "Signed audit checkpoint", "checkpoint.v1.json"),
             }
+        },
+    }
+
+
+def checkpoint_schema() -> dict[str, Any]:
+    """One signed checkpoint: a line of the checkpoint log, a body on a checkpoints queue."""
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "urn:sv-broker:schema:checkpoint:v1",
+        "title": "sv-broker signed audit checkpoint",
+        "description": (
+            "signature = base64url(Ed25519 by the broker key (kid) over the RFC 8785 canonical bytes of "
+            '{"purpose": "sv-broker audit checkpoint v1", "seq": seq, "head_hash": head_hash, "at": at}). '
+            "The broker's public key: GET /v1/audit/checkpoints (public_keys) or /.well-known/jwks.json."
+        ),
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["seq", "head_hash", "at", "kid", "signature"],
+        "properties": {
+            "seq": {"type": "integer", "minimum": 1, "description": "the audit entry the checkpoint covers"},
+            "head_hash": {"type": "string", "pattern": "^[0-9a-f]{64}$", "description": "that entry's chain hash"},
+            "at": {"type": "string", "format": "date-time"},
+            "kid": {"type": "string"},
+            "signature": {"type": "string", "pattern": "^[A-Za-z0-9_-]{86}$"},
         },
     }
 

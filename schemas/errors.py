@@ -114,6 +114,8 @@ class Reason(StrEnum):
     # HTTP transport: ingest media type, slow clients (issue 11 items 5 and 9)
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     REQUEST_TIMEOUT = "request_timeout"
+    # audit verification against checkpoints kept outside the store (issue 11 item 11)
+    CHECKPOINTS_INVALID = "checkpoints_invalid"
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +224,7 @@ REASONS: dict[Reason, ReasonInfo] = {
         "request", 415, "HTTP ingest takes application/json or application/cloudevents+json (UTF-8) only"
     ),
     Reason.REQUEST_TIMEOUT: _r("request", 408, "the request body did not arrive within the read timeout"),
+    Reason.CHECKPOINTS_INVALID: _r("request", 400, "the body is not a checkpoints document or checkpoint log"),
 }
 
 

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from schemas.asyncapi import asyncapi_document, key_file_schema
+from schemas.asyncapi import asyncapi_document, checkpoint_schema, key_file_schema
 from schemas.envelope import DATASCHEMA_RE, ID_RE, KEY_ID_RE, PARTY_ID_RE, SPECVERSION, TIME_RE, TYPE_RE
 from schemas.events import EVENT_MODELS
 from schemas.messages import MESSAGE_SCHEMAS
@@ -63,6 +63,7 @@ def all_schemas() -> dict[str, dict[str, Any]]:
     # The registry key file and the AMQP interface (schemas/asyncapi.py).
     out["key_file.v1.json"] = key_file_schema()
     out["asyncapi.v1.json"] = asyncapi_document()
+    out["checkpoint.v1.json"] = checkpoint_schema()
     return out
 
 

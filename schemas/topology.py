@@ -17,7 +17,10 @@ Every name is ``<prefix>.<something>`` (the prefix is ``sv`` unless a deployment
   ``<p>.consumer.<consumer>`` each;
 * ``<p>.quarantine``: fanout exchange and queue of refused messages, for the operators;
 * ``<p>.receipts``: direct exchange of receipts, routing key = partner id, one queue
-  ``<p>.receipts.<partner>`` each.
+  ``<p>.receipts.<partner>`` each;
+* ``<p>.checkpoints``: fanout exchange of the broker's signed audit checkpoints, one queue
+  ``<p>.checkpoints.<party>`` for every partner and consumer (the latest week's, at one a minute),
+  so copies of every checkpoint live outside the broker's store, with the parties it answers to.
 
 The messages on these queues are defined in :mod:`schemas.messages`.
 """
@@ -75,6 +78,13 @@ class Names:
     def receipts_queue(self, partner: str) -> str:
         return f"{self.prefix}.receipts.{partner}"
 
+    @property
+    def checkpoints_exchange(self) -> str:
+        return f"{self.prefix}.checkpoints"
+
+    def checkpoints_queue(self, party: str) -> str:
+        return f"{self.prefix}.checkpoints.{party}"
+
 
 def ingest_routing_key(partner: str, event_type: str) -> str:
     """The routing key a partner publishes an event with: ``<partner>.<event_type>``.
@@ -92,6 +102,10 @@ def routing_key_partner(routing_key: str) -> str:
 
 # Every queue is a quorum queue: replicated, and durable by construction.
 QUORUM: dict[str, Any] = {"x-queue-type": "quorum"}
+# A party's checkpoints queue keeps the latest 10,080 (a week at one a minute; each ~300 bytes):
+# a party that never reads it costs the node a bounded few MiB, never an ever-growing queue.
+CHECKPOINTS_KEPT = 10_080
+CHECKPOINTS_QUEUE: dict[str, Any] = {**QUORUM, "x-max-length": CHECKPOINTS_KEPT, "x-overflow": "drop-head"}
 
 
 def ingest_queue_arguments(names: Names, delivery_limit: int) -> dict[str, Any]:
@@ -122,12 +136,14 @@ def topology_spec(
     names: Names, *, partners: Iterable[str], consumers: Iterable[str], delivery_limit: int
 ) -> TopologySpec:
     """The topology for these partner and consumer ids (in sorted order, so it is deterministic)."""
+    partners, consumers = list(partners), list(consumers)
     exchanges = [
         (names.dead_letter_exchange, "fanout"),
         (names.ingest_exchange, "topic"),
         (names.deliver_exchange, "direct"),
         (names.quarantine_exchange, "fanout"),
         (names.receipts_exchange, "direct"),
+        (names.checkpoints_exchange, "fanout"),
     ]
     queues: list[tuple[str, dict[str, Any]]] = [
         (names.dead_letter_queue, dict(QUORUM)),
@@ -145,4 +161,7 @@ def topology_spec(
     for partner in sorted(partners):
         queues.append((names.receipts_queue(partner), dict(QUORUM)))
         bindings.append((names.receipts_exchange, names.receipts_queue(partner), partner))
+    for party in sorted(set(partners) | set(consumers)):
+        queues.append((names.checkpoints_queue(party), dict(CHECKPOINTS_QUEUE)))
+        bindings.append((names.checkpoints_exchange, names.checkpoints_queue(party), ""))
     return TopologySpec(tuple(exchanges), tuple(queues), tuple(bindings))

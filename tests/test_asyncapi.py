@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from broker.errors import RegistryError
 from broker.registry import load_registry
 from broker.settings import REPO_POLICIES, Settings
-from schemas.asyncapi import CONSUMER, DELIVERY_LIMIT, PARTNER, asyncapi_document
+from schemas.asyncapi import CONSUMER, DELIVERY_LIMIT, PARTNER, PARTY, asyncapi_document
 from schemas.keyfile import KeyEntry, public_bytes
 from schemas.schema_files import SCHEMA_DIR
 from schemas.topology import Names, topology_spec
@@ -44,8 +44,8 @@ def refs(node: Any) -> list[str]:
     return []
 
 
-def expand(text: str, partner: str, consumer: str) -> str:
-    return text.replace(PARTNER, partner).replace(CONSUMER, consumer)
+def expand(text: str, partner: str, consumer: str, party: str) -> str:
+    return text.replace(PARTNER, partner).replace(CONSUMER, consumer).replace(PARTY, party)
 
 
 def declared_by_document() -> tuple[set[tuple[str, str]], set[tuple[str, str]], set[tuple[str, str, str]]]:
@@ -55,13 +55,15 @@ def declared_by_document() -> tuple[set[tuple[str, str]], set[tuple[str, str]], 
         amqp = channel["bindings"]["amqp"]
         for partner in PARTNERS:
             for consumer in CONSUMERS:
-                if amqp["is"] == "routingKey":
-                    exchanges.add((amqp["exchange"]["name"], amqp["exchange"]["type"]))
-                else:
-                    name = expand(amqp["queue"]["name"], partner, consumer)
+                for party in PARTNERS + CONSUMERS:
+                    if amqp["is"] == "routingKey":
+                        exchanges.add((amqp["exchange"]["name"], amqp["exchange"]["type"]))
+                        continue
+                    name = expand(amqp["queue"]["name"], partner, consumer, party)
                     queues.add((name, json.dumps(channel["bindings"]["x-arguments"], sort_keys=True)))
                     for bound in channel["x-bound-to"]:
-                        bindings.add((bound["exchange"], name, expand(bound["routingKey"], partner, consumer)))
+                        key = expand(bound["routingKey"], partner, consumer, party)
+                        bindings.add((bound["exchange"], name, key))
     return exchanges, queues, bindings
 
 

@@ -130,6 +130,7 @@ PROTECTED_ROUTES: dict[tuple[str, str], tuple[str, str | None]] = {
     ("GET", "/v1/audit/trace/{record_id}"): ("/v1/audit/trace/derby-pubwatch:0123456789abcdef", "analyst"),
     ("GET", "/v1/audit/checkpoints"): ("/v1/audit/checkpoints", "analyst"),
     ("GET", "/v1/audit/verify"): ("/v1/audit/verify", "analyst"),
+    ("POST", "/v1/audit/verify"): ("/v1/audit/verify", "analyst"),
     ("GET", "/v1/agreements"): ("/v1/agreements", None),
 }
 

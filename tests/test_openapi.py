@@ -4,6 +4,7 @@ loopback finds no 5xx and no response outside the document."""
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from collections.abc import Iterator
 from datetime import timedelta
@@ -27,6 +28,13 @@ from broker.settings import Settings
 from broker.transports.openapi import document
 
 SCHEMA = schemathesis.openapi.from_dict(document())
+
+
+@schemathesis.serializer("application/x-ndjson")
+def ndjson(ctx: object, value: object) -> bytes:
+    """A checkpoint log (POST /v1/audit/verify): one JSON value per line."""
+    items = value if isinstance(value, list) else [value]
+    return "\n".join(json.dumps(item) for item in items).encode()
 
 
 class RunningBroker:

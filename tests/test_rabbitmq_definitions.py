@@ -31,6 +31,7 @@ from broker.rabbitmq_definitions import (
     check_password,
     exactly,
     hash_password,
+    one_of,
 )
 from broker.registry import Registry, load_registry
 from broker.settings import REPO_POLICIES
@@ -74,18 +75,21 @@ def test_permissions_are_least_privilege_and_anchored(repo_registry: Registry) -
     for partner in repo_registry.partners:
         assert perms[partner]["configure"] == NOTHING
         assert perms[partner]["write"] == exactly(names.ingest_exchange)
-        assert perms[partner]["read"] == exactly(names.receipts_queue(partner))
+        assert perms[partner]["read"] == one_of(names.receipts_queue(partner), names.checkpoints_queue(partner))
         assert topic[partner]["exchange"] == names.ingest_exchange
         assert re.fullmatch(topic[partner]["write"], f"{partner}.ae_assault")
     for consumer in repo_registry.consumers:
         assert (perms[consumer]["configure"], perms[consumer]["write"]) == (NOTHING, NOTHING)
-        assert perms[consumer]["read"] == exactly(names.consumer_queue(consumer))
+        assert perms[consumer]["read"] == one_of(names.consumer_queue(consumer), names.checkpoints_queue(consumer))
     # Anchored and escaped: a regex matches its one name, not a longer one or a "." wildcard.
     read = perms["derby-pubwatch"]["read"]
     assert re.search(read, "sv.receipts.derby-pubwatch")
     assert not re.search(read, "sv.receipts.derby-pubwatch-2")
     assert not re.search(read, "sv.receipts.chesterfield-pubwatch")
     assert not re.search(read, "svXreceiptsXderby-pubwatch")
+    assert re.search(read, "sv.checkpoints.derby-pubwatch")
+    assert not re.search(read, "sv.checkpoints.chesterfield-pubwatch")
+    assert not re.search(read, "sv.checkpoints")
     assert not re.search(topic["derby-pubwatch"]["write"], "derby-pubwatchX.ae_assault")
     assert not re.search(perms["sv-broker"]["configure"], "other.ingest")
     assert re.search(perms["sv-broker"]["configure"], "sv.consumer.derby-vru")

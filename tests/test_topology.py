@@ -34,6 +34,7 @@ def test_the_topology_is_exactly_this() -> None:
         ("x.deliver", "direct"),
         ("x.quarantine", "fanout"),
         ("x.receipts", "direct"),
+        ("x.checkpoints", "fanout"),
     )
     assert spec.queues == (
         ("x.dead", {"x-queue-type": "quorum"}),
@@ -51,6 +52,10 @@ def test_the_topology_is_exactly_this() -> None:
         ("x.consumer.c1", {"x-queue-type": "quorum"}),
         ("x.receipts.p1", {"x-queue-type": "quorum"}),
         ("x.receipts.p2", {"x-queue-type": "quorum"}),
+        *(
+            (f"x.checkpoints.{party}", {"x-queue-type": "quorum", "x-max-length": 10_080, "x-overflow": "drop-head"})
+            for party in ("c1", "p1", "p2")
+        ),
     )
     assert spec.bindings == (
         ("x.dlx", "x.dead", ""),
@@ -59,6 +64,9 @@ def test_the_topology_is_exactly_this() -> None:
         ("x.deliver", "x.consumer.c1", "c1"),
         ("x.receipts", "x.receipts.p1", "p1"),
         ("x.receipts", "x.receipts.p2", "p2"),
+        ("x.checkpoints", "x.checkpoints.c1", ""),
+        ("x.checkpoints", "x.checkpoints.p1", ""),
+        ("x.checkpoints", "x.checkpoints.p2", ""),
     )
 
 

@@ -42,21 +42,54 @@ def checkpoints_document(checkpoints: Iterable[Checkpoint]) -> dict[str, Any]:
     return {"format": FORMAT, "checkpoints": [asdict(cp) for cp in checkpoints]}
 
 
+def checkpoint_line(checkpoint: Checkpoint) -> str:
+    """One line of a checkpoint log (``<data_dir>/checkpoints.jsonl``) or AMQP message body:
+    the checkpoint as canonical JSON."""
+    return canonicalize(asdict(checkpoint)).decode("ascii")
+
+
+def checkpoint_from(item: Any) -> Checkpoint:
+    """A checkpoint from its JSON object; ``ValueError`` naming what is wrong (never a crash)."""
+    if not isinstance(item, dict) or set(item) != {"seq", "head_hash", "at", "kid", "signature"}:
+        raise ValueError("a checkpoint is an object with exactly seq, head_hash, at, kid and signature")
+    seq = item["seq"]
+    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
+        raise ValueError("a checkpoint's seq is a positive integer")
+    if not all(isinstance(item[k], str) for k in ("head_hash", "at", "kid", "signature")):
+        raise ValueError("a checkpoint's head_hash, at, kid and signature are strings")
+    return Checkpoint(seq, item["head_hash"], item["at"], item["kid"], item["signature"])
+
+
 def parse_checkpoints_document(text: str) -> list[Checkpoint]:
-    doc = json.loads(text)
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise ValueError(f"not a checkpoints file (expected format {FORMAT!r})")
+    """Checkpoints from any of the forms the broker publishes them in: the document of
+    ``sv-broker audit checkpoints`` and ``GET /v1/audit/checkpoints`` (``{"format": ..., "checkpoints":
+    [...]}``), or a checkpoint log (one checkpoint per line: the file the broker appends to, or
+    the bodies collected from the checkpoints exchange). Raises ``ValueError`` with a sentence."""
+    stripped = text.strip()
+    if not stripped:
+        raise ValueError("the checkpoints file is empty")
+    try:
+        whole: Any = json.loads(stripped)
+    except ValueError:
+        whole = None  # several lines: a checkpoint log
+    if isinstance(whole, dict) and "format" in whole:
+        if whole.get("format") != FORMAT:
+            raise ValueError(f"not a checkpoints file (expected format {FORMAT!r})")
+        items = whole.get("checkpoints", [])
+        if not isinstance(items, list):
+            raise ValueError("checkpoints must be a list")
+        return [checkpoint_from(item) for item in items]
+    lines = [line for line in stripped.splitlines() if line.strip()]
     out = []
-    for item in doc.get("checkpoints", []):
-        out.append(
-            Checkpoint(
-                int(item["seq"]), str(item["head_hash"]), str(item["at"]), str(item["kid"]), str(item["signature"])
-            )
-        )
+    for number, line in enumerate(lines, 1):
+        try:
+            out.append(checkpoint_from(json.loads(line)))
+        except ValueError as exc:  # (json's own error is a ValueError too)
+            raise ValueError(f"line {number}: {exc}") from None
     return out
 
 
-def _signature_ok(checkpoint: Checkpoint, keys: Mapping[str, Ed25519PublicKey]) -> bool:
+def signature_ok(checkpoint: Checkpoint, keys: Mapping[str, Ed25519PublicKey]) -> bool:
     key = keys.get(checkpoint.kid)
     if key is None:
         return False
@@ -87,7 +120,7 @@ def verify_against_chain(
     numbers to the chain's hash there (what ``verify_chain`` saw)."""
     checked = 0
     for cp in sorted(checkpoints, key=lambda c: c.seq):
-        if not _signature_ok(cp, keys):
+        if not signature_ok(cp, keys):
             return CheckpointReport(
                 False, checked, cp.seq, f"checkpoint #{cp.seq} is not signed by the broker key given (kid {cp.kid!r})"
             )

@@ -32,7 +32,10 @@ def jwk_thumbprint(public_key: Ed25519PublicKey) -> str:
     return b64u_encode(hashlib.sha256(canonical.encode("ascii")).digest())
 
 
-def load_or_create_broker_key(path: Path) -> tuple[str, Ed25519PrivateKey]:
+BrokerKey = tuple[str, Ed25519PrivateKey]  # (kid: the JWK thumbprint, the private key)
+
+
+def load_or_create_broker_key(path: Path) -> BrokerKey:
     """Load the key at ``path`` or, if there is none, create it (mode 0600 from the first byte).
 
     An existing file readable by group or others is refused (``PermissionError``): anyone who can

@@ -100,6 +100,15 @@ def add_runtime_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--token-audience", default="sv-broker-api", help="required token audience")
     parser.add_argument("--max-future-seconds", type=float, default=300.0, help="freshness: allowed clock skew ahead")
     parser.add_argument(
+        "--checkpoint-log",
+        type=Path,
+        default=None,
+        help=(
+            "append every signed audit checkpoint here (default: DATA_DIR/checkpoints.jsonl); put it where whoever "
+            "can rewrite the store cannot (another disk, an append-only mount, a shipped log)"
+        ),
+    )
+    parser.add_argument(
         "--quarantine-retention-days",
         type=positive_int,
         default=30,
@@ -137,6 +146,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         http_host=args.host,
         http_port=args.port,
         quarantine_retention=timedelta(days=getattr(args, "quarantine_retention_days", 30)),
+        checkpoint_log=getattr(args, "checkpoint_log", None),
     )
 
 

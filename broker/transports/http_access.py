@@ -53,6 +53,7 @@ class AccessContext:
     warn_within: timedelta = timedelta(days=30)
     stream_poll: float = 0.25
     max_authorization: int = 8 * 1024  # Settings.http_max_authorization
+    body_timeout: float = 30.0  # Settings.http_body_timeout (a request body's read bound)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     audit: AccessAudit = field(init=False)
 

@@ -145,7 +145,7 @@ def runner_options(header_timeout: float, body_timeout: float, max_field_size: i
     }
 
 
-async def _read_limited(request: web.Request, limit: int) -> bytes:
+async def read_limited(request: web.Request, limit: int) -> bytes:
     """Read at most ``limit + 1`` bytes: enough to know the body is too large, never more
     (threat: memory exhaustion by an endless body)."""
     chunks: list[bytes] = []
@@ -168,7 +168,7 @@ async def ingest(request: web.Request) -> web.Response:
         # Threat: a slow client holding a connection and a handler open by sending its body a
         # byte at a time, or stalling a chunked body (nothing else bounds a body read).
         async with asyncio.timeout(pipeline.settings.http_body_timeout):
-            body = await _read_limited(request, pipeline.settings.max_body_bytes)
+            body = await read_limited(request, pipeline.settings.max_body_bytes)
     except TimeoutError:
         log.warning("http_body_timeout", route=route_template(request))
         late = problem(

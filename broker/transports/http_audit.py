@@ -6,6 +6,7 @@ before the response is sent.
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
@@ -14,7 +15,8 @@ from typing import Any
 
 from aiohttp import web
 
-from broker.audit.checkpoints import checkpoints_document, export_line
+from broker.audit.checkpoints import checkpoints_document, export_line, parse_checkpoints_document
+from broker.audit.trail import AuditReport
 from broker.errors import ApiError
 from broker.pipeline.trail import trace_entries, verify_store
 from broker.ports.store import AuditQuery
@@ -30,6 +32,7 @@ from broker.transports.http_access import (
     query_time,
     response_format,
 )
+from broker.transports.http_app import read_limited
 from schemas.errors import Reason
 
 
@@ -144,11 +147,13 @@ async def audit_checkpoints(request: web.Request) -> web.Response:
     return web.json_response(checkpoints_document(checkpoints) | {"public_keys": ctx.public_jwks})
 
 
-async def audit_verify(request: web.Request) -> web.Response:
-    principal = await authenticate(request, AUDIT_ROLES)
-    ctx = request.app[ACCESS]
-    report = await verify_store(ctx.store, await ctx.store.checkpoints(), ctx.checkpoint_keys)
-    await ctx.audit.read(principal, "audit_verify", audited_route(request), {"ok": report.ok})
+# About 13,000 checkpoints (a week at one a minute): a verifier sends the ones it kept, newest first
+# matter most; a larger body is refused before it is read (413).
+MAX_CHECKPOINTS_BODY = 4 * 1024 * 1024
+CHECKPOINT_MEDIA_TYPES = frozenset({"application/json", "application/x-ndjson", "application/jsonl"})
+
+
+def _verify_answer(report: AuditReport, source: str) -> web.Response:
     return web.json_response(
         {
             "ok": report.ok,
@@ -156,10 +161,61 @@ async def audit_verify(request: web.Request) -> web.Response:
             "head_seq": report.chain.head_seq,
             "head_hash": report.chain.head_hash,
             "checkpoints_checked": report.checkpoints.checked if report.checkpoints else 0,
+            "checkpoints_source": source,
             "first_bad_seq": report.first_bad_seq,
             "problem": report.problem,
         }
     )
+
+
+async def audit_verify(request: web.Request) -> web.Response:
+    """The chain against the checkpoints the store holds. Not evidence against whoever can rewrite
+    the store (a rebuilt chain comes with re-signed checkpoints): ``POST`` the checkpoints you
+    kept for that (``checkpoints_source`` says which were used)."""
+    principal = await authenticate(request, AUDIT_ROLES)
+    ctx = request.app[ACCESS]
+    report = await verify_store(ctx.store, await ctx.store.checkpoints(), ctx.checkpoint_keys)
+    await ctx.audit.read(principal, "audit_verify", audited_route(request), {"ok": report.ok, "checkpoints": "store"})
+    return _verify_answer(report, "store")
+
+
+async def audit_verify_external(request: web.Request) -> web.Response:
+    """The chain against checkpoints kept outside the store: the body is what ``GET
+    /v1/audit/checkpoints`` or ``sv-broker audit checkpoints`` wrote, or a checkpoint log (the
+    broker's ``checkpoints.jsonl``, or bodies collected from a checkpoints queue)."""
+    principal = await authenticate(request, AUDIT_ROLES)
+    ctx = request.app[ACCESS]
+    if request.content_type not in CHECKPOINT_MEDIA_TYPES:
+        raise ApiError(
+            Reason.UNSUPPORTED_MEDIA_TYPE,
+            "Send a checkpoints document as application/json, or a checkpoint log as application/x-ndjson.",
+        )
+    try:
+        # Threat: a slow or endless body holding the handler (the same bounds as ingest, larger).
+        async with asyncio.timeout(ctx.body_timeout):
+            body = await read_limited(request, MAX_CHECKPOINTS_BODY)
+    except TimeoutError:
+        raise ApiError(Reason.REQUEST_TIMEOUT, "The checkpoints did not arrive within the read timeout.") from None
+    if len(body) > MAX_CHECKPOINTS_BODY:
+        raise ApiError(
+            Reason.BODY_TOO_LARGE,
+            f"At most {MAX_CHECKPOINTS_BODY // (1024 * 1024)} MiB of checkpoints per request: send the latest ones.",
+        )
+    try:
+        checkpoints = parse_checkpoints_document(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        reason = "not UTF-8" if isinstance(exc, UnicodeDecodeError) else str(exc)
+        raise ApiError(Reason.CHECKPOINTS_INVALID, f"The body is not checkpoints: {reason}.") from None
+    if not checkpoints:
+        raise ApiError(Reason.CHECKPOINTS_INVALID, "The body holds no checkpoint.")
+    report = await verify_store(ctx.store, checkpoints, ctx.checkpoint_keys)
+    await ctx.audit.read(
+        principal,
+        "audit_verify",
+        audited_route(request),
+        {"ok": report.ok, "checkpoints": "external", "count": len(checkpoints)},
+    )
+    return _verify_answer(report, "external")
 
 
 def add_routes(app: web.Application) -> None:
@@ -168,3 +224,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/audit/trace/{record_id}", audit_trace)
     app.router.add_get("/v1/audit/checkpoints", audit_checkpoints)
     app.router.add_get("/v1/audit/verify", audit_verify)
+    app.router.add_post("/v1/audit/verify", audit_verify_external)

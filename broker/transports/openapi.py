@@ -211,10 +211,38 @@ def document() -> dict[str, Any]:
             },
             "/v1/audit/verify": {
                 "get": {
-                    "summary": "Verify the chain and checkpoints now (ig or admin role)",
+                    "summary": (
+                        "Verify the chain against the checkpoints the store holds (ig or admin role); "
+                        "POST the checkpoints you kept for evidence against a rewritten store"
+                    ),
                     "security": secured,
                     "responses": {"200": _json(_ref("VerifyReport"), "The report."), **AUTH_ERRORS},
-                }
+                },
+                "post": {
+                    "summary": "Verify the chain against checkpoints kept outside the store (ig or admin role)",
+                    "security": secured,
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            JSON: {"schema": _ref("CheckpointsIn")},
+                            "application/x-ndjson": {
+                                "schema": {
+                                    "type": "array",
+                                    "items": {"type": "object"},
+                                    "description": "a checkpoint log: one checkpoint object per line",
+                                }
+                            },
+                        },
+                    },
+                    "responses": {
+                        "200": _json(_ref("VerifyReport"), "The report (ok false names the first bad entry)."),
+                        "400": _problem("Not a checkpoints document or log (checkpoints_invalid)."),
+                        "408": _problem("The body did not arrive within the read timeout."),
+                        "413": _problem("Over 4 MiB of checkpoints: send the latest ones."),
+                        "415": _problem("Not application/json or application/x-ndjson."),
+                        **AUTH_ERRORS,
+                    },
+                },
             },
             "/v1/agreements": {
                 "get": {
@@ -328,6 +356,15 @@ def document() -> dict[str, Any]:
                         },
                     },
                 },
+                "CheckpointsIn": {
+                    "type": "object",
+                    "description": "What GET /v1/audit/checkpoints or `sv-broker audit checkpoints` wrote",
+                    "required": ["format", "checkpoints"],
+                    "properties": {
+                        "format": {"const": "sv-broker-checkpoints/1"},
+                        "checkpoints": {"type": "array", "items": {"type": "object"}},
+                    },
+                },
                 "VerifyReport": {
                     "type": "object",
                     "required": ["ok", "entries", "head_seq", "head_hash"],
@@ -337,6 +374,7 @@ def document() -> dict[str, Any]:
                         "head_seq": {"type": "integer"},
                         "head_hash": {"type": "string"},
                         "checkpoints_checked": {"type": "integer"},
+                        "checkpoints_source": {"enum": ["store", "external"]},
                         "first_bad_seq": {"type": ["integer", "null"]},
                         "problem": {"type": ["string", "null"]},
                     },

@@ -18,6 +18,7 @@ import aiormq
 from aio_pika.abc import AbstractChannel
 from pamqp.commands import Basic
 
+from broker.audit.checkpoints import checkpoint_line
 from broker.errors import DeliveryFailed
 from broker.ports.delivery import Deliverable, WithAudit
 from broker.ports.rabbitmq.errors import bus_errors
@@ -29,6 +30,7 @@ from broker.ports.rabbitmq.fast_publish import (
     publish_frames,
 )
 from broker.ports.rabbitmq.topology import Topology
+from broker.ports.store import Checkpoint
 from broker.registry import Registry
 from broker.stages.outcome import Rejected, Settled, receipt
 from schemas.errors import Unavailable
@@ -171,6 +173,14 @@ class AmqpDelivery:
                     body_kept=keep,
                 )
             ),
+        )
+
+    async def publish_checkpoint(self, checkpoint: Checkpoint) -> None:
+        """One signed checkpoint to the checkpoints exchange: a copy in every party's checkpoints
+        queue, confirmed by RabbitMQ (a nack or return raises: the flow signs it again later)."""
+        body = checkpoint_line(checkpoint).encode("ascii")
+        await self.publish_all(
+            [Publish(self.topology.checkpoints.name, "", body, self.unique_id(f"checkpoint:{checkpoint.seq}"))]
         )
 
     async def deliver(self, batch: Deliverable) -> None:

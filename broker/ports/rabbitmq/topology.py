@@ -23,6 +23,7 @@ class Topology:
     deliver: AbstractExchange
     quarantine: AbstractExchange
     receipts: AbstractExchange
+    checkpoints: AbstractExchange
 
 
 def topology_spec(names: Names, registry: Registry, delivery_limit: int) -> TopologySpec:
@@ -47,4 +48,5 @@ async def declare_topology(channel: AbstractChannel, names: Names, registry: Reg
         deliver=exchanges[names.deliver_exchange],
         quarantine=exchanges[names.quarantine_exchange],
         receipts=exchanges[names.receipts_exchange],
+        checkpoints=exchanges[names.checkpoints_exchange],
     )
