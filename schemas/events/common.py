@@ -59,7 +59,14 @@ class Sex(StrEnum):
     NOT_KNOWN = "not_known"
 
 
-Lsoa = Annotated[str, StringConstraints(pattern=r"^E01\d{6}$")]
+LSOA_PATTERN = r"^E01[0-9]{6}$"
+"""An England LSOA (2021) GSS code. ``[0-9]``, never ``\\d``: pydantic's regex engine (Rust) and
+Python's ``re`` read ``\\d`` as any Unicode digit, so "E01" + six Arabic-Indic digits would pass
+and give one area a second pseudonym; JSON Schema (ECMA-262) reads it as ``[0-9]``. Every
+pattern of the contract is written in the subset on which both engines agree
+(``schemas.schema_files.portable_pattern`` refuses the rest at export)."""
+
+Lsoa = Annotated[str, StringConstraints(pattern=LSOA_PATTERN)]
 """An England LSOA (2021) GSS code."""
 
 ShortText = Annotated[str, StringConstraints(min_length=1, max_length=200)]

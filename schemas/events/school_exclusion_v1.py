@@ -63,9 +63,10 @@ class YearGroup(StrEnum):
     Y14 = "14"
 
 
-AcademicYear = Annotated[str, StringConstraints(pattern=r"^20\d{2}/\d{2}$")]
-SchoolUrn = Annotated[str, StringConstraints(pattern=r"^\d{6}$")]
-LaCode = Annotated[str, StringConstraints(pattern=r"^\d{3}$")]
+# ASCII digits only ([0-9], not \d: see schemas.events.common.LSOA_PATTERN).
+AcademicYear = Annotated[str, StringConstraints(pattern=r"^20[0-9]{2}/[0-9]{2}$")]
+SchoolUrn = Annotated[str, StringConstraints(pattern=r"^[0-9]{6}$")]
+LaCode = Annotated[str, StringConstraints(pattern=r"^[0-9]{3}$")]
 
 
 class SchoolExclusionV1(EventModel):
@@ -91,7 +92,7 @@ class SchoolExclusionV1(EventModel):
     def _consistent(self) -> Self:
         if len(set(self.reason_codes)) != len(self.reason_codes):
             raise ValueError("reason_codes repeats a code")
-        match = re.fullmatch(r"20(\d{2})/(\d{2})", self.academic_year)
+        match = re.fullmatch(r"20([0-9]{2})/([0-9]{2})", self.academic_year)
         if match is None or (int(match.group(1)) + 1) % 100 != int(match.group(2)):
             raise ValueError("academic_year must be consecutive years, e.g. 2025/26")
         return self
