@@ -144,6 +144,7 @@ def all_schemas() -> dict[str, dict[str, Any]]:
     out = {"envelope.v1.json": envelope_schema()}
     for (event_type, version), model in sorted(EVENT_MODELS.items()):
         schema = model.model_json_schema(mode="validation")
+        model.add_schema_rules(schema)  # the model validators' rules (tests/test_schema_rules.py)
         schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
         schema["$id"] = f"urn:sv-broker:schema:{event_type}:v{version}"
         out[f"{event_type}.v{version}.json"] = schema
