@@ -113,7 +113,7 @@ class KeyEntryDoc(DocumentModel):
     Unknown keys are refused: a misspelt ``revoked`` would leave a withdrawn key trusted."""
 
     kid: KeyId
-    partner: NonEmpty | None = None  # required in key files; inline keys belong to their partner
+    partner: PartyId | None = None  # required in key files; inline keys belong to their partner
     public_key: NonEmpty
     valid_from: Moment
     valid_until: Moment | None = None

@@ -282,7 +282,7 @@ def checkpoint_schema() -> dict[str, Any]:
             "head_hash": {"type": "string", "pattern": "^[0-9a-f]{64}$", "description": "that entry's chain hash"},
             "at": {"type": "string", "format": "date-time"},
             "kid": {"type": "string"},
-            "signature": {"type": "string", "pattern": "^[A-Za-z0-9_-]{86}$"},
+            "signature": {"type": "string", "pattern": "^[A-Za-z0-9_-]{85}[AQgw]$"},
         },
     }
 
@@ -301,7 +301,7 @@ def key_file_schema() -> dict[str, Any]:
             "partner": {"type": "string", "pattern": PARTY_ID_RE.pattern, "description": "a registered partner id"},
             "public_key": {
                 "type": "string",
-                "pattern": "^[A-Za-z0-9_-]{43}$",
+                "pattern": "^[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]$",
                 "description": (
                     "32-byte Ed25519 public key, base64url without padding; canonical encoding, not small-order "
                     "or mixed-order, and not registered for any other partner"

@@ -50,7 +50,7 @@ KEY_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,63}$")
 TYPE_RE = re.compile(r"^[a-z][a-z0-9_]{1,40}$")
 DATASCHEMA_RE = re.compile(r"^urn:sv-broker:schema:(?P<type>[a-z][a-z0-9_]{1,40}):v(?P<version>[1-9][0-9]{0,3})$")
 # RFC 3339 with a mandatory offset; fromisoformat alone would accept week dates, no offset, etc.
-TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$")
+TIME_RE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})$")
 
 
 def dataschema_for(event_type: str, version: int) -> str:

@@ -22,11 +22,9 @@ from typing import Any
 from pydantic import AwareDatetime, BaseModel, StringConstraints
 
 from schemas.events import EVENT_MODELS
-from schemas.events.common import District
+from schemas.events.common import LSOA_PATTERN, District  # one LSOA pattern: the kind follows the model
 
 __all__ = ["LSOA_PATTERN", "SCHEMA_FIELDS", "FieldKind", "FieldSpec", "schema_fields", "unwrap"]
-
-LSOA_PATTERN = r"^E01\d{6}$"
 
 
 class FieldKind(StrEnum):

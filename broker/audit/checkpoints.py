@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -25,6 +26,9 @@ from schemas.canonical import canonicalize
 from schemas.envelope import format_time
 
 FORMAT = "sv-broker-checkpoints/1"
+# What checkpoint.v1.json exports (ASCII classes: the same in ECMA-262 and Python).
+HEAD_HASH_RE = re.compile(r"^[0-9a-f]{64}$")
+SIGNATURE_RE = re.compile(r"^[A-Za-z0-9_-]{85}[AQgw]$")  # 64 bytes: the last character holds 4 zero bits
 PURPOSE = "sv-broker audit checkpoint v1"  # domain separation: this key signs nothing else like it
 
 
@@ -57,6 +61,10 @@ def checkpoint_from(item: Any) -> Checkpoint:
         raise ValueError("a checkpoint's seq is a positive integer")
     if not all(isinstance(item[k], str) for k in ("head_hash", "at", "kid", "signature")):
         raise ValueError("a checkpoint's head_hash, at, kid and signature are strings")
+    if not HEAD_HASH_RE.fullmatch(item["head_hash"]):
+        raise ValueError("a checkpoint's head_hash is 64 lower-case hex digits")
+    if not SIGNATURE_RE.fullmatch(item["signature"]):
+        raise ValueError("a checkpoint's signature is 64 bytes of base64url, unpadded")
     return Checkpoint(seq, item["head_hash"], item["at"], item["kid"], item["signature"])
 
 

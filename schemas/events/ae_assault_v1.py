@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from datetime import date
 from enum import StrEnum
-from typing import Annotated, ClassVar, Self
+from typing import Annotated, Any, ClassVar, Self
 
 from pydantic import StringConstraints, model_validator
 
-from schemas.events.common import Age, District, EventModel, Lsoa, Sex, ShortText, Timestamp
+from schemas.events.common import Age, District, EventModel, Lsoa, Sex, ShortText, Timestamp, describe_rules
 
 
 class AssaultMethod(StrEnum):
@@ -55,12 +55,37 @@ class AeAssaultV1(EventModel):
     patient_lsoa: Lsoa | None = None
     district: District | None = None
 
+    # One validator per rule, in this order (the first broken rule is the one reported).
     @model_validator(mode="after")
-    def _consistent(self) -> Self:
+    def _period_in_order(self) -> Self:
         if self.reporting_period_end < self.reporting_period_start:
             raise ValueError("reporting_period_end is before reporting_period_start")
+        return self
+
+    @model_validator(mode="after")
+    def _other_text_only_for_other(self) -> Self:
         if self.assault_method_other is not None and self.assault_method is not AssaultMethod.OTHER:
             raise ValueError("assault_method_other is only allowed when assault_method is 'other'")
+        return self
+
+    @model_validator(mode="after")
+    def _assault_not_after_arrival(self) -> Self:
         if self.assault_datetime is not None and self.assault_datetime > self.arrival_datetime:
             raise ValueError("assault_datetime is after arrival_datetime")
         return self
+
+    @classmethod
+    def add_schema_rules(cls, schema: dict[str, Any]) -> None:
+        # _other_text_only_for_other: the method is "other", or the text is absent or null.
+        schema["anyOf"] = [
+            {"properties": {"assault_method": {"enum": [AssaultMethod.OTHER.value]}}},
+            {"properties": {"assault_method_other": {"type": "null"}}},
+        ]
+        # _period_in_order, _assault_not_after_arrival: JSON Schema cannot compare two values.
+        schema["description"] = describe_rules(
+            [f"assault_method_other only when assault_method is {AssaultMethod.OTHER.value!r}"],
+            [
+                "reporting_period_end is not before reporting_period_start",
+                "assault_datetime is not after arrival_datetime (compared as instants, whatever their offsets)",
+            ],
+        )

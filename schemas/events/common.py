@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, ClassVar
+from typing import Annotated, Any, ClassVar
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
@@ -21,6 +21,18 @@ class EventModel(BaseModel):
 
     EVENT_TYPE: ClassVar[str] = ""  # set by each model
     VERSION: ClassVar[int] = 0
+
+    @classmethod
+    def add_schema_rules(cls, schema: dict[str, Any]) -> None:
+        """Write this model's validator rules into its exported JSON Schema (``schema``, in place).
+
+        pydantic exports the fields' own constraints; the rules of the model validators (one field
+        against another, a table of codes) are the model's to add, built from the same Python
+        tables the validators read, so the two cannot drift. A rule JSON Schema cannot state (one
+        value compared with another) is named in ``description``. The exporter
+        (``schemas.schema_files``) calls this; tests/test_schema_rules.py holds a standard validator
+        and the broker to the same verdicts. The base model has no rules.
+        """
 
 
 class District(StrEnum):
@@ -59,7 +71,14 @@ class Sex(StrEnum):
     NOT_KNOWN = "not_known"
 
 
-Lsoa = Annotated[str, StringConstraints(pattern=r"^E01\d{6}$")]
+LSOA_PATTERN = r"^E01[0-9]{6}$"
+"""An England LSOA (2021) GSS code. ``[0-9]``, never ``\\d``: pydantic's regex engine (Rust) and
+Python's ``re`` read ``\\d`` as any Unicode digit, so "E01" + six Arabic-Indic digits would pass
+and give one area a second pseudonym; JSON Schema (ECMA-262) reads it as ``[0-9]``. Every
+pattern of the contract is written in the subset on which both engines agree
+(``schemas.schema_files.portable_pattern`` refuses the rest at export)."""
+
+Lsoa = Annotated[str, StringConstraints(pattern=LSOA_PATTERN)]
 """An England LSOA (2021) GSS code."""
 
 ShortText = Annotated[str, StringConstraints(min_length=1, max_length=200)]
@@ -121,3 +140,16 @@ DIRECT_IDENTIFIER_FIELDS: frozenset[str] = frozenset(
         "longitude",
     }
 )
+
+
+def describe_rules(expressed: list[str], broker_only: list[str]) -> str:
+    """The ``description`` of an event schema: its rules beyond the fields, in words."""
+    text = "Rules across fields, stated by the schema (anyOf / enum) and enforced by the broker: " + "; ".join(
+        expressed
+    )
+    if broker_only:
+        text += (
+            ". Enforced by the broker but not expressible in JSON Schema (a standard validator accepts "
+            "such an event; the broker refuses it with reason schema_invalid): " + "; ".join(broker_only)
+        )
+    return text + "."

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, ClassVar, Self
+from typing import Annotated, Any, ClassVar, Self
 
 from pydantic import Field, StringConstraints, model_validator
 
-from schemas.events.common import District, EventModel, Lsoa, Timestamp
+from schemas.events.common import District, EventModel, Lsoa, Timestamp, describe_rules
 
 
 class NteCategory(StrEnum):
@@ -66,10 +66,26 @@ class NteIncidentV1(EventModel):
     police_reference: PoliceReference | None = None
     cctv_available: bool
 
+    # One validator per rule, in this order (the first broken rule is the one reported).
     @model_validator(mode="after")
-    def _consistent(self) -> Self:
+    def _reference_needs_call(self) -> Self:
         if self.police_reference is not None and not self.police_called:
             raise ValueError("police_reference is given but police_called is false")
+        return self
+
+    @model_validator(mode="after")
+    def _actions_unique(self) -> Self:  # exported as the field's "uniqueItems"
         if len(set(self.action_taken)) != len(self.action_taken):
             raise ValueError("action_taken repeats an action")
         return self
+
+    @classmethod
+    def add_schema_rules(cls, schema: dict[str, Any]) -> None:
+        # _reference_needs_call: police were called, or the reference is absent or null.
+        schema["anyOf"] = [
+            {"properties": {"police_called": {"enum": [True]}}},
+            {"properties": {"police_reference": {"type": "null"}}},
+        ]
+        schema["description"] = describe_rules(
+            ["police_reference only when police_called is true", "action_taken repeats no action (uniqueItems)"], []
+        )

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import ClassVar, Self
+from typing import Any, ClassVar, Self
 
 from pydantic import model_validator
 
-from schemas.events.common import District, EventModel, Lsoa, Sex, Timestamp
+from schemas.events.common import District, EventModel, Lsoa, Sex, Timestamp, describe_rules
 
 
 class SvGroup(StrEnum):
@@ -94,10 +94,28 @@ class PoliceSvOffenceV1(EventModel):
     outcome_status: OutcomeStatus
 
     @model_validator(mode="after")
-    def _consistent(self) -> Self:
+    def _code_matches_group(self) -> Self:
         if HO_CODE_GROUP[self.ho_offence_code] is not self.sv_group:
             raise ValueError(
                 f"sv_group {self.sv_group.value!r} does not match Home Office code "
                 f"{self.ho_offence_code.value!r} (expected {HO_CODE_GROUP[self.ho_offence_code].value!r})"
             )
         return self
+
+    @classmethod
+    def add_schema_rules(cls, schema: dict[str, Any]) -> None:
+        # _code_matches_group: one alternative per group, naming the codes HO_CODE_GROUP gives it.
+        schema["anyOf"] = [
+            {
+                "properties": {
+                    "sv_group": {"enum": [group.value]},
+                    "ho_offence_code": {"enum": [code.value for code, of in HO_CODE_GROUP.items() if of is group]},
+                }
+            }
+            for group in SvGroup
+            if group in HO_CODE_GROUP.values()
+        ]
+        schema["description"] = describe_rules(
+            ["sv_group is the group of ho_offence_code (Home Office Counting Rules, one anyOf alternative per group)"],
+            [],
+        )

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from datetime import date
 from enum import StrEnum
-from typing import Annotated, ClassVar, Self
+from typing import Annotated, Any, ClassVar, Self
 
 from pydantic import Field, StringConstraints, model_validator
 
-from schemas.events.common import District, EventModel
+from schemas.events.common import District, EventModel, describe_rules
 
 
 class ExclusionType(StrEnum):
@@ -63,9 +62,13 @@ class YearGroup(StrEnum):
     Y14 = "14"
 
 
-AcademicYear = Annotated[str, StringConstraints(pattern=r"^20\d{2}/\d{2}$")]
-SchoolUrn = Annotated[str, StringConstraints(pattern=r"^\d{6}$")]
-LaCode = Annotated[str, StringConstraints(pattern=r"^\d{3}$")]
+# ASCII digits only ([0-9], not \d: see schemas.events.common.LSOA_PATTERN).
+AcademicYear = Annotated[str, StringConstraints(pattern=r"^20[0-9]{2}/[0-9]{2}$")]
+SchoolUrn = Annotated[str, StringConstraints(pattern=r"^[0-9]{6}$")]
+LaCode = Annotated[str, StringConstraints(pattern=r"^[0-9]{3}$")]
+
+ACADEMIC_YEARS: tuple[str, ...] = tuple(f"20{first:02d}/{(first + 1) % 100:02d}" for first in range(100))
+"""Every academic year the contract accepts, "2000/01" to "2099/00": two consecutive years."""
 
 
 class SchoolExclusionV1(EventModel):
@@ -87,11 +90,23 @@ class SchoolExclusionV1(EventModel):
     weapon_involved: bool | None = None
     pupil_age: Annotated[int, Field(ge=3, le=25)] | None = None  # locally agreed; age in years, never a DOB
 
+    # One validator per rule, in this order (the first broken rule is the one reported).
     @model_validator(mode="after")
-    def _consistent(self) -> Self:
+    def _reasons_unique(self) -> Self:  # exported as the field's "uniqueItems"
         if len(set(self.reason_codes)) != len(self.reason_codes):
             raise ValueError("reason_codes repeats a code")
-        match = re.fullmatch(r"20(\d{2})/(\d{2})", self.academic_year)
-        if match is None or (int(match.group(1)) + 1) % 100 != int(match.group(2)):
+        return self
+
+    @model_validator(mode="after")
+    def _consecutive_years(self) -> Self:
+        if self.academic_year not in ACADEMIC_YEARS:
             raise ValueError("academic_year must be consecutive years, e.g. 2025/26")
         return self
+
+    @classmethod
+    def add_schema_rules(cls, schema: dict[str, Any]) -> None:
+        # _consecutive_years: the table itself (the pattern alone would let 2025/27 through).
+        schema["properties"]["academic_year"]["enum"] = list(ACADEMIC_YEARS)
+        schema["description"] = describe_rules(
+            ["academic_year is two consecutive years (enum)", "reason_codes repeats no code (uniqueItems)"], []
+        )
