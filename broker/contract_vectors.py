@@ -122,6 +122,7 @@ RECORD_KEYS: list[tuple[str, list[Any], str]] = [
     ("uhdb-royal-derby-ed", [" \tED-0001\r\n"], "leading and trailing ASCII whitespace is trimmed"),
     ("uhdb-royal-derby-ed", ["\u00a0ED-0001\u00a0"], "NO-BREAK SPACE is not trimmed (only ASCII whitespace)"),
     ("uhdb-royal-derby-ed", [20261121], "an integer cell: its decimal digits"),
+    ("derbyshire-police", ["CR/51-0000039/26"], "one column: '/' and '\\' are kept as they are"),
     ("derbyshire-police", ["RTG01", "2026-000123"], "two columns, joined by '/'"),
     ("derbyshire-police", ["a/b", "c"], "'/' in a value is escaped as '\\/'"),
     ("derbyshire-police", ["a", "b/c"], "...so these two rows do not share a key"),

@@ -183,11 +183,14 @@ def record_key_part(value: str | int) -> str:
 def join_record_key(parts: Sequence[str]) -> str:
     """The source record key of a row from its record-key parts, in the mapping's column order.
 
-    Each part has ``\\`` escaped as ``\\\\`` and ``/`` as ``\\/``, then the parts are joined by ``/``.
-    Injective: two different rows never share a key, so never a message id (a bare ``/`` join
-    gave ``("a/b", "c")`` and ``("a", "b/c")`` one id, and the second was refused as a replay).
-    A part with neither character is unchanged, so a one-column key is its value as it was.
+    One part: the part itself, unchanged (so every one-column key, including "CR/51-0000039/26",
+    keeps the id it always had). Two or more: each part has ``\\`` escaped as ``\\\\`` and ``/`` as
+    ``\\/``, then the parts are joined by ``/``. Injective for a mapping's fixed column count: two
+    different rows never share a key, so never a message id (a bare ``/`` join gave ``("a/b", "c")``
+    and ``("a", "b/c")`` one id, and the second was refused as a replay).
     """
+    if len(parts) == 1:
+        return parts[0]
     return RECORD_KEY_SEPARATOR.join(p.replace("\\", "\\\\").replace("/", "\\/") for p in parts)
 
 

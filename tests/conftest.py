@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
@@ -101,36 +100,34 @@ def amqp_prefix(amqp_url: str) -> Iterator[str]:
 
 
 async def delete_prefixed(url: str, prefix: str) -> None:
+    """Delete every queue and exchange the topology under ``prefix`` can hold (read from the
+    contract's own topology, so a new queue is cleaned up too), each on a channel of its own and
+    with a time limit: a failed test must not leave its teardown waiting for ever."""
     import aio_pika
 
-    from broker.ports.rabbitmq.topology import Names
+    from schemas.topology import Names, topology_spec
 
-    names = Names(prefix)
     registry = load_registry(REPO_POLICIES, None)
-    queues = [names.ingest_queue, names.dead_letter_queue, names.quarantine_queue]
-    queues += [names.consumer_queue(c) for c in registry.consumers]
-    queues += [names.receipts_queue(p) for p in registry.partners]
-    exchanges = [
-        names.ingest_exchange,
-        names.dead_letter_exchange,
-        names.deliver_exchange,
-        names.quarantine_exchange,
-        names.receipts_exchange,
-    ]
-    connection = await aio_pika.connect(url)
-    try:
-        for queue in queues:
-            channel = await connection.channel()
-            with contextlib.suppress(Exception):  # it was never declared
-                await channel.queue_delete(queue)
+    spec = topology_spec(Names(prefix), partners=registry.partners, consumers=registry.consumers, delivery_limit=1)
+    connection = await aio_pika.connect(url, timeout=10)
+
+    async def attempt(action: str, name: str) -> None:
+        try:
+            channel = await asyncio.wait_for(connection.channel(), 10)
+            call = channel.queue_delete(name) if action == "queue" else channel.exchange_delete(name)
+            await asyncio.wait_for(call, 10)
             if not channel.is_closed:
-                await channel.close()
-        channel = await connection.channel()
-        for exchange in exchanges:
-            await channel.exchange_delete(exchange)
-        await channel.close()
+                await asyncio.wait_for(channel.close(), 10)
+        except Exception:  # never declared (a 404 closes the channel), or RabbitMQ was the test's victim
+            return
+
+    try:
+        for name, _ in spec.queues:
+            await attempt("queue", name)
+        for name, _ in spec.exchanges:
+            await attempt("exchange", name)
     finally:
-        await connection.close()
+        await asyncio.wait_for(connection.close(), 10)
 
 
 # -- PostgreSQL -----------------------------------------------------------------------------------
