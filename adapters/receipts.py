@@ -48,6 +48,7 @@ RECEIPT_COLUMNS = (
     "row",
     "message_id",
     "records",
+    "withheld",
     "body_sha256",
 )
 
@@ -64,6 +65,7 @@ class ReceiptRow:
     message_id: str
     records: int | None
     body_sha256: str
+    withheld: str = ""  # accepted with 0 records: why, "reason (agreement); ..."
 
 
 def _lookup(states: list[StateFile], message_id: str) -> tuple[StateFile, Entry] | None:
@@ -72,6 +74,18 @@ def _lookup(states: list[StateFile], message_id: str) -> tuple[StateFile, Entry]
         if entry is not None:
             return state, entry
     return None
+
+
+def _withheld(items: Any) -> str:
+    """The receipt's reasons for releasing nothing, as one readable cell."""
+    if not isinstance(items, list):
+        return ""
+    parts = []
+    for item in items:
+        if isinstance(item, Mapping):
+            where = item.get("agreement_id") or "no agreement"
+            parts.append(f"{item.get('reason')} ({where})")
+    return "; ".join(parts)
 
 
 def to_rows(receipts: Iterable[Mapping[str, Any]], states: list[StateFile]) -> list[ReceiptRow]:
@@ -93,6 +107,7 @@ def to_rows(receipts: Iterable[Mapping[str, Any]], states: list[StateFile]) -> l
                 message_id=message_id,
                 records=records if isinstance(records, int) else None,
                 body_sha256=str(receipt.get("body_sha256") or ""),
+                withheld=_withheld(receipt.get("withheld")),
             )
         )
     return out
@@ -186,6 +201,8 @@ def write_rows(rows: list[ReceiptRow], path: Path | None, fmt: str, stream: Text
                 where = f"row {row.row} of {row.file}" if row.row else "row unknown"
                 key = f" [{row.record_key}]" if row.record_key else ""
                 detail = f"{row.reason}: {row.message}" if row.reason else f"{row.records} record(s)"
+                if row.withheld:
+                    detail += f", withheld: {row.withheld}"
                 stream.write(f"{row.status:<9} {where}{key}  {detail}\n")
             return
         _write(rows, fmt, stream)

@@ -204,6 +204,15 @@ def envelope_cases(keys: dict[str, VectorKey]) -> list[dict[str, Any]]:
             canonicalize(doc).decode(),
             ingest_routing_key(partner, event_type),
         )
+    school = keys["derby-city-education"]
+    young = _sign(school, "school_exclusion", "VEC-0002", PAYLOADS["school_exclusion"] | {"pupil_age": 9})
+    add(
+        "accepted_nothing_released",
+        "valid, but no flow's conditions hold (pupil_age 9): records 0, and the receipt says why (withheld)",
+        young,
+        canonicalize(young).decode(),
+        ingest_routing_key(school.partner, "school_exclusion"),
+    )
     ed, police = keys["uhdb-royal-derby-ed"], keys["derbyshire-police"]
     first = cases[0]["document"]
     ae_key = ingest_routing_key(ed.partner, "ae_assault")

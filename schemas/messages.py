@@ -40,6 +40,15 @@ DEAD_LETTERED = "dead_lettered"  # the reason of a message the broker failed on 
 
 
 @with_config(CONFIG)
+class Withheld(TypedDict):
+    """Why an accepted message released nothing under one agreement (or none covers it)."""
+
+    reason: str  # a policy code of ``schemas.errors.Reason``: review_overdue, row_condition_false, ...
+    agreement_id: str | None  # null: no agreement covers this partner and event type
+    message: str  # a sentence for the partner's staff
+
+
+@with_config(CONFIG)
 class Receipt(TypedDict):
     """The broker's verdict on one message. ``records`` only when accepted; ``reason`` (a code of
     ``schemas.errors.Reason``, or ``dead_lettered``) and ``message`` only when rejected."""
@@ -50,6 +59,8 @@ class Receipt(TypedDict):
     body_sha256: str  # hex SHA-256 of the body as received: finds the row even without an id
     at: str  # RFC 3339 UTC time of the verdict
     records: NotRequired[int]  # records released (0: accepted, but no agreement released anything)
+    # only with records 0: why, one entry per agreement and reason (issue 12: partners are told)
+    withheld: NotRequired[list[Withheld]]
     reason: NotRequired[str]
     message: NotRequired[str | None]  # a sentence for the partner's staff
 
@@ -128,6 +139,7 @@ def receipt_for(
     records: int | None = None,
     reason: str | None = None,
     message: str | None = None,
+    withheld: Sequence[Withheld] = (),
 ) -> Receipt:
     """One receipt. Keys in this order: the HTTP response body is this dict as JSON, unsorted."""
     # The broker's own status values; its fourth, "failed", never leaves it (over HTTP the
@@ -141,6 +153,8 @@ def receipt_for(
     }
     if records is not None:
         out["records"] = records
+        if records == 0 and withheld:
+            out["withheld"] = list(withheld)
     if reason is not None:
         out["reason"] = reason
         out["message"] = message

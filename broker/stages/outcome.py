@@ -17,6 +17,7 @@ the fields it can have.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -26,7 +27,7 @@ from broker.policy.decision import Decision, Refusal, Release
 from broker.stages.types import Admitted, Inbound, Validated
 from schemas.errors import Reason
 from schemas.identifiers import looks_identifying, looks_identifying_text
-from schemas.messages import Receipt, receipt_for
+from schemas.messages import Receipt, Withheld, receipt_for
 
 # Refusals a person can only diagnose by reading the body: a field the schema refused, JSON the
 # parser refused, an envelope attribute, a signature over bytes the partner's canonicaliser got
@@ -216,4 +217,17 @@ def receipt(outcome: Settled, at: datetime) -> Receipt:
         records=len(outcome.releases) if isinstance(outcome, Accepted) else None,
         reason=reason,
         message=message,
+        withheld=withheld_of(outcome.refusals) if isinstance(outcome, Accepted) and not outcome.releases else (),
     )
+
+
+def withheld_of(refusals: Sequence[Refusal]) -> list[Withheld]:
+    """The refusals a partner is told of when nothing was released: one per (agreement, reason),
+    in a stable order, without naming consumers (the receipt goes to the partner, who knows its
+    agreements; who else would have received the record is not its business)."""
+    seen: dict[tuple[str, str], Withheld] = {}
+    for refusal in refusals:
+        key = (refusal.agreement_id or "", refusal.reason)
+        if key not in seen:
+            seen[key] = {"reason": refusal.reason, "agreement_id": refusal.agreement_id, "message": refusal.message}
+    return [seen[key] for key in sorted(seen)]

@@ -272,6 +272,19 @@ def document() -> dict[str, Any]:
                         "body_sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
                         "at": {"type": "string"},
                         "records": {"type": "integer", "minimum": 0},
+                        "withheld": {
+                            "type": "array",
+                            "description": "only with records 0: why nothing was released, per agreement and reason",
+                            "items": {
+                                "type": "object",
+                                "required": ["reason", "agreement_id", "message"],
+                                "properties": {
+                                    "reason": {"type": "string"},
+                                    "agreement_id": {"type": ["string", "null"]},
+                                    "message": {"type": "string"},
+                                },
+                            },
+                        },
                         "reason": {"type": "string"},
                         "message": {"type": "string"},
                     },
