@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "broker.commands.demo",
     "broker.commands.token",
     "broker.commands.rabbitmq",
+    "broker.commands.reload",
     "adapters.cli",  # the partner side's commands: adapters/ imports nothing from broker/
 )
 

@@ -23,7 +23,7 @@ from broker import jobs
 from broker.audit import entries
 from broker.auth.broker_key import BrokerKey, broker_public_jwks, load_or_create_broker_key
 from broker.auth.tokens import TokenVerifier, load_jwks
-from broker.errors import StartupError
+from broker.errors import ConfigurationError, StartupError
 from broker.logs import get_logger
 from broker.metrics import Metrics
 from broker.pipeline import DecideFn, Pipeline
@@ -106,6 +106,27 @@ def hold_primary_lock(data_dir: Path) -> IO[str]:
     return handle
 
 
+def config_problems(exc: ConfigurationError) -> tuple[tuple[str, ...], list[str]]:
+    """Every problem a refused configuration has (the agreements' loader reports them all; the
+    registry and secrets loaders their first), as sentences naming file and key, and their codes.
+    Never a value from a secrets file: those loaders never put one in a message."""
+    found = getattr(exc, "problems", ())
+    if found:
+        lines = tuple(f"{p.path}: {p.key}: {p.message}" if p.key else f"{p.path}: {p.message}" for p in found)
+        return lines, [str(getattr(p.code, "value", p.code)) for p in found]
+    return (str(exc),), [str(getattr(exc, "reason", "configuration_invalid"))]
+
+
+@dataclass(frozen=True, slots=True)
+class Reload:
+    """What a reload did: in force (``ok``) or refused with every problem found."""
+
+    ok: bool
+    before: str
+    after: str
+    problems: tuple[str, ...]
+
+
 @dataclass
 class Broker:
     settings: Settings
@@ -131,6 +152,9 @@ class Broker:
     leading: bool = False  # this process runs the singleton jobs now
     metrics: Metrics = field(default_factory=Metrics)
     _lock: IO[str] | None = None
+    fingerprint: str = ""  # the configuration in force (config_fingerprint)
+    _amqp_delivery: AmqpDelivery | None = None
+    _reloading: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
     def url(self) -> str:
@@ -158,6 +182,7 @@ class Broker:
             # Embedded mode is one process: its HTTP ingest and feeds share one store writer.
             raise StartupError("--workers needs --amqp-url (embedded mode runs as one process)")
         fingerprint = config_fingerprint(settings)
+        self.fingerprint = fingerprint
         if self.expected_config is not None and fingerprint != self.expected_config:
             # Every process must apply the same agreements: restart the primary to change them.
             raise StartupError("the registry, keys or agreements changed since the primary started")
@@ -193,6 +218,7 @@ class Broker:
         amqp_delivery: AmqpDelivery | None = None
         if settings.amqp_url:
             amqp_delivery = await self._start_amqp(settings.amqp_url)
+            self._amqp_delivery = amqp_delivery
             delivery = amqp_delivery
             connection = self.connection
             assert connection is not None
@@ -322,6 +348,58 @@ class Broker:
         self._tasks.append(asyncio.create_task(self.ingest.run(), name="amqp-ingest"))
         return delivery
 
+    # -- configuration without a restart (SIGHUP, ``sv-broker reload``) -----------------------------
+    def _load_config(self) -> tuple[Registry, PolicySet, str]:
+        settings = self.settings
+        fingerprint = config_fingerprint(settings)
+        registry = load_registry(settings.policy_dir, settings.keys_dir)
+        policy = load_policy(settings.policy_dir, registry, load_secrets(settings.secrets_file, os.environ))
+        return registry, policy, fingerprint
+
+    async def reload(self) -> Reload:
+        """Load the registry, keys and agreements again and, only if all of it is valid, put it in
+        force for the next batch (a batch already running finishes under the old set).
+
+        Threat: a bad file pushed by mistake (or by someone probing) stopped every flow, because a
+        change needed a restart and a restart refused the file. Now the running set stays in force,
+        every problem is reported (logged and returned; agreements report all of theirs, the
+        registry its first) and the refusal is audited. A revoked key is refused from the next
+        batch on, without a restart."""
+        async with self._reloading:
+            before = self.fingerprint
+            try:
+                registry, policy, after = await asyncio.to_thread(self._load_config)
+            except ConfigurationError as exc:
+                problems, codes = config_problems(exc)
+                for line in problems:
+                    log.error("reload_refused", problem=line)
+                if self.store is not None and not self.ingest_only:
+                    await self.store.commit(CommitUnit(drafts=[entries.config_rejected(before, codes, len(problems))]))
+                return Reload(False, before, before, problems)
+            if self._amqp_delivery is not None and self.connection is not None:
+                # New partners and consumers get their queues before anything is routed to them.
+                channel = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
+                try:
+                    names = Names(self.settings.amqp_prefix)
+                    await declare_topology(channel, names, registry, self.settings.delivery_limit)
+                finally:
+                    await channel.close()
+                self._amqp_delivery.registry = registry
+            if self.ingest is not None:
+                self.ingest.registry = registry
+            if self.pipeline is not None:
+                self.pipeline.reconfigure(registry, policy)
+            if self.access is not None:
+                self.access.reconfigure(registry, policy)
+            self.registry, self.policy, self.fingerprint = registry, policy, after
+            if self.store is not None and not self.ingest_only:
+                agreements = {a.id: a.revision for a in policy.agreements.values()}
+                await self.store.commit(CommitUnit(drafts=[entries.config_changed(before, after, agreements)]))
+            if self.workers is not None:
+                await self.workers.reload(after)
+            log.info("configuration_reloaded", config_sha256=after, changed=after != before)
+            return Reload(True, before, after, ())
+
     async def _scrape(self) -> bytes:
         store = self.store
         assert store is not None
@@ -430,6 +508,14 @@ async def serve_forever(settings: Settings, user_map: dict[str, str], ready_file
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task[Reload]] = set()
+
+    def reload() -> None:
+        task = asyncio.create_task(broker.reload(), name="reload")
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
     await stop.wait()
     log.info("broker_stopping")
     await broker.stop()

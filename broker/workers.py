@@ -27,7 +27,8 @@ import os
 import pickle
 import signal
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 from broker.logs import configure, get_logger
 from broker.settings import Settings
@@ -57,6 +58,14 @@ class WorkerPool:
         self.procs: list[asyncio.subprocess.Process] = []  # by worker index, once started
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
+
+    async def reload(self, config_sha256: str) -> None:
+        """Tell every worker to reload (SIGHUP), and restart any later worker under the new
+        configuration's fingerprint (a restarted worker refuses one that differs from the primary's)."""
+        self.spec = replace(self.spec, config_sha256=config_sha256)
+        for proc in self.procs:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGHUP)
 
     async def start(self) -> None:
         """Start every worker and wait until each is consuming; a worker that cannot start is an
@@ -155,6 +164,14 @@ async def _run_worker(spec: WorkerSpec) -> None:
         loop.add_signal_handler(sig, stop.set)
     broker = Broker(spec.settings, spec.user_map, ingest_only=True, expected_config=spec.config_sha256)
     await broker.start()
+    reloads: set[asyncio.Task[Any]] = set()
+
+    def reload() -> None:  # the primary reloaded: so does this process, for its next batch
+        task = asyncio.create_task(broker.reload(), name="reload")
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
     sys.stdout.buffer.write(READY)
     sys.stdout.buffer.flush()
 

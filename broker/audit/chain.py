@@ -36,6 +36,8 @@ class Kind(StrEnum):
     PURGED = "purged"
     QUARANTINE_PURGED = "quarantine_purged"  # refused messages past the quarantine retention
     STARTED = "started"  # broker start: configuration fingerprint (agreements, registry)
+    CONFIG_CHANGED = "config_changed"  # a reload took effect: both fingerprints, the agreements now in force
+    CONFIG_REJECTED = "config_rejected"  # a reload was refused: the running set stays (the problems' codes)
     STOPPED = "stopped"  # graceful shutdown
 
 

@@ -137,5 +137,21 @@ def started(config_sha256: str, mode: str, agreements: Mapping[str, int], role: 
     return Draft(Kind.STARTED, {"config_sha256": config_sha256, "mode": mode, "agreements": dict(agreements), **role})
 
 
+def config_changed(before: str, after: str, agreements: Mapping[str, int]) -> Draft:
+    """A reload took effect: from which configuration to which, and the agreements now in force."""
+    return Draft(
+        Kind.CONFIG_CHANGED,
+        {"config_sha256_before": before, "config_sha256": after, "agreements": dict(agreements)},
+    )
+
+
+def config_rejected(running: str, codes: Sequence[str], count: int) -> Draft:
+    """A reload was refused (the running configuration stays in force): the problems' codes."""
+    return Draft(
+        Kind.CONFIG_REJECTED,
+        {"config_sha256": running, "problems": count, "codes": sorted(set(codes))},
+    )
+
+
 def stopped(role: Mapping[str, Any]) -> Draft:
     return Draft(Kind.STOPPED, dict(role))

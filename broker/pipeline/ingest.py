@@ -101,8 +101,9 @@ class Pipeline:
     ) -> None:
         self.settings = settings
         self.observer: Observer = observer if observer is not None else Unobserved()
-        self.registry = registry
-        self.policy = policy
+        # One pair, swapped whole by ``reconfigure`` and read once per batch: a batch is verified
+        # and decided under one registry and one set of agreements, never half of each.
+        self.config: tuple[Registry, PolicySet] = (registry, policy)
         self.store = store
         self.delivery = delivery
         self.clock = clock
@@ -114,10 +115,24 @@ class Pipeline:
         # already (a resend arriving meanwhile is a duplicate, not a second processing).
         self._done_recently: dict[ReplayKey, str] = {}
 
+    @property
+    def registry(self) -> Registry:
+        return self.config[0]
+
+    @property
+    def policy(self) -> PolicySet:
+        return self.config[1]
+
+    def reconfigure(self, registry: Registry, policy: PolicySet) -> None:
+        """The registry and agreements for every batch that starts from now on (a batch already
+        running finishes under the set it started with)."""
+        self.config = (registry, policy)
+
     async def process(self, batch: Sequence[Inbound]) -> list[Outcome]:
         now = self.clock()
+        registry, policy = self.config
         # Steps 1-4: pure stages, one message at a time.
-        staged = [self._stage(inbound, now) for inbound in batch]
+        staged = [self._stage(inbound, now, registry) for inbound in batch]
 
         # Step 5 (first half): wait for any in-flight message with the same id (concurrent posts
         # of one message), so the replay guard below sees its result.
@@ -130,7 +145,7 @@ class Pipeline:
         for key in owned:
             self._inflight[key] = mine
         try:
-            outcomes = await self._process_guarded(batch, staged, keys, now)
+            outcomes = await self._process_guarded(batch, staged, keys, now, policy)
         finally:
             for key in owned:
                 self._inflight.pop(key, None)
@@ -144,6 +159,7 @@ class Pipeline:
         staged: list[Validated | Rejected | Failed],
         keys: list[ReplayKey],
         now: datetime,
+        policy: PolicySet,
     ) -> list[Outcome]:
         # Step 5 (second half): what the replay guard remembers; the verdict is pure.
         states = await self.store.replay_states(keys)
@@ -168,7 +184,7 @@ class Pipeline:
             else:
                 seen_in_batch[key] = item.content_sha256
                 # Step 6: the policy decision (pure).
-                outcomes.append(self._decide(inbound, verdict, now))
+                outcomes.append(self._decide(inbound, verdict, now, policy))
 
         try:
             # Step 7: audit entries, records and replay state: durable in one group commit.
@@ -256,12 +272,12 @@ class Pipeline:
             self._done_recently.pop(key, None)
 
     # -- the steps' pure parts -----------------------------------------------------------------------
-    def _stage(self, inbound: Inbound, now: datetime) -> Validated | Rejected | Failed:
+    def _stage(self, inbound: Inbound, now: datetime, registry: Registry) -> Validated | Rejected | Failed:
         """Steps 1-4; a refusal is a ``Rejected`` outcome naming what the envelope claimed."""
         received: Received | None = None
         try:
             received = parse(inbound.body, max_bytes=self.settings.max_body_bytes, now=now)
-            verified = verify(received, self.registry, publisher=inbound.publisher, routing_key=inbound.routing_key)
+            verified = verify(received, registry, publisher=inbound.publisher, routing_key=inbound.routing_key)
             fresh = check_freshness(verified, now, self.settings.freshness)
             return validate(fresh)
         except ContractError as exc:
@@ -281,9 +297,9 @@ class Pipeline:
             log.exception("stage_failed", error=type(exc).__name__)
             return Failed(inbound, sha256_hex(inbound.body))
 
-    def _decide(self, inbound: Inbound, admitted: Admitted, now: datetime) -> Accepted | Failed:
+    def _decide(self, inbound: Inbound, admitted: Admitted, now: datetime, policy: PolicySet) -> Accepted | Failed:
         try:
-            return accept(inbound, self.decide(admitted, self.policy, now))
+            return accept(inbound, self.decide(admitted, policy, now))
         except Exception as exc:  # a fault of ours: leave it unacknowledged (poison handling)
             env = admitted.envelope
             log.exception("policy_failed", message_id=env.id, partner=env.source, error=type(exc).__name__)

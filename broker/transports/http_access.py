@@ -57,6 +57,11 @@ class AccessContext:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     audit: AccessAudit = field(init=False)
 
+    def reconfigure(self, registry: Registry, policy: PolicySet) -> None:
+        """A reloaded registry and agreement set (the audit's known names follow)."""
+        self.registry, self.policy = registry, policy
+        self.__post_init__()
+
     def __post_init__(self) -> None:
         # The broker's own names are kept verbatim in access entries; other caller values as digests.
         known = [*self.registry.partners, *self.registry.consumers, *self.policy.agreements]

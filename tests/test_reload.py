@@ -1,0 +1,207 @@
+"""Issue 12 item 5: the registry, keys and agreements change without a restart.
+
+A valid change takes effect for the next batch (a revoked key is refused from then on; a new
+revision of an agreement governs the next release, and no message is lost or decided under a
+mixture of the two sets); an invalid change keeps the running set, reports every problem and is
+audited. ``sv-broker reload`` checks, then signals a running ``sv-broker serve``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+
+from adapters.synthetic import SyntheticGenerator
+from broker.demo import DemoEnvironment
+from broker.service import Broker
+from broker.settings import Settings
+from broker.stages.outcome import Status
+from broker.stages.types import Inbound
+from tests.helpers import audit_entries
+from tests.streams import Host
+
+
+def own_copy(env: DemoEnvironment, tmp_path: Path) -> tuple[Path, Path]:
+    """A policy directory and a keys directory of this test's own, to edit while a broker runs."""
+    policy, keys = tmp_path / "policies", tmp_path / "keys"
+    shutil.copytree(env.policy_dir, policy)
+    shutil.copytree(env.keys_dir, keys, ignore=shutil.ignore_patterns("private"))
+    return policy, keys
+
+
+def revoke(keys: Path, kid: str) -> None:
+    path = keys / "partners.toml"
+    text = path.read_text(encoding="utf-8")
+    entry = re.compile(rf'(kid = "{re.escape(kid)}"\n(?:.*\n)*?)revoked = false')
+    changed = entry.sub(r"\1revoked = true", text, count=1)
+    assert changed != text
+    path.write_text(changed, encoding="utf-8")
+
+
+def bump_revision(policy: Path, agreement: str) -> int:
+    path = policy / "agreements" / f"{agreement}.toml"
+    text = path.read_text(encoding="utf-8")
+    match = re.search(r"^revision = (\d+)$", text, re.M)
+    assert match is not None
+    new = int(match.group(1)) + 1
+    path.write_text(text.replace(match.group(0), f"revision = {new}", 1), encoding="utf-8")
+    return new
+
+
+def broker_on(env: DemoEnvironment, policy: Path, keys: Path, data: Path) -> Broker:
+    return Broker(Settings(policy_dir=policy, keys_dir=keys, secrets_file=env.secrets_file, data_dir=data, http_port=0))
+
+
+def body(env: DemoEnvironment, partner: str, event_type: str, key: str, seed: int) -> bytes:
+    gen = SyntheticGenerator(seed=seed)
+    record = gen.for_partner(partner, event_type)
+    return env.signers[partner].sign_bytes(event_type, record.data(), source_key=key)
+
+
+async def test_a_revoked_key_is_refused_from_the_next_batch_without_a_restart(
+    env: DemoEnvironment, tmp_path: Path
+) -> None:
+    policy, keys = own_copy(env, tmp_path)
+    broker = broker_on(env, policy, keys, tmp_path / "data")
+    await broker.start()
+    try:
+        assert broker.pipeline is not None
+        kid = env.signers["derby-pubwatch"].kid
+        [before] = await broker.pipeline.process([Inbound(body(env, "derby-pubwatch", "nte_incident", "R-1", 1))])
+        assert before.status is Status.ACCEPTED
+        old = broker.fingerprint
+        revoke(keys, kid)
+        report = await broker.reload()
+        assert report.ok, report.problems
+        assert report.before == old != report.after == broker.fingerprint
+        [after] = await broker.pipeline.process([Inbound(body(env, "derby-pubwatch", "nte_incident", "R-2", 2))])
+        assert after.status is Status.REJECTED
+        assert after.reason == "key_revoked"  # type: ignore[union-attr]
+    finally:
+        await broker.stop()
+    [changed] = audit_entries(tmp_path / "data" / "broker.db", "config_changed")
+    assert (changed["config_sha256_before"], changed["config_sha256"]) == (report.before, report.after)
+
+
+async def test_an_invalid_change_keeps_the_running_set_reports_every_problem_and_is_audited(
+    env: DemoEnvironment, tmp_path: Path
+) -> None:
+    policy, keys = own_copy(env, tmp_path)
+    broker = broker_on(env, policy, keys, tmp_path / "data")
+    await broker.start()
+    try:
+        assert broker.pipeline is not None
+        running = broker.fingerprint
+        path = policy / "agreements" / "dsa-nte-police-licensing-2026.toml"
+        text = path.read_text(encoding="utf-8")
+        # two mistakes in one file: an unknown setting, and a flow to a consumer nobody registered
+        broken = text.replace("revision = 1", "revision = 2\nretention = 5", 1).replace(
+            '"derbyshire-police-licensing"', '"nobody-registered"'
+        )
+        assert broken != text
+        path.write_text(broken, encoding="utf-8")
+        report = await broker.reload()
+        assert not report.ok
+        assert len(report.problems) >= 2, report.problems
+        assert all(str(path) in p for p in report.problems)
+        assert broker.fingerprint == running
+        # the old set still governs: a licensing release still happens
+        [outcome] = await broker.pipeline.process([Inbound(body(env, "derby-pubwatch", "nte_incident", "I-1", 3))])
+        assert outcome.status is Status.ACCEPTED
+        assert any(r.consumer == "derbyshire-police-licensing" for r in outcome.releases)  # type: ignore[union-attr]
+    finally:
+        await broker.stop()
+    [rejected] = audit_entries(tmp_path / "data" / "broker.db", "config_rejected")
+    assert rejected["config_sha256"] == running
+    assert rejected["problems"] >= 2
+    assert audit_entries(tmp_path / "data" / "broker.db", "config_changed") == []
+
+
+async def test_a_new_revision_mid_stream_loses_nothing_and_never_mixes_revisions(
+    env: DemoEnvironment, tmp_path: Path
+) -> None:
+    policy, keys = own_copy(env, tmp_path)
+    broker = broker_on(env, policy, keys, tmp_path / "data")
+    await broker.start()
+    assert broker.pipeline is not None
+    pipeline = broker.pipeline
+    bodies = [body(env, "derby-pubwatch", "nte_incident", f"S-{n}", 100 + n) for n in range(120)]
+    new_revision = bump_revision(policy, "dsa-nte-police-licensing-2026")
+    outcomes = []
+
+    async def stream() -> None:
+        for start in range(0, len(bodies), 8):
+            outcomes.extend(await pipeline.process([Inbound(b) for b in bodies[start : start + 8]]))
+            await asyncio.sleep(0)
+
+    try:
+        streaming = asyncio.create_task(stream())
+        await asyncio.sleep(0.05)
+        report = await broker.reload()
+        assert report.ok, report.problems
+        await streaming
+        [late] = await pipeline.process([Inbound(body(env, "derby-pubwatch", "nte_incident", "S-late", 999))])
+    finally:
+        await broker.stop()
+    assert len(outcomes) == len(bodies)
+    assert all(o.status is Status.ACCEPTED for o in outcomes)  # nothing lost
+    licensing = [
+        r.agreement_revision
+        for o in outcomes
+        for r in o.releases  # type: ignore[union-attr]
+        if r.agreement_id == "dsa-nte-police-licensing-2026"
+    ]
+    assert len(licensing) == len(bodies)  # every one released once
+    # revisions only ever go forward in stream order: old ones, then new ones (never a mix back)
+    assert licensing == sorted(licensing)
+    assert {r.agreement_revision for r in late.releases if r.agreement_id == "dsa-nte-police-licensing-2026"} == {  # type: ignore[union-attr]
+        new_revision
+    }
+
+
+def test_sv_broker_reload_checks_then_signals_a_running_serve(env: DemoEnvironment, tmp_path: Path) -> None:
+    policy, keys = own_copy(env, tmp_path)
+    common = ["--policy-dir", str(policy), "--keys-dir", str(keys), "--secrets", str(env.secrets_file)]
+    host = Host("reload", [sys.executable, "-m", "broker.cli", "serve", *common, "--port", "0"], tmp_path)
+    host.start()
+    data = tmp_path / "reload"
+
+    def reload_cli() -> subprocess.CompletedProcess[str]:
+        args = [sys.executable, "-m", "broker.cli", "reload", *common, "--data-dir", str(data)]
+        return subprocess.run(args, capture_output=True, text=True, timeout=120, check=False)
+
+    async def post(payload: bytes) -> dict[str, object]:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(host.url + "/v1/events", data=payload, headers={"Content-Type": "application/json"}) as r,
+        ):
+            answer: dict[str, object] = await r.json()
+            return answer
+
+    try:
+        assert asyncio.run(post(body(env, "derby-pubwatch", "nte_incident", "C-1", 7)))["status"] == "accepted"
+        # an invalid file: the command reports it and signals nothing
+        (keys / "broken.toml").write_text("[[key]]\nkid = 'x'\n", encoding="utf-8")
+        refused = reload_cli()
+        assert refused.returncode == 2
+        assert "broken.toml" in refused.stderr
+        (keys / "broken.toml").unlink()
+        revoke(keys, env.signers["derby-pubwatch"].kid)
+        done = reload_cli()
+        assert done.returncode == 0, done.stderr
+        for _ in range(200):  # the broker reloads on its own loop, right after the signal
+            if audit_entries(data / "broker.db", "config_changed"):
+                break
+            asyncio.run(asyncio.sleep(0.05))
+        answer = asyncio.run(post(body(env, "derby-pubwatch", "nte_incident", "C-2", 8)))
+        assert (answer["status"], answer["reason"]) == ("rejected", "key_revoked")
+        assert host.alive()
+    finally:
+        assert host.stop() == 0
+    assert len(audit_entries(data / "broker.db", "config_changed")) == 1
