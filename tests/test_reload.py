@@ -9,22 +9,28 @@ audited. ``sv-broker reload`` checks, then signals a running ``sv-broker serve``
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import aio_pika
 import aiohttp
 
 from adapters.synthetic import SyntheticGenerator
 from broker.demo import DemoEnvironment
+from broker.ports.rabbitmq.topology import Names
 from broker.service import Broker
 from broker.settings import Settings
 from broker.stages.outcome import Status
 from broker.stages.types import Inbound
+from tests import test_broker_amqp
 from tests.helpers import audit_entries
 from tests.streams import Host
+
+start_broker = test_broker_amqp.start_broker
 
 
 def own_copy(env: DemoEnvironment, tmp_path: Path) -> tuple[Path, Path]:
@@ -205,3 +211,64 @@ def test_sv_broker_reload_checks_then_signals_a_running_serve(env: DemoEnvironme
     finally:
         assert host.stop() == 0
     assert len(audit_entries(data / "broker.db", "config_changed")) == 1
+
+
+async def test_over_rabbitmq_a_reload_revokes_a_key_and_gives_a_new_consumer_its_queue(
+    amqp_url: str, amqp_prefix: str, env: DemoEnvironment, tmp_path: Path
+) -> None:
+    policy, keys = own_copy(env, tmp_path)
+    settings = Settings(
+        policy_dir=policy,
+        keys_dir=keys,
+        secrets_file=env.secrets_file,
+        data_dir=tmp_path / "data",
+        http_port=0,
+        amqp_url=amqp_url,
+        amqp_prefix=amqp_prefix,
+    )
+    broker = Broker(settings, user_map={"guest": "derby-pubwatch"})
+    await broker.start()
+    names = Names(amqp_prefix)
+    new_queue = names.consumer_queue("derby-new-analysts")
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        exchange = await channel.get_exchange(names.ingest_exchange)
+
+        async def publish(key: str, seed: int) -> None:
+            payload = body(env, "derby-pubwatch", "nte_incident", key, seed)
+            message = aio_pika.Message(payload, delivery_mode=aio_pika.DeliveryMode.PERSISTENT, user_id="guest")
+            await exchange.publish(message, "derby-pubwatch.nte_incident", mandatory=True, timeout=10)
+
+        async def processed(count: int) -> None:
+            assert broker.pipeline is not None
+            for _ in range(600):
+                if broker.pipeline.stats.processed >= count:
+                    return
+                await asyncio.sleep(0.05)
+            raise AssertionError("not processed")
+
+        await publish("Q-1", 21)
+        await processed(1)
+        revoke(keys, env.signers["derby-pubwatch"].kid)
+        parties = policy / "parties.toml"
+        parties.write_text(
+            parties.read_text(encoding="utf-8")
+            + '\n[[consumer]]\nid = "derby-new-analysts"\nname = "n"\norganisation = "o"\nrole = "analyst"\n',
+            encoding="utf-8",
+        )
+        report = await broker.reload()
+        assert report.ok, report.problems
+        await channel.get_queue(new_queue, ensure=False)  # passive: fails unless the reload declared it
+        await publish("Q-2", 22)
+        await processed(2)
+        queue = await channel.get_queue(names.receipts_queue("derby-pubwatch"), ensure=False)
+        receipts = []
+        while (message := await queue.get(no_ack=True, fail=False)) is not None:
+            receipts.extend(json.loads(message.body)["receipts"])
+        assert [(r["status"], r.get("reason")) for r in receipts] == [("accepted", None), ("rejected", "key_revoked")]
+    finally:
+        await broker.stop()
+        cleanup = await connection.channel()
+        await cleanup.queue_delete(new_queue)  # not in the repository's registry: the fixture would miss it
+        await connection.close()
