@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
 from broker.pipeline import Pipeline
 from broker.policy.loader import load_policy
@@ -150,8 +151,6 @@ class VectorKey:
         return KeyEntry(self.kid, self.partner, public_bytes(self.private_key), KEY_VALID_FROM, KEY_VALID_UNTIL)
 
     def describe(self) -> dict[str, Any]:
-        from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
-
         seed = self.private_key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
         return {
             "partner": self.partner,
@@ -169,19 +168,25 @@ def record_key_of(values: list[Any]) -> str | None:
     return None if any(p == "" for p in parts) else envelope.join_record_key(parts)
 
 
-def _sign(key: VectorKey, event_type: str, record_key: str, data: dict[str, Any], **changes: Any) -> dict[str, Any]:
-    doc = envelope.build_signed(
+def _sign(
+    key: VectorKey,
+    event_type: str,
+    record_key: str,
+    data: dict[str, Any],
+    *,
+    keyid: str | None = None,
+    produced_at: datetime = PRODUCED_AT,
+) -> dict[str, Any]:
+    return envelope.build_signed(
         private_key=key.private_key,
         partner_id=key.partner,
-        keyid=changes.pop("keyid", key.kid),
+        keyid=keyid or key.kid,
         event_type=event_type,
         version=1,
         message_id=envelope.message_id(key.partner, record_key, key.id_key),
         data=data,
-        produced_at=changes.pop("produced_at", PRODUCED_AT),
+        produced_at=produced_at,
     )
-    assert not changes
-    return doc
 
 
 def _canonical_unsigned(doc: dict[str, Any]) -> str:
@@ -192,7 +197,11 @@ def envelope_cases(keys: dict[str, VectorKey]) -> list[dict[str, Any]]:
     """The envelopes in the order the broker receives them: name, note, body, document."""
     cases: list[dict[str, Any]] = []
 
-    def add(name: str, note: str, doc: dict[str, Any] | None, body: str, routing_key: str) -> None:
+    def add(name: str, note: str, doc: dict[str, Any] | None, routing_key: str, body: str | None = None) -> None:
+        """One case; its body is the document's canonical form unless given."""
+        if body is None:
+            assert doc is not None
+            body = canonicalize(doc).decode()
         cases.append({"name": name, "note": note, "document": doc, "body": body, "routing_key": routing_key})
 
     for partner, event_type in PARTNERS.items():
@@ -201,7 +210,6 @@ def envelope_cases(keys: dict[str, VectorKey]) -> list[dict[str, Any]]:
             f"{event_type}_accepted",
             "a valid envelope; body = its RFC 8785 canonical form (any JSON serialisation would do)",
             doc,
-            canonicalize(doc).decode(),
             ingest_routing_key(partner, event_type),
         )
     school = keys["derby-city-education"]
@@ -210,19 +218,17 @@ def envelope_cases(keys: dict[str, VectorKey]) -> list[dict[str, Any]]:
         "accepted_nothing_released",
         "valid, but no flow's conditions hold (pupil_age 9): records 0, and the receipt says why (withheld)",
         young,
-        canonicalize(young).decode(),
         ingest_routing_key(school.partner, "school_exclusion"),
     )
     ed, police = keys["uhdb-royal-derby-ed"], keys["derbyshire-police"]
     first = cases[0]["document"]
     ae_key = ingest_routing_key(ed.partner, "ae_assault")
-    add("resend_duplicate", "the first envelope again, byte for byte: a duplicate", first, cases[0]["body"], ae_key)
+    add("resend_duplicate", "the first envelope again, byte for byte: a duplicate", first, ae_key)
     other = _sign(ed, "ae_assault", "VEC-0001", PAYLOADS["ae_assault"] | {"assault_method": "knife_or_sharp"})
     add(
         "same_id_other_content",
         "the first envelope's id with other content: replayed",
         other,
-        canonicalize(other).decode(),
         ae_key,
     )
     spaced = _sign(ed, "ae_assault", "VEC-0002", PAYLOADS["ae_assault"] | {"patient_age": 27})
@@ -230,8 +236,8 @@ def envelope_cases(keys: dict[str, VectorKey]) -> list[dict[str, Any]]:
         "pretty_printed_body",
         "a body that is not canonical (indented, keys unsorted): accepted; the signature covers the canonical form",
         spaced,
-        json.dumps(dict(reversed(list(spaced.items()))), indent=2, ensure_ascii=False),
         ae_key,
+        body=json.dumps(dict(reversed(list(spaced.items()))), indent=2, ensure_ascii=False),
     )
     tampered = _sign(police, "police_sv_offence", "VEC-0002", PAYLOADS["police_sv_offence"])
     tampered["data"] = tampered["data"] | {"knife_involved": False}
@@ -240,13 +246,12 @@ def envelope_cases(keys: dict[str, VectorKey]) -> list[dict[str, Any]]:
         "tampered_after_signing",
         "data changed after signing: bad_signature",
         tampered,
-        canonicalize(tampered).decode(),
         key,
     )
     unknown = _sign(
         police, "police_sv_offence", "VEC-0003", PAYLOADS["police_sv_offence"], keyid="derbyshire-police-nokey"
     )
-    add("unknown_key", "a keyid the registry does not hold", unknown, canonicalize(unknown).decode(), key)
+    add("unknown_key", "a keyid the registry does not hold", unknown, key)
     old = _sign(
         police,
         "police_sv_offence",
@@ -254,23 +259,21 @@ def envelope_cases(keys: dict[str, VectorKey]) -> list[dict[str, Any]]:
         PAYLOADS["police_sv_offence"],
         produced_at=datetime(2026, 11, 1, tzinfo=UTC),
     )
-    add("stale", "signed 20 days before the broker's clock (window 7 days)", old, canonicalize(old).decode(), key)
+    add("stale", "signed 20 days before the broker's clock (window 7 days)", old, key)
     ident = _sign(ed, "ae_assault", "VEC-0005", PAYLOADS["ae_assault"] | {"nhs_number": "9434765919"})
     add(
         "direct_identifier",
         "a field for a direct identifier: refused, the body is not kept",
         ident,
-        canonicalize(ident).decode(),
         ae_key,
     )
     body = canonicalize(first).decode().replace('{"data":', '{"id":"x","data":', 1)
-    add("duplicate_member", "a member given twice: refused before anything else", None, body, ae_key)
+    add("duplicate_member", "a member given twice: refused before anything else", None, ae_key, body=body)
     wrong = _sign(police, "police_sv_offence", "VEC-0006", PAYLOADS["police_sv_offence"])
     add(
         "routing_key_not_its_own",
         "a valid envelope under a routing key that is not its <source>.<type> (the publisher's own prefix)",
         wrong,
-        canonicalize(wrong).decode(),
         ingest_routing_key(police.partner, "ae_assault"),
     )
     return cases

@@ -186,9 +186,7 @@ class Broker:
         if self.expected_config is not None and fingerprint != self.expected_config:
             # Every process must apply the same agreements: restart the primary to change them.
             raise StartupError("the registry, keys or agreements changed since the primary started")
-        self.registry = load_registry(settings.policy_dir, settings.keys_dir)
-        secrets = load_secrets(settings.secrets_file, os.environ)
-        self.policy = load_policy(settings.policy_dir, self.registry, secrets)
+        self.registry, self.policy = self._load_config()
         self.store = store_for(settings.store_location, batch_max=settings.audit_batch_max)
         await self.store.open()
         checkpoint_log = CheckpointLog(settings.effective_checkpoint_log)
@@ -349,12 +347,16 @@ class Broker:
         return delivery
 
     # -- configuration without a restart (SIGHUP, ``sv-broker reload``) -----------------------------
-    def _load_config(self) -> tuple[Registry, PolicySet, str]:
+    def _load_config(self) -> tuple[Registry, PolicySet]:
+        """The registry and agreements as the settings name them (raises on any problem)."""
         settings = self.settings
-        fingerprint = config_fingerprint(settings)
         registry = load_registry(settings.policy_dir, settings.keys_dir)
         policy = load_policy(settings.policy_dir, registry, load_secrets(settings.secrets_file, os.environ))
-        return registry, policy, fingerprint
+        return registry, policy
+
+    def _load_config_now(self) -> tuple[Registry, PolicySet, str]:
+        fingerprint = config_fingerprint(self.settings)
+        return (*self._load_config(), fingerprint)
 
     async def reload(self) -> Reload:
         """Load the registry, keys and agreements again and, only if all of it is valid, put it in
@@ -368,7 +370,7 @@ class Broker:
         async with self._reloading:
             before = self.fingerprint
             try:
-                registry, policy, after = await asyncio.to_thread(self._load_config)
+                registry, policy, after = await asyncio.to_thread(self._load_config_now)
             except ConfigurationError as exc:
                 problems, codes = config_problems(exc)
                 for line in problems:
@@ -497,6 +499,21 @@ class Broker:
         log.info("broker_stopped")
 
 
+def reload_on_sighup(broker: Broker) -> None:
+    """SIGHUP reloads ``broker``'s configuration (``Broker.reload``) on the running loop; the
+    tasks are kept referenced until done (the loop holds only weak references)."""
+    import signal
+
+    reloads: set[asyncio.Task[Reload]] = set()
+
+    def reload() -> None:
+        task = asyncio.create_task(broker.reload(), name="reload")
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
+
+
 async def serve_forever(settings: Settings, user_map: dict[str, str], ready_file: Path | None = None) -> None:
     import signal
 
@@ -508,14 +525,7 @@ async def serve_forever(settings: Settings, user_map: dict[str, str], ready_file
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    reloads: set[asyncio.Task[Reload]] = set()
-
-    def reload() -> None:
-        task = asyncio.create_task(broker.reload(), name="reload")
-        reloads.add(task)
-        task.add_done_callback(reloads.discard)
-
-    loop.add_signal_handler(signal.SIGHUP, reload)
+    reload_on_sighup(broker)
     await stop.wait()
     log.info("broker_stopping")
     await broker.stop()

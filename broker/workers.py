@@ -28,7 +28,6 @@ import pickle
 import signal
 import sys
 from dataclasses import dataclass, replace
-from typing import Any
 
 from broker.logs import configure, get_logger
 from broker.settings import Settings
@@ -154,7 +153,7 @@ async def _terminate(procs: list[asyncio.subprocess.Process]) -> None:
 
 
 async def _run_worker(spec: WorkerSpec) -> None:
-    from broker.service import Broker
+    from broker.service import Broker, reload_on_sighup
 
     parent = os.getppid()
     # Handlers first: a SIGTERM that arrives while starting is a graceful stop, not a kill.
@@ -164,14 +163,7 @@ async def _run_worker(spec: WorkerSpec) -> None:
         loop.add_signal_handler(sig, stop.set)
     broker = Broker(spec.settings, spec.user_map, ingest_only=True, expected_config=spec.config_sha256)
     await broker.start()
-    reloads: set[asyncio.Task[Any]] = set()
-
-    def reload() -> None:  # the primary reloaded: so does this process, for its next batch
-        task = asyncio.create_task(broker.reload(), name="reload")
-        reloads.add(task)
-        task.add_done_callback(reloads.discard)
-
-    loop.add_signal_handler(signal.SIGHUP, reload)
+    reload_on_sighup(broker)  # the primary reloaded: so does this process, for its next batch
     sys.stdout.buffer.write(READY)
     sys.stdout.buffer.flush()
 

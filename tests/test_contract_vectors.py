@@ -27,6 +27,7 @@ from schemas.canonical import canonicalize
 from schemas.keyfile import public_bytes
 from schemas.messages import receipts_message
 from schemas.signing import b64u_decode, b64u_encode, verify_raw
+from tests.test_adapter_mapping import base_doc
 
 VECTORS: dict[str, Any] = json.loads(VECTOR_FILE.read_text(encoding="utf-8"))
 KEYS = {k["partner"]: k for k in VECTORS["keys"]}
@@ -42,23 +43,10 @@ def test_key_pairs_and_registry_entries(key: dict[str, Any]) -> None:
 
 
 def mapping_with(columns: int) -> Any:
+    """A real mapping (the adapter tests' own) whose record key is ``columns`` columns."""
     names = [f"Key{i}" for i in range(columns)]
-    doc = {
-        "mapping": {"name": "vectors", "event_type": "police_sv_offence", "record_key": names},
-        "fields": {
-            "ho_offence_code": "Class",
-            "sv_group": {"column": "Class", "codes": "group"},
-            "offence_datetime": {"column": "When", "format": "%d/%m/%Y %H:%M"},
-            "district": "LA",
-            "knife_involved": "Knife",
-            "victim_age_band": {"value": "not_known"},
-            "victim_sex": {"value": "not_known"},
-            "suspect_age_band": {"value": "not_known"},
-            "suspect_sex": {"value": "not_known"},
-            "outcome_status": {"value": "under_investigation"},
-        },
-        "codes": {"group": {"8N": "violence_with_injury"}},
-    }
+    doc = base_doc()
+    doc["mapping"]["record_key"] = names
     return compile_mapping(doc), names
 
 

@@ -24,10 +24,13 @@ TAIL_BYTES = 64 * 1024  # the last checkpoint is in the file's last line, far sh
 class CheckpointLog:
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._directory_ready = False
 
     def append(self, checkpoint: Checkpoint) -> None:
         """Append one line and fsync it (blocking: run it off the event loop)."""
-        private_directory(self.path.parent)
+        if not self._directory_ready:  # once per process, not once a minute
+            private_directory(self.path.parent)
+            self._directory_ready = True
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             os.write(fd, (checkpoint_line(checkpoint) + "\n").encode("ascii"))

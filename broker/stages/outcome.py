@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import ClassVar
@@ -182,12 +182,13 @@ class Rejected:
     # Receipts go to the authenticated publisher when there is one, never to a partner named only
     # by an unverified envelope (no reflection to third parties).
     receipt_to: str | None = None
+    # Whether quarantine may hold this body (``keep_body``); otherwise only its hash, which lets
+    # the partner find the message in its own export. Decided once (it parses and scans the body):
+    # the store's quarantine row and the AMQP quarantine copy both read it.
+    body_kept: bool = field(init=False, compare=False)
 
-    @property
-    def body_kept(self) -> bool:
-        """Whether quarantine may hold this body (``keep_body``); otherwise only its hash, which
-        lets the partner find the message in its own export."""
-        return keep_body(self.reason, self.inbound.body)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "body_kept", keep_body(self.reason, self.inbound.body))
 
 
 @dataclass(frozen=True, slots=True)
