@@ -176,16 +176,22 @@ def _sign(
     *,
     keyid: str | None = None,
     produced_at: datetime = PRODUCED_AT,
+    revision: int = 1,
+    withdrawn: str | None = None,
 ) -> dict[str, Any]:
+    first = envelope.message_id(key.partner, record_key, key.id_key)
     return envelope.build_signed(
         private_key=key.private_key,
         partner_id=key.partner,
         keyid=keyid or key.kid,
         event_type=event_type,
         version=1,
-        message_id=envelope.message_id(key.partner, record_key, key.id_key),
+        message_id=first,
         data=data,
         produced_at=produced_at,
+        supersedes=first if revision > 1 else None,
+        revision=revision,
+        withdrawn=withdrawn,
     )
 
 
@@ -269,6 +275,30 @@ def envelope_cases(keys: dict[str, VectorKey]) -> list[dict[str, Any]]:
     )
     body = canonicalize(first).decode().replace('{"data":', '{"id":"x","data":', 1)
     add("duplicate_member", "a member given twice: refused before anything else", None, ae_key, body=body)
+    corrected = _sign(
+        police, "police_sv_offence", "VEC-0001", PAYLOADS["police_sv_offence"] | {"knife_involved": False}, revision=2
+    )
+    add(
+        "correction_revision_2",
+        "a correction of the police vector's record (one field changed): supersedes = its first message id, "
+        "revision 2, id = '<supersedes>:r2'; each consumer gets revision 2 under the record id it holds",
+        corrected,
+        key,
+    )
+    withdrawal = _sign(ed, "ae_assault", "VEC-0002", {}, revision=3, withdrawn="sent_in_error")
+    add(
+        "withdrawal",
+        "the pretty-printed A&E record withdrawn (sent in error) at revision 3: data {}, every consumer that "
+        "held it is told (receipt: withdrawn = how many)",
+        withdrawal,
+        ae_key,
+    )
+    add(
+        "older_revision_after_newer",
+        "revision 2 of that record after its withdrawal at revision 3: refused as revision_superseded",
+        _sign(ed, "ae_assault", "VEC-0002", PAYLOADS["ae_assault"] | {"patient_age": 28}, revision=2),
+        ae_key,
+    )
     wrong = _sign(police, "police_sv_offence", "VEC-0006", PAYLOADS["police_sv_offence"])
     add(
         "routing_key_not_its_own",

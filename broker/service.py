@@ -29,7 +29,7 @@ from broker.metrics import Metrics
 from broker.pipeline import DecideFn, Pipeline
 from broker.pipeline.checkpoints import CheckpointFlow, refuse_store_behind
 from broker.pipeline.dead_letters import DeadLetterFlow
-from broker.pipeline.retention import purge_expired, purge_quarantine
+from broker.pipeline.retention import purge_expired, purge_quarantine, purge_replay_guard
 from broker.policy.engine import decide
 from broker.policy.loader import PolicySet, load_policy
 from broker.policy.secrets import load_secrets
@@ -155,6 +155,9 @@ class Broker:
     fingerprint: str = ""  # the configuration in force (config_fingerprint)
     _amqp_delivery: AmqpDelivery | None = None
     _reloading: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # One purge at a time in this process: the job's run and a direct call (a test, shutdown)
+    # would otherwise read the same expired rows and audit their purge twice.
+    _purging: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
     def url(self) -> str:
@@ -448,13 +451,16 @@ class Broker:
         return await self._checkpoints.sign_head(self.clock())
 
     async def purge_expired(self, now: datetime | None = None) -> int:
-        """Delete records past their agreement's retention period and quarantined messages past
-        the quarantine retention, each purge audited; returns the number of records purged."""
-        assert self.store is not None
-        moment = now or self.clock()
-        records = await purge_expired(self.store, moment)
-        await purge_quarantine(self.store, moment, self.settings.quarantine_retention)
-        return records
+        """Delete records past their agreement's retention period (telling their consumers),
+        quarantined messages past the quarantine retention and replay-guard ids the freshness
+        window has made useless, each purge audited; returns the number of records purged."""
+        assert self.store is not None and self.pipeline is not None
+        async with self._purging:
+            moment = now or self.clock()
+            records = await purge_expired(self.store, moment, self.pipeline.delivery)
+            await purge_quarantine(self.store, moment, self.settings.quarantine_retention)
+            await purge_replay_guard(self.store, moment, self.settings.freshness)
+            return records
 
     def _warn_agreements(self) -> None:
         assert self.policy is not None

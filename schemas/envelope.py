@@ -11,9 +11,19 @@
   "datacontenttype": "application/json",
   "keyid": "<registered key id>",              extension: which partner key signed
   "signature": "<base64url Ed25519 signature>", extension
+  "supersedes": "<message id of revision 1>",  extension, only in a correction or withdrawal
+  "revision": 2,                                extension, only with supersedes: 2, 3, ...
+  "withdrawn": "sent_in_error",                 extension, only in a withdrawal (data is {})
   "data": { ...event payload... }
 }
 ```
+
+A record's life is a *lineage*: revision 1 is the first message (its id derived from the
+partner's record key, ``message_id``); each later revision names that first id in
+``supersedes``, counts up in ``revision`` and has the id ``<supersedes>:r<revision>``
+(``revision_message_id``), so one revision number has one content (the replay guard refuses the
+same id with other content) and a resend of a revision is a duplicate. A correction carries the
+whole corrected event; a withdrawal carries ``withdrawn`` (a ``WithdrawalReason``) and ``{}``.
 
 The signature is Ed25519 over the RFC 8785 canonical bytes of the whole envelope *without* the
 ``signature`` member, so every attribute (id, source, type, time, key id, payload) is bound by it.
@@ -27,6 +37,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -41,7 +52,19 @@ CONTENT_TYPE = "application/json"
 SIGNATURE_ATTR = "signature"
 
 REQUIRED_ATTRS = ("specversion", "id", "source", "type", "dataschema", "time", "keyid", SIGNATURE_ATTR, "data")
-OPTIONAL_ATTRS = ("datacontenttype",)
+OPTIONAL_ATTRS = ("datacontenttype", "supersedes", "revision", "withdrawn")
+MAX_REVISION = 9999
+
+
+class WithdrawalReason(StrEnum):
+    """Why a partner withdraws a record it sent (the ``withdrawn`` attribute)."""
+
+    SENT_IN_ERROR = "sent_in_error"  # the record should never have left the partner
+    DUPLICATE_RECORD = "duplicate_record"  # the same incident sent under another record key
+    NOT_SERIOUS_VIOLENCE = "not_serious_violence"  # reclassified out of scope of the agreements
+    REMOVED_FROM_SOURCE = "removed_from_source"  # gone from the partner's system / export
+
+
 ALLOWED_ATTRS = frozenset(REQUIRED_ATTRS + OPTIONAL_ATTRS)
 
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:\-]{7,127}$")
@@ -89,6 +112,14 @@ class Envelope:
     signature: str
     data: dict[str, Any]
     signed_bytes: bytes  # RFC 8785 bytes of the envelope without ``signature``
+    supersedes: str | None = None  # the lineage's first message id (a correction or withdrawal)
+    revision: int = 1
+    withdrawn: WithdrawalReason | None = None
+
+    @property
+    def lineage(self) -> str:
+        """The message id of the record's first revision: what its record ids derive from."""
+        return self.supersedes if self.supersedes is not None else self.id
 
 
 def _attr(doc: dict[str, Any], name: str, pattern: re.Pattern[str]) -> str:
@@ -142,6 +173,7 @@ def envelope_from_document(doc: dict[str, Any], *, plain: bool = False) -> Envel
     data = doc["data"]
     if not isinstance(data, dict):
         raise ContractError(Reason.ENVELOPE_INVALID, "data must be a JSON object.", field="data")
+    supersedes, revision, withdrawn = _lineage_attrs(doc, message_id, data)
     unsigned = {k: v for k, v in doc.items() if k != SIGNATURE_ATTR}
     return Envelope(
         id=message_id,
@@ -153,7 +185,64 @@ def envelope_from_document(doc: dict[str, Any], *, plain: bool = False) -> Envel
         signature=signature,
         data=data,
         signed_bytes=canonicalize_plain(unsigned) if plain else canonicalize(unsigned),
+        supersedes=supersedes,
+        revision=revision,
+        withdrawn=withdrawn,
     )
+
+
+def revision_message_id(first_id: str, revision: int) -> str:
+    """The message id of a record's later revision: ``<first id>:r<revision>`` (revision >= 2)."""
+    return f"{first_id}:r{revision}"
+
+
+def _lineage_attrs(
+    doc: dict[str, Any], message_id: str, data: dict[str, Any]
+) -> tuple[str | None, int, WithdrawalReason | None]:
+    """The correction / withdrawal attributes, checked together.
+
+    Threat: a "correction" that names no earlier record, a revision number that does not count up,
+    or an id that does not follow from the two would let one message overwrite another partner
+    record's consumers' copies, or two different contents claim one revision; each is refused
+    here, before the signature is even checked."""
+    has = [name for name in ("supersedes", "revision", "withdrawn") if name in doc]
+    if not has:
+        return None, 1, None
+    if "supersedes" not in doc or "revision" not in doc:
+        raise ContractError(
+            Reason.ENVELOPE_INVALID,
+            "A correction or withdrawal needs both 'supersedes' (the record's first message id) and 'revision'.",
+            field="supersedes" if "supersedes" not in doc else "revision",
+        )
+    supersedes = _attr(doc, "supersedes", ID_RE)
+    revision = doc["revision"]
+    if isinstance(revision, bool) or not isinstance(revision, int) or not 2 <= revision <= MAX_REVISION:
+        raise ContractError(
+            Reason.ENVELOPE_INVALID,
+            f"revision must be an integer from 2 to {MAX_REVISION} (revision 1 is the first message).",
+            field="revision",
+        )
+    expected = revision_message_id(supersedes, revision)
+    if message_id != expected:
+        raise ContractError(
+            Reason.ENVELOPE_INVALID,
+            f"A revision's id must be '<supersedes>:r<revision>' ({expected!r}).",
+            field="id",
+        )
+    withdrawn: WithdrawalReason | None = None
+    if "withdrawn" in doc:
+        try:
+            withdrawn = WithdrawalReason(doc["withdrawn"])
+        except ValueError:
+            codes = ", ".join(r.value for r in WithdrawalReason)
+            raise ContractError(
+                Reason.ENVELOPE_INVALID, f"withdrawn must be one of {codes}.", field="withdrawn"
+            ) from None
+        if data:
+            raise ContractError(
+                Reason.ENVELOPE_INVALID, "A withdrawal carries no event: its data must be {}.", field="data"
+            )
+    return supersedes, revision, withdrawn
 
 
 def message_id_key(private_key: Ed25519PrivateKey) -> bytes:
@@ -221,8 +310,15 @@ def build_signed(
     message_id: str,
     data: dict[str, Any],
     produced_at: datetime,
+    supersedes: str | None = None,
+    revision: int = 1,
+    withdrawn: str | None = None,
 ) -> dict[str, Any]:
-    """Build and sign an envelope document; ``data`` must already be JSON-ready (model_dump(mode='json'))."""
+    """Build and sign an envelope document; ``data`` must already be JSON-ready (model_dump(mode='json')).
+
+    A later revision of a record (``revision`` >= 2) names its first message id in ``supersedes``
+    and gets the id ``revision_message_id(supersedes, revision)`` (``message_id`` is ignored
+    then); a withdrawal also names its ``withdrawn`` reason and sends ``data={}``."""
     doc: dict[str, Any] = {
         "specversion": SPECVERSION,
         "id": message_id,
@@ -234,6 +330,16 @@ def build_signed(
         "keyid": keyid,
         "data": data,
     }
+    if revision > 1:
+        if supersedes is None:
+            raise ValueError("a revision after the first names the record's first message id (supersedes)")
+        doc["id"] = revision_message_id(supersedes, revision)
+        doc["supersedes"] = supersedes
+        doc["revision"] = revision
+        if withdrawn is not None:
+            doc["withdrawn"] = withdrawn
+    elif supersedes is not None or withdrawn is not None:
+        raise ValueError("supersedes and withdrawn belong to a revision after the first")
     doc[SIGNATURE_ATTR] = b64u_encode(private_key.sign(canonicalize(doc)))
     return doc
 

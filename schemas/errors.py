@@ -58,6 +58,7 @@ class Reason(StrEnum):
     STALE = "stale"
     FROM_THE_FUTURE = "from_the_future"
     REPLAYED = "replayed"
+    REVISION_SUPERSEDED = "revision_superseded"
     # payload
     SCHEMA_INVALID = "schema_invalid"
     DIRECT_IDENTIFIER = "direct_identifier"
@@ -107,6 +108,7 @@ class Reason(StrEnum):
     BAD_TIME = "bad_time"
     BAD_FORMAT = "bad_format"
     BAD_EVENT_TYPE = "bad_event_type"
+    BAD_HISTORY = "bad_history"
     UNKNOWN_RECORD = "unknown_record"
     NOT_FOUND = "not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
@@ -174,6 +176,9 @@ REASONS: dict[Reason, ReasonInfo] = {
     Reason.STALE: _r("freshness", 400, "the envelope time is older than the freshness window"),
     Reason.FROM_THE_FUTURE: _r("freshness", 400, "the envelope time is ahead of the broker's clock"),
     Reason.REPLAYED: _r("freshness", 400, "the message id was used before for different content"),
+    Reason.REVISION_SUPERSEDED: _r(
+        "freshness", 409, "a later revision of this record was already applied; this older one is not"
+    ),
     Reason.SCHEMA_INVALID: _r("payload", 422, "the payload does not match the event's schema"),
     Reason.DIRECT_IDENTIFIER: _r("payload", 422, "the payload carries a direct identifier (body not kept)"),
     Reason.DEAD_LETTERED: _r("broker", 500, "the broker failed on the message repeatedly; set aside"),
@@ -214,6 +219,7 @@ REASONS: dict[Reason, ReasonInfo] = {
     Reason.BAD_LIMIT: _r("request", 400, "limit is not an integer from 1 to 1000"),
     Reason.BAD_TIME: _r("request", 400, "a time parameter is not RFC 3339 with an offset"),
     Reason.BAD_FORMAT: _r("request", 400, "format is not one the route offers"),
+    Reason.BAD_HISTORY: _r("request", 400, "history is not true or false"),
     Reason.BAD_EVENT_TYPE: _r("request", 400, "event_type is not a known event type"),
     Reason.UNKNOWN_RECORD: _r("request", 404, "no release of this record id is in the audit trail"),
     Reason.NOT_FOUND: _r("request", 404, "no such route"),

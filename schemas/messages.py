@@ -59,6 +59,9 @@ class Receipt(TypedDict):
     body_sha256: str  # hex SHA-256 of the body as received: finds the row even without an id
     at: str  # RFC 3339 UTC time of the verdict
     records: NotRequired[int]  # records released (0: accepted, but no agreement released anything)
+    # withdrawal notices sent to consumers that held an earlier revision (a withdrawal, or a
+    # correction that leaves a consumer no longer entitled); only when there were any
+    withdrawn: NotRequired[int]
     # only with records 0: why, one entry per agreement and reason (issue 12: partners are told)
     withheld: NotRequired[list[Withheld]]
     reason: NotRequired[str]
@@ -95,7 +98,27 @@ class ConsumerRecord(TypedDict):
     source: str | None
     produced_at: str | None  # the event's envelope time, RFC 3339 UTC
     agreement: Agreement
+    revision: int  # the record's revision: 1, then one more for each correction the partner sent
     data: dict[str, Any]  # only the released fields, transformed as the agreement declares
+
+
+NoticeKind = Literal["withdrawn", "deleted"]
+
+
+@with_config(CONFIG)
+class ConsumerNotice(TypedDict):
+    """A notice about a record a consumer received: ``withdrawn`` (the partner withdrew it, or a
+    correction means this consumer is no longer entitled to it) or ``deleted`` (its retention
+    ended and the broker deleted its copy): the consumer deletes its own copy too. Told apart from
+    a record by its ``notice`` member (a record has ``data``); holds no personal data."""
+
+    notice: NoticeKind
+    record_id: str
+    consumer: str
+    agreement_id: str
+    revision: int  # withdrawn: the revision that withdrew it; deleted: the last revision held
+    reason: str  # withdrawn: a withdrawal reason or no_longer_entitled; deleted: retention_expired
+    at: str  # RFC 3339 UTC: the withdrawal's time (as signed), or the deletion's
 
 
 @with_config(CONFIG)
@@ -115,12 +138,18 @@ class QuarantineHeaders(TypedDict):
 RECEIPT = TypeAdapter(Receipt)
 RECEIPTS_MESSAGE = TypeAdapter(ReceiptsMessage)
 CONSUMER_RECORD = TypeAdapter(ConsumerRecord)
+CONSUMER_NOTICE = TypeAdapter(ConsumerNotice)
 QUARANTINE_HEADERS = TypeAdapter(QuarantineHeaders)
 
 # Exported as JSON Schema files (schemas/schema_files.py): file name -> (id, title, adapter).
 MESSAGE_SCHEMAS: dict[str, tuple[str, str, TypeAdapter[Any]]] = {
     "receipts.v1.json": ("receipts", "sv-broker receipts message (a partner's receipts queue)", RECEIPTS_MESSAGE),
     "consumer_record.v1.json": ("consumer_record", "sv-broker released record (a consumer's queue)", CONSUMER_RECORD),
+    "consumer_notice.v1.json": (
+        "consumer_notice",
+        "sv-broker notice of a withdrawn or deleted record (a consumer's queue)",
+        CONSUMER_NOTICE,
+    ),
     "quarantine_headers.v1.json": (
         "quarantine_headers",
         "sv-broker quarantine message headers (AMQP)",
@@ -140,6 +169,7 @@ def receipt_for(
     reason: str | None = None,
     message: str | None = None,
     withheld: Sequence[Withheld] = (),
+    withdrawn: int = 0,
 ) -> Receipt:
     """One receipt. Keys in this order: the HTTP response body is this dict as JSON, unsorted."""
     # The broker's own status values; its fourth, "failed", never leaves it (over HTTP the
@@ -153,6 +183,8 @@ def receipt_for(
     }
     if records is not None:
         out["records"] = records
+        if withdrawn:
+            out["withdrawn"] = withdrawn
         if records == 0 and withheld:
             out["withheld"] = list(withheld)
     if reason is not None:
@@ -181,6 +213,7 @@ def consumer_record(
     lawful_basis: Sequence[str],
     retention_days: int,
     data: dict[str, Any],
+    revision: int = 1,
 ) -> bytes:
     """The record body as the consumer receives it. Canonical (RFC 8785) by the fast path: event
     models have no float field, so no released value is a float, and every key is ours."""
@@ -198,9 +231,26 @@ def consumer_record(
             "lawful_basis": list(lawful_basis),
             "retention_days": retention_days,
         },
+        "revision": revision,
         "data": data,
     }
     return canonicalize_plain(record)
+
+
+def consumer_notice(
+    *, notice: NoticeKind, record_id: str, consumer: str, agreement_id: str, revision: int, reason: str, at: datetime
+) -> bytes:
+    """A notice's body, canonical JSON (deterministic: a redelivered notice is byte-identical)."""
+    body: ConsumerNotice = {
+        "notice": notice,
+        "record_id": record_id,
+        "consumer": consumer,
+        "agreement_id": agreement_id,
+        "revision": revision,
+        "reason": reason,
+        "at": format_time(at),
+    }
+    return canonicalize_plain(body)
 
 
 def quarantine_headers(

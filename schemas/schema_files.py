@@ -10,7 +10,17 @@ from pathlib import Path
 from typing import Any
 
 from schemas.asyncapi import asyncapi_document, checkpoint_schema, key_file_schema
-from schemas.envelope import DATASCHEMA_RE, ID_RE, KEY_ID_RE, PARTY_ID_RE, SPECVERSION, TIME_RE, TYPE_RE
+from schemas.envelope import (
+    DATASCHEMA_RE,
+    ID_RE,
+    KEY_ID_RE,
+    MAX_REVISION,
+    PARTY_ID_RE,
+    SPECVERSION,
+    TIME_RE,
+    TYPE_RE,
+    WithdrawalReason,
+)
 from schemas.events import EVENT_MODELS
 from schemas.messages import MESSAGE_SCHEMAS
 
@@ -118,7 +128,9 @@ def envelope_schema() -> dict[str, Any]:
         "description": (
             "signature = base64url(Ed25519(RFC 8785 canonical bytes of this object without 'signature')). "
             "Body limit 64 KiB by default; duplicate keys, NaN/Infinity, integers beyond +-(2^53-1), "
-            "a BOM, lone surrogates and trailing data are refused."
+            "a BOM, lone surrogates and trailing data are refused. A later revision of a record (a "
+            "correction, or a withdrawal with data {}) names the record's first message id in 'supersedes', "
+            "counts 'revision' from 2, and has the id '<supersedes>:r<revision>'."
         ),
         "type": "object",
         "additionalProperties": False,
@@ -136,7 +148,16 @@ def envelope_schema() -> dict[str, Any]:
             # broker requires to be zero (one encoding per signature): so it is one of A, Q, g, w.
             "signature": {"type": "string", "pattern": "^[A-Za-z0-9_-]{85}[AQgw]$"},
             "data": {"type": "object"},
+            "supersedes": pattern(ID_RE),
+            "revision": {"type": "integer", "minimum": 2, "maximum": MAX_REVISION},
+            "withdrawn": {"enum": [reason.value for reason in WithdrawalReason]},
         },
+        "dependentRequired": {
+            "supersedes": ["revision"],
+            "revision": ["supersedes"],
+            "withdrawn": ["supersedes", "revision"],
+        },
+        "dependentSchemas": {"withdrawn": {"properties": {"data": {"maxProperties": 0}}}},
     }
 
 

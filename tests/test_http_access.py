@@ -319,9 +319,13 @@ async def test_retention_purges_expired_records_and_audits_it(broker: Broker, en
     assert await broker.purge_expired(broker.clock() + timedelta(days=1)) == 0  # not yet expired
     purged = await broker.purge_expired(broker.clock() + timedelta(days=4000))
     assert purged == 6  # 3 incidents x (licensing + CSP)
-    assert (await get(broker, "/v1/feeds/derbyshire-police-licensing/records", tok))[1]["count"] == 0
+    # the records are gone; in their place each consumer reads a deletion notice (issue 12 item 4)
+    feed = (await get(broker, "/v1/feeds/derbyshire-police-licensing/records", tok))[1]
+    assert [r["notice"] for r in feed["records"]] == ["deleted"] * 3
+    assert all("data" not in r and r["reason"] == "retention_expired" for r in feed["records"])
     entries = audit_entries(db(broker), "purged")
     assert sum(e["count"] for e in entries) == 6
+    assert sum(e["notified"] for e in entries) == 6
     assert all(e["reason"] == "retention_expired" for e in entries)
 
 

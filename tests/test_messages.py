@@ -144,13 +144,13 @@ RECORD_1 = (
     b'"retention_days":365,"revision":3},"consumer":"derby-csp-analysts","data":{"age_band":"18-24",'
     b'"count":2,"district":"Derby","note":"caf\xc3\xa9 \xe2\x98\x83 \\"q\\"","weapon":true},'
     b'"event_type":"ae_assault","produced_at":"2026-10-03T22:01:02.500Z","record_id":"rec-0001",'
-    b'"source":"uhdb-royal-derby-ed"}'
+    b'"revision":1,"source":"uhdb-royal-derby-ed"}'
 )
-RECORD_1_SHA256 = "02f3ba4eb0121254d8840409a3a19d360afa472fd8742f72d5c745aea593f255"  # as audited
+RECORD_1_SHA256 = "099989926afcf90919178aa611bfd9260353dab19e3251c039a09641195450c4"  # as audited
 RECORD_2_NO_TIME = (
     b'{"agreement":{"flow":"nte","id":"isa-nte","lawful_basis":[],"purpose":"licensing",'
     b'"retention_days":30,"revision":1},"consumer":"derbyshire-police-licensing","data":{},'
-    b'"event_type":null,"produced_at":null,"record_id":"rec-0002","source":null}'
+    b'"event_type":null,"produced_at":null,"record_id":"rec-0002","revision":1,"source":null}'
 )
 
 

@@ -166,6 +166,7 @@ ENVELOPE_EXAMPLE: dict[str, Any] = {
     "keyid": "uhdb-2026.k1",
     "signature": _SIGNATURE,
     "data": {},
+    "supersedes": "uhdb-royal-derby-ed:0123456789abcdef0123456789abcdef",
 }
 
 
@@ -192,7 +193,13 @@ def _event_accepts(event_type: str, field: str, value: str) -> bool:
 
 
 def _envelope_accepts(attr: str, value: str) -> bool:
-    doc = ENVELOPE_EXAMPLE | {attr: value}
+    if attr == "supersedes":
+        # A correction's first message id, checked by its pattern before the id rule that ties it to
+        # the message's own id (which this example does not follow: a refusal there is not this one's).
+        doc = {k: v for k, v in ENVELOPE_EXAMPLE.items() if k != "supersedes"} | {"supersedes": value, "revision": 2}
+        exc = _refusal(lambda: envelope_from_document(doc))
+        return exc is None or exc.field != "supersedes"
+    doc = {k: v for k, v in ENVELOPE_EXAMPLE.items() if k != "supersedes"} | {attr: value}
     if attr == "type" and TYPE_RE.fullmatch(value):
         doc["dataschema"] = dataschema_for(value, 1)  # keep the two consistent (a rule of its own)
     if attr == "dataschema":

@@ -15,7 +15,7 @@ from adapters.signer import Signer
 from adapters.synthetic import SyntheticGenerator
 from schemas.envelope import ALLOWED_ATTRS, REQUIRED_ATTRS, dataschema_for
 from schemas.events import EVENT_MODELS, EventModel
-from schemas.messages import ConsumerRecord, QuarantineHeaders, ReceiptsMessage
+from schemas.messages import ConsumerNotice, ConsumerRecord, QuarantineHeaders, ReceiptsMessage, consumer_notice
 from schemas.schema_files import SCHEMA_DIR, all_schemas, envelope_schema, render, write_schema_files
 from schemas.strictjson import parse_strict
 from tests.strategies import any_event
@@ -25,6 +25,7 @@ EVENT_FILES = {f"{t}.v{v}.json": model for (t, v), model in EVENT_MODELS.items()
 MESSAGE_FILES: dict[str, Any] = {
     "receipts.v1.json": ReceiptsMessage,
     "consumer_record.v1.json": ConsumerRecord,
+    "consumer_notice.v1.json": ConsumerNotice,
     "quarantine_headers.v1.json": QuarantineHeaders,
 }
 
@@ -91,6 +92,18 @@ def test_the_brokers_messages_satisfy_the_exported_schemas() -> None:
     record = committed("consumer_record.v1.json")
     for body in (RECORD_1, RECORD_2_NO_TIME):
         assert schema_errors(json.loads(body), record, record) == []
+    notice = committed("consumer_notice.v1.json")
+    at = datetime(2026, 11, 1, tzinfo=UTC)
+    for kind, reason in (
+        ("withdrawn", "sent_in_error"),
+        ("withdrawn", "no_longer_entitled"),
+        ("deleted", "retention_expired"),
+    ):
+        body = consumer_notice(
+            notice=kind, record_id="rec-1", consumer="c", agreement_id="dsa", revision=2, reason=reason, at=at
+        )
+        assert schema_errors(json.loads(body), notice, notice) == []
+        assert schema_errors(json.loads(body), record, record) != []  # a notice is never taken for a record
     headers = committed("quarantine_headers.v1.json")
     full = {"reason": "x", "reason_message": "", "body_sha256": "ab", "source": "", "message_id": ""}
     assert schema_errors(full | {"verified": False, "body_kept": True}, headers, headers) == []

@@ -9,6 +9,7 @@ Everything is read back through the contract itself, never with SQL.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import subprocess
 import sys
@@ -21,9 +22,20 @@ import pytest
 from broker.audit.chain import Draft, Kind
 from broker.errors import StoreUnavailable
 from broker.pipeline.trail import audit_pages, verify_store
-from broker.ports.store import AuditQuery, Checkpoint, CommitUnit, QuarantineItem, Seen, Store, StoredRecord
+from broker.ports.store import (
+    AuditQuery,
+    Checkpoint,
+    CommitUnit,
+    LineageUpdate,
+    QuarantineItem,
+    Seen,
+    Store,
+    StoredRecord,
+)
 from broker.ports.stores import store_for
+from broker.stages.lineage import NO_LINEAGE, Holding
 from broker.stages.replay import ReplayState
+from schemas.envelope import format_time
 
 ROOT = Path(__file__).resolve().parents[1]
 T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -75,6 +87,22 @@ def record(
         expires_at=at + timedelta(days=days),
         body=body,
     )
+
+
+def holdings_of(*records: StoredRecord, withdrawn: bool = False) -> list[LineageUpdate]:
+    """The lineage updates a pipeline commits with these records (each its own record, revision as stored)."""
+    return [
+        LineageUpdate(
+            source=r.source,
+            lineage=r.message_id.partition(":r")[0],
+            revision=r.revision,
+            message_id=r.message_id,
+            withdrawn=withdrawn,
+            event_type=r.event_type,
+            holdings=(Holding(r.record_id, r.consumer, r.agreement_id, r.revision, withdrawn, r.expires_at),),
+        )
+        for r in records
+    ]
 
 
 async def all_rows(store: Store, query: AuditQuery | None = None) -> list[tuple[int, str, str | None]]:
@@ -291,7 +319,8 @@ async def test_audit_queries_filter_on_every_column(make_store: Callable[..., St
 
 async def test_checkpoints_retention_and_quarantine(make_store: Callable[..., Store]) -> None:
     store = await make_store()
-    await store.commit(CommitUnit(records=[record("r1", days=1), record("r2", days=10), record("r3", days=1)]))
+    recs = [record("r1", days=1), record("r2", days=10), record("r3", days=1)]
+    await store.commit(CommitUnit(records=recs, lineages=holdings_of(*recs)))
     cp = Checkpoint(1, "ab" * 32, "2026-06-01T12:00:00.000Z", "kid-1", "sig")
     await store.commit(CommitUnit(checkpoints=[cp]))
     await store.commit(CommitUnit(checkpoints=[cp]))  # the same checkpoint twice is kept once
@@ -309,6 +338,101 @@ async def test_checkpoints_retention_and_quarantine(make_store: Callable[..., St
     assert [row.item for row in page] == [item, kept]
     assert await store.quarantine_page(after=page[0].id, limit=10) == page[1:]
     assert (await verify_store(store)).ok
+
+
+# -- a record's life: revisions, notices, holdings ------------------------------------------------------
+def revision_of(base: StoredRecord, revision: int, kind: str = "record") -> StoredRecord:
+    body = json.dumps({"record_id": base.record_id, "revision": revision, "kind": kind}).encode()
+    return dataclasses.replace(base, revision=revision, kind=kind, body=body, message_id=f"m1:r{revision}")
+
+
+async def test_revisions_and_notices_in_the_feed(make_store: Callable[..., Store]) -> None:
+    """A feed shows each record's latest row (a correction replaces, a withdrawal notice
+    replaces and deletes the data), the history on request; a resent revision is kept once."""
+    store = await make_store()
+    first, other = record("r1"), record("r2", message_id="m2")
+    await store.commit(CommitUnit(records=[first, other], lineages=holdings_of(first, other)))
+    second = revision_of(first, 2)
+    await store.commit(CommitUnit(records=[second], lineages=holdings_of(second)))
+    await store.commit(CommitUnit(records=[second], lineages=holdings_of(second)))  # redelivered: once
+    latest = await store.feed_page("c", after=0, limit=10)
+    assert [(r.record_id, r.revision, r.kind) for r in latest] == [("r2", 1, "record"), ("r1", 2, "record")]
+    history = await store.feed_page("c", after=0, limit=10, history=True)
+    assert [(r.record_id, r.revision) for r in history] == [("r1", 1), ("r2", 1), ("r1", 2)]
+    withdrawn = revision_of(first, 3, "withdrawn")
+    await store.commit(CommitUnit(records=[withdrawn], lineages=holdings_of(withdrawn, withdrawn=True)))
+    history = await store.feed_page("c", after=0, limit=10, history=True)
+    assert [(r.record_id, r.revision, r.kind) for r in history] == [("r2", 1, "record"), ("r1", 3, "withdrawn")]
+    assert (await store.counts()).records_by_consumer == {"c": 1}
+    lineage = (await store.lineages([("p", "m1")]))[("p", "m1")]
+    assert (lineage.revision, lineage.message_id, lineage.withdrawn) == (3, "m1:r3", True)
+    assert [(h.record_id, h.revision, h.withdrawn) for h in lineage.holdings] == [("r1", 3, True)]
+    assert lineage.holdings[0].expires_at == first.expires_at  # retention runs from the first release
+
+
+async def test_holdings_and_lineage_only_move_forward(make_store: Callable[..., Store]) -> None:
+    """An older revision committed after a newer one (two processes) changes nothing; a record
+    at revision 1 has holdings but no lineage row; an unknown record is NO_LINEAGE; one
+    partner's record is not another's under the same message id."""
+    store = await make_store()
+    first = record("r1")
+    await store.commit(CommitUnit(lineages=holdings_of(first)))
+    only = (await store.lineages([("p", "m1")]))[("p", "m1")]
+    assert (only.revision, only.message_id, len(only.holdings)) == (1, "m1", 1)
+    third, second = revision_of(first, 3), revision_of(first, 2)
+    await store.commit(CommitUnit(lineages=holdings_of(third)))
+    await store.commit(CommitUnit(lineages=holdings_of(second)))
+    lineage = (await store.lineages([("p", "m1")]))[("p", "m1")]
+    assert (lineage.revision, lineage.holdings[0].revision) == (3, 3)
+    assert await store.lineages([("q", "m1"), ("p", "nothing")]) == {
+        ("q", "m1"): NO_LINEAGE,
+        ("p", "nothing"): NO_LINEAGE,
+    }
+    # several revisions of one record in one commit: the highest wins
+    fourth, fifth = revision_of(first, 4), revision_of(first, 5)
+    await store.commit(CommitUnit(lineages=[*holdings_of(fifth), *holdings_of(fourth)]))
+    assert (await store.lineages([("p", "m1")]))[("p", "m1")].revision == 5
+
+
+async def test_expired_holdings_purge_with_deletion_notices(make_store: Callable[..., Store]) -> None:
+    """Retention reads the holdings (AMQP mode stores no records, yet its consumers hold them):
+    a purge deletes every revision and the holding; a deletion notice takes the feed's place and
+    is itself purged at its own expiry."""
+    store = await make_store()
+    first = record("r1", days=1)
+    await store.commit(CommitUnit(records=[first], lineages=holdings_of(first)))
+    second = revision_of(first, 2)
+    await store.commit(CommitUnit(records=[second], lineages=holdings_of(second)))
+    due = await store.expired(T0 + timedelta(days=2), 10)
+    assert [(e.record_id, e.revision, e.withdrawn, e.event_type, e.source) for e in due] == [
+        ("r1", 2, False, first.event_type, "p")
+    ]
+    notice = dataclasses.replace(revision_of(first, 2, "deleted"), message_id="", expires_at=T0 + timedelta(days=30))
+    await store.commit(CommitUnit(purge=["r1"], records=[notice]))
+    assert await store.expired(T0 + timedelta(days=2), 10) == []
+    history = await store.feed_page("c", after=0, limit=10, history=True)
+    assert [(r.record_id, r.kind) for r in history] == [("r1", "deleted")]
+    await store.commit(CommitUnit(purge_notices_before=format_time(T0 + timedelta(days=29))))
+    assert len(await store.feed_page("c", after=0, limit=10)) == 1
+    await store.commit(CommitUnit(purge_notices_before=format_time(T0 + timedelta(days=31))))
+    assert await store.feed_page("c", after=0, limit=10, history=True) == []
+
+
+async def test_replay_guard_rows_expire(make_store: Callable[..., Store]) -> None:
+    """Finished ids first seen before a time are listed oldest first and deleted; one in progress stays."""
+    now = [T0]
+    store = await make_store(clock=lambda: now[0])
+    await store.commit(CommitUnit(seen=[(("p", "m1"), Seen(ReplayState.DONE, "c1"))]))
+    await store.commit(CommitUnit(seen=[(("p", "m2"), Seen(ReplayState.IN_PROGRESS, "c2"))]))
+    now[0] = T0 + timedelta(days=20)
+    await store.commit(CommitUnit(seen=[(("p", "m3"), Seen(ReplayState.DONE, "c3"))]))
+    before = format_time(T0 + timedelta(days=10))
+    assert await store.expired_seen(before, 10) == [("p", "m1")]
+    await store.commit(CommitUnit(purge_seen=[("p", "m1")]))
+    assert await store.expired_seen(before, 10) == []
+    states = await store.replay_states([("p", "m1"), ("p", "m2")])
+    assert states[("p", "m1")].state is ReplayState.NEW
+    assert states[("p", "m2")].state is ReplayState.IN_PROGRESS
 
 
 # -- read-only views and failures --------------------------------------------------------------------

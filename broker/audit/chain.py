@@ -33,8 +33,10 @@ class Kind(StrEnum):
     DEAD_LETTERED = "dead_lettered"
     ACCESSED = "accessed"  # an analyst's or IG lead's read: who, what, which records
     ACCESS_DENIED = "access_denied"  # a refused token or a read outside the caller's rights
+    WITHDRAWN = "withdrawn"  # a consumer told a record it held is withdrawn (the partner's, or no longer entitled)
     PURGED = "purged"
     QUARANTINE_PURGED = "quarantine_purged"  # refused messages past the quarantine retention
+    REPLAY_GUARD_PURGED = "replay_guard_purged"  # message ids older than the freshness window forgets
     STARTED = "started"  # broker start: configuration fingerprint (agreements, registry)
     CONFIG_CHANGED = "config_changed"  # a reload took effect: both fingerprints, the agreements now in force
     CONFIG_REJECTED = "config_rejected"  # a reload was refused: the running set stays (the problems' codes)

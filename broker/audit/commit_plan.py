@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from broker.audit.chain import Kind, seal
+from broker.audit.chain import Draft, Kind, seal
 from broker.audit.columns import columns_of
 from broker.ports.store import (
     NOT_SEEN,
@@ -29,6 +29,7 @@ from broker.ports.store import (
     Checkpoint,
     CommitUnit,
     Head,
+    LineageUpdate,
     Lost,
     QuarantineItem,
     ReplayKey,
@@ -49,6 +50,19 @@ class SeenRow:
     content_sha256: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class HoldingRow:
+    record_id: str
+    source: str
+    lineage: str
+    consumer: str
+    agreement_id: str
+    event_type: str
+    revision: int
+    withdrawn: bool
+    expires_at: str
+
+
 @dataclass(slots=True)
 class CommitPlan:
     """Everything to write, in order; ``lost`` is per unit, in the units' order."""
@@ -61,9 +75,13 @@ class CommitPlan:
     audit_records: list[tuple[int, str]] = field(default_factory=list)  # (seq, record id) of many-record entries
     seen: list[SeenRow] = field(default_factory=list)  # one row per key, folded (see ``_fold_seen``)
     records: list[StoredRecord] = field(default_factory=list)
+    lineages: list[LineageUpdate] = field(default_factory=list)  # one per record, its highest revision
+    holdings: list[HoldingRow] = field(default_factory=list)  # one per record id, its highest revision
     quarantine: list[QuarantineItem] = field(default_factory=list)
     purge: list[str] = field(default_factory=list)
     purge_quarantine: list[int] = field(default_factory=list)
+    purge_seen: list[ReplayKey] = field(default_factory=list)
+    purge_notices_before: str | None = None
     checkpoints: list[Checkpoint] = field(default_factory=list)
 
 
@@ -72,10 +90,27 @@ def claim_keys(units: Iterable[CommitUnit]) -> list[ReplayKey]:
     return list(dict.fromkeys(key for unit in units for key, seen in unit.seen if seen.content_sha256))
 
 
+def once_key(draft: Draft) -> str | None:
+    """The key under which an entry is written at most once ever, or None (any number of times).
+
+    A release of a record's revision 1 is keyed by its record id (as every store has always
+    held it); a later revision's by ``<record id>@r<n>`` and a withdrawal notice's by
+    ``<record id>@w<n>``: a redelivered correction is audited once, and each revision once."""
+    record_id = draft.attrs.get("record_id")
+    if not isinstance(record_id, str):
+        return None
+    revision = draft.attrs.get("revision", 1)
+    if draft.kind is Kind.RELEASED:
+        return record_id if revision == 1 else f"{record_id}@r{revision}"
+    if draft.kind is Kind.WITHDRAWN:
+        return f"{record_id}@w{revision}"
+    return None
+
+
 def released_ids(units: Iterable[CommitUnit]) -> list[str]:
-    """The record ids whose earlier release the backend must look up under its lock."""
-    out = (draft.attrs.get("record_id") for unit in units for draft in unit.drafts if draft.kind is Kind.RELEASED)
-    return list(dict.fromkeys(rid for rid in out if isinstance(rid, str)))
+    """The once-keys (``once_key``) whose earlier entry the backend must look up under its lock."""
+    out = (once_key(draft) for unit in units for draft in unit.drafts)
+    return list(dict.fromkeys(key for key in out if key is not None))
 
 
 def claims(units: Sequence[CommitUnit], held: Mapping[ReplayKey, Seen]) -> list[Lost]:
@@ -118,6 +153,37 @@ def _fold_seen(rows: Iterable[SeenRow]) -> list[SeenRow]:
     return list(out.values())
 
 
+def _fold_lineages(updates: Iterable[LineageUpdate]) -> tuple[list[LineageUpdate], list[HoldingRow]]:
+    """One row per record and one per record id, the highest revision winning (PostgreSQL's
+    upsert may touch a row once per statement; the store's own rule, revisions only go forward,
+    is applied again against the stored rows)."""
+    lineages: dict[tuple[str, str], LineageUpdate] = {}
+    holdings: dict[str, HoldingRow] = {}
+    for update in updates:
+        key = (update.source, update.lineage)
+        prior = lineages.get(key)
+        # A record still at revision 1 needs no lineage row (its holdings say all): no extra
+        # write per message on the hot path.
+        if update.revision > 1 and (prior is None or update.revision >= prior.revision):
+            lineages[key] = update
+        for held in update.holdings:
+            row = HoldingRow(
+                held.record_id,
+                update.source,
+                update.lineage,
+                held.consumer,
+                held.agreement_id,
+                update.event_type,
+                held.revision,
+                held.withdrawn,
+                format_time(held.expires_at),
+            )
+            before = holdings.get(held.record_id)
+            if before is None or row.revision >= before.revision:
+                holdings[held.record_id] = row
+    return list(lineages.values()), list(holdings.values())
+
+
 def seal_time(now: datetime, head: Head) -> datetime:
     """Entries' times never go backwards along the chain, whichever host's clock sealed them
     (hosts' clocks differ by milliseconds; an audit query by time must not miss an entry that
@@ -147,11 +213,15 @@ def plan_commit(
         plan.quarantine.extend(unit.quarantine)
         plan.purge.extend(unit.purge)
         plan.purge_quarantine.extend(unit.purge_quarantine)
+        plan.purge_seen.extend(unit.purge_seen)
+        if unit.purge_notices_before is not None:
+            plan.purge_notices_before = max(plan.purge_notices_before or "", unit.purge_notices_before)
         plan.checkpoints.extend(unit.checkpoints)
         for (source, message_id), seen in unit.seen:
             if (source, message_id) not in unit_lost:
                 seen_rows.append(SeenRow(source, message_id, seen.state, seen.content_sha256))
         plan.records.extend(rec for rec in unit.records if (rec.source, rec.message_id) not in unit_lost)
+        plan.lineages.extend(lin for lin in unit.lineages if (lin.source, lin.message_id) not in unit_lost)
         for draft in unit.drafts:
             attrs = draft.attrs
             if (
@@ -160,14 +230,14 @@ def plan_commit(
                 and (attrs.get("source"), attrs.get("message_id")) in unit_lost
             ):
                 continue  # the caller records this message's outcome again (rejected)
-            record_id = attrs.get("record_id")
-            if draft.kind is Kind.RELEASED and isinstance(record_id, str):
+            key = once_key(draft)
+            if key is not None:
                 # A redelivered message's releases are audited once: record ids already released
                 # (earlier, on any host, or earlier in this very commit) get no second entry.
-                if record_id in already:
+                if key in already:
                     continue
-                already.add(record_id)
-                plan.releases.append((record_id, seq + 1))
+                already.add(key)
+                plan.releases.append((key, seq + 1))
             seq += 1
             entry = seal(draft, seq=seq, prev=prev, at=at)
             plan.audit.append(indexed_row(seq, entry.body, entry.hash))
@@ -176,6 +246,7 @@ def plan_commit(
             # per-record trace finds them.
             plan.audit_records.extend((seq, rid) for rid in plan.audit[-1].record_ids)
     plan.seen = _fold_seen(seen_rows)
+    plan.lineages, plan.holdings = _fold_lineages(plan.lineages)
     if plan.audit:
         plan.head = Head(seq, prev, plan.audit[-1].at)
     return plan
@@ -211,10 +282,12 @@ def replay_view(keys: Sequence[ReplayKey], found: Mapping[ReplayKey, Seen]) -> d
 __all__ = [
     "NONE_LOST",
     "CommitPlan",
+    "HoldingRow",
     "SeenRow",
     "claim_keys",
     "claims",
     "indexed_row",
+    "once_key",
     "plan_commit",
     "released_ids",
     "replay_view",

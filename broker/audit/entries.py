@@ -24,6 +24,13 @@ def _base(outcome: Settled) -> dict[str, Any]:
     }
     if outcome.event_type:
         base["event_type"] = outcome.event_type
+    if isinstance(outcome, Accepted | Duplicate):
+        env = outcome.validated.envelope
+        if env.supersedes is not None:  # a later revision of a record: traced to its first message
+            base["supersedes"] = env.supersedes
+            base["revision"] = env.revision
+        if env.withdrawn is not None:
+            base["withdrawn"] = env.withdrawn.value
     return base
 
 
@@ -65,6 +72,20 @@ def released(outcome: Accepted, base: Mapping[str, Any]) -> list[Draft]:
         )
         for record in outcome.records
     ]
+    drafts.extend(
+        Draft(
+            Kind.WITHDRAWN,
+            {
+                **base,
+                "consumer": notice.holding.consumer,
+                "agreement_id": notice.holding.agreement_id,
+                "record_id": notice.holding.record_id,
+                "reason": notice.reason,
+                "notice_sha256": notice.sha256,
+            },
+        )
+        for notice in outcome.notices
+    )
     if not drafts:
         refusals = [
             {"reason": r.reason, "agreement_id": r.agreement_id, "consumer": r.consumer} for r in outcome.refusals
@@ -103,7 +124,9 @@ def access_denied(route: str, status: int, reason: Reason, details: Mapping[str,
     return Draft(Kind.ACCESS_DENIED, {"route": route, "status": status, "reason": reason.value, **(details or {})})
 
 
-def purged(consumer: str, agreement_id: str, record_ids: Sequence[str]) -> Draft:
+def purged(consumer: str, agreement_id: str, record_ids: Sequence[str], notified: int = 0) -> Draft:
+    """Records deleted at the end of their retention; ``notified``: deletion notices sent to the
+    consumer (its own copies follow), one per record it still held (not those withdrawn before)."""
     return Draft(
         Kind.PURGED,
         {
@@ -112,7 +135,16 @@ def purged(consumer: str, agreement_id: str, record_ids: Sequence[str]) -> Draft
             "reason": Reason.RETENTION_EXPIRED.value,
             "count": len(record_ids),
             "record_ids": list(record_ids),
+            "notified": notified,
         },
+    )
+
+
+def replay_guard_purged(count: int, before: str) -> Draft:
+    """Replay-guard rows deleted: message ids first seen before ``before``, which the freshness
+    window refuses anyway (``broker/pipeline/retention.purge_replay_guard``)."""
+    return Draft(
+        Kind.REPLAY_GUARD_PURGED, {"reason": Reason.RETENTION_EXPIRED.value, "count": count, "seen_before": before}
     )
 
 

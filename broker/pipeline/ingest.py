@@ -1,7 +1,8 @@
 """The ingest flow: the one place that runs the pure stages in order and awaits the I/O ports.
 
     inbound ─► 1 parse ─► 2 verify ─► 3 freshness ─► 4 validate      (pure, per message)
-            ─► 5 replay guard (store read; pure verdict) ─► 6 policy  (pure)
+            ─► 5 replay guard and the record's lineage (store reads; pure verdicts)
+            ─► 6 policy (pure; a withdrawal is not decided: it goes to the record's holders)
             ─► 7 audit entries + records + replay state: durable in one group commit
             ─► 8 deliver (confirmed) ─► 9 mark done (with the next commit)
 
@@ -38,7 +39,8 @@ from broker.settings import Settings
 from broker.stages.freshness import check_freshness
 from broker.stages.outcome import Accepted, Duplicate, Failed, Outcome, Rejected, Settled
 from broker.stages.parse import parse
-from broker.stages.records import accept, sha256_hex
+from broker.stages.lineage import NO_LINEAGE, Lineage, applied, follows
+from broker.stages.records import accept, lineage_update, sha256_hex
 from broker.stages.replay import REUSED_ID, Repeat, ReplayState, Reused, admit
 from broker.stages.types import Admitted, Inbound, Received, Validated
 from broker.stages.validate import validate
@@ -85,6 +87,12 @@ class Unobserved:
 def key_of(validated: Validated) -> ReplayKey:
     env = validated.envelope
     return (env.source, env.id)
+
+
+def lineage_of(validated: Validated) -> ReplayKey:
+    """The record a message is about: (source, its first message id)."""
+    env = validated.envelope
+    return (env.source, env.lineage)
 
 
 class Pipeline:
@@ -137,11 +145,14 @@ class Pipeline:
         # Step 5 (first half): wait for any in-flight message with the same id (concurrent posts
         # of one message), so the replay guard below sees its result.
         keys = [key_of(item) for item in staged if isinstance(item, Validated)]
-        waits = [self._inflight[key] for key in set(keys) if key in self._inflight]
+        # A later revision also waits for (and holds) its record's first message id: two batches
+        # never apply revisions of one record at once (each reads what the other wrote).
+        held_keys = keys + [lineage_of(item) for item in staged if isinstance(item, Validated)]
+        waits = [self._inflight[key] for key in set(held_keys) if key in self._inflight]
         if waits:
             await asyncio.gather(*waits, return_exceptions=True)
         mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        owned = [key for key in dict.fromkeys(keys) if key not in self._inflight]
+        owned = [key for key in dict.fromkeys(held_keys) if key not in self._inflight]
         for key in owned:
             self._inflight[key] = mine
         try:
@@ -163,6 +174,8 @@ class Pipeline:
     ) -> list[Outcome]:
         # Step 5 (second half): what the replay guard remembers; the verdict is pure.
         states = await self.store.replay_states(keys)
+        lineages = await self.store.lineages([lineage_of(item) for item in staged if isinstance(item, Validated)])
+        now_lineage: dict[ReplayKey, Lineage] = {}  # records changed earlier in this batch
         outcomes: list[Outcome] = []
         seen_in_batch: dict[ReplayKey, str] = {}  # key -> content hash of its first copy here
         for inbound, item in zip(batch, staged, strict=True):
@@ -183,8 +196,17 @@ class Pipeline:
                 outcomes.append(Duplicate(inbound, item))
             else:
                 seen_in_batch[key] = item.content_sha256
+                record = lineage_of(item)
+                lineage = now_lineage.get(record, lineages.get(record, NO_LINEAGE))
+                why = follows(item.envelope, lineage)
+                if why is not None:
+                    outcomes.append(self._refused(inbound, item, Reason.REVISION_SUPERSEDED, why))
+                    continue
                 # Step 6: the policy decision (pure).
-                outcomes.append(self._decide(inbound, verdict, now, policy))
+                decided = self._decide(inbound, verdict, now, policy, lineage)
+                if isinstance(decided, Accepted):
+                    now_lineage[record] = applied(lineage, item.envelope, lineage_update(decided, now).holdings)
+                outcomes.append(decided)
 
         try:
             # Step 7: audit entries, records and replay state: durable in one group commit.
@@ -226,6 +248,7 @@ class Pipeline:
         state = ReplayState.DONE if durable.complete else ReplayState.IN_PROGRESS
         accepted = deliverable.accepted
         unit.seen.extend((key_of(o.validated), Seen(state, o.validated.content_sha256)) for o in accepted)
+        unit.lineages.extend(lineage_update(o, now) for o in accepted)
         flushing, self._pending_done = self._pending_done, []
         unit.seen.extend((key, Seen(ReplayState.DONE)) for key in flushing)
         started = time.perf_counter()
@@ -297,9 +320,15 @@ class Pipeline:
             log.exception("stage_failed", error=type(exc).__name__)
             return Failed(inbound, sha256_hex(inbound.body))
 
-    def _decide(self, inbound: Inbound, admitted: Admitted, now: datetime, policy: PolicySet) -> Accepted | Failed:
+    def _decide(
+        self, inbound: Inbound, admitted: Admitted, now: datetime, policy: PolicySet, lineage: Lineage
+    ) -> Accepted | Failed:
         try:
-            return accept(inbound, self.decide(admitted, policy, now))
+            if admitted.envelope.withdrawn is not None:
+                # A withdrawal releases nothing and needs no agreement: it tells every consumer
+                # that holds the record (``accept``), whatever the agreements say now.
+                return accept(inbound, Decision(admitted, (), ()), lineage)
+            return accept(inbound, self.decide(admitted, policy, now), lineage)
         except Exception as exc:  # a fault of ours: leave it unacknowledged (poison handling)
             env = admitted.envelope
             log.exception("policy_failed", message_id=env.id, partner=env.source, error=type(exc).__name__)
@@ -307,12 +336,17 @@ class Pipeline:
 
     @staticmethod
     def _reused(inbound: Inbound, validated: Validated) -> Rejected:
+        return Pipeline._refused(inbound, validated, Reason.REPLAYED, REUSED_ID)
+
+    @staticmethod
+    def _refused(inbound: Inbound, validated: Validated, reason: Reason, message: str) -> Rejected:
+        """A verified, validated message refused for what the store knows (its id, its record)."""
         env = validated.envelope
         return Rejected(
             inbound,
             validated.fresh.verified.received.body_sha256,
-            Reason.REPLAYED,
-            REUSED_ID,
+            reason,
+            message,
             verified=True,
             source=env.source,
             message_id=env.id,

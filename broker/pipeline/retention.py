@@ -1,9 +1,18 @@
 """The retention flow: records past their agreement's retention period are deleted, each purge
 audited in the same transaction as the deletion (ICO code: secure deletion, and being able to
-show it).
+show it), and each consumer that holds one is told, so its own copy follows.
 
-    1 read up to 1,000 expired records ─► 2 group them by consumer and agreement
-      ─► 3 one ``purged`` entry per group + the deletions: one commit ─► repeat until none left
+    1 read up to 1,000 expired holdings (what each consumer was sent, in either mode)
+      ─► 2 a deletion notice per record its consumer still holds (not one withdrawn before)
+      ─► 3 RabbitMQ: the notices published, confirmed (embedded: they join the feed in step 4)
+      ─► 4 one ``purged`` entry per consumer and agreement + the deletions: one commit ─► repeat
+
+Notices go out before the commit that deletes: if the commit fails, the next run sends them
+again (a notice is idempotent: the consumer deletes what it has already deleted); the other order
+could delete and crash before telling anyone. A notice holds no personal data.
+
+Replay-guard rows and quarantine have their own retention (``purge_replay_guard``,
+``purge_quarantine``); held events theirs.
 """
 
 from __future__ import annotations
@@ -13,12 +22,21 @@ from datetime import datetime, timedelta
 
 from broker.audit import entries
 from broker.logs import get_logger
-from broker.ports.store import CommitUnit, Store
+from broker.ports.delivery import Deliverable, Delivery
+from broker.ports.store import CommitUnit, Expired, Store, StoredRecord
+from broker.stages.freshness import FreshnessWindow
 from schemas.envelope import format_time
+from schemas.errors import Reason
+from schemas.messages import consumer_notice
 
 log = get_logger("sv_broker.retention")
 
 PAGE = 1000
+# How long a deletion notice stays in an embedded consumer's feed (it names a record id, nothing
+# else): long enough for a consumer that reads monthly to see it.
+NOTICE_RETENTION = timedelta(days=90)
+# Replay-guard rows are kept this much beyond the freshness window (hosts' clocks differ).
+REPLAY_MARGIN = timedelta(days=1)
 
 
 async def purge_quarantine(store: Store, now: datetime, retention: timedelta) -> int:
@@ -43,17 +61,79 @@ async def purge_quarantine(store: Store, now: datetime, retention: timedelta) ->
         log.info("quarantine_purged", count=len(rows))
 
 
-async def purge_expired(store: Store, now: datetime) -> int:
-    """Delete every expired record; returns how many."""
+def deletion_notice(row: Expired, now: datetime) -> StoredRecord:
+    """The notice a consumer gets when the broker purges a record it holds (pure)."""
+    body = consumer_notice(
+        notice="deleted",
+        record_id=row.record_id,
+        consumer=row.consumer,
+        agreement_id=row.agreement_id,
+        revision=row.revision,
+        reason=Reason.RETENTION_EXPIRED.value,
+        at=now,
+    )
+    return StoredRecord(
+        record_id=row.record_id,
+        consumer=row.consumer,
+        agreement_id=row.agreement_id,
+        agreement_revision=0,
+        event_type=row.event_type,
+        source=row.source,
+        message_id="",
+        released_at=now,
+        expires_at=now + NOTICE_RETENTION,
+        body=body,
+        revision=row.revision,
+        kind="deleted",
+    )
+
+
+async def purge_expired(store: Store, now: datetime, delivery: Delivery) -> int:
+    """Delete every expired record, telling each consumer that holds one; returns how many."""
     total = 0
     while True:
         rows = await store.expired(now, PAGE)
         if not rows:
-            return total
+            break
+        notices = [deletion_notice(row, now) for row in rows if not row.withdrawn]
+        batch = Deliverable(now, notices=notices)
+        durable = delivery.with_audit(batch)
+        if not durable.complete:
+            await delivery.deliver(batch)  # confirmed before the deletion is committed
         groups: dict[tuple[str, str], list[str]] = {}
+        told: Counter[tuple[str, str]] = Counter((n.consumer, n.agreement_id) for n in notices)
         for row in rows:
             groups.setdefault((row.consumer, row.agreement_id), []).append(row.record_id)
-        drafts = [entries.purged(consumer, agreement, ids) for (consumer, agreement), ids in sorted(groups.items())]
-        await store.commit(CommitUnit(drafts=drafts, purge=[r.record_id for r in rows]))
+        drafts = [
+            entries.purged(consumer, agreement, ids, told[(consumer, agreement)])
+            for (consumer, agreement), ids in sorted(groups.items())
+        ]
+        unit = CommitUnit(drafts=drafts, purge=[r.record_id for r in rows], records=list(durable.records))
+        await store.commit(unit)
         total += len(rows)
-        log.info("records_purged", count=len(rows))
+        log.info("records_purged", count=len(rows), notified=len(notices))
+    # Deletion notices in embedded feeds, past their own (short) retention: no entry (they hold
+    # nothing but a record id whose purge is audited already).
+    await store.commit(CommitUnit(purge_notices_before=format_time(now)))
+    return total
+
+
+async def purge_replay_guard(store: Store, now: datetime, window: FreshnessWindow) -> int:
+    """Forget message ids first seen so long ago that the freshness window refuses any copy.
+
+    Why it is safe: a message was accepted only if its signed time was at most ``max_future``
+    ahead of when it was first seen; a copy arriving now is refused as ``stale`` when that time
+    is more than ``max_age`` ago. So an id first seen before now - max_age - max_future (minus a
+    day for hosts' clocks) can never pass freshness again, and remembering it protects nothing:
+    kept for ever, the replay guard would grow by a row per message for the life of the
+    partnership. Only finished ids go (one still in progress is kept for its redelivery)."""
+    before = now - window.max_age - window.max_future - REPLAY_MARGIN
+    stamp = format_time(before)
+    total = 0
+    while True:
+        keys = await store.expired_seen(stamp, PAGE)
+        if not keys:
+            return total
+        await store.commit(CommitUnit(drafts=[entries.replay_guard_purged(len(keys), stamp)], purge_seen=keys))
+        total += len(keys)
+        log.info("replay_guard_purged", count=len(keys))

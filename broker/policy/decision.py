@@ -19,6 +19,8 @@ def record_id(source: str, message_id: str, consumer: str, agreement_id: str) ->
     agreement always has the same id, so redelivery after a crash is recognisably the same
     release (idempotency, DESIGN.md invariant 2).  The agreement *revision* is deliberately not
     part of it: a revision bump between a crash and its redelivery must not double-release.
+    ``message_id`` is the record's first message id (``Envelope.lineage``), so each correction of
+    a record reaches a consumer under the record id it already holds.
     """
     digest = hashlib.sha256(f"{source}\x00{message_id}\x00{consumer}\x00{agreement_id}".encode()).hexdigest()
     return f"rec-{digest[:32]}"

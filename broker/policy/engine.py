@@ -61,7 +61,7 @@ def decide(subject: S, policy: PolicySet, now: datetime) -> Decision[S]:
                     agreement_id=ag.id,
                     agreement_revision=ag.revision,
                     flow_id=flow.id,
-                    record_id=record_id(env.source, env.id, consumer, ag.id),
+                    record_id=record_id(env.source, env.lineage, consumer, ag.id),
                     record=dict(record),  # one dict per consumer: no aliasing between releases
                     fields=flow.fields,
                     rules=flow.rule_ids,

@@ -32,6 +32,7 @@ class Deliverable:
     accepted: Sequence[Accepted] = ()  # their records go to consumers
     rejected: Sequence[Rejected] = ()  # quarantined, with the reason
     receipts: Sequence[Settled] = ()  # one receipt each, to its publisher
+    notices: Sequence[StoredRecord] = ()  # deletion notices (retention), to each record's consumer
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +61,7 @@ class StoreDelivery:
 
     def with_audit(self, batch: Deliverable) -> WithAudit:
         return WithAudit(
-            records=stored_records(batch.accepted, batch.at),
+            records=[*stored_records(batch.accepted, batch.at), *batch.notices],
             quarantine=[quarantine_item(outcome, batch.at) for outcome in batch.rejected],
             complete=True,
         )

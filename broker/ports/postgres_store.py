@@ -44,7 +44,21 @@ from broker.audit.chain import GENESIS
 from broker.audit.columns import record_index
 from broker.audit.commit_plan import CommitPlan, claim_keys, plan_commit, released_ids, replay_view
 from broker.errors import StartupError, StoreUnavailable
-from broker.ports.sql import Binder, admitted, audit_page_query, feed_page_query, message_of, numbered, refill
+from broker.ports.sql import (
+    BACKFILL_LINEAGE,
+    EXPIRED_COLUMNS,
+    HOLDING_UPSERT_WHERE,
+    LINEAGE_TABLES,
+    LINEAGE_UPSERT_WHERE,
+    Binder,
+    admitted,
+    audit_page_query,
+    feed_page_query,
+    lineage_view,
+    message_of,
+    numbered,
+    refill,
+)
 from broker.ports.store import (
     GENESIS_HEAD,
     AuditQuery,
@@ -62,6 +76,7 @@ from broker.ports.store import (
     Seen,
     StoreCounts,
 )
+from broker.stages.lineage import Holding, Lineage
 from broker.stages.replay import ReplayState
 from schemas.envelope import format_time, parse_time
 
@@ -151,6 +166,19 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE INDEX audit_records_seq ON audit_records(seq);
     """,
+    # 3: a record's life (corrections, withdrawals, deletion notices): records get a row per
+    # revision and per notice; every record released so far becomes its lineage's revision 1.
+    """
+    ALTER TABLE records ADD COLUMN revision integer NOT NULL DEFAULT 1;
+    ALTER TABLE records ADD COLUMN kind text NOT NULL DEFAULT 'record';
+    ALTER TABLE records ADD COLUMN current integer NOT NULL DEFAULT 1;
+    ALTER TABLE records DROP CONSTRAINT records_record_id_key;
+    ALTER TABLE records ADD CONSTRAINT records_version UNIQUE (record_id, revision, kind);
+    DROP INDEX records_expiry;
+    CREATE INDEX records_record ON records(record_id);
+    """
+    + LINEAGE_TABLES
+    + BACKFILL_LINEAGE,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 VERSION_TABLE = "sv_broker_schema"
@@ -385,17 +413,66 @@ class PostgresStore:
         event_type: str | None = None,
         since: str | None = None,
         until: str | None = None,
+        history: bool = False,
     ) -> list[FeedRow]:
         bind = Binder(numbered)
-        sql = feed_page_query(bind, consumer, after=after, limit=limit, event_type=event_type, since=since, until=until)
+        sql = feed_page_query(
+            bind, consumer, after=after, limit=limit, event_type=event_type, since=since, until=until, history=history
+        )
         params = bind.params
 
         async def run(conn: asyncpg.Connection) -> list[FeedRow]:
             rows = await conn.fetch(sql, *params)
             return [
-                FeedRow(int(r["id"]), r["record_id"], r["event_type"], r["agreement_id"], r["released_at"], r["body"])
+                FeedRow(
+                    int(r["id"]),
+                    r["record_id"],
+                    r["event_type"],
+                    r["agreement_id"],
+                    r["released_at"],
+                    r["body"],
+                    int(r["revision"]),
+                    r["kind"],
+                )
                 for r in rows
             ]
+
+        return await self._run(run)
+
+    async def lineages(self, keys: Sequence[ReplayKey]) -> dict[ReplayKey, Lineage]:
+        wanted = list(dict.fromkeys(keys))
+        if not wanted:
+            return {}
+
+        async def run(conn: asyncpg.Connection) -> dict[ReplayKey, Lineage]:
+            sources, firsts = [k[0] for k in wanted], [k[1] for k in wanted]
+            pairs = "(lineage, source) IN (SELECT * FROM unnest($2::text[], $1::text[]))"
+            rows = await conn.fetch(
+                f"SELECT source, lineage, revision, message_id, withdrawn FROM lineage WHERE {pairs}",  # noqa: S608
+                sources,
+                firsts,
+            )
+            found = {
+                (r["source"], r["lineage"]): (int(r["revision"]), r["message_id"], bool(r["withdrawn"])) for r in rows
+            }
+            held: dict[ReplayKey, list[Holding]] = {}
+            for r in await conn.fetch(
+                "SELECT source, lineage, record_id, consumer, agreement_id, revision, withdrawn, expires_at "
+                f"FROM holdings WHERE {pairs} ORDER BY record_id",  # noqa: S608
+                sources,
+                firsts,
+            ):
+                held.setdefault((r["source"], r["lineage"]), []).append(
+                    Holding(
+                        r["record_id"],
+                        r["consumer"],
+                        r["agreement_id"],
+                        int(r["revision"]),
+                        bool(r["withdrawn"]),
+                        parse_time(r["expires_at"]),
+                    )
+                )
+            return lineage_view(wanted, found, held)
 
         return await self._run(run)
 
@@ -428,12 +505,34 @@ class PostgresStore:
     async def expired(self, now: datetime, limit: int) -> list[Expired]:
         async def run(conn: asyncpg.Connection) -> list[Expired]:
             rows = await conn.fetch(
-                "SELECT record_id, consumer, agreement_id FROM records WHERE expires_at <= $1 "
-                "ORDER BY expires_at, id LIMIT $2",
+                EXPIRED_COLUMNS + "WHERE expires_at <= $1 ORDER BY expires_at, record_id LIMIT $2",
                 format_time(now),
                 limit,
             )
-            return [Expired(r["record_id"], r["consumer"], r["agreement_id"]) for r in rows]
+            return [
+                Expired(
+                    r["record_id"],
+                    r["consumer"],
+                    r["agreement_id"],
+                    r["source"],
+                    r["event_type"],
+                    int(r["revision"]),
+                    bool(r["withdrawn"]),
+                )
+                for r in rows
+            ]
+
+        return await self._run(run)
+
+    async def expired_seen(self, before: str, limit: int) -> list[ReplayKey]:
+        async def run(conn: asyncpg.Connection) -> list[ReplayKey]:
+            rows = await conn.fetch(
+                "SELECT source, message_id FROM seen WHERE state = 'done' AND first_seen < $1 "
+                "ORDER BY first_seen LIMIT $2",
+                before,
+                limit,
+            )
+            return [(r["source"], r["message_id"]) for r in rows]
 
         return await self._run(run)
 
@@ -449,7 +548,9 @@ class PostgresStore:
     async def counts(self) -> StoreCounts:
         async def run(conn: asyncpg.Connection) -> StoreCounts:
             kinds = await conn.fetch("SELECT kind, count(*) AS n FROM audit GROUP BY kind")
-            consumers = await conn.fetch("SELECT consumer, count(*) AS n FROM records GROUP BY consumer")
+            consumers = await conn.fetch(
+                "SELECT consumer, count(*) AS n FROM records WHERE kind = 'record' AND current = 1 GROUP BY consumer"
+            )
             return StoreCounts(
                 {str(r["kind"]): int(r["n"]) for r in kinds}, {str(r["consumer"]): int(r["n"]) for r in consumers}
             )
@@ -645,14 +746,20 @@ async def _apply(conn: asyncpg.Connection, plan: CommitPlan) -> None:
             "ON CONFLICT DO NOTHING",
             *_columns(plan.audit_records, 2),
         )
+    if plan.purge:
+        # Retention: every revision and notice of these record ids, and their holdings (the
+        # deletion notices that replace them, if any, are among ``plan.records`` below).
+        await conn.execute("DELETE FROM records WHERE record_id = ANY($1::text[])", list(plan.purge))
+        await conn.execute("DELETE FROM holdings WHERE record_id = ANY($1::text[])", list(plan.purge))
     if plan.records:
         await conn.execute(
             "INSERT INTO records(record_id, consumer, agreement_id, agreement_revision, event_type, source, "
-            "message_id, released_at, expires_at, body) "
-            "SELECT r, c, a, v, e, s, m, ra, ea, b FROM unnest($1::text[], $2::text[], $3::text[], $4::integer[], "
-            "$5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::bytea[]) "
-            "WITH ORDINALITY AS u(r, c, a, v, e, s, m, ra, ea, b, n) ORDER BY n "
-            "ON CONFLICT (record_id) DO NOTHING",
+            "message_id, released_at, expires_at, body, revision, kind) "
+            "SELECT r, c, a, v, e, s, m, ra, ea, b, rv, k FROM unnest($1::text[], $2::text[], $3::text[], "
+            "$4::integer[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::bytea[], "
+            "$11::integer[], $12::text[]) "
+            "WITH ORDINALITY AS u(r, c, a, v, e, s, m, ra, ea, b, rv, k, n) ORDER BY n "
+            "ON CONFLICT (record_id, revision, kind) DO NOTHING",
             *_columns(
                 [
                     (
@@ -666,10 +773,59 @@ async def _apply(conn: asyncpg.Connection, plan: CommitPlan) -> None:
                         format_time(rec.released_at),
                         format_time(rec.expires_at),
                         rec.body,
+                        rec.revision,
+                        rec.kind,
                     )
                     for rec in plan.records
                 ],
-                10,
+                12,
+            ),
+        )
+        later = [(rec.record_id, rec.kind) for rec in plan.records if rec.revision > 1 or rec.kind != "record"]
+        gone = [record_id for record_id, kind in later if kind != "record"]
+        if gone:  # withdrawn or deleted: the consumer's copies go (the notice stays)
+            await conn.execute("DELETE FROM records WHERE record_id = ANY($1::text[]) AND kind = 'record'", gone)
+        if later:
+            await conn.execute(
+                "UPDATE records r SET current = 0 WHERE r.record_id = ANY($1::text[]) AND r.current = 1 "
+                "AND r.id < (SELECT max(x.id) FROM records x WHERE x.record_id = r.record_id)",
+                [record_id for record_id, _ in later],
+            )
+    if plan.lineages:
+        await conn.execute(
+            "INSERT INTO lineage(source, lineage, revision, message_id, withdrawn, event_type, updated_at) "
+            "SELECT s, l, r, m, w, e, $7 FROM unnest($1::text[], $2::text[], $3::integer[], $4::text[], "
+            "$5::integer[], $6::text[]) AS u(s, l, r, m, w, e)" + LINEAGE_UPSERT_WHERE,
+            *_columns(
+                [
+                    (lin.source, lin.lineage, lin.revision, lin.message_id, int(lin.withdrawn), lin.event_type)
+                    for lin in plan.lineages
+                ],
+                6,
+            ),
+            plan.at,
+        )
+    if plan.holdings:
+        await conn.execute(
+            "INSERT INTO holdings(record_id, source, lineage, consumer, agreement_id, event_type, revision, "
+            "withdrawn, expires_at) SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], "
+            "$5::text[], $6::text[], $7::integer[], $8::integer[], $9::text[])" + HOLDING_UPSERT_WHERE,
+            *_columns(
+                [
+                    (
+                        h.record_id,
+                        h.source,
+                        h.lineage,
+                        h.consumer,
+                        h.agreement_id,
+                        h.event_type,
+                        h.revision,
+                        int(h.withdrawn),
+                        h.expires_at,
+                    )
+                    for h in plan.holdings
+                ],
+                9,
             ),
         )
     if plan.quarantine:
@@ -685,8 +841,13 @@ async def _apply(conn: asyncpg.Connection, plan: CommitPlan) -> None:
                 7,
             ),
         )
-    if plan.purge:
-        await conn.execute("DELETE FROM records WHERE record_id = ANY($1::text[])", list(plan.purge))
+    if plan.purge_notices_before is not None:
+        await conn.execute("DELETE FROM records WHERE kind = 'deleted' AND expires_at <= $1", plan.purge_notices_before)
+    if plan.purge_seen:
+        await conn.execute(
+            "DELETE FROM seen WHERE (source, message_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
+            *_columns(plan.purge_seen, 2),
+        )
     if plan.purge_quarantine:
         await conn.execute("DELETE FROM quarantine WHERE id = ANY($1::bigint[])", list(plan.purge_quarantine))
     if plan.checkpoints:

@@ -12,10 +12,61 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 
 from broker.audit.columns import body_columns
-from broker.ports.store import AuditQuery, AuditRow
+from broker.ports.store import AuditQuery, AuditRow, ReplayKey
+from broker.stages.lineage import NO_LINEAGE, Holding, Lineage
 
 AUDIT_COLUMNS = "seq, at, kind, message_id, source, consumer, agreement_id, record_id, body, hash"
-FEED_COLUMNS = "id, record_id, event_type, agreement_id, released_at, body"
+FEED_COLUMNS = "id, record_id, event_type, agreement_id, released_at, body, revision, kind"
+
+# A record's life (issue 12: corrections, withdrawals, deletion notices), the same in both
+# backends. ``lineage``: one row per record that has a later revision (its first message id), the
+# latest revision applied (a record still at revision 1 has none: the hot path writes no row);
+# ``holdings``: one row per record id (a consumer's copy under one agreement), what it holds and
+# until when. ``records`` (the embedded feeds) keeps a row per revision and per notice;
+# ``current`` marks each record id's latest row (what a feed shows unless history is asked for).
+LINEAGE_TABLES = """
+CREATE TABLE IF NOT EXISTS lineage (
+    source TEXT NOT NULL,
+    lineage TEXT NOT NULL,
+    revision INTEGER NOT NULL,
+    message_id TEXT NOT NULL,
+    withdrawn INTEGER NOT NULL,
+    event_type TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (lineage, source)
+);
+CREATE TABLE IF NOT EXISTS holdings (
+    record_id TEXT PRIMARY KEY,
+    source TEXT NOT NULL,
+    lineage TEXT NOT NULL,
+    consumer TEXT NOT NULL,
+    agreement_id TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    revision INTEGER NOT NULL,
+    withdrawn INTEGER NOT NULL,
+    expires_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS holdings_lineage ON holdings(lineage, source);
+CREATE INDEX IF NOT EXISTS holdings_expiry ON holdings(expires_at);
+"""
+# Records released before lineages existed: each becomes its record's revision 1, held until its
+# own expiry (so retention, now driven by the holdings, still purges it and tells its consumer).
+BACKFILL_LINEAGE = """
+INSERT INTO holdings(record_id, source, lineage, consumer, agreement_id, event_type, revision, withdrawn, expires_at)
+    SELECT record_id, source, message_id, consumer, agreement_id, event_type, 1, 0, expires_at FROM records
+    ON CONFLICT DO NOTHING;
+"""
+LINEAGE_UPSERT_WHERE = (
+    " ON CONFLICT (lineage, source) DO UPDATE SET revision = excluded.revision, message_id = excluded.message_id, "
+    "withdrawn = excluded.withdrawn, updated_at = excluded.updated_at WHERE excluded.revision >= lineage.revision"
+)
+# A holding moves only forward in revisions, and keeps its first expiry (a correction does not
+# extend retention).
+HOLDING_UPSERT_WHERE = (
+    " ON CONFLICT (record_id) DO UPDATE SET revision = excluded.revision, withdrawn = excluded.withdrawn "
+    "WHERE excluded.revision >= holdings.revision"
+)
+EXPIRED_COLUMNS = "SELECT record_id, consumer, agreement_id, source, event_type, revision, withdrawn FROM holdings "
 
 
 class Binder:
@@ -47,8 +98,11 @@ def feed_page_query(
     event_type: str | None,
     since: str | None,
     until: str | None,
+    history: bool = False,
 ) -> str:
     sql = f"SELECT {FEED_COLUMNS} FROM records WHERE consumer = {bind(consumer)} AND id > {bind(after)}"  # noqa: S608
+    if not history:
+        sql += " AND current = 1"
     for clause, value in (("event_type =", event_type), ("released_at >=", since), ("released_at <", until)):
         if value:
             sql += f" AND {clause} {bind(value)}"
@@ -115,3 +169,19 @@ def message_of(record_id: str, bodies: Iterable[bytes]) -> str | None:
         if cols is not None and cols.record_id == record_id and cols.message_id is not None:
             return cols.message_id
     return None
+
+
+def lineage_view(
+    keys: Iterable[ReplayKey], found: dict[ReplayKey, tuple[int, str, bool]], held: dict[ReplayKey, list[Holding]]
+) -> dict[ReplayKey, Lineage]:
+    """Every asked record's life, ``NO_LINEAGE`` where the store knows none of it."""
+    out: dict[ReplayKey, Lineage] = {}
+    for key in keys:
+        row = found.get(key)
+        holdings = tuple(held.get(key, ()))
+        if row is None and not holdings:
+            out[key] = NO_LINEAGE
+        else:
+            revision, message_id, withdrawn = row if row is not None else (1, key[1], False)
+            out[key] = Lineage(revision, message_id, withdrawn, holdings)
+    return out

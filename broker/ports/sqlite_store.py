@@ -27,7 +27,21 @@ from broker.audit.columns import record_index
 from broker.audit.commit_plan import NONE_LOST, CommitPlan, claim_keys, plan_commit, released_ids, replay_view
 from broker.errors import StoreUnavailable
 from broker.ports.private_files import private_directory, private_file
-from broker.ports.sql import Binder, admitted, audit_page_query, feed_page_query, message_of, qmark, refill
+from broker.ports.sql import (
+    BACKFILL_LINEAGE,
+    EXPIRED_COLUMNS,
+    HOLDING_UPSERT_WHERE,
+    LINEAGE_TABLES,
+    LINEAGE_UPSERT_WHERE,
+    Binder,
+    admitted,
+    audit_page_query,
+    feed_page_query,
+    lineage_view,
+    message_of,
+    qmark,
+    refill,
+)
 from broker.ports.store import (
     GENESIS_HEAD,
     AuditQuery,
@@ -45,6 +59,7 @@ from broker.ports.store import (
     Seen,
     StoreCounts,
 )
+from broker.stages.lineage import Holding, Lineage
 from broker.stages.replay import ReplayState
 from schemas.envelope import format_time, parse_time
 
@@ -82,21 +97,6 @@ CREATE TABLE IF NOT EXISTS releases (
     record_id TEXT PRIMARY KEY,
     audit_seq INTEGER NOT NULL
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS records (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    record_id TEXT NOT NULL UNIQUE,
-    consumer TEXT NOT NULL,
-    agreement_id TEXT NOT NULL,
-    agreement_revision INTEGER NOT NULL,
-    event_type TEXT NOT NULL,
-    source TEXT NOT NULL,
-    message_id TEXT NOT NULL,
-    released_at TEXT NOT NULL,
-    expires_at TEXT NOT NULL,
-    body BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS records_consumer ON records(consumer, id);
-CREATE INDEX IF NOT EXISTS records_expiry ON records(expires_at);
 CREATE TABLE IF NOT EXISTS audit_records (
     seq INTEGER NOT NULL,
     record_id TEXT NOT NULL,
@@ -122,8 +122,64 @@ CREATE TABLE IF NOT EXISTS quarantine (
 );
 """
 
+RECORDS_TABLE = """
+CREATE TABLE IF NOT EXISTS records (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    record_id TEXT NOT NULL,
+    consumer TEXT NOT NULL,
+    agreement_id TEXT NOT NULL,
+    agreement_revision INTEGER NOT NULL,
+    event_type TEXT NOT NULL,
+    source TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    released_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL,
+    body BLOB NOT NULL,
+    revision INTEGER NOT NULL DEFAULT 1,
+    kind TEXT NOT NULL DEFAULT 'record',
+    current INTEGER NOT NULL DEFAULT 1,
+    UNIQUE (record_id, revision, kind)
+);
+CREATE INDEX IF NOT EXISTS records_consumer ON records(consumer, id);
+CREATE INDEX IF NOT EXISTS records_record ON records(record_id);
+"""
+# A store made before records had revisions (one row per record id, ``UNIQUE``): rebuilt with
+# its rows as revision 1, in one transaction, keeping every row's feed position (``id``).
+_RECORDS_V0 = "records_v0"
+MIGRATE_RECORDS = f"""
+DROP INDEX IF EXISTS records_consumer;
+DROP INDEX IF EXISTS records_expiry;
+ALTER TABLE records RENAME TO {_RECORDS_V0};
+{RECORDS_TABLE}
+INSERT INTO records(id, record_id, consumer, agreement_id, agreement_revision, event_type, source, message_id,
+    released_at, expires_at, body)
+    SELECT id, record_id, consumer, agreement_id, agreement_revision, event_type, source, message_id,
+    released_at, expires_at, body FROM {_RECORDS_V0} ORDER BY id;
+DROP TABLE {_RECORDS_V0};
+"""
+
 _STOP = object()
 T = TypeVar("T")
+
+
+def _migrate_records(conn: sqlite3.Connection) -> None:
+    """Create the records and lineage tables, or bring an older store's to them: one transaction,
+    its checks made under the write lock (processes opening one file at once migrate it once)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        columns = {str(row[1]) for row in conn.execute("PRAGMA table_info(records)")}
+        lineage_exists = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'lineage'").fetchone() is not None
+        script = MIGRATE_RECORDS if columns and "revision" not in columns else RECORDS_TABLE
+        script += LINEAGE_TABLES
+        if columns and not lineage_exists:
+            script += BACKFILL_LINEAGE
+        for statement in script.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
@@ -257,6 +313,7 @@ class SqliteStore:
                 private_file(name)
         writer = connect(self.path)
         writer.executescript(SCHEMA)
+        _migrate_records(writer)
         head = _head(writer)
         self.head = (head.seq, head.hash)
         self._reader = connect(self.path)
@@ -371,10 +428,15 @@ class SqliteStore:
             ],
         )
         _insert_many(conn, "INSERT OR IGNORE INTO audit_records(seq, record_id) VALUES ", list(plan.audit_records))
+        if plan.purge:
+            # Retention: every revision and notice of these record ids, and their holdings (the
+            # deletion notices that replace them, if any, are among ``plan.records`` below).
+            conn.executemany("DELETE FROM records WHERE record_id = ?", [(rid,) for rid in plan.purge])
+            conn.executemany("DELETE FROM holdings WHERE record_id = ?", [(rid,) for rid in plan.purge])
         _insert_many(
             conn,
             "INSERT OR IGNORE INTO records(record_id, consumer, agreement_id, agreement_revision, event_type, "
-            "source, message_id, released_at, expires_at, body) VALUES ",
+            "source, message_id, released_at, expires_at, body, revision, kind) VALUES ",
             [
                 (
                     rec.record_id,
@@ -387,9 +449,49 @@ class SqliteStore:
                     format_time(rec.released_at),
                     format_time(rec.expires_at),
                     rec.body,
+                    rec.revision,
+                    rec.kind,
                 )
                 for rec in plan.records
             ],
+        )
+        later = [(rec.record_id, rec.kind) for rec in plan.records if rec.revision > 1 or rec.kind != "record"]
+        for record_id, kind in later:
+            if kind != "record":  # withdrawn or deleted: the consumer's copies go (the notice stays)
+                conn.execute("DELETE FROM records WHERE record_id = ? AND kind = 'record'", (record_id,))
+            conn.execute(
+                "UPDATE records SET current = 0 WHERE record_id = ? AND current = 1 "
+                "AND id < (SELECT max(id) FROM records WHERE record_id = ?)",
+                (record_id, record_id),
+            )
+        _insert_many(
+            conn,
+            "INSERT INTO lineage(source, lineage, revision, message_id, withdrawn, event_type, updated_at) VALUES ",
+            [
+                (lin.source, lin.lineage, lin.revision, lin.message_id, int(lin.withdrawn), lin.event_type, plan.at)
+                for lin in plan.lineages
+            ],
+            LINEAGE_UPSERT_WHERE,
+        )
+        _insert_many(
+            conn,
+            "INSERT INTO holdings(record_id, source, lineage, consumer, agreement_id, event_type, revision, "
+            "withdrawn, expires_at) VALUES ",
+            [
+                (
+                    h.record_id,
+                    h.source,
+                    h.lineage,
+                    h.consumer,
+                    h.agreement_id,
+                    h.event_type,
+                    h.revision,
+                    int(h.withdrawn),
+                    h.expires_at,
+                )
+                for h in plan.holdings
+            ],
+            HOLDING_UPSERT_WHERE,
         )
         _insert_many(
             conn,
@@ -399,8 +501,10 @@ class SqliteStore:
                 for q in plan.quarantine
             ],
         )
-        if plan.purge:
-            conn.executemany("DELETE FROM records WHERE record_id = ?", [(rid,) for rid in plan.purge])
+        if plan.purge_notices_before is not None:
+            conn.execute("DELETE FROM records WHERE kind = 'deleted' AND expires_at <= ?", (plan.purge_notices_before,))
+        if plan.purge_seen:
+            conn.executemany("DELETE FROM seen WHERE source = ? AND message_id = ?", plan.purge_seen)
         if plan.purge_quarantine:
             conn.executemany("DELETE FROM quarantine WHERE id = ?", [(qid,) for qid in plan.purge_quarantine])
         _insert_many(
@@ -480,17 +584,55 @@ class SqliteStore:
         event_type: str | None = None,
         since: str | None = None,
         until: str | None = None,
+        history: bool = False,
     ) -> list[FeedRow]:
         """Ids are assigned by the single writer in commit order (see ``Store.feed_page``)."""
         bind = Binder(qmark)
-        sql = feed_page_query(bind, consumer, after=after, limit=limit, event_type=event_type, since=since, until=until)
+        sql = feed_page_query(
+            bind, consumer, after=after, limit=limit, event_type=event_type, since=since, until=until, history=history
+        )
         params = bind.params
 
         def run(conn: sqlite3.Connection) -> list[FeedRow]:
             return [
-                FeedRow(int(i), str(rid), str(et), str(ag), str(at), bytes(body))
-                for i, rid, et, ag, at, body in conn.execute(sql, params)
+                FeedRow(int(i), str(rid), str(et), str(ag), str(at), bytes(body), int(rev), str(kind))
+                for i, rid, et, ag, at, body, rev, kind in conn.execute(sql, params)
             ]
+
+        return await self._query(run)
+
+    async def lineages(self, keys: Sequence[ReplayKey]) -> dict[ReplayKey, Lineage]:
+        wanted = list(dict.fromkeys(keys))
+        if not wanted:
+            return {}
+
+        asked = set(wanted)
+
+        def run(conn: sqlite3.Connection) -> dict[ReplayKey, Lineage]:
+            found: dict[ReplayKey, tuple[int, str, bool]] = {}
+            held: dict[ReplayKey, list[Holding]] = {}
+            for i in range(0, len(wanted), 400):
+                chunk = wanted[i : i + 400]
+                # By first message id (the index's first column); the source is checked below.
+                pairs = "lineage IN (" + ", ".join("?" * len(chunk)) + ")"
+                params = [key[1] for key in chunk]
+                for src, lin, rev, mid, wd in conn.execute(
+                    f"SELECT source, lineage, revision, message_id, withdrawn FROM lineage WHERE {pairs}",  # noqa: S608
+                    params,
+                ):
+                    if (src, lin) in asked:
+                        found[(str(src), str(lin))] = (int(rev), str(mid), bool(wd))
+                for src, lin, rid, con, ag, rev, wd, exp in conn.execute(
+                    "SELECT source, lineage, record_id, consumer, agreement_id, revision, withdrawn, expires_at "
+                    f"FROM holdings WHERE {pairs} ORDER BY record_id",  # noqa: S608
+                    params,
+                ):
+                    if (src, lin) not in asked:
+                        continue
+                    held.setdefault((str(src), str(lin)), []).append(
+                        Holding(str(rid), str(con), str(ag), int(rev), bool(wd), parse_time(str(exp)))
+                    )
+            return lineage_view(wanted, found, held)
 
         return await self._query(run)
 
@@ -518,13 +660,23 @@ class SqliteStore:
     async def expired(self, now: datetime, limit: int) -> list[Expired]:
         def run(conn: sqlite3.Connection) -> list[Expired]:
             return [
-                Expired(str(r), str(c), str(a))
-                for r, c, a in conn.execute(
-                    "SELECT record_id, consumer, agreement_id FROM records WHERE expires_at <= ? "
-                    "ORDER BY expires_at, id LIMIT ?",
+                Expired(str(r), str(c), str(a), str(s), str(e), int(v), bool(w))
+                for r, c, a, s, e, v, w in conn.execute(
+                    EXPIRED_COLUMNS + "WHERE expires_at <= ? ORDER BY expires_at, record_id LIMIT ?",
                     (format_time(now), limit),
                 )
             ]
+
+        return await self._query(run)
+
+    async def expired_seen(self, before: str, limit: int) -> list[ReplayKey]:
+        def run(conn: sqlite3.Connection) -> list[ReplayKey]:
+            rows = conn.execute(
+                "SELECT source, message_id FROM seen WHERE state = 'done' AND first_seen < ? "
+                "ORDER BY first_seen LIMIT ?",
+                (before, limit),
+            )
+            return [(str(s), str(m)) for s, m in rows]
 
         return await self._query(run)
 
@@ -543,7 +695,10 @@ class SqliteStore:
         def run(conn: sqlite3.Connection) -> StoreCounts:
             kinds = {str(k): int(n) for k, n in conn.execute("SELECT kind, COUNT(*) FROM audit GROUP BY kind")}
             consumers = {
-                str(c): int(n) for c, n in conn.execute("SELECT consumer, COUNT(*) FROM records GROUP BY consumer")
+                str(c): int(n)
+                for c, n in conn.execute(
+                    "SELECT consumer, COUNT(*) FROM records WHERE kind = 'record' AND current = 1 GROUP BY consumer"
+                )
             }
             return StoreCounts(kinds, consumers)
 

@@ -19,6 +19,7 @@ from typing import Protocol
 
 from broker.audit.chain import GENESIS, Draft
 from broker.audit.columns import Columns
+from broker.stages.lineage import Holding, Lineage
 from broker.stages.replay import ReplayState
 
 ReplayKey = tuple[str, str]  # (source partner, message id)
@@ -48,7 +49,23 @@ class StoredRecord:
     message_id: str
     released_at: datetime
     expires_at: datetime
-    body: bytes  # canonical JSON of the minimised record envelope
+    body: bytes  # canonical JSON of the minimised record envelope, or of a notice
+    revision: int = 1
+    kind: str = "record"  # record | withdrawn | deleted (``schemas.messages.ConsumerNotice``)
+
+
+@dataclass(frozen=True, slots=True)
+class LineageUpdate:
+    """A record's life after one message: its latest revision, and what each consumer now holds
+    (upserted by record id; a holding's ``expires_at`` is kept from its first release)."""
+
+    source: str
+    lineage: str  # the record's first message id
+    revision: int
+    message_id: str
+    withdrawn: bool
+    event_type: str
+    holdings: tuple[Holding, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,8 +102,11 @@ class CommitUnit:
     records: list[StoredRecord] = field(default_factory=list)
     seen: list[tuple[ReplayKey, Seen]] = field(default_factory=list)
     quarantine: list[QuarantineItem] = field(default_factory=list)
-    purge: list[str] = field(default_factory=list)  # record ids to delete (retention)
+    lineages: list[LineageUpdate] = field(default_factory=list)
+    purge: list[str] = field(default_factory=list)  # record ids to delete (retention): every revision, its holding
     purge_quarantine: list[int] = field(default_factory=list)  # quarantine row ids to delete (retention)
+    purge_seen: list[ReplayKey] = field(default_factory=list)  # replay-guard rows to delete (retention)
+    purge_notices_before: str | None = None  # deletion notices (embedded feeds) that expired before this
     checkpoints: list[Checkpoint] = field(default_factory=list)
 
     def extend(self, other: CommitUnit) -> None:
@@ -94,7 +114,13 @@ class CommitUnit:
         self.records.extend(other.records)
         self.seen.extend(other.seen)
         self.quarantine.extend(other.quarantine)
+        self.lineages.extend(other.lineages)
         self.purge.extend(other.purge)
+        self.purge_quarantine.extend(other.purge_quarantine)
+        self.purge_seen.extend(other.purge_seen)
+        self.purge_notices_before = max(
+            (t for t in (self.purge_notices_before, other.purge_notices_before) if t is not None), default=None
+        )
         self.checkpoints.extend(other.checkpoints)
 
 
@@ -156,6 +182,8 @@ class FeedRow:
     agreement_id: str
     released_at: str
     body: bytes
+    revision: int = 1
+    kind: str = "record"  # record | withdrawn | deleted
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,11 +236,15 @@ class ExpiredQuarantine:
 
 @dataclass(frozen=True, slots=True)
 class Expired:
-    """A record past its retention period (a purge candidate)."""
+    """A record past its retention period (a purge candidate), as its consumer holds it."""
 
     record_id: str
     consumer: str
     agreement_id: str
+    source: str = ""
+    event_type: str = ""
+    revision: int = 1
+    withdrawn: bool = False  # withdrawn already: its consumer was told; no deletion notice
 
 
 class Store(Protocol):
@@ -251,10 +283,16 @@ class Store(Protocol):
         event_type: str | None = None,
         since: str | None = None,
         until: str | None = None,
+        history: bool = False,
     ) -> list[FeedRow]:
         """One page of a consumer's records in cursor order. Positions are assigned in commit
         order, so paging by ``id > after`` never skips or repeats a record, however many arrive
-        meanwhile (on every host)."""
+        meanwhile (on every host). Only each record's latest row (its latest revision, or the
+        notice that withdrew or deleted it) unless ``history``."""
+        ...
+
+    async def lineages(self, keys: Sequence[ReplayKey]) -> dict[ReplayKey, Lineage]:
+        """Per (source, first message id): the record's life so far (``NO_LINEAGE`` if none)."""
         ...
 
     async def audit_page(self, query: AuditQuery) -> list[AuditRow]: ...
@@ -265,7 +303,14 @@ class Store(Protocol):
 
     async def checkpoints(self) -> list[Checkpoint]: ...
 
-    async def expired(self, now: datetime, limit: int) -> list[Expired]: ...
+    async def expired(self, now: datetime, limit: int) -> list[Expired]:
+        """Records consumers hold past their retention (in either mode: the holdings, not the
+        embedded feed's copies, say what each consumer was sent)."""
+        ...
+
+    async def expired_seen(self, before: str, limit: int) -> list[ReplayKey]:
+        """Finished replay-guard ids first seen before ``before`` (RFC 3339), oldest first."""
+        ...
 
     async def expired_quarantine(self, before: datetime, limit: int) -> list[ExpiredQuarantine]:
         """Quarantined messages refused before ``before``, oldest first."""

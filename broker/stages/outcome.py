@@ -24,6 +24,7 @@ from enum import StrEnum
 from typing import ClassVar
 
 from broker.policy.decision import Decision, Refusal, Release
+from broker.stages.lineage import NO_LINEAGE, Holding, Lineage
 from broker.stages.types import Admitted, Inbound, Validated
 from schemas.errors import Reason
 from schemas.identifiers import looks_identifying, looks_identifying_text
@@ -96,12 +97,25 @@ class ReleasedRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class ReleasedNotice:
+    """A withdrawal notice to a consumer that held an earlier revision, and its exact bytes."""
+
+    holding: Holding  # what the consumer held (record id, agreement, its revision then)
+    revision: int  # the revision that withdraws it
+    reason: str
+    body: bytes
+    sha256: str
+
+
+@dataclass(frozen=True, slots=True)
 class Accepted:
     status: ClassVar[Status] = Status.ACCEPTED
     verified: ClassVar[bool] = True
     inbound: Inbound
     decision: Decision[Admitted]
     records: tuple[ReleasedRecord, ...]
+    notices: tuple[ReleasedNotice, ...] = ()
+    lineage: Lineage = NO_LINEAGE  # the record's life before this message
 
     @property
     def validated(self) -> Validated:
@@ -219,6 +233,7 @@ def receipt(outcome: Settled, at: datetime) -> Receipt:
         reason=reason,
         message=message,
         withheld=withheld_of(outcome.refusals) if isinstance(outcome, Accepted) and not outcome.releases else (),
+        withdrawn=len(outcome.notices) if isinstance(outcome, Accepted) else 0,
     )
 
 

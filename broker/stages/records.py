@@ -7,10 +7,11 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from broker.policy.decision import Decision, Release
-from broker.ports.store import QuarantineItem, StoredRecord
-from broker.stages.outcome import Accepted, Rejected, ReleasedRecord
+from broker.ports.store import LineageUpdate, QuarantineItem, StoredRecord
+from broker.stages.lineage import NO_LINEAGE, NO_LONGER_ENTITLED, Holding, Lineage, holders_to_tell
+from broker.stages.outcome import Accepted, Rejected, ReleasedNotice, ReleasedRecord
 from broker.stages.types import Admitted, Inbound
-from schemas.messages import consumer_record
+from schemas.messages import consumer_notice, consumer_record
 
 
 def record_body(decision: Decision[Admitted], release: Release) -> bytes:
@@ -31,36 +32,119 @@ def record_body(decision: Decision[Admitted], release: Release) -> bytes:
         lawful_basis=release.lawful_basis,
         retention_days=release.retention_days,
         data=release.record,
+        revision=decision.subject.envelope.revision,
     )
 
 
-def accept(inbound: Inbound, decision: Decision[Admitted]) -> Accepted:
-    """An accepted outcome with the exact bytes of every record it releases."""
+def accept(inbound: Inbound, decision: Decision[Admitted], lineage: Lineage = NO_LINEAGE) -> Accepted:
+    """An accepted outcome with the exact bytes of every record it releases and, for a later
+    revision of a record, every withdrawal notice it sends: to each consumer that held the record
+    and gets no record from this revision (a withdrawal, or a correction its flow now refuses).
+
+    Threat: a corrected record that no longer meets a consumer's row conditions (reclassified
+    out of scope, an age outside the flow's range) would otherwise stay with that consumer, who
+    is no longer entitled to it (UK GDPR art. 5(1)(c), (d): minimised and accurate)."""
     records = []
     for release in decision.releases:
         body = record_body(decision, release)
         records.append(ReleasedRecord(release, body, sha256_hex(body)))
-    return Accepted(inbound, decision, tuple(records))
+    env = decision.subject.envelope
+    released = {release.record_id for release in decision.releases}
+    reason = env.withdrawn.value if env.withdrawn is not None else NO_LONGER_ENTITLED
+    notices = []
+    for held in holders_to_tell(env, lineage):
+        if held.record_id in released:
+            continue
+        body = consumer_notice(
+            notice="withdrawn",
+            record_id=held.record_id,
+            consumer=held.consumer,
+            agreement_id=held.agreement_id,
+            revision=env.revision,
+            reason=reason,
+            at=env.time,
+        )
+        notices.append(ReleasedNotice(held, env.revision, reason, body, sha256_hex(body)))
+    return Accepted(inbound, decision, tuple(records), tuple(notices), lineage)
+
+
+def _expires(outcome: Accepted, release: Release, now: datetime) -> datetime:
+    """A record's retention runs from its first release: a correction does not extend it
+    (otherwise a partner's resends would keep a record for ever)."""
+    held = outcome.lineage.holding(release.record_id)
+    return held.expires_at if held is not None else now + timedelta(days=release.retention_days)
+
+
+def lineage_update(outcome: Accepted, now: datetime) -> LineageUpdate:
+    """What the store remembers of the record's life after ``outcome``."""
+    env = outcome.validated.envelope
+    holdings = [
+        Holding(
+            r.release.record_id,
+            r.release.consumer,
+            r.release.agreement_id,
+            env.revision,
+            False,
+            _expires(outcome, r.release, now),
+        )
+        for r in outcome.records
+    ]
+    holdings.extend(
+        Holding(
+            n.holding.record_id, n.holding.consumer, n.holding.agreement_id, env.revision, True, n.holding.expires_at
+        )
+        for n in outcome.notices
+    )
+    return LineageUpdate(
+        source=env.source,
+        lineage=env.lineage,
+        revision=env.revision,
+        message_id=env.id,
+        withdrawn=env.withdrawn is not None,
+        event_type=env.type,
+        holdings=tuple(holdings),
+    )
 
 
 def stored_records(accepted: Sequence[Accepted], now: datetime) -> list[StoredRecord]:
-    """The records an embedded broker keeps for its consumers' feeds, until their retention ends."""
-    return [
-        StoredRecord(
-            record_id=record.release.record_id,
-            consumer=record.release.consumer,
-            agreement_id=record.release.agreement_id,
-            agreement_revision=record.release.agreement_revision,
-            event_type=outcome.event_type,
-            source=outcome.source,
-            message_id=outcome.message_id,
-            released_at=now,
-            expires_at=now + timedelta(days=record.release.retention_days),
-            body=record.body,
-        )
-        for outcome in accepted
-        for record in outcome.records
-    ]
+    """The records (and withdrawal notices) an embedded broker keeps for its consumers' feeds."""
+    out = []
+    for outcome in accepted:
+        revision = outcome.validated.envelope.revision
+        for record in outcome.records:
+            out.append(
+                StoredRecord(
+                    record_id=record.release.record_id,
+                    consumer=record.release.consumer,
+                    agreement_id=record.release.agreement_id,
+                    agreement_revision=record.release.agreement_revision,
+                    event_type=outcome.event_type,
+                    source=outcome.source,
+                    message_id=outcome.message_id,
+                    released_at=now,
+                    expires_at=_expires(outcome, record.release, now),
+                    body=record.body,
+                    revision=revision,
+                )
+            )
+        for notice in outcome.notices:
+            out.append(
+                StoredRecord(
+                    record_id=notice.holding.record_id,
+                    consumer=notice.holding.consumer,
+                    agreement_id=notice.holding.agreement_id,
+                    agreement_revision=0,  # a notice releases under no agreement revision
+                    event_type=outcome.event_type,
+                    source=outcome.source,
+                    message_id=outcome.message_id,
+                    released_at=now,
+                    expires_at=notice.holding.expires_at,
+                    body=notice.body,
+                    revision=revision,
+                    kind="withdrawn",
+                )
+            )
+    return out
 
 
 def quarantine_item(outcome: Rejected, now: datetime) -> QuarantineItem:

@@ -18,15 +18,35 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(part) for part in loc) or "data"
 
 
+class Withdrawal(EventModel):
+    """A withdrawal's payload: none (``data`` is ``{}``; the envelope's ``withdrawn`` says why).
+    It is never decided by the policy engine: it goes to the consumers that hold the record."""
+
+
+WITHDRAWAL = Withdrawal()
+
+
 def validate(fresh: Fresh) -> Validated:
     env = fresh.envelope
+    if env.withdrawn is not None:
+        if (env.type, env.version) not in EVENT_MODELS:
+            raise ContractError(
+                Reason.UNKNOWN_EVENT_TYPE,
+                f"There is no schema for {env.type!r} version {env.version}.",
+                field="dataschema",
+            )
+        return Validated(fresh=fresh, event=WITHDRAWAL, content_sha256=content_sha256(env))
     return Validated(fresh=fresh, event=validate_payload(env), content_sha256=content_sha256(env))
 
 
 def content_sha256(env: Envelope) -> str:
     """What the replay guard compares: type, version and payload (not the time or signature, so
-    an adapter re-run that re-signs the same record is recognisably the same content)."""
-    document = json.dumps([env.type, env.version, env.data], sort_keys=True, separators=(",", ":"))
+    an adapter re-run that re-signs the same record is recognisably the same content); and a
+    withdrawal's reason."""
+    parts: list[object] = [env.type, env.version, env.data]
+    if env.withdrawn is not None:
+        parts.append(env.withdrawn.value)
+    document = json.dumps(parts, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(document.encode()).hexdigest()
 
 

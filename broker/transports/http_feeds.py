@@ -13,6 +13,7 @@ import binascii
 import csv
 import io
 import json
+from typing import Any
 
 from aiohttp import web
 
@@ -75,9 +76,20 @@ async def _page(request: web.Request, consumer: str, after: int, limit: int) -> 
     if event_type is not None and event_type not in EVENT_TYPES:
         raise ApiError(Reason.BAD_EVENT_TYPE, f"event_type must be one of {', '.join(sorted(EVENT_TYPES))}.")
     since, until = query_time(request, "since"), query_time(request, "until")
+    history = request.query.get("history", "false")
+    if history not in ("true", "false"):
+        raise ApiError(Reason.BAD_HISTORY, "history must be true or false.")
     return await ctx.store.feed_page(
-        consumer, after=after, limit=limit, event_type=event_type, since=since, until=until
+        consumer, after=after, limit=limit, event_type=event_type, since=since, until=until, history=history == "true"
     )
+
+
+def feed_item(row: FeedRow) -> dict[str, Any]:
+    """A feed row as the client reads it: the record (or notice) body and when it was released.
+    A record has ``data``; a notice (``schemas.messages.ConsumerNotice``) has ``notice``."""
+    item: dict[str, Any] = json.loads(row.body)
+    item["released_at"] = row.released_at
+    return item
 
 
 async def feed_records(request: web.Request) -> web.StreamResponse:
@@ -97,28 +109,46 @@ async def feed_records(request: web.Request) -> web.StreamResponse:
             "count": len(rows),
             "record_ids": [r.record_id for r in rows],
             "query": {
-                k: v for k, v in request.query.items() if k in ("after", "limit", "event_type", "since", "until")
+                k: v
+                for k, v in request.query.items()
+                if k in ("after", "limit", "event_type", "since", "until", "history")
             },
         },
     )
-    records = [json.loads(r.body) | {"released_at": r.released_at} for r in rows]
+    records = [feed_item(r) for r in rows]
     if fmt == "json":
         return web.json_response(
             {"consumer": consumer, "count": len(records), "next_cursor": next_cursor, "records": records}
         )
-    data_fields = sorted({key for rec in records for key in rec["data"]})
+    data_fields = sorted({key for rec in records for key in rec.get("data", ())})
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["record_id", "released_at", "event_type", "agreement_id", "agreement_revision", *data_fields])
-    for rec in records:
+    writer.writerow(
+        [
+            "record_id",
+            "released_at",
+            "kind",
+            "revision",
+            "event_type",
+            "agreement_id",
+            "agreement_revision",
+            "reason",
+            *data_fields,
+        ]
+    )
+    for row, rec in zip(rows, records, strict=True):
+        agreement = rec.get("agreement") or {}
         writer.writerow(
             [
                 csv_cell(rec["record_id"]),
                 csv_cell(rec["released_at"]),
-                csv_cell(rec["event_type"]),
-                csv_cell(rec["agreement"]["id"]),
-                csv_cell(rec["agreement"]["revision"]),
-                *(csv_cell(rec["data"].get(f)) for f in data_fields),
+                csv_cell(row.kind),
+                csv_cell(rec["revision"]),
+                csv_cell(row.event_type),
+                csv_cell(agreement.get("id", rec.get("agreement_id"))),
+                csv_cell(agreement.get("revision")),
+                csv_cell(rec.get("reason")),
+                *(csv_cell(rec.get("data", {}).get(f)) for f in data_fields),
             ]
         )
     return web.Response(
@@ -154,8 +184,9 @@ async def feed_stream(request: web.Request) -> web.StreamResponse:
             )
             chunks = []
             for row in rows:
-                record = json.loads(row.body) | {"released_at": row.released_at}
-                chunks.append(f"id: {encode_cursor(row.id)}\nevent: record\ndata: {json.dumps(record)}\n\n")
+                event = "record" if row.kind == "record" else "notice"
+                item = json.dumps(feed_item(row))
+                chunks.append(f"id: {encode_cursor(row.id)}\nevent: {event}\ndata: {item}\n\n")
             await response.write("".join(chunks).encode())
             after = rows[-1].id
             idle = 0.0

@@ -191,6 +191,22 @@ class AmqpDelivery:
             for outcome in batch.accepted
             for record in outcome.records
         ]
+        # Notices (``schemas.messages.ConsumerNotice``: a body with "notice", not "data") ride
+        # the same queue, after the batch's records, so a consumer sees them in order.
+        publishes.extend(
+            Publish(
+                self.topology.deliver.name,
+                notice.holding.consumer,
+                notice.body,
+                f"{notice.holding.record_id}:w{notice.revision}",
+            )
+            for outcome in batch.accepted
+            for notice in outcome.notices
+        )
+        publishes.extend(
+            Publish(self.topology.deliver.name, notice.consumer, notice.body, f"{notice.record_id}:deleted")
+            for notice in batch.notices
+        )
         publishes.extend(self.quarantine(outcome) for outcome in batch.rejected)
         publishes.extend(self.receipts(batch.receipts, batch.at))
         await self.publish_all(publishes)
