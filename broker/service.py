@@ -454,7 +454,8 @@ class Broker:
         """Delete records past their agreement's retention period (telling their consumers),
         quarantined messages past the quarantine retention and replay-guard ids the freshness
         window has made useless, each purge audited; returns the number of records purged."""
-        assert self.store is not None and self.pipeline is not None
+        assert self.store is not None
+        assert self.pipeline is not None
         async with self._purging:
             moment = now or self.clock()
             records = await purge_expired(self.store, moment, self.pipeline.delivery)

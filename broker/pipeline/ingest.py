@@ -37,9 +37,9 @@ from broker.ports.store import CommitUnit, ReplayKey, Seen, Store
 from broker.registry import Registry
 from broker.settings import Settings
 from broker.stages.freshness import check_freshness
+from broker.stages.lineage import NO_LINEAGE, Lineage, applied, follows
 from broker.stages.outcome import Accepted, Duplicate, Failed, Outcome, Rejected, Settled
 from broker.stages.parse import parse
-from broker.stages.lineage import NO_LINEAGE, Lineage, applied, follows
 from broker.stages.records import accept, lineage_update, sha256_hex
 from broker.stages.replay import REUSED_ID, Repeat, ReplayState, Reused, admit
 from broker.stages.types import Admitted, Inbound, Received, Validated

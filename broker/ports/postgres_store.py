@@ -457,8 +457,8 @@ class PostgresStore:
             }
             held: dict[ReplayKey, list[Holding]] = {}
             for r in await conn.fetch(
-                "SELECT source, lineage, record_id, consumer, agreement_id, revision, withdrawn, expires_at "
-                f"FROM holdings WHERE {pairs} ORDER BY record_id",  # noqa: S608
+                "SELECT source, lineage, record_id, consumer, agreement_id, revision, withdrawn, expires_at "  # noqa: S608
+                f"FROM holdings WHERE {pairs} ORDER BY record_id",
                 sources,
                 firsts,
             ):
@@ -793,7 +793,7 @@ async def _apply(conn: asyncpg.Connection, plan: CommitPlan) -> None:
             )
     if plan.lineages:
         await conn.execute(
-            "INSERT INTO lineage(source, lineage, revision, message_id, withdrawn, event_type, updated_at) "
+            "INSERT INTO lineage(source, lineage, revision, message_id, withdrawn, event_type, updated_at) "  # noqa: S608
             "SELECT s, l, r, m, w, e, $7 FROM unnest($1::text[], $2::text[], $3::integer[], $4::text[], "
             "$5::integer[], $6::text[]) AS u(s, l, r, m, w, e)" + LINEAGE_UPSERT_WHERE,
             *_columns(
@@ -807,7 +807,7 @@ async def _apply(conn: asyncpg.Connection, plan: CommitPlan) -> None:
         )
     if plan.holdings:
         await conn.execute(
-            "INSERT INTO holdings(record_id, source, lineage, consumer, agreement_id, event_type, revision, "
+            "INSERT INTO holdings(record_id, source, lineage, consumer, agreement_id, event_type, revision, "  # noqa: S608
             "withdrawn, expires_at) SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], "
             "$5::text[], $6::text[], $7::integer[], $8::integer[], $9::text[])" + HOLDING_UPSERT_WHERE,
             *_columns(

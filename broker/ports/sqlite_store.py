@@ -145,18 +145,21 @@ CREATE INDEX IF NOT EXISTS records_record ON records(record_id);
 """
 # A store made before records had revisions (one row per record id, ``UNIQUE``): rebuilt with
 # its rows as revision 1, in one transaction, keeping every row's feed position (``id``).
-_RECORDS_V0 = "records_v0"
-MIGRATE_RECORDS = f"""
+MIGRATE_RECORDS = (
+    """
 DROP INDEX IF EXISTS records_consumer;
 DROP INDEX IF EXISTS records_expiry;
-ALTER TABLE records RENAME TO {_RECORDS_V0};
-{RECORDS_TABLE}
+ALTER TABLE records RENAME TO records_v0;
+"""
+    + RECORDS_TABLE
+    + """
 INSERT INTO records(id, record_id, consumer, agreement_id, agreement_revision, event_type, source, message_id,
     released_at, expires_at, body)
     SELECT id, record_id, consumer, agreement_id, agreement_revision, event_type, source, message_id,
-    released_at, expires_at, body FROM {_RECORDS_V0} ORDER BY id;
-DROP TABLE {_RECORDS_V0};
+    released_at, expires_at, body FROM records_v0 ORDER BY id;
+DROP TABLE records_v0;
 """
+)
 
 _STOP = object()
 T = TypeVar("T")
@@ -623,8 +626,8 @@ class SqliteStore:
                     if (src, lin) in asked:
                         found[(str(src), str(lin))] = (int(rev), str(mid), bool(wd))
                 for src, lin, rid, con, ag, rev, wd, exp in conn.execute(
-                    "SELECT source, lineage, record_id, consumer, agreement_id, revision, withdrawn, expires_at "
-                    f"FROM holdings WHERE {pairs} ORDER BY record_id",  # noqa: S608
+                    "SELECT source, lineage, record_id, consumer, agreement_id, revision, withdrawn, expires_at "  # noqa: S608
+                    f"FROM holdings WHERE {pairs} ORDER BY record_id",
                     params,
                 ):
                     if (src, lin) not in asked:
