@@ -29,6 +29,7 @@ from broker.ports.store import (
     Checkpoint,
     CommitUnit,
     Head,
+    HeldItem,
     Lost,
     QuarantineItem,
     ReplayKey,
@@ -65,6 +66,8 @@ class CommitPlan:
     purge: list[str] = field(default_factory=list)
     purge_quarantine: list[int] = field(default_factory=list)
     checkpoints: list[Checkpoint] = field(default_factory=list)
+    held: list[HeldItem] = field(default_factory=list)  # rows to insert (once per id: the store ignores a repeat)
+    unhold: list[str] = field(default_factory=list)  # held ids to delete
 
 
 def claim_keys(units: Iterable[CommitUnit]) -> list[ReplayKey]:
@@ -152,6 +155,9 @@ def plan_commit(
             if (source, message_id) not in unit_lost:
                 seen_rows.append(SeenRow(source, message_id, seen.state, seen.content_sha256))
         plan.records.extend(rec for rec in unit.records if (rec.source, rec.message_id) not in unit_lost)
+        # A message whose claim was lost is refused (replayed): nothing of it is held either.
+        plan.held.extend(h for h in unit.held if (h.source, h.message_id) not in unit_lost)
+        plan.unhold.extend(unit.unhold)
         for draft in unit.drafts:
             attrs = draft.attrs
             if (

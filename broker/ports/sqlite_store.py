@@ -27,7 +27,20 @@ from broker.audit.columns import record_index
 from broker.audit.commit_plan import NONE_LOST, CommitPlan, claim_keys, plan_commit, released_ids, replay_view
 from broker.errors import StoreUnavailable
 from broker.ports.private_files import private_directory, private_file
-from broker.ports.sql import Binder, admitted, audit_page_query, feed_page_query, message_of, qmark, refill
+from broker.ports.sql import (
+    HELD_ROW_COLUMNS,
+    Binder,
+    admitted,
+    audit_page_query,
+    feed_page_query,
+    held_item,
+    held_items_query,
+    held_page_query,
+    held_row,
+    message_of,
+    qmark,
+    refill,
+)
 from broker.ports.store import (
     GENESIS_HEAD,
     AuditQuery,
@@ -38,6 +51,8 @@ from broker.ports.store import (
     ExpiredQuarantine,
     FeedRow,
     Head,
+    HeldItem,
+    HeldRow,
     Lost,
     QuarantineItem,
     QuarantineRow,
@@ -120,6 +135,21 @@ CREATE TABLE IF NOT EXISTS quarantine (
     body_sha256 TEXT NOT NULL,
     body BLOB
 );
+CREATE TABLE IF NOT EXISTS held (
+    pos INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    agreement_id TEXT NOT NULL,
+    held_under_revision INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    source TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    held_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL,
+    sealed BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS held_agreement ON held(agreement_id, pos);
+CREATE INDEX IF NOT EXISTS held_expiry ON held(expires_at);
 """
 
 _STOP = object()
@@ -408,6 +438,29 @@ class SqliteStore:
             "INSERT OR IGNORE INTO checkpoints(seq, head_hash, at, kid, signature) VALUES ",
             [(cp.seq, cp.head_hash, cp.at, cp.kid, cp.signature) for cp in plan.checkpoints],
         )
+        # Held events: one row per id (a redelivered message is held once: the first row stays).
+        _insert_many(
+            conn,
+            "INSERT OR IGNORE INTO held(id, agreement_id, held_under_revision, reason, source, message_id, "
+            "event_type, held_at, expires_at, sealed) VALUES ",
+            [
+                (
+                    h.id,
+                    h.agreement_id,
+                    h.held_under_revision,
+                    h.reason,
+                    h.source,
+                    h.message_id,
+                    h.event_type,
+                    format_time(h.held_at),
+                    format_time(h.expires_at),
+                    h.sealed,
+                )
+                for h in plan.held
+            ],
+        )
+        if plan.unhold:
+            conn.executemany("DELETE FROM held WHERE id = ?", [(hid,) for hid in plan.unhold])
 
     # -- reads -----------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -567,6 +620,49 @@ class SqliteStore:
 
     def leadership(self, name: str) -> SoleLeader:
         return SoleLeader()
+
+    # -- held events ---------------------------------------------------------------------------
+    async def held_page(
+        self, *, agreement_id: str | None = None, source: str | None = None, after: int = 0, limit: int = 100
+    ) -> list[HeldRow]:
+        bind = Binder(qmark)
+        sql = held_page_query(
+            bind, HELD_ROW_COLUMNS, agreement_id=agreement_id, source=source, after=after, limit=limit
+        )
+
+        def run(conn: sqlite3.Connection) -> list[HeldRow]:
+            return [held_row(row) for row in conn.execute(sql, bind.params)]
+
+        return await self._query(run)
+
+    async def held_items(
+        self, agreement_id: str, ids: Sequence[str] | None, *, after: int, limit: int
+    ) -> list[HeldItem]:
+        bind = Binder(qmark)
+        sql = held_items_query(bind, agreement_id, ids, after=after, limit=limit)
+
+        def run(conn: sqlite3.Connection) -> list[HeldItem]:
+            return [held_item(row) for row in conn.execute(sql, bind.params)]
+
+        return await self._query(run)
+
+    async def held_agreements(self) -> dict[str, int]:
+        def run(conn: sqlite3.Connection) -> dict[str, int]:
+            return {
+                str(a): int(n) for a, n in conn.execute("SELECT agreement_id, COUNT(*) FROM held GROUP BY agreement_id")
+            }
+
+        return await self._query(run)
+
+    async def expired_held(self, now: datetime, limit: int) -> list[HeldRow]:
+        def run(conn: sqlite3.Connection) -> list[HeldRow]:
+            rows = conn.execute(
+                f"SELECT {HELD_ROW_COLUMNS} FROM held WHERE expires_at <= ? ORDER BY expires_at, pos LIMIT ?",  # noqa: S608
+                (format_time(now), limit),
+            )
+            return [held_row(row) for row in rows]
+
+        return await self._query(run)
 
 
 class SoleLeader:
