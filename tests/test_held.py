@@ -67,9 +67,7 @@ def renew(policy: Path) -> int:
 
 
 def settings(env: DemoEnvironment, policy: Path, keys: Path, data: Path, **more: Any) -> Settings:
-    return Settings(
-        policy_dir=policy, keys_dir=keys, secrets_file=env.secrets_file, data_dir=data, http_port=0, **more
-    )
+    return Settings(policy_dir=policy, keys_dir=keys, secrets_file=env.secrets_file, data_dir=data, http_port=0, **more)
 
 
 def police(env: DemoEnvironment, n: int, seed: int = 0) -> list[bytes]:
@@ -274,7 +272,8 @@ async def test_an_ig_lead_lists_releases_and_discards_with_role_checks(env: Demo
         status, page = await call(broker, "GET", "/v1/held", ig, agreement_id=AGREEMENT, limit="4")
         assert status == 200
         assert page["count"] == 4
-        assert "sealed" not in page["held"][0] and "data" not in page["held"][0]  # never the body
+        assert "sealed" not in page["held"][0]  # never the body
+        assert "data" not in page["held"][0]
         status, rest = await call(broker, "GET", "/v1/held", ig, after=str(page["next_after"]))
         assert rest["count"] == 2
         ids = [h["id"] for h in page["held"]]
@@ -316,7 +315,9 @@ def test_sealing_binds_the_ciphertext_to_agreement_source_and_message() -> None:
     assert body not in sealed
 
     def item(agreement: str, source: str, message: str, blob: bytes) -> HeldItem:
-        return HeldItem(held_id(agreement, source, message), agreement, 1, "review_overdue", source, message, "t", now, now, blob)
+        return HeldItem(
+            held_id(agreement, source, message), agreement, 1, "review_overdue", source, message, "t", now, now, blob
+        )
 
     assert unseal(key, item("dsa-a", "p", "p:0123", sealed)) == body
     for moved in (item("dsa-b", "p", "p:0123", sealed), item("dsa-a", "q", "p:0123", sealed)):
