@@ -411,3 +411,42 @@ async def test_over_rabbitmq_twenty_held_reach_the_consumer_queues_once_after_th
         await connection.close()
     assert held_count(data / "broker.db") == {}
     assert len(audit_entries(data / "broker.db", "held_released")) == 20
+
+
+async def test_sv_broker_held_lists_and_discards_through_the_api(env: DemoEnvironment, tmp_path: Path) -> None:
+    import os
+    import sys
+
+    policy, keys = past_review(env, tmp_path)
+    data = tmp_path / "data"
+    broker = Broker(settings(env, policy, keys, data))
+    await broker.start()
+
+    async def cli(*args: str, tok: str) -> tuple[int, str, str]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "broker.cli", "held", *args, "--url", broker.url,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "SV_BROKER_TOKEN": tok},
+        )  # fmt: skip
+        out, err = await proc.communicate()
+        assert proc.returncode is not None
+        return proc.returncode, out.decode(), err.decode()
+
+    try:
+        await hold_twenty(broker, env, 3)
+        ig = token(broker, "ig", sub="ig-cli")
+        code, out, _ = await cli("list", "--agreement-id", AGREEMENT, "--json", tok=ig)
+        assert code == 0
+        listed = json.loads(out)
+        assert listed["count"] == 3
+        code, _, err = await cli("list", tok=token(broker, "analyst", consumer="derby-csp-analysts"))
+        assert (code, "role_not_allowed" in err) == (1, True)
+        first = listed["held"][0]["id"]
+        code, out, _ = await cli("discard", "--agreement-id", AGREEMENT, "--reason", "test run", first, tok=ig)
+        assert (code, out.strip()) == (0, f"agreement_id: {AGREEMENT}, discarded: 1")
+        code, out, _ = await cli("release", "--agreement-id", AGREEMENT, tok=ig)
+        assert code == 0
+        assert "released: 0, held: 2" in out  # still past review: nothing released, nothing lost
+    finally:
+        await broker.stop()
+    assert [e["sub"] for e in audit_entries(data / "broker.db", "held_discarded")] == ["ig-cli"]

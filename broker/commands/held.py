@@ -90,7 +90,7 @@ def _call(
         return 1
     if args.json:
         print(json.dumps(answer, indent=2))
-    elif "held" in answer:
+    elif "next_after" in answer:  # a page of held events
         for row in answer["held"]:
             print(
                 f"{row['id']}  {row['agreement_id']} r{row['held_under_revision']}  {row['reason']}  "
