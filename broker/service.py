@@ -29,12 +29,14 @@ from broker.metrics import Metrics
 from broker.pipeline import DecideFn, Pipeline
 from broker.pipeline.checkpoints import CheckpointFlow, refuse_store_behind
 from broker.pipeline.dead_letters import DeadLetterFlow
-from broker.pipeline.retention import purge_expired, purge_quarantine, purge_replay_guard
+from broker.pipeline.held import HeldFlow, Redecided, holding_agreements
+from broker.pipeline.retention import purge_expired, purge_held, purge_quarantine, purge_replay_guard
 from broker.policy.engine import decide
 from broker.policy.loader import PolicySet, load_policy
 from broker.policy.secrets import load_secrets
 from broker.ports.checkpoint_log import CheckpointLog
 from broker.ports.delivery import Delivery, StoreDelivery
+from broker.ports.hold_keys import HoldKeys
 from broker.ports.private_files import private_directory, private_file
 from broker.ports.rabbitmq.connection import Connection, connect
 from broker.ports.rabbitmq.publisher import AmqpDelivery
@@ -43,7 +45,7 @@ from broker.ports.store import Checkpoint, CommitUnit, Leadership, Store
 from broker.ports.stores import store_for
 from broker.registry import Registry, load_registry
 from broker.settings import Settings
-from broker.transports import http_access, http_audit, http_feeds, http_metrics
+from broker.transports import http_access, http_audit, http_feeds, http_held, http_metrics
 from broker.transports.amqp_dead_letters import DeadLetterConsumer
 from broker.transports.amqp_ingest import AmqpIngest
 from broker.transports.http_access import AccessContext, agreement_summaries
@@ -158,6 +160,8 @@ class Broker:
     # One purge at a time in this process: the job's run and a direct call (a test, shutdown)
     # would otherwise read the same expired rows and audit their purge twice.
     _purging: asyncio.Lock = field(default_factory=asyncio.Lock)
+    hold_keys: HoldKeys | None = None
+    held: HeldFlow | None = None  # held events (agreements' [hold]), decided again when in force
 
     @property
     def url(self) -> str:
@@ -190,6 +194,8 @@ class Broker:
             # Every process must apply the same agreements: restart the primary to change them.
             raise StartupError("the registry, keys or agreements changed since the primary started")
         self.registry, self.policy = self._load_config()
+        self.hold_keys = HoldKeys(settings.effective_hold_keys_dir)
+        await asyncio.to_thread(self.hold_keys.prepare, holding_agreements(self.policy))
         self.store = store_for(settings.store_location, batch_max=settings.audit_batch_max)
         await self.store.open()
         checkpoint_log = CheckpointLog(settings.effective_checkpoint_log)
@@ -274,6 +280,8 @@ class Broker:
         http_access.add_routes(app, self.access)
         http_feeds.add_routes(app)
         http_audit.add_routes(app)
+        self.held = HeldFlow(self.store, self.pipeline, self.hold_keys)
+        http_held.add_routes(app, self.held)
         http_metrics.add_routes(app, self._scrape)
         # Slow clients, oversized headers and the access log (issue 11 items 8, 9, 12): see runner_options.
         options = runner_options(settings.http_header_timeout, settings.http_body_timeout, settings.http_max_field_size)
@@ -320,6 +328,7 @@ class Broker:
             delivery,
             decide_fn=self.decide_fn,
             observer=self.metrics,
+            hold_keys=self.hold_keys,
         )
 
     async def _start_amqp(self, url: str) -> AmqpDelivery:
@@ -381,6 +390,16 @@ class Broker:
                 if self.store is not None and not self.ingest_only:
                     await self.store.commit(CommitUnit(drafts=[entries.config_rejected(before, codes, len(problems))]))
                 return Reload(False, before, before, problems)
+            if self.hold_keys is not None:
+                try:  # an agreement that starts holding has its key before any batch holds for it
+                    await asyncio.to_thread(self.hold_keys.prepare, holding_agreements(policy))
+                except ConfigurationError as exc:
+                    problems, codes = config_problems(exc)
+                    log.error("reload_refused", problem=problems[0])
+                    if self.store is not None and not self.ingest_only:
+                        drafts = [entries.config_rejected(before, codes, len(problems))]
+                        await self.store.commit(CommitUnit(drafts=drafts))
+                    return Reload(False, before, before, problems)
             if self._amqp_delivery is not None and self.connection is not None:
                 # New partners and consumers get their queues before anything is routed to them.
                 channel = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
@@ -403,7 +422,11 @@ class Broker:
             if self.workers is not None:
                 await self.workers.reload(after)
             log.info("configuration_reloaded", config_sha256=after, changed=after != before)
-            return Reload(True, before, after, ())
+        # Held events of agreements now in force are decided again (the leader only; outside the
+        # reload lock: a long release must not hold up the next reload's check).
+        if self.leading:
+            await self.release_held()
+        return Reload(True, before, after, ())
 
     async def _scrape(self) -> bytes:
         store = self.store
@@ -441,6 +464,7 @@ class Broker:
                 await self.dead_letters.start()
             with contextlib.suppress(Unavailable):  # the job retries at its next round
                 await self.purge_expired()
+            await self.release_held()  # held events of agreements in force (at start-up, too)
         elif self.dead_letters is not None:
             await self.dead_letters.stop()
 
@@ -461,7 +485,20 @@ class Broker:
             records = await purge_expired(self.store, moment, self.pipeline.delivery)
             await purge_quarantine(self.store, moment, self.settings.quarantine_retention)
             await purge_replay_guard(self.store, moment, self.settings.freshness)
+            await purge_held(self.store, moment)
             return records
+
+    async def release_held(self) -> Redecided:
+        """Decide again the held events of every agreement in force (``broker/pipeline/held.py``).
+        A failure is logged and left for the next reload, start or IG request: never raised into
+        the reload or start that called it (the events stay held, nothing is lost)."""
+        if self.held is None:
+            return Redecided()
+        try:
+            return await self.held.redecide_all()
+        except Exception as exc:
+            log.warning("held_release_failed", error=type(exc).__name__)
+            return Redecided()
 
     def _warn_agreements(self) -> None:
         assert self.policy is not None

@@ -59,6 +59,9 @@ class Settings:
     leader_check_interval: float = 1.0  # seconds between leadership checks (singleton jobs)
     warn_within: timedelta = timedelta(days=30)  # agreements ending / due for review this soon
     log_level: str = "INFO"
+    # held events (an agreement's [hold]): the per-agreement AES keys, outside the store; several
+    # hosts sharing a store share these files. Default: data_dir / "hold-keys"
+    hold_keys_dir: Path | None = None
     # audit group commit
     audit_batch_max: int = 512
 
@@ -73,6 +76,10 @@ class Settings:
     @property
     def effective_checkpoint_log(self) -> Path:
         return self.checkpoint_log if self.checkpoint_log is not None else self.data_dir / "checkpoints.jsonl"
+
+    @property
+    def effective_hold_keys_dir(self) -> Path:
+        return self.hold_keys_dir if self.hold_keys_dir is not None else self.data_dir / "hold-keys"
 
     @property
     def effective_keys_dir(self) -> Path:

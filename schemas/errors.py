@@ -84,6 +84,10 @@ class Reason(StrEnum):
     VERSION_NOT_IN_FLOW = "version_not_in_flow"
     # retention
     RETENTION_EXPIRED = "retention_expired"
+    # held events (an agreement's [hold]: kept sealed while it is not in force)
+    HELD_UNREADABLE = "held_unreadable"
+    DISCARDED_BY_IG = "discarded_by_ig"
+    BAD_HELD_REQUEST = "bad_held_request"
     # bearer tokens (RFC 8725)
     TOKEN_MISSING = "token_missing"
     TOKEN_MALFORMED = "token_malformed"
@@ -137,6 +141,7 @@ CATEGORIES = {
     "registry": "a partner key entry refused at load (`keys`, start-up)",
     "policy": "why an agreement released nothing to a consumer (audit `withheld`, `policy explain`)",
     "retention": "why records were purged (audit `purged`)",
+    "held": "why a held event was not released (audit `held_unreadable`, `held_discarded`; `/v1/held`)",
     "token": "a bearer token refused by the read API (401, audit `access_denied`)",
     "access": "an authenticated caller refused by the read API (403, audit `access_denied`)",
     "request": "a malformed request to the read API",
@@ -199,6 +204,13 @@ REASONS: dict[Reason, ReasonInfo] = {
     Reason.PARTNER_NOT_IN_FLOW: _r("policy", 200, "the agreement has no flow from this partner"),
     Reason.VERSION_NOT_IN_FLOW: _r("policy", 200, "the agreement's flow does not take this event version"),
     Reason.RETENTION_EXPIRED: _r("retention", 200, "records past their agreement's retention period"),
+    Reason.HELD_UNREADABLE: _r(
+        "held", 200, "a held event does not decrypt (tampered, or the wrong hold key): refused, kept, audited"
+    ),
+    Reason.DISCARDED_BY_IG: _r("held", 200, "an IG lead discarded held events (their note kept as a digest)"),
+    Reason.BAD_HELD_REQUEST: _r(
+        "held", 400, "the body is not {agreement_id, ids?, reason?} (discard needs a reason) or names no agreement"
+    ),
     Reason.TOKEN_MISSING: _r("token", 401, "no bearer token"),
     Reason.TOKEN_MALFORMED: _r("token", 401, "the token is not a compact JWS"),
     Reason.TOKEN_ALG_NOT_ALLOWED: _r("token", 401, "the token's alg is not EdDSA"),

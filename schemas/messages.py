@@ -46,6 +46,9 @@ class Withheld(TypedDict):
     reason: str  # a policy code of ``schemas.errors.Reason``: review_overdue, row_condition_false, ...
     agreement_id: str | None  # null: no agreement covers this partner and event type
     message: str  # a sentence for the partner's staff
+    # only when the agreement holds the event (its [hold]): RFC 3339 time until which the broker
+    # keeps it, sealed, to release it if a new revision is in force by then (issue 12: held, not lost)
+    held_until: NotRequired[str]
 
 
 @with_config(CONFIG)

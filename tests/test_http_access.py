@@ -131,6 +131,9 @@ PROTECTED_ROUTES: dict[tuple[str, str], tuple[str, str | None]] = {
     ("GET", "/v1/audit/checkpoints"): ("/v1/audit/checkpoints", "analyst"),
     ("GET", "/v1/audit/verify"): ("/v1/audit/verify", "analyst"),
     ("POST", "/v1/audit/verify"): ("/v1/audit/verify", "analyst"),
+    ("GET", "/v1/held"): ("/v1/held", "analyst"),
+    ("POST", "/v1/held/release"): ("/v1/held/release", "analyst"),
+    ("POST", "/v1/held/discard"): ("/v1/held/discard", "analyst"),
     ("GET", "/v1/agreements"): ("/v1/agreements", None),
 }
 

@@ -26,6 +26,7 @@ from broker.ports.store import (
     AuditQuery,
     Checkpoint,
     CommitUnit,
+    HeldItem,
     LineageUpdate,
     QuarantineItem,
     Seen,
@@ -33,6 +34,7 @@ from broker.ports.store import (
     StoredRecord,
 )
 from broker.ports.stores import store_for
+from broker.stages.held import held_id
 from broker.stages.lineage import NO_LINEAGE, Holding
 from broker.stages.replay import ReplayState
 from schemas.envelope import format_time
@@ -526,3 +528,61 @@ def test_the_offline_commands_read_either_backend(location: Location, tmp_path: 
     )
     assert offline.returncode == 0
     assert "2 entries" in offline.stdout
+
+
+# -- held events (an agreement's [hold]) -------------------------------------------------------------
+def held_item(n: int, agreement: str = "dsa-1", source: str = "p", days: int = 30) -> HeldItem:
+    return HeldItem(
+        held_id(agreement, source, f"p:{n:032x}"),
+        agreement,
+        1,
+        "review_overdue",
+        source,
+        f"p:{n:032x}",
+        "ae_assault",
+        T0,
+        T0 + timedelta(days=days),
+        bytes([n % 256]) * 40,
+    )
+
+
+async def test_held_events_are_kept_once_listed_without_bodies_paged_and_deleted(
+    make_store: Callable[..., Store],
+) -> None:
+    store, other = await make_store(), await make_store()  # two processes sharing the store
+    items = [held_item(1), held_item(2), held_item(3, agreement="dsa-2"), held_item(4, source="q", days=1)]
+    await store.commit(CommitUnit(held=items[:2], drafts=[Draft(Kind.HELD, {"agreement_id": "dsa-1"})]))
+    await other.commit(CommitUnit(held=[items[0], *items[2:]]))  # a redelivery holds nothing twice
+    assert await store.held_agreements() == {"dsa-1": 3, "dsa-2": 1}
+    page = await other.held_page(limit=10)
+    assert [r.id for r in page] == [i.id for i in items]
+    assert [r.pos for r in page] == sorted(r.pos for r in page)
+    assert (page[0].agreement_id, page[0].held_under_revision, page[0].reason, page[0].held_at) == (
+        "dsa-1", 1, "review_overdue", T0,
+    )  # fmt: skip
+    assert [r.id for r in await store.held_page(agreement_id="dsa-1", limit=10)] == [
+        items[0].id,
+        items[1].id,
+        items[3].id,
+    ]
+    assert [r.id for r in await store.held_page(source="q", limit=10)] == [items[3].id]
+    assert [r.id for r in await store.held_page(after=page[1].pos, limit=1)] == [items[2].id]
+    sealed = await store.held_items("dsa-1", None, after=0, limit=10)
+    assert [(i.id, i.sealed) for i in sealed] == [(i.id, i.sealed) for i in (items[0], items[1], items[3])]
+    assert [i.id for i in await store.held_items("dsa-1", [items[1].id], after=0, limit=10)] == [items[1].id]
+    assert await store.held_items("dsa-1", [], after=0, limit=10) == []
+    assert [i.id for i in await store.held_items("dsa-1", None, after=sealed[0].pos, limit=1)] == [items[1].id]
+    assert [r.id for r in await store.expired_held(T0 + timedelta(days=2), 10)] == [items[3].id]
+    await other.commit(CommitUnit(unhold=[items[3].id, items[0].id]))
+    assert await store.held_agreements() == {"dsa-1": 1, "dsa-2": 1}
+    assert await store.expired_held(T0 + timedelta(days=2), 10) == []
+    assert (await verify_store(store)).ok
+
+
+async def test_a_message_that_lost_its_claim_is_not_held(make_store: Callable[..., Store]) -> None:
+    first, second = await make_store(), await make_store()
+    key = ("p", f"p:{5:032x}")
+    await first.commit(CommitUnit(seen=[(key, Seen(ReplayState.DONE, "a" * 64))]))
+    lost = await second.commit(CommitUnit(seen=[(key, Seen(ReplayState.DONE, "b" * 64))], held=[held_item(5)]))
+    assert lost == {key}
+    assert await second.held_agreements() == {}

@@ -41,6 +41,11 @@ class Kind(StrEnum):
     CONFIG_CHANGED = "config_changed"  # a reload took effect: both fingerprints, the agreements now in force
     CONFIG_REJECTED = "config_rejected"  # a reload was refused: the running set stays (the problems' codes)
     STOPPED = "stopped"  # graceful shutdown
+    HELD = "held"  # kept sealed for an agreement not in force (its [hold]): agreement, revision, reason
+    HELD_RELEASED = "held_released"  # a held event released under a later revision (both revisions)
+    HELD_DISCARDED = "held_discarded"  # a held event deleted unreleased: no longer covered, key revoked, IG
+    HELD_UNREADABLE = "held_unreadable"  # a held event that does not decrypt (tampered, wrong key): kept
+    HELD_PURGED = "held_purged"  # held events past their hold time (counts per agreement and reason)
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,7 @@ from broker.ports.store import (
     Checkpoint,
     CommitUnit,
     Head,
+    HeldItem,
     LineageUpdate,
     Lost,
     QuarantineItem,
@@ -83,6 +84,8 @@ class CommitPlan:
     purge_seen: list[ReplayKey] = field(default_factory=list)
     purge_notices_before: str | None = None
     checkpoints: list[Checkpoint] = field(default_factory=list)
+    held: list[HeldItem] = field(default_factory=list)  # rows to insert (once per id: the store ignores a repeat)
+    unhold: list[str] = field(default_factory=list)  # held ids to delete
 
 
 def claim_keys(units: Iterable[CommitUnit]) -> list[ReplayKey]:
@@ -222,6 +225,9 @@ def plan_commit(
                 seen_rows.append(SeenRow(source, message_id, seen.state, seen.content_sha256))
         plan.records.extend(rec for rec in unit.records if (rec.source, rec.message_id) not in unit_lost)
         plan.lineages.extend(lin for lin in unit.lineages if (lin.source, lin.message_id) not in unit_lost)
+        # A message whose claim was lost is refused (replayed): nothing of it is held either.
+        plan.held.extend(h for h in unit.held if (h.source, h.message_id) not in unit_lost)
+        plan.unhold.extend(unit.unhold)
         for draft in unit.drafts:
             attrs = draft.attrs
             if (

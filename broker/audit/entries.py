@@ -9,11 +9,30 @@ read one vocabulary.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from broker.audit.chain import Draft, Kind
+from broker.policy.decision import Hold
 from broker.stages.outcome import Accepted, Duplicate, Rejected, Settled
+from schemas.envelope import format_time
 from schemas.errors import Reason
+
+
+class HeldRef(Protocol):
+    """What an entry names of a held event (``broker.ports.store.HeldItem``): ids, never the body."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def agreement_id(self) -> str: ...
+    @property
+    def source(self) -> str: ...
+    @property
+    def message_id(self) -> str: ...
+    @property
+    def event_type(self) -> str: ...
+    @property
+    def held_under_revision(self) -> int: ...
 
 
 def _base(outcome: Settled) -> dict[str, Any]:
@@ -91,7 +110,68 @@ def released(outcome: Accepted, base: Mapping[str, Any]) -> list[Draft]:
             {"reason": r.reason, "agreement_id": r.agreement_id, "consumer": r.consumer} for r in outcome.refusals
         ]
         drafts.append(Draft(Kind.WITHHELD, {**base, "refusals": refusals}))
+    drafts.extend(held(base, hold) for hold in outcome.decision.holds)
     return drafts
+
+
+def held(base: Mapping[str, Any], hold: Hold) -> Draft:
+    """The message is kept, sealed, for one agreement not in force (its ``[hold]``): in the same
+    commit as the held row (``Pipeline._commit``), so the trail never says held for nothing."""
+    return Draft(
+        Kind.HELD,
+        {
+            **base,
+            "agreement_id": hold.agreement_id,
+            "agreement_revision": hold.agreement_revision,
+            "reason": hold.reason,
+            "held_until": format_time(hold.expires_at),
+        },
+    )
+
+
+def _held_base(item: HeldRef) -> dict[str, Any]:
+    return {
+        "held_id": item.id,
+        "agreement_id": item.agreement_id,
+        "source": item.source,
+        "message_id": item.message_id,
+        "event_type": item.event_type,
+        "held_under_revision": item.held_under_revision,
+    }
+
+
+def held_released(item: HeldRef, revision: int, record_ids: Sequence[str]) -> Draft:
+    """A held event released under a later revision: held under rN, released under rM."""
+    return Draft(
+        Kind.HELD_RELEASED,
+        {**_held_base(item), "released_under_revision": revision, "record_ids": sorted(record_ids)},
+    )
+
+
+def held_discarded(item: HeldRef, reason: str, details: Mapping[str, Any] | None = None) -> Draft:
+    """A held event deleted unreleased: the re-decision's refusal (no longer covered, a key revoked
+    since), or an IG lead's decision (``details``: who, and their note screened)."""
+    return Draft(Kind.HELD_DISCARDED, {**_held_base(item), "reason": reason, **(details or {})})
+
+
+def held_unreadable(item: HeldRef) -> Draft:
+    """A held event that does not decrypt and authenticate (a tampered row, or the wrong hold key
+    on this host): refused, never released; kept for the IG lead to discard or the key to be fixed."""
+    return Draft(Kind.HELD_UNREADABLE, {**_held_base(item), "reason": Reason.HELD_UNREADABLE.value})
+
+
+def held_purged(agreement_id: str, reasons: Mapping[str, int], before: str) -> Draft:
+    """Held events of one agreement past their hold time, deleted unreleased: counts per reason."""
+    return Draft(
+        Kind.HELD_PURGED,
+        {
+            "agreement_id": agreement_id,
+            "reason": Reason.RETENTION_EXPIRED.value,
+            "count": sum(reasons.values()),
+            "reasons": dict(sorted(reasons.items())),
+            "held_until_before": before,
+        },
+    )
 
 
 def for_outcome(outcome: Settled) -> list[Draft]:

@@ -13,7 +13,7 @@ from pathlib import Path
 from broker.cli import add_policy_args
 from broker.errors import ConfigurationError, PolicyError
 from broker.policy.explain import explain, read_event, render_text
-from broker.policy.lint import WARN_DAYS, check_policy, write_lock
+from broker.policy.lint import WARN_DAYS, check_policy, hold_lines, holds, write_lock
 from broker.policy.loader import compile_policy, read_documents, read_lock, uses_pseudonyms
 from broker.policy.secrets import env_name, load_secrets
 from broker.registry import Registry, load_registry
@@ -133,6 +133,7 @@ def run_check(args: argparse.Namespace) -> int:
                     "errors": len(report.errors),
                     "warnings": len(report.warnings),
                     "problems": [p.as_dict() for p in report.problems],
+                    "holds": holds(report.policy),
                     "lock_updated": str(lock_path) if lock_path else None,
                 },
                 indent=2,
@@ -141,6 +142,8 @@ def run_check(args: argparse.Namespace) -> int:
     else:
         for problem in report.problems:
             print(f"{problem.severity}: {problem}")
+        for line in hold_lines(report.policy):
+            print(line)
         print(
             f"checked {report.files} agreement file(s) in {args.policy_dir}: "
             f"{len(report.errors)} error(s), {len(report.warnings)} warning(s)"

@@ -109,6 +109,15 @@ def add_runtime_args(parser: argparse.ArgumentParser) -> None:
         ),
     )
     parser.add_argument(
+        "--hold-keys",
+        type=Path,
+        default=None,
+        help=(
+            "directory of the per-agreement keys sealing held events (agreements' [hold]); kept outside the store; "
+            "several hosts sharing a store must share its files (default: DATA_DIR/hold-keys)"
+        ),
+    )
+    parser.add_argument(
         "--quarantine-retention-days",
         type=positive_int,
         default=30,
@@ -147,6 +156,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         http_port=args.port,
         quarantine_retention=timedelta(days=getattr(args, "quarantine_retention_days", 30)),
         checkpoint_log=getattr(args, "checkpoint_log", None),
+        hold_keys_dir=getattr(args, "hold_keys", None),
     )
 
 

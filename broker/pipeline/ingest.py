@@ -28,15 +28,17 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from broker.audit import entries
+from broker.audit.chain import Draft
 from broker.logs import get_logger
 from broker.policy.decision import Decision
 from broker.policy.engine import decide
 from broker.policy.loader import PolicySet
 from broker.ports.delivery import Deliverable, Delivery
-from broker.ports.store import CommitUnit, ReplayKey, Seen, Store
+from broker.ports.store import CommitUnit, HeldItem, ReplayKey, Seen, Store
 from broker.registry import Registry
 from broker.settings import Settings
 from broker.stages.freshness import check_freshness
+from broker.stages.held import HoldKeyring, NoHoldKeys, held_items
 from broker.stages.lineage import NO_LINEAGE, Lineage, applied, follows
 from broker.stages.outcome import Accepted, Duplicate, Failed, Outcome, Rejected, Settled
 from broker.stages.parse import parse
@@ -106,8 +108,10 @@ class Pipeline:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         decide_fn: DecideFn = decide,
         observer: Observer | None = None,
+        hold_keys: HoldKeyring | None = None,
     ) -> None:
         self.settings = settings
+        self.hold_keys: HoldKeyring = hold_keys if hold_keys is not None else NoHoldKeys()
         self.observer: Observer = observer if observer is not None else Unobserved()
         # One pair, swapped whole by ``reconfigure`` and read once per batch: a batch is verified
         # and decided under one registry and one set of agreements, never half of each.
@@ -245,6 +249,8 @@ class Pipeline:
         durable = self.delivery.with_audit(deliverable)
         unit.records.extend(durable.records)
         unit.quarantine.extend(durable.quarantine)
+        # Held for an agreement not in force (its [hold]): sealed, in the commit of its ``held`` entry.
+        unit.held.extend(held_items(deliverable.accepted, now, self.hold_keys))
         state = ReplayState.DONE if durable.complete else ReplayState.IN_PROGRESS
         accepted = deliverable.accepted
         unit.seen.extend((key_of(o.validated), Seen(state, o.validated.content_sha256)) for o in accepted)
@@ -379,6 +385,42 @@ class Pipeline:
                 stats.by_reason[outcome.reason] = stats.by_reason.get(outcome.reason, 0) + 1
             else:
                 stats.failed += 1
+
+    # -- held events released under a later revision (``broker/pipeline/held.py``) ----------------
+    async def release_held(
+        self,
+        releases: Sequence[tuple[HeldItem, Accepted]],
+        drafts: Sequence[Draft] = (),
+        unhold: Sequence[str] = (),
+    ) -> None:
+        """Steps 7-8 for held events decided again: their releases' audit entries and records,
+        ``held_released`` (both revisions) and the verdicts on the others (``drafts``), durable in
+        one commit, then delivered like live records (consumers' queues, or the embedded feeds).
+
+        The held row goes in the same commit when delivery completes at commit (embedded); over
+        RabbitMQ only once the releases are confirmed, so a crash in between leaves it held and
+        the next run releases it again: the same record ids, audited as released once (the
+        store's release-once rule), the copy on the queue a redelivery consumers already expect."""
+        now = self.clock()
+        accepted = [outcome for _, outcome in releases]
+        deliverable = Deliverable(now, accepted=accepted)
+        durable = self.delivery.with_audit(deliverable)
+        unit = CommitUnit(records=list(durable.records), unhold=list(unhold))
+        for item, outcome in releases:
+            unit.drafts.extend(entries.verdict(outcome))
+            revision = outcome.releases[0].agreement_revision
+            unit.drafts.append(entries.held_released(item, revision, [r.record_id for r in outcome.releases]))
+        unit.drafts.extend(drafts)
+        released_ids = [item.id for item, _ in releases]
+        if durable.complete:
+            unit.unhold.extend(released_ids)
+        await self.store.commit(unit)
+        if not accepted:
+            return
+        await self.delivery.deliver(deliverable)
+        if not durable.complete:
+            await self.store.commit(CommitUnit(unhold=released_ids))
+        self.stats.releases += sum(len(o.releases) for o in accepted)
 
 
 def _failed(inbound: Inbound, outcome: Outcome) -> Failed:

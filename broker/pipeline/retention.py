@@ -137,3 +137,26 @@ async def purge_replay_guard(store: Store, now: datetime, window: FreshnessWindo
         await store.commit(CommitUnit(drafts=[entries.replay_guard_purged(len(keys), stamp)], purge_seen=keys))
         total += len(keys)
         log.info("replay_guard_purged", count=len(keys))
+
+
+async def purge_held(store: Store, now: datetime) -> int:
+    """Delete every held event whose hold time ended (``expires_at`` <= ``now``), unreleased: per
+    page, one ``held_purged`` entry per agreement (counts by reason, no ids of people) in the
+    commit that deletes them; returns how many.
+
+    Threat: an agreement that is never renewed would otherwise keep its partners' whole events,
+    sealed but kept, for ever (UK GDPR art. 5(1)(e), storage limitation); its ``[hold]`` said how
+    long (``days``, never beyond its retention)."""
+    stamp = format_time(now)
+    total = 0
+    while True:
+        rows = await store.expired_held(now, PAGE)
+        if not rows:
+            return total
+        by_agreement: dict[str, Counter[str]] = {}
+        for row in rows:
+            by_agreement.setdefault(row.agreement_id, Counter())[row.reason] += 1
+        drafts = [entries.held_purged(agreement, reasons, stamp) for agreement, reasons in sorted(by_agreement.items())]
+        await store.commit(CommitUnit(drafts=drafts, unhold=[row.id for row in rows]))
+        total += len(rows)
+        log.info("held_purged", count=len(rows))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Generic, Protocol, TypeVar
 
 from schemas.envelope import Envelope
@@ -44,6 +45,18 @@ class Release:
 
 
 @dataclass(frozen=True, slots=True)
+class Hold:
+    """An agreement that refused the message only because it is not in force, and whose ``[hold]``
+    table says such events are kept, sealed, until ``expires_at`` to be decided again under a
+    later revision (``broker/pipeline/held.py``)."""
+
+    agreement_id: str
+    agreement_revision: int
+    reason: str  # not_yet_valid, review_overdue or expired
+    expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class Refusal:
     """Why an agreement (or the absence of one) released nothing for a consumer."""
 
@@ -75,6 +88,7 @@ class Decision(Generic[S_co]):
     subject: S_co
     releases: tuple[Release, ...]
     refusals: tuple[Refusal, ...]
+    holds: tuple[Hold, ...] = ()  # agreements this message is held for (at most one each)
 
     @property
     def source(self) -> str:

@@ -39,6 +39,7 @@ __all__ = [
     "AgreementDoc",
     "ConditionDoc",
     "FlowDoc",
+    "HoldDoc",
     "RuleDoc",
     "Said",
     "Salvage",
@@ -50,6 +51,8 @@ __all__ = [
 ID_RE = re.compile(r"^[a-z0-9][a-z0-9\-]{1,62}$")
 OUTPUT_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 MAX_RETENTION_DAYS = 3650
+MAX_HOLD_DAYS = 90  # a held event is kept for at most this long (and never beyond the agreement's retention)
+HOLD_REASONS = ("not_yet_valid", "review_overdue", "expired")
 EARLIEST_DATE = date(2000, 1, 1)
 LATEST_DATE = date(2999, 12, 31)
 OPERATORS = ("in", "not_in", "any_in", "between", "equals", "present")
@@ -260,6 +263,57 @@ class FlowDoc(_Doc):
         return self
 
 
+def _hold_reason(value: str) -> str:
+    if value not in HOLD_REASONS:
+        raise refuse(C.BAD_VALUE, f"hold reason {value!r} is not one of {list(HOLD_REASONS)}")
+    return value
+
+
+class HoldDoc(_Doc):
+    """The optional ``[hold]`` table: which not-in-force refusals keep the event, and for how long.
+
+    Threat: an agreement silently starting to keep data it never said it would. So nothing is
+    held without this table, each reason is named, the time is bounded (``MAX_HOLD_DAYS``, and the
+    loader checks it against ``retention_days``), and ``expired`` needs its own grace period."""
+
+    unknown: ClassVar[str] = "unknown hold setting {key}"
+
+    reasons: Annotated[
+        list[Annotated[str, AfterValidator(_hold_reason)]],
+        Field(min_length=1),
+        Said(C.BAD_VALUE, f"hold.reasons must be a non-empty list of {list(HOLD_REASONS)}"),
+    ]
+    days: Annotated[
+        int,
+        Field(ge=1, le=MAX_HOLD_DAYS),
+        Said(C.BAD_VALUE, f"hold.days must be an integer from 1 to {MAX_HOLD_DAYS}"),
+    ]
+    expired_grace_days: (
+        Annotated[
+            int,
+            Field(ge=1, le=MAX_HOLD_DAYS),
+            Said(C.BAD_VALUE, f"hold.expired_grace_days must be an integer from 1 to {MAX_HOLD_DAYS}"),
+        ]
+        | None
+    ) = None
+
+    @model_validator(mode="after")
+    def _grace_goes_with_expired(self) -> HoldDoc:
+        if len(set(self.reasons)) != len(self.reasons):
+            raise refuse(C.BAD_VALUE, "hold.reasons names a reason twice", "reasons")
+        if "expired" in self.reasons and self.expired_grace_days is None:
+            raise refuse(
+                C.BAD_VALUE,
+                "holding expired events needs expired_grace_days (how long after valid_to they are still held)",
+                "expired_grace_days",
+            )
+        if "expired" not in self.reasons and self.expired_grace_days is not None:
+            raise refuse(
+                C.BAD_VALUE, 'expired_grace_days only goes with "expired" in hold.reasons', "expired_grace_days"
+            )
+        return self
+
+
 BandSet = Annotated[
     list[Annotated[str, Said(C.BAD_BAND, 'band {value} is not "LOW-HIGH" or "LOW+"')]],
     Field(min_length=1),
@@ -321,6 +375,7 @@ class AgreementDoc(_Doc):
         Said(C.BAD_VALUE, "flows must be one or more [[flows]] tables"),
     ]
     notes: Annotated[str, Said(C.BAD_VALUE, "notes must be a string")] | None = None
+    hold: Annotated[HoldDoc, Said(C.BAD_VALUE, "hold must be a table [hold]")] | None = None
 
 
 # --- errors in the file's own terms -----------------------------------------------------------------

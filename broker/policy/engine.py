@@ -12,11 +12,11 @@ Every agreement considered and not applied says why (:class:`Refusal`).
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TypeVar
 
-from broker.policy.decision import Decision, Refusal, Release, Subject, record_id
-from broker.policy.model import PolicySet
+from broker.policy.decision import Decision, Hold, Refusal, Release, Subject, record_id
+from broker.policy.model import Flow, PolicySet
 from schemas.errors import Reason
 
 __all__ = ["decide"]
@@ -32,17 +32,22 @@ def decide(subject: S, policy: PolicySet, now: datetime) -> Decision[S]:
     plan = policy.plan(env.source, env.type, env.version)
     releases: list[Release] = []
     refusals: list[Refusal] = list(plan.refusals)
+    holds: dict[str, Hold] = {}
     for flow in plan.flows:
         # Fail closed outside the agreement's window or past its review date (ICO Data Sharing
         # Code: an agreement is reviewed regularly; an unreviewed one is not a basis to share).
+        # Nothing is released; the event is held only where the agreement's [hold] says so.
         if now < flow.starts:
             refusals.extend(flow.window_refusals[Reason.NOT_YET_VALID])
+            _hold(flow, Reason.NOT_YET_VALID, now, holds)
             continue
         if now >= flow.ends:
             refusals.extend(flow.window_refusals[Reason.EXPIRED])
+            _hold(flow, Reason.EXPIRED, now, holds)
             continue
         if now >= flow.review_due:
             refusals.extend(flow.window_refusals[Reason.REVIEW_OVERDUE])
+            _hold(flow, Reason.REVIEW_OVERDUE, now, holds)
             continue
         failed = -1
         for i, condition in enumerate(flow.conditions):
@@ -76,4 +81,12 @@ def decide(subject: S, policy: PolicySet, now: datetime) -> Decision[S]:
         subject=subject,
         releases=tuple(releases),
         refusals=tuple(refusals),
+        holds=tuple(holds[agreement_id] for agreement_id in sorted(holds)),
     )
+
+
+def _hold(flow: Flow, reason: Reason, now: datetime, holds: dict[str, Hold]) -> None:
+    """Held once per agreement (its flows share its state), when its ``[hold]`` names ``reason``."""
+    ag = flow.agreement
+    if ag.hold is not None and ag.id not in holds and ag.holds(reason, now):
+        holds[ag.id] = Hold(ag.id, ag.revision, reason.value, now + timedelta(days=ag.hold.days))

@@ -219,6 +219,11 @@ def explain(
         },
         "decided_at": format_time(now),
         "event_refusals": [_refusal(r) for r in decision.refusals if r.consumer is None],
+        # agreements that would hold this event (their [hold]) until a new revision is in force
+        "holds": [
+            {"agreement_id": h.agreement_id, "reason": h.reason, "held_until": format_time(h.expires_at)}
+            for h in decision.holds
+        ],
         "consumers": [_consumer_entry(c, registry, decision, policy, event_values) for c in consumers],
     }
 
@@ -242,6 +247,11 @@ def render_text(report: dict[str, Any]) -> str:
     ]
     for refusal in report["event_refusals"]:
         lines.append(f"  {refusal['reason']}: {refusal['message']}")
+    for hold in report.get("holds", ()):
+        lines.append(
+            f"  HELD for {hold['agreement_id']} ({hold['reason']}) until {hold['held_until']}: released if a new "
+            "revision is in force by then"
+        )
     for entry in report["consumers"]:
         lines.append("")
         name = f" ({entry['name']})" if entry["name"] else ""

@@ -131,3 +131,32 @@ def write_lock(policy_dir: Path, report: CheckReport) -> Path:
     path = policy_dir / LOCK_FILE
     path.write_text(render_lock(revisions), encoding="utf-8")
     return path
+
+
+def holds(policy: PolicySet) -> dict[str, dict[str, object]]:
+    """What each agreement's ``[hold]`` keeps, for ``policy check`` to show (an agreement without
+    one holds nothing: an IG lead should see which agreements keep events they refused)."""
+    out: dict[str, dict[str, object]] = {}
+    for ag in sorted(policy.agreements.values(), key=lambda a: a.id):
+        if ag.hold is not None:
+            entry: dict[str, object] = {"reasons": sorted(r.value for r in ag.hold.reasons), "days": ag.hold.days}
+            if ag.hold.expired_grace_days:
+                entry["expired_grace_days"] = ag.hold.expired_grace_days
+            out[ag.id] = entry
+    return out
+
+
+def hold_lines(policy: PolicySet) -> list[str]:
+    out = []
+    for ag in sorted(policy.agreements.values(), key=lambda a: a.id):
+        if ag.hold is None:
+            continue
+        reasons = ", ".join(sorted(r.value for r in ag.hold.reasons))
+        grace = (
+            f" (expired: within {ag.hold.expired_grace_days} days of valid_to)" if ag.hold.expired_grace_days else ""
+        )
+        out.append(
+            f"hold: {ag.id} keeps events it refuses as {reasons} for {ag.hold.days} days{grace}, sealed, to "
+            "release them once a new revision is in force"
+        )
+    return out

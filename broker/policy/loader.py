@@ -61,7 +61,7 @@ from pydantic import Field, ValidationError
 
 from broker.errors import PolicyError, SpecError
 from broker.policy.conditions import compile_condition
-from broker.policy.documents import ConditionDoc, FlowDoc, RuleDoc, Salvage, salvage
+from broker.policy.documents import ConditionDoc, FlowDoc, HoldDoc, RuleDoc, Salvage, salvage
 from broker.policy.model import (
     FORMS_FOR_KIND,
     NEEDS_REASON,
@@ -75,6 +75,7 @@ from broker.policy.model import (
     FieldSpec,
     Flow,
     Form,
+    HoldPolicy,
     PlanKey,
     PolicySet,
     build_plan,
@@ -92,6 +93,7 @@ from broker.policy.transforms import (
 from broker.registry import Registry
 from schemas.documents import DocumentModel, ErrorDetails, key_path
 from schemas.errors import CheckCode as C
+from schemas.errors import Reason
 from schemas.events import EVENT_MODELS
 
 __all__ = [
@@ -397,6 +399,7 @@ class _Compiler:
             retention_days=whole.retention_days if whole else 0,
             path=document.path,
             pseudonymises=pseudonymises,
+            hold=self._hold(document, whole.hold, whole.retention_days) if whole and whole.hold else None,
         )
         # Parties unknown (malformed): the flows' parties are not checked against them.
         listed = set(parties) if doc.parties is not None else None
@@ -405,6 +408,20 @@ class _Compiler:
         if self._error_count() > before:
             return None
         return agreement, flows
+
+    def _hold(self, document: Document, hold: HoldDoc, retention_days: int) -> HoldPolicy | None:
+        """The ``[hold]`` table, compiled; a held event is never kept longer than the agreement
+        keeps what it releases (storage limitation: holding is not a way round retention)."""
+        if hold.days > retention_days:
+            self.error(
+                document,
+                "hold.days",
+                C.BAD_VALUE,
+                f"hold.days ({hold.days}) is longer than retention_days ({retention_days})",
+                (r"(?m)^\s*\[hold\]", _key("days")),
+            )
+            return None
+        return HoldPolicy(frozenset(Reason(r) for r in hold.reasons), hold.days, hold.expired_grace_days or 0)
 
     def _dates(self, document: Document, doc: Salvage) -> None:
         valid_from, valid_to, review_by = doc.valid_from, doc.valid_to, doc.review_by

@@ -42,6 +42,7 @@ __all__ = [  # the field kinds are re-exported: callers read the policy's view o
     "FieldSpec",
     "Flow",
     "Form",
+    "HoldPolicy",
     "JsonValue",
     "Plan",
     "PlanKey",
@@ -146,6 +147,26 @@ class CompiledCondition:
     test: Callable[[EventModel], bool] = dc_field(repr=False, compare=False)
 
 
+HOLDABLE: frozenset[Reason] = frozenset({Reason.NOT_YET_VALID, Reason.REVIEW_OVERDUE, Reason.EXPIRED})
+"""The refusals an agreement may say it holds events for: the agreement's own state, which a new
+revision can change. A row condition or a missing flow is about the event, and a renewal that
+changes it is a different agreement about different events: those are never held."""
+
+
+@dataclass(frozen=True, slots=True)
+class HoldPolicy:
+    """An agreement's ``[hold]`` table: which of its not-in-force refusals keep the event (sealed,
+    ``broker/stages/held.py``) for ``days``, to be decided again when a new revision is in force.
+
+    ``expired_grace_days``: an ``expired`` event is held only within this many days after
+    ``valid_to`` (a renewal that comes late still gets the events of its gap; an agreement that
+    lapsed for good stops collecting events nobody will ever release)."""
+
+    reasons: frozenset[Reason]
+    days: int
+    expired_grace_days: int = 0
+
+
 @dataclass(frozen=True, slots=True)
 class Agreement:
     id: str
@@ -160,6 +181,8 @@ class Agreement:
     retention_days: int
     path: str
     pseudonymises: bool = False
+    # None: holds nothing (the default: no agreement starts keeping data it did not say it would)
+    hold: HoldPolicy | None = None
 
     # The window in absolute time, computed once: valid from the start of ``valid_from`` to the
     # end of ``valid_to`` (inclusive days, UK local time); review overdue from the day after.
@@ -186,6 +209,17 @@ class Agreement:
             # fail closed until the partnership reviews it and bumps the revision.
             return Reason.REVIEW_OVERDUE
         return None
+
+    def holds(self, reason: Reason, now: datetime) -> bool:
+        """Whether an event this agreement refuses for ``reason`` at ``now`` is held (pure)."""
+        hold = self.hold
+        if hold is None or reason not in hold.reasons:
+            return False
+        if reason is Reason.EXPIRED:
+            # Threat: an agreement that lapsed for good collecting events for ever, sealed but
+            # kept: only the grace period after valid_to is held.
+            return now < self.ends + timedelta(days=hold.expired_grace_days)
+        return True
 
 
 def local_midnight(day: date) -> datetime:

@@ -47,6 +47,7 @@ from broker.errors import StartupError, StoreUnavailable
 from broker.ports.sql import (
     BACKFILL_LINEAGE,
     EXPIRED_COLUMNS,
+    HELD_ROW_COLUMNS,
     HOLDING_UPSERT_WHERE,
     LINEAGE_TABLES,
     LINEAGE_UPSERT_WHERE,
@@ -54,6 +55,10 @@ from broker.ports.sql import (
     admitted,
     audit_page_query,
     feed_page_query,
+    held_item,
+    held_items_query,
+    held_page_query,
+    held_row,
     lineage_view,
     message_of,
     numbered,
@@ -69,6 +74,8 @@ from broker.ports.store import (
     ExpiredQuarantine,
     FeedRow,
     Head,
+    HeldItem,
+    HeldRow,
     Lost,
     QuarantineItem,
     QuarantineRow,
@@ -179,6 +186,24 @@ MIGRATIONS: tuple[str, ...] = (
     """
     + LINEAGE_TABLES
     + BACKFILL_LINEAGE,
+    # 4: held events (an agreement's [hold]): sealed bodies, one row per (agreement, message).
+    """
+    CREATE TABLE held (
+        pos bigserial PRIMARY KEY,
+        id text NOT NULL UNIQUE,
+        agreement_id text NOT NULL,
+        held_under_revision integer NOT NULL,
+        reason text NOT NULL,
+        source text NOT NULL,
+        message_id text NOT NULL,
+        event_type text NOT NULL,
+        held_at text NOT NULL,
+        expires_at text NOT NULL,
+        sealed bytea NOT NULL
+    );
+    CREATE INDEX held_agreement ON held(agreement_id, pos);
+    CREATE INDEX held_expiry ON held(expires_at);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 VERSION_TABLE = "sv_broker_schema"
@@ -586,6 +611,49 @@ class PostgresStore:
     def leadership(self, name: str) -> AdvisoryLeadership:
         return AdvisoryLeadership(self.dsn, name, self.connect_timeout)
 
+    # -- held events ---------------------------------------------------------------------------
+    async def held_page(
+        self, *, agreement_id: str | None = None, source: str | None = None, after: int = 0, limit: int = 100
+    ) -> list[HeldRow]:
+        bind = Binder(numbered)
+        sql = held_page_query(
+            bind, HELD_ROW_COLUMNS, agreement_id=agreement_id, source=source, after=after, limit=limit
+        )
+
+        async def run(conn: asyncpg.Connection) -> list[HeldRow]:
+            return [held_row(tuple(r)) for r in await conn.fetch(sql, *bind.params)]
+
+        return await self._run(run)
+
+    async def held_items(
+        self, agreement_id: str, ids: Sequence[str] | None, *, after: int, limit: int
+    ) -> list[HeldItem]:
+        bind = Binder(numbered)
+        sql = held_items_query(bind, agreement_id, ids, after=after, limit=limit)
+
+        async def run(conn: asyncpg.Connection) -> list[HeldItem]:
+            return [held_item(tuple(r)) for r in await conn.fetch(sql, *bind.params)]
+
+        return await self._run(run)
+
+    async def held_agreements(self) -> dict[str, int]:
+        async def run(conn: asyncpg.Connection) -> dict[str, int]:
+            rows = await conn.fetch("SELECT agreement_id, count(*) AS n FROM held GROUP BY agreement_id")
+            return {str(r["agreement_id"]): int(r["n"]) for r in rows}
+
+        return await self._run(run)
+
+    async def expired_held(self, now: datetime, limit: int) -> list[HeldRow]:
+        async def run(conn: asyncpg.Connection) -> list[HeldRow]:
+            rows = await conn.fetch(
+                f"SELECT {HELD_ROW_COLUMNS} FROM held WHERE expires_at <= $1 ORDER BY expires_at, pos LIMIT $2",  # noqa: S608
+                format_time(now),
+                limit,
+            )
+            return [held_row(tuple(r)) for r in rows]
+
+        return await self._run(run)
+
 
 class AdvisoryLeadership:
     """A session-level advisory lock, held on a connection of its own for as long as this process
@@ -857,3 +925,33 @@ async def _apply(conn: asyncpg.Connection, plan: CommitPlan) -> None:
             "ON CONFLICT DO NOTHING",
             *_columns([(cp.seq, cp.head_hash, cp.at, cp.kid, cp.signature) for cp in plan.checkpoints], 5),
         )
+    if plan.held:
+        # One row per id (a redelivered message is held once: the first row stays).
+        await conn.execute(
+            "INSERT INTO held(id, agreement_id, held_under_revision, reason, source, message_id, event_type, "
+            "held_at, expires_at, sealed) "
+            "SELECT i, a, r, re, s, m, e, h, x, b FROM unnest($1::text[], $2::text[], $3::integer[], $4::text[], "
+            "$5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::bytea[]) "
+            "WITH ORDINALITY AS u(i, a, r, re, s, m, e, h, x, b, n) ORDER BY n "
+            "ON CONFLICT (id) DO NOTHING",
+            *_columns(
+                [
+                    (
+                        h.id,
+                        h.agreement_id,
+                        h.held_under_revision,
+                        h.reason,
+                        h.source,
+                        h.message_id,
+                        h.event_type,
+                        format_time(h.held_at),
+                        format_time(h.expires_at),
+                        h.sealed,
+                    )
+                    for h in plan.held
+                ],
+                10,
+            ),
+        )
+    if plan.unhold:
+        await conn.execute("DELETE FROM held WHERE id = ANY($1::text[])", list(plan.unhold))

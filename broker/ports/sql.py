@@ -8,12 +8,14 @@ parameter (threat: SQL injection through a query-string filter).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
+from typing import Any
 
 from broker.audit.columns import body_columns
-from broker.ports.store import AuditQuery, AuditRow, ReplayKey
+from broker.ports.store import AuditQuery, AuditRow, HeldItem, HeldRow, ReplayKey
 from broker.stages.lineage import NO_LINEAGE, Holding, Lineage
+from schemas.envelope import parse_time
 
 AUDIT_COLUMNS = "seq, at, kind, message_id, source, consumer, agreement_id, record_id, body, hash"
 FEED_COLUMNS = "id, record_id, event_type, agreement_id, released_at, body, revision, kind"
@@ -185,3 +187,63 @@ def lineage_view(
             revision, message_id, withdrawn = row if row is not None else (1, key[1], False)
             out[key] = Lineage(revision, message_id, withdrawn, holdings)
     return out
+
+
+# -- held events (both backends) ----------------------------------------------------------------------
+HELD_ROW_COLUMNS = (
+    "pos, id, agreement_id, held_under_revision, reason, source, message_id, event_type, held_at, expires_at"
+)
+
+
+def held_page_query(
+    bind: Binder, columns: str, *, agreement_id: str | None, source: str | None, after: int, limit: int
+) -> str:
+    sql = f"SELECT {columns} FROM held WHERE pos > {bind(after)}"  # noqa: S608
+    if agreement_id:
+        sql += f" AND agreement_id = {bind(agreement_id)}"
+    if source:
+        sql += f" AND source = {bind(source)}"
+    return sql + f" ORDER BY pos LIMIT {bind(limit)}"
+
+
+def held_items_query(bind: Binder, agreement_id: str, ids: Sequence[str] | None, *, after: int, limit: int) -> str:
+    sql = (
+        f"SELECT {HELD_ROW_COLUMNS}, sealed FROM held WHERE agreement_id = {bind(agreement_id)} AND pos > {bind(after)}"  # noqa: S608
+    )
+    if ids is not None:
+        marks = ", ".join(bind(i) for i in ids) or "NULL"
+        sql += f" AND id IN ({marks})"
+    return sql + f" ORDER BY pos LIMIT {bind(limit)}"
+
+
+def held_row(row: Sequence[Any]) -> HeldRow:
+    pos, hid, agreement, revision, reason, source, message_id, event_type, held_at, expires_at = row[:10]
+    return HeldRow(
+        int(pos),
+        str(hid),
+        str(agreement),
+        int(revision),
+        str(reason),
+        str(source),
+        str(message_id),
+        str(event_type),
+        parse_time(str(held_at)),
+        parse_time(str(expires_at)),
+    )
+
+
+def held_item(row: Sequence[Any]) -> HeldItem:
+    r = held_row(row)
+    return HeldItem(
+        r.id,
+        r.agreement_id,
+        r.held_under_revision,
+        r.reason,
+        r.source,
+        r.message_id,
+        r.event_type,
+        r.held_at,
+        r.expires_at,
+        bytes(row[10]),
+        r.pos,
+    )

@@ -30,6 +30,7 @@ from broker.ports.private_files import private_directory, private_file
 from broker.ports.sql import (
     BACKFILL_LINEAGE,
     EXPIRED_COLUMNS,
+    HELD_ROW_COLUMNS,
     HOLDING_UPSERT_WHERE,
     LINEAGE_TABLES,
     LINEAGE_UPSERT_WHERE,
@@ -37,6 +38,10 @@ from broker.ports.sql import (
     admitted,
     audit_page_query,
     feed_page_query,
+    held_item,
+    held_items_query,
+    held_page_query,
+    held_row,
     lineage_view,
     message_of,
     qmark,
@@ -52,6 +57,8 @@ from broker.ports.store import (
     ExpiredQuarantine,
     FeedRow,
     Head,
+    HeldItem,
+    HeldRow,
     Lost,
     QuarantineItem,
     QuarantineRow,
@@ -120,6 +127,21 @@ CREATE TABLE IF NOT EXISTS quarantine (
     body_sha256 TEXT NOT NULL,
     body BLOB
 );
+CREATE TABLE IF NOT EXISTS held (
+    pos INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    agreement_id TEXT NOT NULL,
+    held_under_revision INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    source TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    held_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL,
+    sealed BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS held_agreement ON held(agreement_id, pos);
+CREATE INDEX IF NOT EXISTS held_expiry ON held(expires_at);
 """
 
 RECORDS_TABLE = """
@@ -145,21 +167,19 @@ CREATE INDEX IF NOT EXISTS records_record ON records(record_id);
 """
 # A store made before records had revisions (one row per record id, ``UNIQUE``): rebuilt with
 # its rows as revision 1, in one transaction, keeping every row's feed position (``id``).
-MIGRATE_RECORDS = (
-    """
+_RENAME_V0 = """
 DROP INDEX IF EXISTS records_consumer;
 DROP INDEX IF EXISTS records_expiry;
 ALTER TABLE records RENAME TO records_v0;
 """
-    + RECORDS_TABLE
-    + """
+_COPY_V0 = """
 INSERT INTO records(id, record_id, consumer, agreement_id, agreement_revision, event_type, source, message_id,
     released_at, expires_at, body)
     SELECT id, record_id, consumer, agreement_id, agreement_revision, event_type, source, message_id,
     released_at, expires_at, body FROM records_v0 ORDER BY id;
 DROP TABLE records_v0;
 """
-)
+MIGRATE_RECORDS = "".join((_RENAME_V0, RECORDS_TABLE, _COPY_V0))
 
 _STOP = object()
 T = TypeVar("T")
@@ -515,6 +535,29 @@ class SqliteStore:
             "INSERT OR IGNORE INTO checkpoints(seq, head_hash, at, kid, signature) VALUES ",
             [(cp.seq, cp.head_hash, cp.at, cp.kid, cp.signature) for cp in plan.checkpoints],
         )
+        # Held events: one row per id (a redelivered message is held once: the first row stays).
+        _insert_many(
+            conn,
+            "INSERT OR IGNORE INTO held(id, agreement_id, held_under_revision, reason, source, message_id, "
+            "event_type, held_at, expires_at, sealed) VALUES ",
+            [
+                (
+                    h.id,
+                    h.agreement_id,
+                    h.held_under_revision,
+                    h.reason,
+                    h.source,
+                    h.message_id,
+                    h.event_type,
+                    format_time(h.held_at),
+                    format_time(h.expires_at),
+                    h.sealed,
+                )
+                for h in plan.held
+            ],
+        )
+        if plan.unhold:
+            conn.executemany("DELETE FROM held WHERE id = ?", [(hid,) for hid in plan.unhold])
 
     # -- reads -----------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -725,6 +768,49 @@ class SqliteStore:
 
     def leadership(self, name: str) -> SoleLeader:
         return SoleLeader()
+
+    # -- held events ---------------------------------------------------------------------------
+    async def held_page(
+        self, *, agreement_id: str | None = None, source: str | None = None, after: int = 0, limit: int = 100
+    ) -> list[HeldRow]:
+        bind = Binder(qmark)
+        sql = held_page_query(
+            bind, HELD_ROW_COLUMNS, agreement_id=agreement_id, source=source, after=after, limit=limit
+        )
+
+        def run(conn: sqlite3.Connection) -> list[HeldRow]:
+            return [held_row(row) for row in conn.execute(sql, bind.params)]
+
+        return await self._query(run)
+
+    async def held_items(
+        self, agreement_id: str, ids: Sequence[str] | None, *, after: int, limit: int
+    ) -> list[HeldItem]:
+        bind = Binder(qmark)
+        sql = held_items_query(bind, agreement_id, ids, after=after, limit=limit)
+
+        def run(conn: sqlite3.Connection) -> list[HeldItem]:
+            return [held_item(row) for row in conn.execute(sql, bind.params)]
+
+        return await self._query(run)
+
+    async def held_agreements(self) -> dict[str, int]:
+        def run(conn: sqlite3.Connection) -> dict[str, int]:
+            return {
+                str(a): int(n) for a, n in conn.execute("SELECT agreement_id, COUNT(*) FROM held GROUP BY agreement_id")
+            }
+
+        return await self._query(run)
+
+    async def expired_held(self, now: datetime, limit: int) -> list[HeldRow]:
+        def run(conn: sqlite3.Connection) -> list[HeldRow]:
+            rows = conn.execute(
+                f"SELECT {HELD_ROW_COLUMNS} FROM held WHERE expires_at <= ? ORDER BY expires_at, pos LIMIT ?",  # noqa: S608
+                (format_time(now), limit),
+            )
+            return [held_row(row) for row in rows]
+
+        return await self._query(run)
 
 
 class SoleLeader:

@@ -90,6 +90,44 @@ class Checkpoint:
     signature: str
 
 
+@dataclass(frozen=True, slots=True)
+class HeldItem:
+    """A message held for one agreement not in force (its ``[hold]``), as the store keeps it.
+
+    ``sealed`` is the nonce and AES-256-GCM ciphertext of the original signed body
+    (``broker/stages/held.py``), under the agreement's hold key, which is kept outside the store:
+    whoever reads the database reads no payload. ``id`` is deterministic (agreement, source,
+    message id), so a redelivered message is held once."""
+
+    id: str
+    agreement_id: str
+    held_under_revision: int
+    reason: str
+    source: str
+    message_id: str
+    event_type: str
+    held_at: datetime
+    expires_at: datetime
+    sealed: bytes
+    pos: int = 0  # the store's position (paging); 0 before it is written
+
+
+@dataclass(frozen=True, slots=True)
+class HeldRow:
+    """One held event as listed (``Store.held_page``): never the sealed body. ``pos``: for paging."""
+
+    pos: int
+    id: str
+    agreement_id: str
+    held_under_revision: int
+    reason: str
+    source: str
+    message_id: str
+    event_type: str
+    held_at: datetime
+    expires_at: datetime
+
+
 @dataclass(slots=True)
 class CommitUnit:
     """Everything one batch makes durable, in one transaction.
@@ -108,6 +146,8 @@ class CommitUnit:
     purge_seen: list[ReplayKey] = field(default_factory=list)  # replay-guard rows to delete (retention)
     purge_notices_before: str | None = None  # deletion notices (embedded feeds) that expired before this
     checkpoints: list[Checkpoint] = field(default_factory=list)
+    held: list[HeldItem] = field(default_factory=list)  # messages held for an agreement not in force
+    unhold: list[str] = field(default_factory=list)  # held ids to delete (released, discarded, purged)
 
     def extend(self, other: CommitUnit) -> None:
         self.drafts.extend(other.drafts)
@@ -122,6 +162,8 @@ class CommitUnit:
             (t for t in (self.purge_notices_before, other.purge_notices_before) if t is not None), default=None
         )
         self.checkpoints.extend(other.checkpoints)
+        self.held.extend(other.held)
+        self.unhold.extend(other.unhold)
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,6 +367,28 @@ class Store(Protocol):
     # -- singleton jobs ------------------------------------------------------------------------------
     def leadership(self, name: str) -> Leadership:
         """The election for one singleton role among every process sharing this store."""
+        ...
+
+    # -- held events (an agreement's [hold]) ---------------------------------------------------------
+    async def held_page(
+        self, *, agreement_id: str | None = None, source: str | None = None, after: int = 0, limit: int = 100
+    ) -> list[HeldRow]:
+        """Held events in the order they were held (``pos > after``), never their sealed bodies."""
+        ...
+
+    async def held_items(
+        self, agreement_id: str, ids: Sequence[str] | None, *, after: int, limit: int
+    ) -> list[HeldItem]:
+        """Held events of one agreement with their sealed bodies (``ids``: only these), oldest
+        first, paged by position (``after``: the last one's position, from ``held_page``)."""
+        ...
+
+    async def held_agreements(self) -> dict[str, int]:
+        """Agreement id -> how many events are held for it."""
+        ...
+
+    async def expired_held(self, now: datetime, limit: int) -> list[HeldRow]:
+        """Held events whose hold time ended at or before ``now`` (purge candidates)."""
         ...
 
 

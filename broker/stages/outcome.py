@@ -23,9 +23,10 @@ from datetime import datetime
 from enum import StrEnum
 from typing import ClassVar
 
-from broker.policy.decision import Decision, Refusal, Release
+from broker.policy.decision import Decision, Hold, Refusal, Release
 from broker.stages.lineage import NO_LINEAGE, Holding, Lineage
 from broker.stages.types import Admitted, Inbound, Validated
+from schemas.envelope import format_time
 from schemas.errors import Reason
 from schemas.identifiers import looks_identifying, looks_identifying_text
 from schemas.messages import Receipt, Withheld, receipt_for
@@ -232,18 +233,25 @@ def receipt(outcome: Settled, at: datetime) -> Receipt:
         records=len(outcome.releases) if isinstance(outcome, Accepted) else None,
         reason=reason,
         message=message,
-        withheld=withheld_of(outcome.refusals) if isinstance(outcome, Accepted) and not outcome.releases else (),
+        withheld=withheld_of(outcome.refusals, outcome.decision.holds)
+        if isinstance(outcome, Accepted) and not outcome.releases
+        else (),
         withdrawn=len(outcome.notices) if isinstance(outcome, Accepted) else 0,
     )
 
 
-def withheld_of(refusals: Sequence[Refusal]) -> list[Withheld]:
+def withheld_of(refusals: Sequence[Refusal], holds: Sequence[Hold] = ()) -> list[Withheld]:
     """The refusals a partner is told of when nothing was released: one per (agreement, reason),
     in a stable order, without naming consumers (the receipt goes to the partner, who knows its
-    agreements; who else would have received the record is not its business)."""
+    agreements; who else would have received the record is not its business). An agreement that
+    holds the event says until when (``held_until``): not lost, waiting for its renewal."""
+    until = {(h.agreement_id, h.reason): format_time(h.expires_at) for h in holds}
     seen: dict[tuple[str, str], Withheld] = {}
     for refusal in refusals:
         key = (refusal.agreement_id or "", refusal.reason)
         if key not in seen:
             seen[key] = {"reason": refusal.reason, "agreement_id": refusal.agreement_id, "message": refusal.message}
+            held = until.get(key)
+            if held is not None:
+                seen[key]["held_until"] = held
     return [seen[key] for key in sorted(seen)]

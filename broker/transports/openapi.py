@@ -244,6 +244,52 @@ def document() -> dict[str, Any]:
                     },
                 },
             },
+            "/v1/held": {
+                "get": {
+                    "summary": "Events held for agreements not in force, never their bodies (ig or admin role)",
+                    "security": secured,
+                    "parameters": [
+                        _query("agreement_id", {"type": "string"}, "only events held for this agreement"),
+                        _query("source", {"type": "string"}, "only this partner's events"),
+                        _query("after", {"type": "string", "pattern": "^[0-9]+$"}, "position to page after"),
+                        _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "page size"),
+                    ],
+                    "responses": {
+                        "200": _json(_ref("HeldPage"), "Held events in the order they were held."),
+                        "400": _problem("A bad parameter."),
+                        **AUTH_ERRORS,
+                    },
+                }
+            },
+            "/v1/held/release": {
+                "post": {
+                    "summary": (
+                        "Decide held events again under the agreements in force now and release what they allow "
+                        "(ig or admin role); never overrides an agreement"
+                    ),
+                    "security": secured,
+                    "requestBody": {"required": True, "content": {JSON: {"schema": _ref("HeldRequest")}}},
+                    "responses": {
+                        "200": _json(_ref("HeldReleased"), "What became of them, by count."),
+                        "400": _problem("Not {agreement_id, ids?} (bad_held_request)."),
+                        "408": _problem("The body did not arrive within the read timeout."),
+                        **AUTH_ERRORS,
+                    },
+                }
+            },
+            "/v1/held/discard": {
+                "post": {
+                    "summary": "Delete held events unreleased, audited with who and why (ig or admin role)",
+                    "security": secured,
+                    "requestBody": {"required": True, "content": {JSON: {"schema": _ref("HeldDiscard")}}},
+                    "responses": {
+                        "200": _json(_ref("HeldDiscarded"), "How many were discarded."),
+                        "400": _problem("Not {agreement_id, ids?, reason} (bad_held_request)."),
+                        "408": _problem("The body did not arrive within the read timeout."),
+                        **AUTH_ERRORS,
+                    },
+                }
+            },
             "/v1/agreements": {
                 "get": {
                     "summary": "The agreements, their state and warnings (any role)",
@@ -282,6 +328,10 @@ def document() -> dict[str, Any]:
                                     "reason": {"type": "string"},
                                     "agreement_id": {"type": ["string", "null"]},
                                     "message": {"type": "string"},
+                                    "held_until": {
+                                        "type": "string",
+                                        "description": "the agreement holds the event (its [hold]) until then",
+                                    },
                                 },
                             },
                         },
@@ -391,6 +441,77 @@ def document() -> dict[str, Any]:
                         "first_bad_seq": {"type": ["integer", "null"]},
                         "problem": {"type": ["string", "null"]},
                     },
+                },
+                "HeldPage": {
+                    "type": "object",
+                    "required": ["count", "next_after", "held"],
+                    "properties": {
+                        "count": {"type": "integer"},
+                        "next_after": {"type": "integer"},
+                        "held": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": [
+                                    "id",
+                                    "agreement_id",
+                                    "held_under_revision",
+                                    "reason",
+                                    "source",
+                                    "message_id",
+                                    "event_type",
+                                    "held_at",
+                                    "expires_at",
+                                ],
+                                "properties": {
+                                    "id": {"type": "string"},
+                                    "agreement_id": {"type": "string"},
+                                    "held_under_revision": {"type": "integer"},
+                                    "reason": {"enum": ["not_yet_valid", "review_overdue", "expired"]},
+                                    "source": {"type": "string"},
+                                    "message_id": {"type": "string"},
+                                    "event_type": {"type": "string"},
+                                    "held_at": {"type": "string"},
+                                    "expires_at": {"type": "string"},
+                                },
+                            },
+                        },
+                    },
+                },
+                "HeldRequest": {
+                    "type": "object",
+                    "required": ["agreement_id"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "agreement_id": {"type": "string"},
+                        "ids": {"type": "array", "items": {"type": "string"}, "maxItems": 1000},
+                    },
+                },
+                "HeldDiscard": {
+                    "type": "object",
+                    "required": ["agreement_id", "reason"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "agreement_id": {"type": "string"},
+                        "ids": {"type": "array", "items": {"type": "string"}, "maxItems": 1000},
+                        "reason": {"type": "string", "description": "kept in the audit as a digest"},
+                    },
+                },
+                "HeldReleased": {
+                    "type": "object",
+                    "required": ["agreement_id", "released", "held", "discarded", "unreadable"],
+                    "properties": {
+                        "agreement_id": {"type": "string"},
+                        "released": {"type": "integer"},
+                        "held": {"type": "integer"},
+                        "discarded": {"type": "integer"},
+                        "unreadable": {"type": "integer"},
+                    },
+                },
+                "HeldDiscarded": {
+                    "type": "object",
+                    "required": ["agreement_id", "discarded"],
+                    "properties": {"agreement_id": {"type": "string"}, "discarded": {"type": "integer"}},
                 },
                 "Agreements": {
                     "type": "object",
