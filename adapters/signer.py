@@ -42,20 +42,39 @@ class Signer:
         source_key: str,
         version: int = 1,
         produced_at: datetime | None = None,
+        revision: int = 1,
+        withdrawn: str | None = None,
     ) -> dict[str, Any]:
+        """The signed envelope of a record's revision: 1 (its first message), or a correction
+        (``revision`` >= 2) or withdrawal (``withdrawn``, ``data`` {}) under its first message id."""
+        first = self.message_id(source_key)
         return envelope.build_signed(
             private_key=self.private_key,
             partner_id=self.partner,
             keyid=self.kid,
             event_type=event_type,
             version=version,
-            message_id=self.message_id(source_key),
+            message_id=first,
             data=data,
             produced_at=produced_at or datetime.now(UTC),
+            supersedes=first if revision > 1 else None,
+            revision=revision,
+            withdrawn=withdrawn,
         )
 
-    def sign_bytes(self, event_type: str, data: dict[str, Any], *, source_key: str, version: int = 1) -> bytes:
-        return envelope.encode(self.sign(event_type, data, source_key=source_key, version=version))
+    def sign_bytes(
+        self,
+        event_type: str,
+        data: dict[str, Any],
+        *,
+        source_key: str,
+        version: int = 1,
+        revision: int = 1,
+        withdrawn: str | None = None,
+    ) -> bytes:
+        return envelope.encode(
+            self.sign(event_type, data, source_key=source_key, version=version, revision=revision, withdrawn=withdrawn)
+        )
 
     def envelope_writer(self, event_type: str, version: int = 1) -> EnvelopeWriter:
         return EnvelopeWriter(self, event_type, version)
