@@ -50,6 +50,7 @@ __all__ = [
 ID_RE = re.compile(r"^[a-z0-9][a-z0-9\-]{1,62}$")
 OUTPUT_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 MAX_RETENTION_DAYS = 3650
+MAX_CADENCE_DAYS = 366  # a flow that sends less often than yearly is not on a cadence worth watching
 EARLIEST_DATE = date(2000, 1, 1)
 LATEST_DATE = date(2999, 12, 31)
 OPERATORS = ("in", "not_in", "any_in", "between", "equals", "present")
@@ -251,6 +252,16 @@ class FlowDoc(_Doc):
     rules: Annotated[Rules, Field(min_length=1), Said(C.BAD_VALUE, "rules must be a non-empty list")] | None = None
     rule_set: Annotated[str, Said(C.UNKNOWN_RULE_SET, "no rule set {value} in [rule_sets]")] | None = None
     notes: Annotated[str, Said(C.BAD_VALUE, "notes must be a string")] | None = None
+    # How often the flow's partners send, at the least (days): a partner silent for longer is an
+    # alert (``broker/monitor/alerts.py``). Optional: an event-driven flow with no schedule has none.
+    cadence_days: (
+        Annotated[
+            int,
+            Field(ge=1, le=MAX_CADENCE_DAYS),
+            Said(C.BAD_VALUE, f"cadence_days must be an integer from 1 to {MAX_CADENCE_DAYS}"),
+        ]
+        | None
+    ) = None
 
     @model_validator(mode="after")
     def _rules_or_a_rule_set(self) -> FlowDoc:
