@@ -35,7 +35,7 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any, TypeVar
 
 import asyncpg
@@ -44,17 +44,29 @@ from broker.audit.chain import GENESIS
 from broker.audit.columns import record_index
 from broker.audit.commit_plan import CommitPlan, claim_keys, plan_commit, released_ids, replay_view
 from broker.errors import StartupError, StoreUnavailable
-from broker.ports.sql import Binder, admitted, audit_page_query, feed_page_query, message_of, numbered, refill
+from broker.ports.sql import (
+    SEEN_KINDS,
+    Binder,
+    admitted,
+    audit_page_query,
+    feed_page_query,
+    message_of,
+    numbered,
+    outcome_days_query,
+    refill,
+)
 from broker.ports.store import (
     GENESIS_HEAD,
     AuditQuery,
     AuditRow,
     Checkpoint,
     CommitUnit,
+    DayCount,
     Expired,
     ExpiredQuarantine,
     FeedRow,
     Head,
+    HeldSummary,
     Lost,
     QuarantineItem,
     QuarantineRow,
@@ -150,6 +162,10 @@ MIGRATIONS: tuple[str, ...] = (
     # verification checks the index against the body).
     """
     CREATE INDEX audit_records_seq ON audit_records(seq);
+    """,
+    # 3: per-day outcome counts for the alerts read this index alone (``Store.outcome_days``).
+    """
+    CREATE INDEX audit_kind_at ON audit(kind, at, source);
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -484,6 +500,40 @@ class PostgresStore:
 
     def leadership(self, name: str) -> AdvisoryLeadership:
         return AdvisoryLeadership(self.dsn, name, self.connect_timeout)
+
+    async def last_seen(self, sources: Sequence[str]) -> dict[str, datetime]:
+        # Newest first along the source's own index (audit_source: source, seq); times never go
+        # backwards along the chain, so the first entry of a verified kind is the latest.
+        async def run(conn: asyncpg.Connection) -> dict[str, datetime]:
+            out: dict[str, datetime] = {}
+            for source in dict.fromkeys(sources):
+                at = await conn.fetchval(
+                    "SELECT at FROM audit WHERE source = $1 AND kind = ANY($2::text[]) ORDER BY seq DESC LIMIT 1",
+                    source,
+                    list(SEEN_KINDS),
+                )
+                if at is not None:
+                    out[source] = parse_time(str(at))
+            return out
+
+        return await self._run(run)
+
+    async def outcome_days(self, since: datetime) -> list[DayCount]:
+        bind = Binder(numbered)
+        sql = outcome_days_query(bind, format_time(since))
+
+        async def run(conn: asyncpg.Connection) -> list[DayCount]:
+            rows = await conn.fetch(sql, *bind.params)
+            return [
+                DayCount(date.fromisoformat(str(r[0])), str(r[1]), None if r[2] is None else str(r[2]), int(r[3]))
+                for r in rows
+            ]
+
+        return await self._run(run)
+
+    async def held_summary(self) -> list[HeldSummary]:
+        """Empty until the held-events table lands (``Store.held_summary``)."""
+        return []
 
 
 class AdvisoryLeadership:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 
 from broker.audit.columns import body_columns
-from broker.ports.store import AuditQuery, AuditRow
+from broker.ports.store import OUTCOME_KINDS, AuditQuery, AuditRow
 
 AUDIT_COLUMNS = "seq, at, kind, message_id, source, consumer, agreement_id, record_id, body, hash"
 FEED_COLUMNS = "id, record_id, event_type, agreement_id, released_at, body"
@@ -115,3 +115,18 @@ def message_of(record_id: str, bodies: Iterable[bytes]) -> str | None:
         if cols is not None and cols.record_id == record_id and cols.message_id is not None:
             return cols.message_id
     return None
+
+
+SEEN_KINDS = ("released", "withheld", "duplicate")
+"""The kinds of entry written only for a message whose signature verified (``Store.last_seen``)."""
+
+
+def outcome_days_query(bind: Binder, since: str) -> str:
+    """Entries of the outcome kinds at or after ``since``, per UTC day (``at`` is RFC 3339 in UTC,
+    so its first ten characters are the day), kind and source. The ``audit_kind_at`` index
+    (kind, at, source) answers it alone: a range per kind, no table row read."""
+    kinds = ", ".join(bind(kind) for kind in OUTCOME_KINDS)
+    return (
+        f"SELECT substr(at, 1, 10) AS day, kind, source, COUNT(*) FROM audit "  # noqa: S608
+        f"WHERE kind IN ({kinds}) AND at >= {bind(since)} GROUP BY day, kind, source ORDER BY day, kind, source"
+    )

@@ -17,7 +17,7 @@ import queue
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from functools import partial
 from pathlib import Path
 from typing import TypeVar
@@ -27,17 +27,29 @@ from broker.audit.columns import record_index
 from broker.audit.commit_plan import NONE_LOST, CommitPlan, claim_keys, plan_commit, released_ids, replay_view
 from broker.errors import StoreUnavailable
 from broker.ports.private_files import private_directory, private_file
-from broker.ports.sql import Binder, admitted, audit_page_query, feed_page_query, message_of, qmark, refill
+from broker.ports.sql import (
+    SEEN_KINDS,
+    Binder,
+    admitted,
+    audit_page_query,
+    feed_page_query,
+    message_of,
+    outcome_days_query,
+    qmark,
+    refill,
+)
 from broker.ports.store import (
     GENESIS_HEAD,
     AuditQuery,
     AuditRow,
     Checkpoint,
     CommitUnit,
+    DayCount,
     Expired,
     ExpiredQuarantine,
     FeedRow,
     Head,
+    HeldSummary,
     Lost,
     QuarantineItem,
     QuarantineRow,
@@ -120,6 +132,7 @@ CREATE TABLE IF NOT EXISTS quarantine (
     body_sha256 TEXT NOT NULL,
     body BLOB
 );
+CREATE INDEX IF NOT EXISTS audit_kind_at ON audit(kind, at, source);
 """
 
 _STOP = object()
@@ -567,6 +580,43 @@ class SqliteStore:
 
     def leadership(self, name: str) -> SoleLeader:
         return SoleLeader()
+
+    async def last_seen(self, sources: Sequence[str]) -> dict[str, datetime]:
+        # Newest first along the source's own index: times never go backwards along the chain, so
+        # the first entry of a verified kind is the latest. INDEXED BY: the planner might
+        # otherwise walk audit_kind_at through every entry of those kinds ever written.
+        kinds = ", ".join("?" * len(SEEN_KINDS))
+        sql = (
+            f"SELECT at FROM audit INDEXED BY audit_source WHERE source = ? AND kind IN ({kinds}) "  # noqa: S608
+            "ORDER BY seq DESC LIMIT 1"
+        )
+
+        def run(conn: sqlite3.Connection) -> dict[str, datetime]:
+            out: dict[str, datetime] = {}
+            for source in dict.fromkeys(sources):
+                row = conn.execute(sql, (source, *SEEN_KINDS)).fetchone()
+                if row is not None:
+                    out[source] = parse_time(str(row[0]))
+            return out
+
+        return await self._query(run)
+
+    async def outcome_days(self, since: datetime) -> list[DayCount]:
+        bind = Binder(qmark)
+        sql = outcome_days_query(bind, format_time(since))
+        params = bind.params
+
+        def run(conn: sqlite3.Connection) -> list[DayCount]:
+            return [
+                DayCount(date.fromisoformat(str(day)), str(kind), None if src is None else str(src), int(n))
+                for day, kind, src, n in conn.execute(sql, params)
+            ]
+
+        return await self._query(run)
+
+    async def held_summary(self) -> list[HeldSummary]:
+        """Empty until the held-events table lands (``Store.held_summary``)."""
+        return []
 
 
 class SoleLeader:
