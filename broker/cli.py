@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "broker.commands.token",
     "broker.commands.rabbitmq",
     "broker.commands.reload",
+    "broker.commands.status",
     "adapters.cli",  # the partner side's commands: adapters/ imports nothing from broker/
 )
 
