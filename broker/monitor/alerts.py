@@ -455,7 +455,7 @@ def _rate_alerts(rates: Sequence[Rates]) -> Iterable[Alert]:
             share = rising(n, total, base_n, base_total)
             if share is None:
                 continue
-            before = f"{base_n / base_total:.0%} of {base_total}" if base_total else "none before"
+            before = f"{base_n / base_total:.0%} of {base_total}" if base_total else "no messages"
             yield Alert(
                 code,
                 Severity.CRITICAL if share >= CRITICAL_SHARE else Severity.WARNING,
