@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "broker.commands.rabbitmq",
     "broker.commands.reload",
     "broker.commands.held",
+    "broker.commands.status",
     "adapters.cli",  # the partner side's commands: adapters/ imports nothing from broker/
 )
 

@@ -83,3 +83,14 @@ async def retention_every(
         except Exception as exc:
             log.warning("retention_failed", error=type(exc).__name__)
         await asyncio.sleep(interval_seconds)
+
+
+async def alerts_every(refresh: Callable[[], Awaitable[object]], interval_seconds: float) -> None:
+    """Recompute the alerts and their gauges every ``interval_seconds`` (every process serving
+    ``/metrics`` does, leader or not: they read one store and say the same)."""
+    while True:
+        await asyncio.sleep(interval_seconds)
+        try:
+            await refresh()
+        except Exception as exc:  # retried next round; never kill the broker
+            log.warning("alerts_refresh_failed", error=type(exc).__name__)

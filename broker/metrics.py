@@ -8,16 +8,25 @@ number of series (one per distinct value). ``tests/test_metrics.py`` holds this 
 
 Each broker has a registry of its own (tests run several brokers in one process); the gauges
 that describe the present (store and RabbitMQ up, leader, chain head) are read at scrape time.
+
+The alerts and partners' last-seen times are computed on a schedule (every minute, by every
+process that serves ``/metrics``: ``broker/jobs.alerts_every``), not at scrape: their store reads
+scan five weeks of the audit index, a scrape every few seconds from each Prometheus would repeat
+that for figures that move by the day, and a slow store must not make the whole scrape time out
+(losing "store up" exactly when it matters). ``sv_broker_alerts_refreshed_timestamp_seconds``
+says how fresh they are.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from broker.monitor.alerts import Alert, PartnerStatus
 from broker.stages.outcome import Accepted, Duplicate, Outcome, Rejected
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -62,6 +71,23 @@ class Metrics:
         self.rabbitmq_up = Gauge("sv_broker_rabbitmq_up", "1 if the RabbitMQ connection is open", registry=r)
         self.leader = Gauge("sv_broker_leader", "1 if this process runs the singleton jobs", registry=r)
         self.chain_head = Gauge("sv_broker_audit_chain_head_seq", "Sequence number of the audit chain head", registry=r)
+        # Alerts (``broker/monitor/alerts.py``): refreshed on a schedule, not at scrape (``alerts_observed``).
+        self.alerts = Gauge("sv_broker_alerts", "Alerts now, by code and severity", ["code", "severity"], registry=r)
+        self.partner_last_seen = Gauge(
+            "sv_broker_partner_last_seen_timestamp_seconds",
+            "Unix time of the partner's latest authenticated message (absent: none in the store)",
+            ["partner"],
+            registry=r,
+        )
+        self.partner_cadence = Gauge(
+            "sv_broker_partner_cadence_seconds",
+            "The tightest cadence the partner's flows in force declare",
+            ["partner"],
+            registry=r,
+        )
+        self.alerts_refreshed = Gauge(
+            "sv_broker_alerts_refreshed_timestamp_seconds", "Unix time the alerts were last computed", registry=r
+        )
 
     # -- the pipeline's observations (``broker.pipeline.ingest.Observer``) ----------------------------
     def settled(self, outcomes: Sequence[Outcome]) -> None:
@@ -79,6 +105,25 @@ class Metrics:
                 self.messages.labels("rejected", str(outcome.reason)).inc()
             else:
                 self.messages.labels("failed", "internal_error").inc()
+
+    def alerts_observed(self, alerts: Sequence[Alert], partners: Sequence[PartnerStatus], at: datetime) -> None:
+        """Replace the alert and partner gauges with these (an alert that cleared disappears).
+        Labels: alert codes, severities and partner ids from the registry only."""
+        self.alerts.clear()
+        counts: dict[tuple[str, str], int] = {}
+        for alert in alerts:
+            key = (alert.code.value, alert.severity.value)
+            counts[key] = counts.get(key, 0) + 1
+        for (code, severity), n in sorted(counts.items()):
+            self.alerts.labels(code, severity).set(n)
+        self.partner_last_seen.clear()
+        self.partner_cadence.clear()
+        for partner in partners:
+            if partner.last_seen is not None:
+                self.partner_last_seen.labels(partner.id).set(partner.last_seen.timestamp())
+            if partner.cadence is not None:
+                self.partner_cadence.labels(partner.id).set(partner.cadence.period.total_seconds())
+        self.alerts_refreshed.set(at.timestamp())
 
     def committed(self, seconds: float) -> None:
         self.commit_seconds.observe(seconds)

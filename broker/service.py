@@ -26,11 +26,13 @@ from broker.auth.tokens import TokenVerifier, load_jwks
 from broker.errors import ConfigurationError, StartupError
 from broker.logs import get_logger
 from broker.metrics import Metrics
+from broker.monitor.alerts import Alert, compute_alerts, partner_statuses
 from broker.pipeline import DecideFn, Pipeline
 from broker.pipeline.checkpoints import CheckpointFlow, refuse_store_behind
 from broker.pipeline.dead_letters import DeadLetterFlow
 from broker.pipeline.held import HeldFlow, Redecided, holding_agreements
 from broker.pipeline.retention import purge_expired, purge_held, purge_quarantine, purge_replay_guard
+from broker.pipeline.status import observe
 from broker.policy.engine import decide
 from broker.policy.loader import PolicySet, load_policy
 from broker.policy.secrets import load_secrets
@@ -162,6 +164,7 @@ class Broker:
     _purging: asyncio.Lock = field(default_factory=asyncio.Lock)
     hold_keys: HoldKeys | None = None
     held: HeldFlow | None = None  # held events (agreements' [hold]), decided again when in force
+    _alerting: set[tuple[str, str]] = field(default_factory=set)  # (code, subject) at the last refresh
 
     @property
     def url(self) -> str:
@@ -314,6 +317,10 @@ class Broker:
         self._tasks.append(asyncio.create_task(checkpoints, name="checkpoints"))
         self._tasks.append(asyncio.create_task(retention, name="retention"))
         self._tasks.append(asyncio.create_task(lead, name="leadership"))
+        with contextlib.suppress(Exception):  # a first figure for /metrics; the job retries each round
+            await self.refresh_alerts()
+        alerts = jobs.alerts_every(self.refresh_alerts, settings.alerts_interval.total_seconds())
+        self._tasks.append(asyncio.create_task(alerts, name="alerts"))
         log.info("broker_started", mode="amqp" if settings.amqp_url else "embedded", url=self.url)
 
     def _pipeline(self, delivery: Delivery) -> Pipeline:
@@ -500,6 +507,23 @@ class Broker:
             log.warning("held_release_failed", error=type(exc).__name__)
             return Redecided()
 
+    async def refresh_alerts(self) -> list[Alert]:
+        """Compute the alerts now (``broker/monitor/alerts.py``) and put them in ``/metrics``; an
+        alert that was not there at the last refresh is logged (codes and ids only)."""
+        assert self.store is not None
+        assert self.policy is not None
+        assert self.registry is not None
+        policy, registry, now = self.policy, self.registry, self.clock()  # one set, even across a reload
+        observations = await observe(self.store, registry, now)
+        alerts = compute_alerts(policy, registry, now, observations)
+        self.metrics.alerts_observed(alerts, partner_statuses(policy, registry, now, observations), now)
+        keys = {(a.code.value, a.subject) for a in alerts}
+        for alert in alerts:
+            if (alert.code.value, alert.subject) not in self._alerting:
+                log.warning("alert", code=alert.code.value, severity=alert.severity.value, subject=alert.subject)
+        self._alerting = keys
+        return alerts
+
     def _warn_agreements(self) -> None:
         assert self.policy is not None
         for summary in agreement_summaries(self.policy, self.clock(), self.settings.warn_within):
@@ -521,7 +545,7 @@ class Broker:
         if self.runner is not None:
             await self.runner.cleanup()  # waits for in-flight HTTP requests
         for task in self._tasks:
-            if task.get_name() in ("checkpoints", "retention", "leadership"):
+            if task.get_name() in ("checkpoints", "retention", "leadership", "alerts"):
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait_for(task, timeout=30)

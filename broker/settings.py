@@ -58,6 +58,7 @@ class Settings:
     quarantine_retention: timedelta = timedelta(days=30)  # refused messages are deleted after this
     leader_check_interval: float = 1.0  # seconds between leadership checks (singleton jobs)
     warn_within: timedelta = timedelta(days=30)  # agreements ending / due for review this soon
+    alerts_interval: timedelta = timedelta(minutes=1)  # how often /metrics' alert gauges are recomputed
     log_level: str = "INFO"
     # held events (an agreement's [hold]): the per-agreement AES keys, outside the store; several
     # hosts sharing a store share these files. Default: data_dir / "hold-keys"

@@ -207,6 +207,8 @@ def _agreement() -> dict[str, Any]:
         ((), {"revision": "3"}, "revision", CheckCode.BAD_VALUE),
         ((), {"retention_days": True}, "retention_days", CheckCode.BAD_VALUE),
         (("flows", 0), {"versions": ["1"]}, "flows['ae-to-csp'].versions", CheckCode.BAD_VALUE),
+        (("flows", 0), {"cadence_days": 0}, "flows['ae-to-csp'].cadence_days", CheckCode.BAD_VALUE),
+        (("flows", 0), {"cadence_days": "7"}, "flows['ae-to-csp'].cadence_days", CheckCode.BAD_VALUE),
         (
             ("flows", 0, "when", 0),
             {"present": 1, "in": None},
@@ -222,6 +224,8 @@ def _agreement() -> dict[str, Any]:
         "str-not-int",
         "bool-not-int",
         "str-not-int-in-list",
+        "cadence-zero",
+        "cadence-str",
         "int-not-bool",
     ],
 )

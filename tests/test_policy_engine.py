@@ -199,7 +199,7 @@ def test_release_carries_agreement_and_rules(registry: Registry) -> None:
     by_consumer = {r.consumer: r for r in decision.releases}
     csp = by_consumer["derby-csp-analysts"]
     assert csp.agreement_id == "dsa-istv-ae-2026"
-    assert csp.agreement_revision == 2
+    assert csp.agreement_revision == 3
     assert csp.flow_id == "ae-to-derby-csp"
     assert csp.record_id == record_id(
         "uhdb-royal-derby-ed", "msg-for-ids-0001", "derby-csp-analysts", "dsa-istv-ae-2026"

@@ -82,7 +82,10 @@ def test_text_shows_each_consumer_field_by_field(
     assert "derbyshire-vru (Derbyshire Violence Reduction Unit): RECEIVES 1 record" in out
     assert f"{NOBODY} (Derbyshire Fire and Rescue Service prevention analysts): receives NOTHING" in out
     assert f"no_agreement: No flow of any agreement names {NOBODY}." in out
-    assert "agreement dsa-istv-ae-2026 revision 2, flow ae-to-derby-csp" in out
+    assert "agreement dsa-istv-ae-2026 revision 3, flow ae-to-derby-csp" in out
+    # The flow's declared cadence (how often its partners send; silence beyond it is an alert).
+    assert "cadence: the partners send at least every 7 days" in out
+    assert "cadence: the partners send at least every 31 days" in out  # the VRU's monthly flow
     # A rule that produced a field, with the rule id and what it did.
     assert "-> patient_age_band = 18-24  [rule ae-age-band: generalise to band (sv-age)]" in out
     assert "-> arrival_week = 2026-W42  [rule ae-arrival-week: generalise to week]" in out
@@ -110,6 +113,7 @@ def test_json_for_machines(tmp_path: Path, capsys: pytest.CaptureFixture[str], s
     assert by_consumer[NOBODY]["refusals"][0]["reason"] == "no_agreement"
     (release,) = by_consumer["derby-csp-analysts"]["releases"]
     assert release["agreement_id"] == "dsa-istv-ae-2026"
+    assert release["cadence_days"] == 7
     fields = {f["output"] or f["field"]: f for f in release["fields"]}
     assert fields["patient_age_band"] == {
         "field": "patient_age",

@@ -554,6 +554,8 @@ async def test_held_events_are_kept_once_listed_without_bodies_paged_and_deleted
     await store.commit(CommitUnit(held=items[:2], drafts=[Draft(Kind.HELD, {"agreement_id": "dsa-1"})]))
     await other.commit(CommitUnit(held=[items[0], *items[2:]]))  # a redelivery holds nothing twice
     assert await store.held_agreements() == {"dsa-1": 3, "dsa-2": 1}
+    summary = {h.agreement_id: (h.count, h.earliest_expiry) for h in await store.held_summary()}
+    assert summary == {"dsa-1": (3, items[3].expires_at), "dsa-2": (1, items[2].expires_at)}
     page = await other.held_page(limit=10)
     assert [r.id for r in page] == [i.id for i in items]
     assert [r.pos for r in page] == sorted(r.pos for r in page)
@@ -586,3 +588,64 @@ async def test_a_message_that_lost_its_claim_is_not_held(make_store: Callable[..
     lost = await second.commit(CommitUnit(seen=[(key, Seen(ReplayState.DONE, "b" * 64))], held=[held_item(5)]))
     assert lost == {key}
     assert await second.held_agreements() == {}
+
+
+# -- monitoring reads (alerts, ``sv-broker status``) ------------------------------------------------
+
+
+def settled(kind: Kind, source: str | None, n: int, **attrs: object) -> Draft:
+    return Draft(kind, {"message_id": f"{source}-{kind}-{n}", "source": source, **attrs})
+
+
+async def test_last_seen_is_the_latest_authenticated_entry_per_source(make_store: Callable[..., Store]) -> None:
+    clock = [T0]
+    store = await make_store(clock=lambda: clock[0])
+    # p1: released, later a duplicate; p2: only withheld; p3: only claimed (received + rejected,
+    # e.g. forged messages with a bad signature): never seen.
+    await store.commit(CommitUnit(drafts=[settled(Kind.RECEIVED, "p1", 1), released("r1")]))
+    clock[0] = T0 + timedelta(days=1)
+    await store.commit(CommitUnit(drafts=[settled(Kind.RECEIVED, "p2", 1), settled(Kind.WITHHELD, "p2", 1)]))
+    clock[0] = T0 + timedelta(days=2)
+    await store.commit(CommitUnit(drafts=[settled(Kind.DUPLICATE, "p", 2)]))
+    clock[0] = T0 + timedelta(days=3)
+    await store.commit(
+        CommitUnit(drafts=[settled(Kind.RECEIVED, "p3", 1), settled(Kind.REJECTED, "p3", 1, reason="bad_signature")])
+    )
+    # "p" (the source of ``released``) also gets a later claimed-only entry, which does not count.
+    await store.commit(CommitUnit(drafts=[settled(Kind.RECEIVED, "p", 3)]))
+    seen = await store.last_seen(["p", "p2", "p3", "nobody", "p"])
+    assert seen == {"p": T0 + timedelta(days=2), "p2": T0 + timedelta(days=1)}
+    assert await store.last_seen([]) == {}
+
+
+async def test_outcome_days_count_per_day_kind_and_source_from_since(make_store: Callable[..., Store]) -> None:
+    clock = [T0]
+    store = await make_store(clock=lambda: clock[0])
+    for day, drafts in (
+        (-1, [settled(Kind.RECEIVED, "p1", 0)]),  # before ``since``: not counted
+        (0, [settled(Kind.RECEIVED, "p1", 1), settled(Kind.RECEIVED, "p1", 2), settled(Kind.REJECTED, "p1", 1)]),
+        (0, [settled(Kind.RECEIVED, None, 3), settled(Kind.REJECTED, None, 3, reason="malformed_json")]),
+        (1, [settled(Kind.RECEIVED, "p2", 4), settled(Kind.WITHHELD, "p2", 4), settled(Kind.DUPLICATE, "p2", 5)]),
+        (1, [released("r9", "m9"), Draft(Kind.ACCESSED, {"sub": "ig", "source": "p2"})]),  # not outcome kinds
+    ):
+        clock[0] = T0 + timedelta(days=day, hours=1)
+        await store.commit(CommitUnit(drafts=drafts))
+    days = await store.outcome_days(T0)
+    d0, d1 = T0.date(), (T0 + timedelta(days=1)).date()
+    assert sorted((d.day, d.kind, d.source or "", d.count) for d in days) == sorted(
+        [
+            (d0, "received", "p1", 2),
+            (d0, "rejected", "p1", 1),
+            (d0, "received", "", 1),
+            (d0, "rejected", "", 1),
+            (d1, "received", "p2", 1),
+            (d1, "withheld", "p2", 1),
+            (d1, "duplicate", "p2", 1),
+        ]
+    )
+    assert await store.outcome_days(T0 + timedelta(days=5)) == []
+
+
+async def test_held_summary_is_empty_when_nothing_is_held(make_store: Callable[..., Store]) -> None:
+    store = await make_store()
+    assert await store.held_summary() == []

@@ -53,6 +53,7 @@ OUTPUT_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 MAX_RETENTION_DAYS = 3650
 MAX_HOLD_DAYS = 90  # a held event is kept for at most this long (and never beyond the agreement's retention)
 HOLD_REASONS = ("not_yet_valid", "review_overdue", "expired")
+MAX_CADENCE_DAYS = 366  # a flow that sends less often than yearly is not on a cadence worth watching
 EARLIEST_DATE = date(2000, 1, 1)
 LATEST_DATE = date(2999, 12, 31)
 OPERATORS = ("in", "not_in", "any_in", "between", "equals", "present")
@@ -254,6 +255,16 @@ class FlowDoc(_Doc):
     rules: Annotated[Rules, Field(min_length=1), Said(C.BAD_VALUE, "rules must be a non-empty list")] | None = None
     rule_set: Annotated[str, Said(C.UNKNOWN_RULE_SET, "no rule set {value} in [rule_sets]")] | None = None
     notes: Annotated[str, Said(C.BAD_VALUE, "notes must be a string")] | None = None
+    # How often the flow's partners send, at the least (days): a partner silent for longer is an
+    # alert (``broker/monitor/alerts.py``). Optional: an event-driven flow with no schedule has none.
+    cadence_days: (
+        Annotated[
+            int,
+            Field(ge=1, le=MAX_CADENCE_DAYS),
+            Said(C.BAD_VALUE, f"cadence_days must be an integer from 1 to {MAX_CADENCE_DAYS}"),
+        ]
+        | None
+    ) = None
 
     @model_validator(mode="after")
     def _rules_or_a_rule_set(self) -> FlowDoc:

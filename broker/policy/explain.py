@@ -168,6 +168,7 @@ def _consumer_entry(
                 "purpose": " ".join(release.purpose.split()),
                 "lawful_basis": list(release.lawful_basis),
                 "retention_days": release.retention_days,
+                "cadence_days": flow.cadence_days,
                 "record": release.record,
                 "fields": fields,
             }
@@ -268,6 +269,8 @@ def render_text(report: dict[str, Any]) -> str:
                 f"  lawful basis: {'; '.join(release['lawful_basis'])}",
                 f"  retention: {release['retention_days']} days",
             ]
+            if release.get("cadence_days"):
+                lines.append(f"  cadence: the partners send at least every {release['cadence_days']} days")
             width = max(len(f["field"]) for f in release["fields"])
             for f in release["fields"]:
                 left = f"    {f['field']:<{width}}  {_show(f['input'])}"

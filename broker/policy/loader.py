@@ -33,6 +33,7 @@ The file format (one agreement per file, ``policies/agreements/<id>.toml``)::
     versions = [1]
     consumers = ["derby-csp-analysts"]
     when = [ { field = "district", in = ["E06000015"] } ]          # optional row conditions
+    cadence_days = 7                        # optional: the partners send at least weekly (alerts)
     rules = [                                                       # or rule_set = "district-level"
       { id = "ae-arrival-week", field = "arrival_datetime", action = "generalise", to = "week", as = "arrival_week" },
     ]
@@ -538,6 +539,7 @@ class _Compiler:
                         consumers=tuple(consumers),
                         conditions=tuple(conditions),
                         rules=tuple(rules),
+                        cadence_days=flow.cadence_days,
                     )
                 )
             )

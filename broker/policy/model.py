@@ -246,6 +246,7 @@ class Flow:
     review_due: datetime = dc_field(default=datetime.max, repr=False, compare=False)
     window_refusals: Mapping[Reason, tuple[Refusal, ...]] = dc_field(default_factory=dict, repr=False)
     condition_refusals: tuple[tuple[Refusal, ...], ...] = dc_field(default=(), repr=False)
+    cadence_days: int | None = None  # the partners send at least this often (None: no schedule declared)
 
 
 def finish_flow(flow: Flow) -> Flow:
@@ -294,6 +295,7 @@ def finish_flow(flow: Flow) -> Flow:
         review_due=ag.review_due,
         window_refusals=windows,
         condition_refusals=conditions,
+        cadence_days=flow.cadence_days,
     )
 
 

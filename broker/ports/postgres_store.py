@@ -35,7 +35,7 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any, TypeVar
 
 import asyncpg
@@ -48,9 +48,11 @@ from broker.ports.sql import (
     BACKFILL_LINEAGE,
     EXPIRED_COLUMNS,
     HELD_ROW_COLUMNS,
+    HELD_SUMMARY_QUERY,
     HOLDING_UPSERT_WHERE,
     LINEAGE_TABLES,
     LINEAGE_UPSERT_WHERE,
+    SEEN_KINDS,
     Binder,
     admitted,
     audit_page_query,
@@ -62,6 +64,7 @@ from broker.ports.sql import (
     lineage_view,
     message_of,
     numbered,
+    outcome_days_query,
     refill,
 )
 from broker.ports.store import (
@@ -70,12 +73,14 @@ from broker.ports.store import (
     AuditRow,
     Checkpoint,
     CommitUnit,
+    DayCount,
     Expired,
     ExpiredQuarantine,
     FeedRow,
     Head,
     HeldItem,
     HeldRow,
+    HeldSummary,
     Lost,
     QuarantineItem,
     QuarantineRow,
@@ -203,6 +208,10 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX held_agreement ON held(agreement_id, pos);
     CREATE INDEX held_expiry ON held(expires_at);
+    """,
+    # 5: per-day outcome counts for the alerts read this index alone (``Store.outcome_days``).
+    """
+    CREATE INDEX audit_kind_at ON audit(kind, at, source);
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -651,6 +660,43 @@ class PostgresStore:
                 limit,
             )
             return [held_row(tuple(r)) for r in rows]
+
+        return await self._run(run)
+
+    async def last_seen(self, sources: Sequence[str]) -> dict[str, datetime]:
+        # Newest first along the source's own index (audit_source: source, seq); times never go
+        # backwards along the chain, so the first entry of a verified kind is the latest.
+        async def run(conn: asyncpg.Connection) -> dict[str, datetime]:
+            out: dict[str, datetime] = {}
+            for source in dict.fromkeys(sources):
+                at = await conn.fetchval(
+                    "SELECT at FROM audit WHERE source = $1 AND kind = ANY($2::text[]) ORDER BY seq DESC LIMIT 1",
+                    source,
+                    list(SEEN_KINDS),
+                )
+                if at is not None:
+                    out[source] = parse_time(str(at))
+            return out
+
+        return await self._run(run)
+
+    async def outcome_days(self, since: datetime) -> list[DayCount]:
+        bind = Binder(numbered)
+        sql = outcome_days_query(bind, format_time(since))
+
+        async def run(conn: asyncpg.Connection) -> list[DayCount]:
+            rows = await conn.fetch(sql, *bind.params)
+            return [
+                DayCount(date.fromisoformat(str(r[0])), str(r[1]), None if r[2] is None else str(r[2]), int(r[3]))
+                for r in rows
+            ]
+
+        return await self._run(run)
+
+    async def held_summary(self) -> list[HeldSummary]:
+        async def run(conn: asyncpg.Connection) -> list[HeldSummary]:
+            rows = await conn.fetch(HELD_SUMMARY_QUERY)
+            return [HeldSummary(r[0], int(r[1]), parse_time(r[2])) for r in rows]
 
         return await self._run(run)
 

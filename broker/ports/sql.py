@@ -13,7 +13,7 @@ from dataclasses import replace
 from typing import Any
 
 from broker.audit.columns import body_columns
-from broker.ports.store import AuditQuery, AuditRow, HeldItem, HeldRow, ReplayKey
+from broker.ports.store import OUTCOME_KINDS, AuditQuery, AuditRow, HeldItem, HeldRow, ReplayKey
 from broker.stages.lineage import NO_LINEAGE, Holding, Lineage
 from schemas.envelope import parse_time
 
@@ -246,4 +246,24 @@ def held_item(row: Sequence[Any]) -> HeldItem:
         r.expires_at,
         bytes(row[10]),
         r.pos,
+    )
+
+
+HELD_SUMMARY_QUERY = (
+    "SELECT agreement_id, COUNT(*), min(expires_at) FROM held GROUP BY agreement_id ORDER BY agreement_id"
+)
+
+
+SEEN_KINDS = ("released", "withheld", "duplicate")
+"""The kinds of entry written only for a message whose signature verified (``Store.last_seen``)."""
+
+
+def outcome_days_query(bind: Binder, since: str) -> str:
+    """Entries of the outcome kinds at or after ``since``, per UTC day (``at`` is RFC 3339 in UTC,
+    so its first ten characters are the day), kind and source. The ``audit_kind_at`` index
+    (kind, at, source) answers it alone: a range per kind, no table row read."""
+    kinds = ", ".join(bind(kind) for kind in OUTCOME_KINDS)
+    return (
+        f"SELECT substr(at, 1, 10) AS day, kind, source, COUNT(*) FROM audit "  # noqa: S608
+        f"WHERE kind IN ({kinds}) AND at >= {bind(since)} GROUP BY day, kind, source ORDER BY day, kind, source"
     )

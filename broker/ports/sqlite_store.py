@@ -17,7 +17,7 @@ import queue
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from functools import partial
 from pathlib import Path
 from typing import TypeVar
@@ -31,9 +31,11 @@ from broker.ports.sql import (
     BACKFILL_LINEAGE,
     EXPIRED_COLUMNS,
     HELD_ROW_COLUMNS,
+    HELD_SUMMARY_QUERY,
     HOLDING_UPSERT_WHERE,
     LINEAGE_TABLES,
     LINEAGE_UPSERT_WHERE,
+    SEEN_KINDS,
     Binder,
     admitted,
     audit_page_query,
@@ -44,6 +46,7 @@ from broker.ports.sql import (
     held_row,
     lineage_view,
     message_of,
+    outcome_days_query,
     qmark,
     refill,
 )
@@ -53,12 +56,14 @@ from broker.ports.store import (
     AuditRow,
     Checkpoint,
     CommitUnit,
+    DayCount,
     Expired,
     ExpiredQuarantine,
     FeedRow,
     Head,
     HeldItem,
     HeldRow,
+    HeldSummary,
     Lost,
     QuarantineItem,
     QuarantineRow,
@@ -142,6 +147,7 @@ CREATE TABLE IF NOT EXISTS held (
 );
 CREATE INDEX IF NOT EXISTS held_agreement ON held(agreement_id, pos);
 CREATE INDEX IF NOT EXISTS held_expiry ON held(expires_at);
+CREATE INDEX IF NOT EXISTS audit_kind_at ON audit(kind, at, source);
 """
 
 RECORDS_TABLE = """
@@ -809,6 +815,47 @@ class SqliteStore:
                 (format_time(now), limit),
             )
             return [held_row(row) for row in rows]
+
+        return await self._query(run)
+
+    async def last_seen(self, sources: Sequence[str]) -> dict[str, datetime]:
+        # Newest first along the source's own index: times never go backwards along the chain, so
+        # the first entry of a verified kind is the latest. INDEXED BY: the planner might
+        # otherwise walk audit_kind_at through every entry of those kinds ever written.
+        kinds = ", ".join("?" * len(SEEN_KINDS))
+        sql = (
+            f"SELECT at FROM audit INDEXED BY audit_source WHERE source = ? AND kind IN ({kinds}) "  # noqa: S608
+            "ORDER BY seq DESC LIMIT 1"
+        )
+
+        def run(conn: sqlite3.Connection) -> dict[str, datetime]:
+            out: dict[str, datetime] = {}
+            for source in dict.fromkeys(sources):
+                row = conn.execute(sql, (source, *SEEN_KINDS)).fetchone()
+                if row is not None:
+                    out[source] = parse_time(str(row[0]))
+            return out
+
+        return await self._query(run)
+
+    async def outcome_days(self, since: datetime) -> list[DayCount]:
+        bind = Binder(qmark)
+        sql = outcome_days_query(bind, format_time(since))
+        params = bind.params
+
+        def run(conn: sqlite3.Connection) -> list[DayCount]:
+            return [
+                DayCount(date.fromisoformat(str(day)), str(kind), None if src is None else str(src), int(n))
+                for day, kind, src, n in conn.execute(sql, params)
+            ]
+
+        return await self._query(run)
+
+    async def held_summary(self) -> list[HeldSummary]:
+        def run(conn: sqlite3.Connection) -> list[HeldSummary]:
+            return [
+                HeldSummary(str(a), int(n), parse_time(str(first))) for a, n, first in conn.execute(HELD_SUMMARY_QUERY)
+            ]
 
         return await self._query(run)
 

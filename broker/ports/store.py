@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from typing import Protocol
 
 from broker.audit.chain import GENESIS, Draft
@@ -391,6 +391,25 @@ class Store(Protocol):
         """Held events whose hold time ended at or before ``now`` (purge candidates)."""
         ...
 
+    # -- monitoring (``broker/monitor/``: alerts and ``sv-broker status``) ------------------------------
+    async def last_seen(self, sources: Sequence[str]) -> dict[str, datetime]:
+        """For each of ``sources`` (partner ids) that has one: the time of the latest audit entry
+        about an *authenticated* message from it (``released``, ``withheld`` or ``duplicate``:
+        kinds written only after the signature verified). Not ``received``, whose source is only
+        claimed until verified: anyone who can reach the ingest could otherwise make a silent
+        partner look alive with forged messages in its name."""
+        ...
+
+    async def outcome_days(self, since: datetime) -> list[DayCount]:
+        """Audit entries of the kinds in :data:`OUTCOME_KINDS` at or after ``since``, counted per
+        UTC day, kind and source (the indexed columns only: no body is read)."""
+        ...
+
+    async def held_summary(self) -> list[HeldSummary]:
+        """Events held for a lapsed agreement, per agreement, with the earliest expiry (the alerts'
+        ``held_expiring`` and ``sv-broker status`` read it)."""
+        ...
+
 
 class Leadership(Protocol):
     """Who runs the singleton jobs (checkpoint signing, retention purge, dead-letter auditing).
@@ -415,3 +434,29 @@ class StoreCounts:
 
     audit_by_kind: dict[str, int]
     records_by_consumer: dict[str, int]
+
+
+OUTCOME_KINDS = ("received", "rejected", "withheld", "duplicate")
+"""The audit kinds :meth:`Store.outcome_days` counts: every message settled is one ``received``
+and one of ``rejected`` / ``duplicate`` / (``released``... or ``withheld``); an accepted message
+is therefore ``received`` less ``rejected`` and ``duplicate``, and one that released nothing is a
+``withheld`` (``broker/audit/entries.py``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DayCount:
+    """How many audit entries of one kind from one source on one UTC day."""
+
+    day: date
+    kind: str
+    source: str | None  # as the index holds it: only claimed for a message never verified
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class HeldSummary:
+    """Events held for one (lapsed) agreement: how many, and when the first of them expires."""
+
+    agreement_id: str
+    count: int
+    earliest_expiry: datetime

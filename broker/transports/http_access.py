@@ -25,7 +25,9 @@ from aiohttp import web
 from broker.auth.tokens import Principal, TokenVerifier
 from broker.errors import ApiError, AuthError
 from broker.logs import get_logger
+from broker.monitor.alerts import AGREEMENT_CODES, Alert
 from broker.pipeline.access import AccessAudit
+from broker.pipeline.status import current_alerts
 from broker.policy.model import PolicySet
 from broker.ports.store import Store
 from broker.registry import Registry
@@ -210,11 +212,34 @@ def agreement_summaries(policy: PolicySet, now: datetime, warn_within: timedelta
     return out
 
 
+def visible_alerts(alerts: list[Alert], principal: Principal, policy: PolicySet) -> list[Alert]:
+    """What a caller may see. IG leads and admins: every alert. An analyst: only the date alerts
+    of agreements naming their consumer (which the listing shows them anyway); a partner's silence
+    and refusal rates are operational facts about other parties' flows, for the people who govern
+    them (least privilege: ICO Data Sharing Code, accountability without over-sharing)."""
+    if principal.role in AUDIT_ROLES:
+        return alerts
+    return [
+        a
+        for a in alerts
+        if a.code in AGREEMENT_CODES
+        and a.subject in policy.agreements
+        and principal.consumer in policy.agreements[a.subject].parties
+    ]
+
+
 async def agreements(request: web.Request) -> web.Response:
     principal = await authenticate(request, ANY_ROLE)
     ctx = request.app[ACCESS]
+    policy, registry, now = ctx.policy, ctx.registry, ctx.clock()  # one set, even across a reload
+    alerts = await current_alerts(ctx.store, policy, registry, now)
     await ctx.audit.read(principal, "agreements", audited_route(request), {})
-    return web.json_response({"agreements": agreement_summaries(ctx.policy, ctx.clock(), ctx.warn_within)})
+    return web.json_response(
+        {
+            "agreements": agreement_summaries(policy, now, ctx.warn_within),
+            "alerts": [a.as_dict() for a in visible_alerts(alerts, principal, policy)],
+        }
+    )
 
 
 def add_routes(app: web.Application, ctx: AccessContext) -> None:

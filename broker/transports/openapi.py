@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from broker.monitor.alerts import AlertCode, Severity
 from schemas.events import EVENT_TYPES
 from schemas.schema_files import envelope_schema
 
@@ -292,7 +293,7 @@ def document() -> dict[str, Any]:
             },
             "/v1/agreements": {
                 "get": {
-                    "summary": "The agreements, their state and warnings (any role)",
+                    "summary": "The agreements, their state, warnings and alerts (any role)",
                     "security": secured,
                     "responses": {"200": _json(_ref("Agreements"), "Agreements."), **AUTH_ERRORS},
                 }
@@ -515,7 +516,7 @@ def document() -> dict[str, Any]:
                 },
                 "Agreements": {
                     "type": "object",
-                    "required": ["agreements"],
+                    "required": ["agreements", "alerts"],
                     "properties": {
                         "agreements": {
                             "type": "array",
@@ -529,7 +530,24 @@ def document() -> dict[str, Any]:
                                     "warnings": {"type": "array", "items": {"type": "string"}},
                                 },
                             },
-                        }
+                        },
+                        "alerts": {
+                            "description": "alerts now, most severe first (an analyst sees only those of its "
+                            "agreements); codes in the README, 'Alerts and status'",
+                            "type": "array",
+                            "items": _ref("Alert"),
+                        },
+                    },
+                },
+                "Alert": {
+                    "type": "object",
+                    "required": ["code", "severity", "subject", "message", "due"],
+                    "properties": {
+                        "code": {"enum": [c.value for c in AlertCode]},
+                        "severity": {"enum": [s.value for s in Severity]},
+                        "subject": {"type": "string", "description": "an agreement id, a partner id, or * (all)"},
+                        "message": {"type": "string"},
+                        "due": {"type": ["string", "null"], "format": "date-time"},
                     },
                 },
             },

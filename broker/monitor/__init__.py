@@ -1,0 +1,1 @@
+"""Watching the broker from outside the message path: alerts and status (pure)."""
