@@ -114,8 +114,10 @@ async def test_twenty_held_past_review_are_released_exactly_once_after_a_renewal
         assert stored_records(db) == []
         held = audit_entries(db, "held")
         assert len(held) == 20
+        assert broker.policy is not None
+        old = broker.policy.agreements[AGREEMENT].revision
         assert {(e["agreement_id"], e["agreement_revision"], e["reason"], e["source"]) for e in held} == {
-            (AGREEMENT, 1, "review_overdue", PARTNER)
+            (AGREEMENT, old, "review_overdue", PARTNER)
         }
         assert {e["message_id"] for e in held} == {o.message_id for o in outcomes}
 
@@ -128,7 +130,7 @@ async def test_twenty_held_past_review_are_released_exactly_once_after_a_renewal
         assert {r.record["agreement"]["revision"] for r in records} == {new}
         released = audit_entries(db, "held_released")
         assert len(released) == 20
-        assert {(e["held_under_revision"], e["released_under_revision"]) for e in released} == {(1, new)}
+        assert {(e["held_under_revision"], e["released_under_revision"]) for e in released} == {(old, new)}
         assert held_count(db) == {}
 
         again = await broker.reload()  # reload twice: nothing more
