@@ -14,6 +14,7 @@ import pytest
 
 from adapters.synthetic import SyntheticGenerator
 from broker.demo import DemoEnvironment
+from broker.pipeline.trail import trace_entries
 from broker.policy.decision import record_id
 from broker.service import Broker
 from schemas import envelope
@@ -210,6 +211,17 @@ async def test_a_withdrawal_reaches_every_consumer_that_got_the_record(broker: B
     assert [r[1:3] for r in await feed(broker, DERBY_CSP)] == [("record", 4)]
     trace = audit_entries(broker.settings.data_dir / "broker.db", record_id=rid(env, "L-4", DERBY_CSP))
     assert [e["kind"] for e in trace] == ["released", "released", "withdrawn", "released"]
+    # ``audit trace`` follows the record through every revision's message
+    assert broker.store is not None
+    whole = await trace_entries(broker.store, rid(env, "L-4", DERBY_CSP), first_id(env, "L-4"))
+    life = [(e["kind"], e["message_id"]) for e in (json.loads(whole[seq]) for seq in sorted(whole))]
+    first = first_id(env, "L-4")
+    r2, r3, r4 = (f"{first}:r{n}" for n in (2, 3, 4))
+    assert life == [
+        ("received", first), ("released", first), ("received", r2), ("released", r2), ("received", r3),
+        ("withdrawn", r3), ("received", r2), ("duplicate", r2), ("received", r2), ("rejected", r2),
+        ("received", r4), ("released", r4),
+    ]  # fmt: skip
 
 
 async def test_an_older_revision_never_overwrites_a_newer_one(broker: Broker, env: DemoEnvironment) -> None:

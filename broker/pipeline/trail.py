@@ -50,9 +50,12 @@ async def verify_store(
 
 
 async def trace_entries(store: Store, record_id: str, message_id: str) -> dict[int, bytes]:
-    """seq -> entry body, for one record: received -> decisions -> releases -> reads -> purge."""
+    """seq -> entry body, for one record: received -> decisions -> releases -> reads -> purge, and
+    every later revision's (its correction or withdrawal message: received, released, withdrawn)."""
     seen: dict[int, bytes] = {}
-    for query in (AuditQuery(record_id=record_id), AuditQuery(message_id=message_id)):
+    messages = [message_id]
+
+    async def collect(query: AuditQuery) -> None:
         async for page in audit_pages(store, query):
             for row in page:
                 # what the entry says, not what its (rewritable) index column says
@@ -61,4 +64,10 @@ async def trace_entries(store: Store, record_id: str, message_id: str) -> dict[i
                 if body is not None and body.record_id not in (None, record_id):
                     continue
                 seen[row.seq] = row.body
+                if body is not None and body.message_id is not None and body.message_id not in messages:
+                    messages.append(body.message_id)  # a later revision of the record
+
+    await collect(AuditQuery(record_id=record_id))
+    for mid in messages:
+        await collect(AuditQuery(message_id=mid))
     return seen
