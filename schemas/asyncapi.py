@@ -112,18 +112,22 @@ def asyncapi_document(prefix: str = DEFAULT_PREFIX) -> dict[str, Any]:
             "address": CONSUMER,
             "title": "Released records, routed by consumer id",
             "parameters": _params("consumer"),
-            "messages": {"record": _ref("messages", "consumerRecord")},
+            "messages": {"record": _ref("messages", "consumerRecord"), "notice": _ref("messages", "consumerNotice")},
             "bindings": _exchange(n.deliver_exchange, "direct"),
         },
         "consumerQueue": {
             "address": n.consumer_queue(CONSUMER),
             "title": "One consumer's released records",
             "description": (
-                "Each body is one minimised record (consumer_record.v1.json), RFC 8785 canonical JSON. "
-                "message_id = the record id: a redelivered record has the same id and the same bytes."
+                "Each body is one minimised record (consumer_record.v1.json), RFC 8785 canonical JSON, or a "
+                "notice (consumer_notice.v1.json: a 'notice' member instead of 'data') that a record this "
+                "consumer holds was withdrawn or deleted. A record's later revisions come under the same "
+                "record_id with a higher revision: keep the highest. message_id = the record id (revision 1), "
+                "'<record id>:r<n>' (revision n), '<record id>:w<n>' (withdrawn at revision n) or "
+                "'<record id>:deleted'; a redelivered message has the same id and the same bytes."
             ),
             "parameters": _params("consumer"),
-            "messages": {"record": _ref("messages", "consumerRecord")},
+            "messages": {"record": _ref("messages", "consumerRecord"), "notice": _ref("messages", "consumerNotice")},
             "bindings": _queue(n.consumer_queue(CONSUMER), QUORUM),
             "x-bound-to": [{"exchange": n.deliver_exchange, "routingKey": CONSUMER}],
         },
@@ -250,6 +254,9 @@ def asyncapi_document(prefix: str = DEFAULT_PREFIX) -> dict[str, Any]:
             "messages": {
                 "envelope": message("envelope", "Signed event (CloudEvents 1.0 structured JSON)", "envelope.v1.json"),
                 "consumerRecord": message("consumerRecord", "Released record", "consumer_record.v1.json"),
+                "consumerNotice": message(
+                    "consumerNotice", "A record withdrawn or deleted: delete your copy", "consumer_notice.v1.json"
+                ),
                 "receipts": message("receipts", "Receipts of one batch", "receipts.v1.json"),
                 "quarantined": message(
                     "quarantined",

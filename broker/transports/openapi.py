@@ -123,11 +123,20 @@ def document() -> dict[str, Any]:
                         _query("event_type", {"type": "string", "enum": sorted(EVENT_TYPES)}, "only this type"),
                         _query("since", TIME_PARAM, "released at or after"),
                         _query("until", TIME_PARAM, "released before"),
+                        _query(
+                            "history",
+                            {"type": "string", "enum": ["true", "false"]},
+                            "true: every revision and notice; default: each record's latest only",
+                        ),
                         _query("format", {"type": "string", "enum": ["json", "csv"]}, "response format"),
                     ],
                     "responses": {
                         "200": {
-                            "description": "Records in release order; the cursor never skips or repeats.",
+                            "description": (
+                                "Records (and withdrawal or deletion notices) in release order; the cursor never "
+                                "skips or repeats. By default each record id's latest row: its latest revision, "
+                                "or the notice that withdrew or deleted it."
+                            ),
                             "content": {JSON: {"schema": _ref("FeedPage")}, "text/csv": {"schema": {"type": "string"}}},
                         },
                         "400": _problem("A bad parameter (reason code)."),
@@ -319,6 +328,11 @@ def document() -> dict[str, Any]:
                         "body_sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
                         "at": {"type": "string"},
                         "records": {"type": "integer", "minimum": 0},
+                        "withdrawn": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "description": "withdrawal notices sent to consumers that held an earlier revision",
+                        },
                         "withheld": {
                             "type": "array",
                             "description": "only with records 0: why nothing was released, per agreement and reason",
@@ -344,9 +358,10 @@ def document() -> dict[str, Any]:
                 "Ready": {"type": "object", "required": ["ready"], "properties": {"ready": {"type": "boolean"}}},
                 "Record": {
                     "type": "object",
-                    "required": ["record_id", "consumer", "event_type", "agreement", "data", "released_at"],
+                    "required": ["record_id", "consumer", "event_type", "agreement", "revision", "data", "released_at"],
                     "properties": {
                         "record_id": {"type": "string"},
+                        "revision": {"type": "integer", "minimum": 1},
                         "consumer": {"type": "string"},
                         "event_type": {"type": "string"},
                         "source": {"type": ["string", "null"]},
@@ -367,7 +382,22 @@ def document() -> dict[str, Any]:
                         "consumer": {"type": "string"},
                         "count": {"type": "integer"},
                         "next_cursor": {"type": "string"},
-                        "records": {"type": "array", "items": _ref("Record")},
+                        "records": {"type": "array", "items": {"oneOf": [_ref("Record"), _ref("Notice")]}},
+                    },
+                },
+                "Notice": {
+                    "type": "object",
+                    "description": "consumer_notice.v1.json, with released_at: delete your copy of record_id",
+                    "required": ["notice", "record_id", "consumer", "agreement_id", "revision", "reason", "at"],
+                    "properties": {
+                        "notice": {"type": "string", "enum": ["withdrawn", "deleted"]},
+                        "record_id": {"type": "string"},
+                        "consumer": {"type": "string"},
+                        "agreement_id": {"type": "string"},
+                        "revision": {"type": "integer", "minimum": 1},
+                        "reason": {"type": "string"},
+                        "at": {"type": "string"},
+                        "released_at": {"type": "string"},
                     },
                 },
                 "AuditEntry": {

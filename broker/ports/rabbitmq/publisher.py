@@ -32,7 +32,7 @@ from broker.ports.rabbitmq.fast_publish import (
 from broker.ports.rabbitmq.topology import Topology
 from broker.ports.store import Checkpoint
 from broker.registry import Registry
-from broker.stages.outcome import Rejected, Settled, receipt
+from broker.stages.outcome import Accepted, Rejected, ReleasedRecord, Settled, receipt
 from schemas.errors import Unavailable
 from schemas.messages import Receipt, quarantine_headers, receipts_message
 
@@ -187,7 +187,7 @@ class AmqpDelivery:
         # Records carry no headers: everything a consumer needs is in the body, and every
         # property costs encoding time on the hot path.
         publishes = [
-            Publish(self.topology.deliver.name, record.release.consumer, record.body, record.release.record_id)
+            Publish(self.topology.deliver.name, record.release.consumer, record.body, _amqp_id(outcome, record))
             for outcome in batch.accepted
             for record in outcome.records
         ]
@@ -210,6 +210,13 @@ class AmqpDelivery:
         publishes.extend(self.quarantine(outcome) for outcome in batch.rejected)
         publishes.extend(self.receipts(batch.receipts, batch.at))
         await self.publish_all(publishes)
+
+
+def _amqp_id(outcome: Accepted, record: ReleasedRecord) -> str:
+    """A record's AMQP message id: its record id (revision 1, as always), ``<record id>:r<n>`` for a
+    later revision (each revision its own message, a redelivery the same)."""
+    revision = outcome.validated.envelope.revision
+    return record.release.record_id if revision == 1 else f"{record.release.record_id}:r{revision}"
 
 
 def _why(error: object) -> str:
