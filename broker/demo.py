@@ -165,6 +165,24 @@ def good_messages(env: DemoEnvironment, gen: SyntheticGenerator, count: int) -> 
     ]
 
 
+def lifecycle_messages(env: DemoEnvironment, gen: SyntheticGenerator) -> tuple[list[bytes], list[bytes]]:
+    """Two Derby A&E attendances, then their later lives: the first corrected (its district moved to
+    Chesterfield: the Derby CSP loses it, the county CSP gains it), the second withdrawn."""
+    partner = "uhdb-royal-derby-ed"
+    signer = env.signers[partner]
+    first, second = (gen.ae_assault(partner) for _ in range(2))
+    derby = {"district": "E06000015"}
+    originals = [
+        signer.sign_bytes("ae_assault", rec.data() | derby, source_key=f"DEMO-{n}")
+        for n, rec in enumerate((first, second))
+    ]
+    later = [
+        signer.sign_bytes("ae_assault", first.data() | {"district": "E07000034"}, source_key="DEMO-0", revision=2),
+        signer.sign_bytes("ae_assault", {}, source_key="DEMO-1", revision=2, withdrawn="sent_in_error"),
+    ]
+    return originals, later
+
+
 async def _post_all(url: str, bodies: list[bytes], concurrency: int = 32) -> list[tuple[int, dict[str, Any]]]:
     results: list[tuple[int, dict[str, Any]]] = [(0, {})] * len(bodies)
     semaphore = asyncio.Semaphore(concurrency)
@@ -270,6 +288,9 @@ async def run_embedded(workdir: Path, events: int, say: Print) -> int:
         results = await _post_all(broker.url, [body for _, body in good])
         elapsed = asyncio.get_running_loop().time() - started
         replay = await _post_all(broker.url, [good[0][1], good[1][1]])
+        originals, later = lifecycle_messages(env, gen)
+        first_lives = await _post_all(broker.url, originals, concurrency=1)
+        later_lives = await _post_all(broker.url, later, concurrency=1)
         bad_results = await _post_all(broker.url, [body for _, body in bad])
         access_lines = await _people(broker)
     finally:
@@ -301,6 +322,15 @@ async def run_embedded(workdir: Path, events: int, say: Print) -> int:
             f"  {'the same event sent again (replay)':<42} HTTP {status}  {receipt.get('status')}: "
             "acknowledged, not released again"
         )
+    say("\nThe life of a record (corrections and withdrawals reach every consumer that holds it):")
+    say(f"  two A&E attendances in Derby: records released {sum(r.get('records', 0) for _, r in first_lives)}")
+    (_, fixed), (_, gone) = later_lives
+    say(
+        f"  one corrected (revision 2, district now Chesterfield): {fixed.get('records', 0)} record(s) as revision 2 "
+        f"(a holder's under the record id it holds), {fixed.get('withdrawn', 0)} consumer told it is withdrawn "
+        "(no longer entitled)"
+    )
+    say(f"  one withdrawn (revision 2, sent in error): {gone.get('withdrawn', 0)} consumer(s) told to delete it")
     say("\nAnalysts and the IG lead, over the authenticated HTTP API (every read audited):")
     for line in access_lines:
         say("  " + line)

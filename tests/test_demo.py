@@ -25,6 +25,9 @@ def test_embedded_demo() -> None:
     for reason in ("bad_signature", "unknown_key", "key_revoked", "direct_identifier", "type_not_registered"):
         assert reason in out
     assert "HTTP 403 not_your_feed" in out
+    assert "2 record(s) as revision 2" in out
+    assert "1 consumer told it is withdrawn (no longer entitled)" in out
+    assert "2 consumer(s) told to delete it" in out
     assert "hash chain verified" in out
 
 
