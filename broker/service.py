@@ -432,7 +432,7 @@ class Broker:
         fingerprint = config_fingerprint(self.settings)
         return (*self._load_config(), fingerprint)
 
-    async def reload(self) -> Reload:
+    async def reload(self, expected: str | None = None) -> Reload:
         """Load the registry, keys and agreements again and, only if all of it is valid, put it in
         force for the next batch (a batch already running finishes under the old set).
 
@@ -440,11 +440,19 @@ class Broker:
         change needed a restart and a restart refused the file. Now the running set stays in force,
         every problem is reported (logged and returned: every one of the registry's files and
         entries and of the agreements', together) and the refusal is audited. A revoked key is
-        refused from the next batch on, without a restart."""
+        refused from the next batch on, without a restart.
+
+        ``expected`` (an ingest worker, told by its primary): the fingerprint the primary put in
+        force; any other set is refused, so a file changed between the primary's load and this
+        one never has two processes applying two sets. With ``--workers`` the primary's
+        ``config_changed`` entry is written only after every worker answered, so no worker
+        releases under the old set a message it started after that entry."""
         async with self._reloading:
             before = self.fingerprint
             try:
                 registry, policy, after = await asyncio.to_thread(self._load_config_now)
+                if expected is not None and after != expected:
+                    raise StartupError("the registry, keys or agreements changed since the primary reloaded")
                 if self.hold_keys is not None:
                     # An agreement that starts holding has its key before any batch holds for it.
                     await asyncio.to_thread(self.hold_keys.prepare, holding_agreements(policy))
@@ -472,12 +480,21 @@ class Broker:
             if self.access is not None:
                 self.access.reconfigure(registry, policy)
             self.registry, self.policy, self.fingerprint = registry, policy, after
+            role: dict[str, object] = {}
+            if self.workers is not None:
+                # Before the audit entry: it marks the moment every process applies the new set.
+                role = {"workers": self.workers.count, "workers_reloaded": await self.workers.reload(after)}
             if self.store is not None and not self.ingest_only:
                 agreements = {a.id: a.revision for a in policy.agreements.values()}
-                await self.store.commit(CommitUnit(drafts=[entries.config_changed(before, after, agreements)]))
-            if self.workers is not None:
-                await self.workers.reload(after)
-            log.info("configuration_reloaded", config_sha256=after, changed=after != before)
+                await self.store.commit(CommitUnit(drafts=[entries.config_changed(before, after, agreements, role)]))
+            log.info(
+                "configuration_reloaded",
+                config_sha256=after,
+                changed=after != before,
+                pid=os.getpid(),
+                role="ingest-worker" if self.ingest_only else "primary",
+                **role,
+            )
         # Held events of agreements now in force are decided again (the leader only; outside the
         # reload lock: a long release must not hold up the next reload's check).
         if self.leading:

@@ -378,3 +378,89 @@ async def test_over_rabbitmq_a_reload_revokes_a_key_and_gives_a_new_consumer_its
         cleanup = await connection.channel()
         await cleanup.queue_delete(new_queue)  # not in the repository's registry: the fixture would miss it
         await connection.close()
+
+
+def test_with_workers_every_process_reloads_before_the_reload_is_audited(
+    amqp_url: str, amqp_prefix: str, env: DemoEnvironment, tmp_path: Path
+) -> None:
+    # Three processes consuming one ingest queue, a few messages at a time each (so each worker
+    # takes its share); SIGHUP (through sv-broker reload) reaches the primary only.
+    policy, keys = own_copy(env, tmp_path)
+    common = ["--policy-dir", str(policy), "--keys-dir", str(keys), "--secrets", str(env.secrets_file)]
+    amqp = ["--amqp-url", amqp_url, "--amqp-prefix", amqp_prefix, "--no-user-id-check"]
+    serve = [sys.executable, "-m", "broker.cli", "serve", *common, *amqp, "--port", "0", "--workers", "3"]
+    host = Host("workers", [*serve, "--prefetch", "2", "--batch-max", "2"], tmp_path)
+    host.start()
+    data = tmp_path / "workers"
+    db = data / "broker.db"
+    kid = env.signers["derby-pubwatch"].kid
+    names = Names(amqp_prefix)
+
+    def publish(bodies: list[bytes]) -> None:
+        async def run() -> None:
+            connection = await aio_pika.connect(amqp_url)
+            channel = await connection.channel(publisher_confirms=True)
+            exchange = await channel.get_exchange(names.ingest_exchange)
+            for payload in bodies:
+                message = aio_pika.Message(payload, delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
+                await exchange.publish(message, "derby-pubwatch.nte_incident", mandatory=True, timeout=10)
+            await connection.close()
+
+        asyncio.run(run())
+
+    def decided(ids: set[str]) -> dict[str, dict[str, object]]:
+        out = {}
+        for entry in audit_entries(db, None):
+            if entry.get("message_id") in ids and entry["kind"] in ("rejected", "released", "withheld"):
+                out[entry["message_id"]] = entry
+        return out
+
+    def wait_for(ids: set[str]) -> dict[str, dict[str, object]]:
+        for _ in range(1200):
+            if len(found := decided(ids)) == len(ids):
+                return found
+            time.sleep(0.05)
+        raise AssertionError(f"decided {len(decided(ids))} of {len(ids)}")
+
+    try:
+        assert host.proc is not None
+        children = Path(f"/proc/{host.proc.pid}/task/{host.proc.pid}/children").read_text().split()
+        workers = {int(pid) for pid in children}
+        assert len(workers) == 2
+        before = [body(env, "derby-pubwatch", "nte_incident", f"W-{n}", 500 + n) for n in range(12)]
+        publish(before)
+        assert {e["kind"] for e in wait_for({json.loads(b)["id"] for b in before}).values()} == {"released"}
+
+        revoke(keys, kid)
+        args = [sys.executable, "-m", "broker.cli", "reload", *common, "--data-dir", str(data)]
+        done = subprocess.run(args, capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == 0, done.stderr
+        changed: list[dict[str, object]] = []
+        for _ in range(1200):
+            if changed := audit_entries(db, "config_changed"):
+                break
+            time.sleep(0.05)
+        [entry] = changed
+        # the primary audits the reload only once both workers said they put the new set in force
+        assert (entry["workers"], entry["workers_reloaded"]) == (2, 2)
+        lines = [json.loads(line) for line in host.log_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        reloaded = {
+            line["pid"]: line["role"]
+            for line in lines
+            if line.get("event") == "configuration_reloaded" and line.get("config_sha256") == entry["config_sha256"]
+        }
+        assert reloaded == {host.proc.pid: "primary", **dict.fromkeys(workers, "ingest-worker")}
+
+        # Everything sent after the audit entry under the revoked key is refused, by every process.
+        after = [body(env, "derby-pubwatch", "nte_incident", f"X-{n}", 700 + n) for n in range(60)]
+        publish(after)
+        outcomes = wait_for({json.loads(b)["id"] for b in after})
+        assert {(e["kind"], e.get("reason")) for e in outcomes.values()} == {("rejected", "key_revoked")}
+        assert host.alive()
+        assert set(Path(f"/proc/{host.proc.pid}/task/{host.proc.pid}/children").read_text().split()) == set(children)
+    finally:
+        assert host.stop() == 0
+    # No release of the old set's key after the reload's entry, by any process.
+    chain = audit_entries(db, None)
+    at = next(i for i, e in enumerate(chain) if e["kind"] == "config_changed")
+    assert [e for e in chain[at:] if e["kind"] == "released"] == []
