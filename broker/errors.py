@@ -11,6 +11,7 @@
     │   ├── SpecError                  one problem in one agreement item (collected by the loader)
     │   ├── SecretsError               pseudonymisation secrets (broker/policy/secrets.py)
     │   ├── JwksError                  an identity provider's JWKS file (broker/auth/tokens.py)
+    │   ├── ConfigurationRefused       registry, secrets and agreements refused together (reload, start)
     │   └── StartupError               a setting or state the broker will not start with
     └── Unavailable                    a dependency is down: retry, never dead-letter
         ├── StoreUnavailable           SQLite (broker/ports/sqlite_store.py)
@@ -23,7 +24,8 @@ translated into these in the one module that imports that dependency.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +37,14 @@ __all__ = [
     "BusUnavailable",
     "CheckCode",
     "ConfigurationError",
+    "ConfigurationRefused",
     "ContractError",
     "DeliveryFailed",
     "JwksError",
     "PolicyError",
     "Reason",
     "RegistryError",
+    "RegistryProblem",
     "Rejected",
     "SecretsError",
     "SpecError",
@@ -62,16 +66,44 @@ class ApiError(Rejected):
 
 
 # -- configuration --------------------------------------------------------------------------------
-class RegistryError(ConfigurationError):
-    """A registry file refused at load, naming the file and the entry."""
+@dataclass(frozen=True, slots=True)
+class RegistryProblem:
+    """One problem in one registry file: the file, the entry (``partner 'x' keys[0] (kid k1)``,
+    ``key[2]``, ``file``), a stable reason code and a sentence (never key material or a secret)."""
 
-    def __init__(self, reason: Reason, path: Path | str, entry: str, message: str) -> None:
-        super().__init__(f"{reason.value}: {path}: {entry}: {message}")
+    path: str
+    entry: str
+    reason: Reason
+    sentence: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.entry}: {self.reason.value}: {self.sentence}"
+
+
+class RegistryError(ConfigurationError):
+    """Registry files refused at load: the first problem (``reason``, ``path``, ``entry``,
+    ``message``), with every problem found across every file and entry in ``problems``."""
+
+    def __init__(
+        self, reason: Reason, path: Path | str, entry: str, message: str, problems: Iterable[RegistryProblem] = ()
+    ) -> None:
+        self.problems: tuple[RegistryProblem, ...] = tuple(problems) or (
+            RegistryProblem(str(path), entry, reason, message),
+        )
+        more = len(self.problems) - 1
+        suffix = f" (and {more} more problem(s))" if more else ""
+        super().__init__(f"{reason.value}: {path}: {entry}: {message}{suffix}")
         self.reason = reason
         self.message = f"{path}: {entry}: {message}"
         self.field = entry
         self.path = str(path)
         self.entry = entry
+
+    @classmethod
+    def of(cls, problems: Sequence[RegistryProblem]) -> RegistryError:
+        """One error carrying every problem (the first named in its own attributes)."""
+        first = problems[0]
+        return cls(first.reason, first.path, first.entry, first.sentence, problems)
 
 
 class SpecError(ConfigurationError):
@@ -107,6 +139,16 @@ class SecretsError(ConfigurationError):
 
 class JwksError(ConfigurationError):
     """A JWKS file refused at load, naming the file and the key."""
+
+
+class ConfigurationRefused(ConfigurationError):
+    """The registry, keys, secrets and agreements checked together and refused: every error of
+    every loader (``errors``), so a reload or a start with a bad key file and a bad agreement
+    reports both, not the first loader's alone. Raised only when more than one loader refused."""
+
+    def __init__(self, errors: Sequence[ConfigurationError]) -> None:
+        self.errors = tuple(errors)
+        super().__init__("; ".join(str(e) for e in self.errors))
 
 
 class StartupError(ConfigurationError):

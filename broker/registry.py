@@ -1,8 +1,9 @@
 """The party registry: partners (who may send what, under which keys) and consumers.
 
 Loaded from ``policies/parties.toml`` and key files (``policies/keys/*.toml``, or a directory the
-operator names).  Every refusal names the file and entry, so an operator can fix it at once; the
-broker refuses to start on any, because a registry half-loaded is a registry that lies.
+operator names).  Every refusal names the file and entry, so an operator can fix it at once, and
+every problem of every file and entry is reported together, not only the first; the broker
+refuses to start (or to reload) on any, because a registry half-loaded is a registry that lies.
 
 Two layers: the pydantic models (:class:`PartiesDoc`, :class:`KeyFileDoc`, :class:`KeyEntryDoc`)
 say each document's shape (keys, types, id syntax, roles, a key's validity window); unknown keys
@@ -23,7 +24,7 @@ from typing import Annotated, Any, TypeVar
 
 from pydantic import AfterValidator, Field, PlainValidator, ValidationError, ValidationInfo, field_validator
 
-from broker.errors import RegistryError
+from broker.errors import RegistryError, RegistryProblem
 from schemas.documents import DocumentModel, ErrorDetails, sentence
 from schemas.envelope import KEY_ID_RE, PARTY_ID_RE
 from schemas.errors import ContractError, Reason
@@ -220,125 +221,229 @@ def _message(error: ErrorDetails) -> str:
     return _SENTENCES.get(field, f"{field} {sentence(error)}")
 
 
-def _validate(model: type[_Doc], raw: dict[str, Any], path: Path, top: str) -> _Doc:
-    """A registry document's shape; the first error as a :class:`RegistryError` naming its entry."""
+class _Found:
+    """Every problem found so far (each once), in the order the checks meet them."""
+
+    def __init__(self) -> None:
+        self.problems: list[RegistryProblem] = []
+
+    def add(self, reason: Reason, path: Path, entry: str, sentence: str) -> None:
+        problem = RegistryProblem(str(path), entry, reason, sentence)
+        if problem not in self.problems:
+            self.problems.append(problem)
+
+
+def _shape(model: type[_Doc], raw: dict[str, Any], path: Path, top: str, found: _Found) -> None:
+    """A registry document's shape: every error pydantic finds, each naming its entry."""
     try:
-        return model.model_validate(raw)
+        model.model_validate(raw)
     except ValidationError as exc:
-        error = exc.errors(include_url=False)[0]
-        entry = _entry(raw, tuple(error["loc"]), top)
-        raise RegistryError(Reason.REGISTRY_INVALID, path, entry, _message(error)) from None
+        for error in exc.errors(include_url=False):
+            found.add(Reason.REGISTRY_INVALID, path, _entry(raw, tuple(error["loc"]), top), _message(error))
 
 
-def _key(doc: KeyEntryDoc, path: Path, entry: str, partner_id: str | None) -> PartnerKey:
-    """A shape-checked key entry -> a key, refusing malformed, non-canonical, small-order and
-    mixed-order keys.
+def _alone(model: type[_Doc], table: Any) -> _Doc | None:
+    """One entry validated on its own; None if it is malformed (its errors are reported by :func:`_shape`)."""
+    try:
+        return model.model_validate(table)
+    except ValidationError:
+        return None
+
+
+def _tables(raw: Any, section: str) -> list[tuple[int, dict[str, Any]]]:
+    """The ``[[section]]`` tables of a document, by index (a malformed section has none)."""
+    value = raw.get(section) if isinstance(raw, dict) else None
+    return [(i, t) for i, t in enumerate(value) if isinstance(t, dict)] if isinstance(value, list) else []
+
+
+def _valid(table: dict[str, Any], name: str, pattern: re.Pattern[str]) -> str | None:
+    value = table.get(name)
+    return value if isinstance(value, str) and pattern.fullmatch(value) else None
+
+
+def _material(doc: KeyEntryDoc, path: Path, entry: str, found: _Found) -> bytes | None:
+    """A shape-checked entry's public key, refusing malformed, non-canonical, small-order and
+    mixed-order keys (None, with the problem recorded, if it is one of those).
 
     Why here and not at verification: ``cryptography`` verifies signatures under such keys, and a
     small-order key lets a signature verify for messages the key holder never signed.
     """
-    entry = f"{entry} (kid {doc.kid})"
-    partner = partner_id or doc.partner
-    if partner is None:
-        raise RegistryError(Reason.REGISTRY_INVALID, path, entry, "'partner' must be a non-empty string")
     try:
         raw = b64u_decode(doc.public_key, expected_len=32)
     except ValueError as exc:
-        raise RegistryError(
-            Reason.KEY_MALFORMED, path, entry, f"public_key is not 32 bytes of base64url: {exc}"
-        ) from None
+        found.add(Reason.KEY_MALFORMED, path, entry, f"public_key is not 32 bytes of base64url: {exc}")
+        return None
     try:
         check_public_key(raw)
     except ContractError as exc:
-        raise RegistryError(exc.reason, path, entry, exc.message) from None
-    return PartnerKey(doc.kid, partner, raw, doc.valid_from, doc.valid_until, doc.revoked)
+        found.add(exc.reason, path, entry, exc.message)
+        return None
+    return raw
 
 
 def parse_key_entry(table: dict[str, Any], path: Path, entry: str, partner_id: str | None = None) -> PartnerKey:
-    """One key entry (shape, then key material); see :func:`_key`."""
+    """One key entry (shape, then key material); raises :class:`RegistryError` with every problem."""
+    found = _Found()
     try:
         doc = KeyEntryDoc.model_validate(table)
     except ValidationError as exc:
-        error = exc.errors(include_url=False)[0]
-        kid = table.get("kid")
-        if isinstance(kid, str) and KEY_ID_RE.fullmatch(kid) and tuple(error["loc"]) != ("kid",):
-            entry = f"{entry} (kid {kid})"
-        raise RegistryError(Reason.REGISTRY_INVALID, path, entry, _message(error)) from None
-    return _key(doc, path, entry, partner_id)
+        kid = _valid(table, "kid", KEY_ID_RE)
+        for error in exc.errors(include_url=False):
+            named = f"{entry} (kid {kid})" if kid and tuple(error["loc"]) != ("kid",) else entry
+            found.add(Reason.REGISTRY_INVALID, path, named, _message(error))
+        raise RegistryError.of(found.problems) from None
+    entry = f"{entry} (kid {doc.kid})"
+    partner = partner_id or doc.partner
+    if partner is None:
+        found.add(Reason.REGISTRY_INVALID, path, entry, "'partner' must be a non-empty string")
+    raw = _material(doc, path, entry, found)
+    if found.problems or raw is None or partner is None:
+        raise RegistryError.of(found.problems)
+    return PartnerKey(doc.kid, partner, raw, doc.valid_from, doc.valid_until, doc.revoked)
 
 
-def _load_toml(path: Path) -> dict[str, Any]:
+def _load_toml(path: Path, found: _Found) -> dict[str, Any] | None:
     try:
         with path.open("rb") as fh:
             return tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
-        raise RegistryError(Reason.REGISTRY_INVALID, path, "file", f"not valid TOML: {exc}") from None
+        found.add(Reason.REGISTRY_INVALID, path, "file", f"not valid TOML: {exc}")
     except OSError as exc:
-        raise RegistryError(Reason.REGISTRY_INVALID, path, "file", f"cannot read: {exc.strerror}") from None
+        found.add(Reason.REGISTRY_INVALID, path, "file", f"cannot read: {exc.strerror}")
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class _KeyTable:
+    path: Path
+    entry: str  # "key[2]" or "partner 'x' keys[0]"
+    table: dict[str, Any]
+    inline: bool  # under a [[partner]]: it belongs to that partner
+    owner: str | None  # the partner it is under (None: that partner's id is itself refused)
 
 
 def load_registry(policy_dir: Path, keys_dir: Path | None = None) -> Registry:
-    """Load ``parties.toml`` from ``policy_dir`` and every ``*.toml`` key file in ``keys_dir``.
+    """Load ``parties.toml`` from ``policy_dir`` and every ``*.toml`` key file in ``keys_dir``;
+    raises :class:`RegistryError` carrying every problem of every file and entry (see
+    :func:`collect_registry`)."""
+    registry, problems = collect_registry(policy_dir, keys_dir)
+    if problems:
+        raise RegistryError.of(problems)
+    return registry
+
+
+def collect_registry(policy_dir: Path, keys_dir: Path | None = None) -> tuple[Registry, list[RegistryProblem]]:
+    """The registry and every problem found, across every file and entry, not only the first
+    (issue 12 item 5: an operator fixes all of them in one round, not one per refused reload).
 
     The models check each document's shape; this checks what they cannot: party ids unique
-    across partners and consumers, event types the schema has, key ids unique across files, and
-    each key's partner registered."""
+    across partners and consumers, event types the schema has, key ids unique across files, key
+    material safe to verify under, one public key under one partner only, and each key's partner
+    registered.
+
+    With problems, the registry returned is what was well-formed (an entry refused for its shape
+    but with a readable id stays, as far as it can be read, so that what names it, a key or an
+    agreement, is not also reported as naming an unknown party). It is for checking the rest of
+    a configuration against, never for putting in force: :func:`load_registry` raises instead."""
+    found = _Found()
     path = policy_dir / "parties.toml"
-    parties = _validate(PartiesDoc, _load_toml(path), path, "parties")
     partners: dict[str, Partner] = {}
     consumers: dict[str, Consumer] = {}
     seen_ids: set[str] = set()
-    key_docs: list[tuple[Path, str, KeyEntryDoc, str | None]] = []
+    key_tables: list[_KeyTable] = []
 
-    def unique(pid: str, entry: str) -> None:
+    def unique(pid: str, entry: str) -> bool:
         if pid in seen_ids:
-            raise RegistryError(Reason.REGISTRY_INVALID, path, entry, "party id is used twice")
+            found.add(Reason.REGISTRY_INVALID, path, entry, "party id is used twice")
+            return False
         seen_ids.add(pid)
+        return True
 
-    for partner in parties.partner:
-        entry = f"partner {partner.id!r}"
-        unique(partner.id, entry)
-        unknown_types = sorted(set(partner.event_types) - EVENT_TYPES)
-        if unknown_types:
-            raise RegistryError(Reason.REGISTRY_INVALID, path, entry, f"unknown event type(s) {unknown_types}")
-        key_docs.extend((path, f"{entry} keys[{j}]", key, partner.id) for j, key in enumerate(partner.keys))
-        partners[partner.id] = Partner(
-            partner.id, partner.name, partner.organisation, partner.kind, frozenset(partner.event_types)
-        )
-    for consumer in parties.consumer:
-        unique(consumer.id, f"consumer {consumer.id!r}")
-        consumers[consumer.id] = Consumer(consumer.id, consumer.name, consumer.organisation, consumer.role)
+    raw = _load_toml(path, found)
+    if raw is not None:
+        _shape(PartiesDoc, raw, path, "parties", found)
+    for index, table in _tables(raw, "partner"):
+        doc = _alone(PartnerDoc, table)
+        pid = doc.id if doc is not None else _valid(table, "id", PARTY_ID_RE)
+        entry = f"partner {pid!r}" if pid is not None else f"partner[{index}]"
+        key_tables.extend(_KeyTable(path, f"{entry} keys[{j}]", key, True, pid) for j, key in _tables(table, "keys"))
+        if pid is None or not unique(pid, entry):
+            continue
+        if doc is not None:
+            declared: list[Any] = list(doc.event_types)
+            name, organisation, kind = doc.name, doc.organisation, doc.kind
+        else:  # refused for its shape (reported): kept as far as it reads, for what names it
+            types = table.get("event_types")
+            declared = [t for t in types if isinstance(t, str)] if isinstance(types, list) else []
+            name, organisation, kind = (str(table.get(f, "")) for f in ("name", "organisation", "kind"))
+        unknown_types = sorted(set(declared) - EVENT_TYPES)
+        if doc is not None and unknown_types:
+            found.add(Reason.REGISTRY_INVALID, path, entry, f"unknown event type(s) {unknown_types}")
+        known = frozenset(t for t in declared if t in EVENT_TYPES)
+        partners[pid] = Partner(pid, name, organisation, kind, known)
+    for _index, table in _tables(raw, "consumer"):
+        consumer = _alone(ConsumerDoc, table)
+        cid = consumer.id if consumer is not None else _valid(table, "id", PARTY_ID_RE)
+        if cid is None or not unique(cid, f"consumer {cid!r}"):
+            continue
+        if consumer is not None:
+            consumers[cid] = Consumer(cid, consumer.name, consumer.organisation, consumer.role)
+        else:
+            consumers[cid] = Consumer(cid, *(str(table.get(f, "")) for f in ("name", "organisation", "role")))
 
     kdir = keys_dir if keys_dir is not None else policy_dir / "keys"
-    for key_path in sorted(kdir.glob("*.toml")) if kdir.is_dir() else []:
-        key_file = _validate(KeyFileDoc, _load_toml(key_path), key_path, "key")
-        key_docs.extend((key_path, f"key[{j}]", key, None) for j, key in enumerate(key_file.key))
+    key_paths = sorted(kdir.glob("*.toml")) if kdir.is_dir() else []
+    for key_path in key_paths:
+        key_raw = _load_toml(key_path, found)
+        if key_raw is None:
+            continue
+        _shape(KeyFileDoc, key_raw, key_path, "key", found)
+        key_tables.extend(_KeyTable(key_path, f"key[{j}]", t, False, None) for j, t in _tables(key_raw, "key"))
 
     keys: dict[str, PartnerKey] = {}
+    kids: set[str] = set()  # every well-formed kid claimed, even by an entry refused otherwise
     owners: dict[bytes, PartnerKey] = {}  # public key -> the first entry registering it
     by_partner: dict[str, list[PartnerKey]] = {}
-    for kpath, entry, key_doc, owner in key_docs:
-        key = _key(key_doc, kpath, entry, owner)
-        if key.kid in keys:
+    for item in key_tables:
+        before = len(found.problems)
+        kid = _valid(item.table, "kid", KEY_ID_RE)
+        entry = f"{item.entry} (kid {kid})" if kid else item.entry
+        key_doc = _alone(KeyEntryDoc, item.table)  # None: its shape problems are reported already
+        public_key = _material(key_doc, item.path, entry, found) if key_doc is not None else None
+        if kid is not None and kid in kids:
             # Two keys under one id: which one verifies would depend on load order.
-            raise RegistryError(Reason.DUPLICATE_KEY_ID, kpath, entry, f"key id {key.kid!r} is already registered")
-        if key.partner not in partners:
-            raise RegistryError(Reason.REGISTRY_INVALID, kpath, entry, f"unknown partner {key.partner!r}")
-        holder = owners.setdefault(key.public_key, key)
-        if holder.partner != key.partner:
+            found.add(Reason.DUPLICATE_KEY_ID, item.path, entry, f"key id {kid!r} is already registered")
+        elif kid is not None:
+            kids.add(kid)
+        partner = item.owner if item.inline else (key_doc.partner if key_doc is not None else None)
+        if key_doc is not None and not item.inline and partner is None:
+            found.add(Reason.REGISTRY_INVALID, item.path, entry, "'partner' must be a non-empty string")
+        elif partner is not None and partner not in partners:
+            found.add(Reason.REGISTRY_INVALID, item.path, entry, f"unknown partner {partner!r}")
+        if key_doc is None or public_key is None or partner is None:
+            continue
+        key = PartnerKey(key_doc.kid, partner, public_key, key_doc.valid_from, key_doc.valid_until, key_doc.revoked)
+        holder = owners.setdefault(public_key, key)
+        if holder.partner != partner:
             # Threat: one key under two partners lets whoever holds it sign as either, so an
             # envelope "from" the police could come from a pub-watch adapter (or a copied key
             # file): the source a signature proves would be ambiguous.
-            raise RegistryError(
+            found.add(
                 Reason.DUPLICATE_PUBLIC_KEY,
-                kpath,
+                item.path,
                 entry,
                 f"this public key is already registered for partner {holder.partner!r} (kid {holder.kid!r}); "
                 "every partner needs its own key",
             )
+        if len(found.problems) > before or partner not in partners:
+            continue
         keys[key.kid] = key
-        by_partner.setdefault(key.partner, []).append(key)
+        by_partner.setdefault(partner, []).append(key)
     for pid, plist in by_partner.items():
         p = partners[pid]
         partners[pid] = Partner(p.id, p.name, p.organisation, p.kind, p.event_types, tuple(plist))
-    return Registry(partners=partners, consumers=consumers, keys=keys)
+    # Reported file by file (parties.toml first, then the key files in name order), each file's
+    # problems in the order they were met.
+    order = {str(f): i for i, f in enumerate([path, *key_paths])}
+    problems = sorted(found.problems, key=lambda p: order.get(p.path, len(order)))
+    return Registry(partners=partners, consumers=consumers, keys=keys), problems

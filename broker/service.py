@@ -10,7 +10,7 @@ import fcntl
 import hashlib
 import os
 import tomllib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,7 +23,14 @@ from broker import jobs
 from broker.audit import entries
 from broker.auth.broker_key import BrokerKey, broker_public_jwks, load_or_create_broker_key
 from broker.auth.tokens import TokenVerifier, load_jwks
-from broker.errors import ConfigurationError, StartupError
+from broker.errors import (
+    ConfigurationError,
+    ConfigurationRefused,
+    PolicyError,
+    RegistryError,
+    SecretsError,
+    StartupError,
+)
 from broker.logs import get_logger
 from broker.metrics import Metrics
 from broker.monitor.alerts import Alert, compute_alerts, partner_statuses
@@ -45,7 +52,7 @@ from broker.ports.rabbitmq.publisher import AmqpDelivery
 from broker.ports.rabbitmq.topology import Names, declare_topology
 from broker.ports.store import Checkpoint, CommitUnit, Leadership, Store
 from broker.ports.stores import store_for
-from broker.registry import Registry, load_registry
+from broker.registry import Registry, collect_registry
 from broker.settings import Settings
 from broker.transports import http_access, http_audit, http_feeds, http_held, http_metrics
 from broker.transports.amqp_dead_letters import DeadLetterConsumer
@@ -53,7 +60,7 @@ from broker.transports.amqp_ingest import AmqpIngest
 from broker.transports.http_access import AccessContext, agreement_summaries
 from broker.transports.http_app import build_app, runner_options
 from broker.workers import WorkerPool, WorkerSpec
-from schemas.errors import Unavailable
+from schemas.errors import CheckCode, Unavailable
 
 LEADER_ROLE = "singleton-jobs"  # checkpoint signing, retention purge, dead-letter auditing
 log = get_logger("sv_broker.service")
@@ -110,15 +117,65 @@ def hold_primary_lock(data_dir: Path) -> IO[str]:
     return handle
 
 
+def load_config(
+    policy_dir: Path, keys_dir: Path | None, secrets_file: Path | None, environ: Mapping[str, str]
+) -> tuple[Registry, PolicySet]:
+    """The registry, keys, secrets and agreements, validated completely: on any problem, raises
+    one error carrying every problem of every loader (the registry's, the secrets' and the
+    agreements' together), so a set with a bad key file and a bad agreement reports both.
+
+    The agreements are checked even when the registry has problems, against what of the registry
+    was well-formed (see ``collect_registry``); nothing checked that way is ever put in force.
+    Threat: reported one loader at a time, an operator fixing a refused reload would meet the next
+    problem only at the next attempt, and each attempt is a moment an urgent change (a revoked
+    key) is not in force."""
+    errors: list[ConfigurationError] = []
+    registry, registry_problems = collect_registry(policy_dir, keys_dir)
+    if registry_problems:
+        errors.append(RegistryError.of(registry_problems))
+    secrets: dict[str, bytes] = {}
+    secrets_refused = False
+    try:
+        secrets = load_secrets(secrets_file, environ)
+    except SecretsError as exc:
+        errors.append(exc)
+        secrets_refused = True
+    try:
+        policy = load_policy(policy_dir, registry, secrets)
+    except PolicyError as exc:
+        # Secrets refused: "no secret is loaded" for each pseudonymising agreement would only
+        # repeat that problem, agreement by agreement.
+        kept = [p for p in exc.problems if not (secrets_refused and p.code is CheckCode.SECRET_MISSING)]
+        if kept:
+            errors.append(PolicyError(kept[0], kept))
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise ConfigurationRefused(errors)
+    return registry, policy
+
+
 def config_problems(exc: ConfigurationError) -> tuple[tuple[str, ...], list[str]]:
-    """Every problem a refused configuration has (the agreements' loader reports them all; the
-    registry and secrets loaders their first), as sentences naming file and key, and their codes.
-    Never a value from a secrets file: those loaders never put one in a message."""
-    found = getattr(exc, "problems", ())
-    if found:
-        lines = tuple(f"{p.path}: {p.key}: {p.message}" if p.key else f"{p.path}: {p.message}" for p in found)
-        return lines, [str(getattr(p.code, "value", p.code)) for p in found]
-    return (str(exc),), [str(getattr(exc, "reason", "configuration_invalid"))]
+    """Every problem a refused configuration has (every one of the registry's and the
+    agreements' files and entries; the secrets loader its first), one line each naming file,
+    entry or key, and reason code, with their codes. Never a value from a secrets file: those
+    loaders never put one in a message."""
+    lines: list[str] = []
+    codes: list[str] = []
+    for error in exc.errors if isinstance(exc, ConfigurationRefused) else (exc,):
+        if isinstance(error, RegistryError):
+            lines.extend(str(p) for p in error.problems)
+            codes.extend(p.reason.value for p in error.problems)
+        elif isinstance(error, PolicyError):
+            for p in error.problems:
+                code = str(getattr(p.code, "value", p.code))
+                where = f"{p.path}:{p.line}" if getattr(p, "line", None) else p.path
+                lines.append(f"{where}: {p.key}: {code}: {p.message}" if p.key else f"{where}: {code}: {p.message}")
+                codes.append(code)
+        else:
+            lines.append(str(error))
+            codes.append(str(getattr(error, "reason", "configuration_invalid")))
+    return tuple(lines), codes
 
 
 @dataclass(frozen=True, slots=True)
@@ -367,46 +424,46 @@ class Broker:
 
     # -- configuration without a restart (SIGHUP, ``sv-broker reload``) -----------------------------
     def _load_config(self) -> tuple[Registry, PolicySet]:
-        """The registry and agreements as the settings name them (raises on any problem)."""
+        """The registry and agreements as the settings name them (raises with every problem)."""
         settings = self.settings
-        registry = load_registry(settings.policy_dir, settings.keys_dir)
-        policy = load_policy(settings.policy_dir, registry, load_secrets(settings.secrets_file, os.environ))
-        return registry, policy
+        return load_config(settings.policy_dir, settings.keys_dir, settings.secrets_file, os.environ)
 
     def _load_config_now(self) -> tuple[Registry, PolicySet, str]:
         fingerprint = config_fingerprint(self.settings)
         return (*self._load_config(), fingerprint)
 
-    async def reload(self) -> Reload:
+    async def reload(self, expected: str | None = None) -> Reload:
         """Load the registry, keys and agreements again and, only if all of it is valid, put it in
         force for the next batch (a batch already running finishes under the old set).
 
         Threat: a bad file pushed by mistake (or by someone probing) stopped every flow, because a
         change needed a restart and a restart refused the file. Now the running set stays in force,
-        every problem is reported (logged and returned; agreements report all of theirs, the
-        registry its first) and the refusal is audited. A revoked key is refused from the next
-        batch on, without a restart."""
+        every problem is reported (logged and returned: every one of the registry's files and
+        entries and of the agreements', together) and the refusal is audited. A revoked key is
+        refused from the next batch on, without a restart.
+
+        ``expected`` (an ingest worker, told by its primary): the fingerprint the primary put in
+        force; any other set is refused, so a file changed between the primary's load and this
+        one never has two processes applying two sets. With ``--workers`` the primary's
+        ``config_changed`` entry is written only after every worker answered, so no worker
+        releases under the old set a message it started after that entry."""
         async with self._reloading:
             before = self.fingerprint
             try:
                 registry, policy, after = await asyncio.to_thread(self._load_config_now)
+                if expected is not None and after != expected:
+                    raise StartupError("the registry, keys or agreements changed since the primary reloaded")
+                if self.hold_keys is not None:
+                    # An agreement that starts holding has its key before any batch holds for it.
+                    await asyncio.to_thread(self.hold_keys.prepare, holding_agreements(policy))
             except ConfigurationError as exc:
                 problems, codes = config_problems(exc)
                 for line in problems:
-                    log.error("reload_refused", problem=line)
+                    log.error("reload_refused", problem=line, pid=os.getpid())
+                log.error("reload_refused_count", problems=len(problems), codes=sorted(set(codes)), pid=os.getpid())
                 if self.store is not None and not self.ingest_only:
                     await self.store.commit(CommitUnit(drafts=[entries.config_rejected(before, codes, len(problems))]))
                 return Reload(False, before, before, problems)
-            if self.hold_keys is not None:
-                try:  # an agreement that starts holding has its key before any batch holds for it
-                    await asyncio.to_thread(self.hold_keys.prepare, holding_agreements(policy))
-                except ConfigurationError as exc:
-                    problems, codes = config_problems(exc)
-                    log.error("reload_refused", problem=problems[0])
-                    if self.store is not None and not self.ingest_only:
-                        drafts = [entries.config_rejected(before, codes, len(problems))]
-                        await self.store.commit(CommitUnit(drafts=drafts))
-                    return Reload(False, before, before, problems)
             if self._amqp_delivery is not None and self.connection is not None:
                 # New partners and consumers get their queues before anything is routed to them.
                 channel = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
@@ -423,12 +480,21 @@ class Broker:
             if self.access is not None:
                 self.access.reconfigure(registry, policy)
             self.registry, self.policy, self.fingerprint = registry, policy, after
+            role: dict[str, object] = {}
+            if self.workers is not None:
+                # Before the audit entry: it marks the moment every process applies the new set.
+                role = {"workers": self.workers.count, "workers_reloaded": await self.workers.reload(after)}
             if self.store is not None and not self.ingest_only:
                 agreements = {a.id: a.revision for a in policy.agreements.values()}
-                await self.store.commit(CommitUnit(drafts=[entries.config_changed(before, after, agreements)]))
-            if self.workers is not None:
-                await self.workers.reload(after)
-            log.info("configuration_reloaded", config_sha256=after, changed=after != before)
+                await self.store.commit(CommitUnit(drafts=[entries.config_changed(before, after, agreements, role)]))
+            log.info(
+                "configuration_reloaded",
+                config_sha256=after,
+                changed=after != before,
+                pid=os.getpid(),
+                role="ingest-worker" if self.ingest_only else "primary",
+                **role,
+            )
         # Held events of agreements now in force are decided again (the leader only; outside the
         # reload lock: a long release must not hold up the next reload's check).
         if self.leading:
@@ -567,9 +633,11 @@ class Broker:
         log.info("broker_stopped")
 
 
-def reload_on_sighup(broker: Broker) -> None:
+def reload_on_sighup(broker: Broker, pending: bool = False) -> None:
     """SIGHUP reloads ``broker``'s configuration (``Broker.reload``) on the running loop; the
-    tasks are kept referenced until done (the loop holds only weak references)."""
+    tasks are kept referenced until done (the loop holds only weak references). ``pending``: a
+    SIGHUP arrived while the broker was starting; it is honoured now (the files may have changed
+    after the start read them)."""
     import signal
 
     reloads: set[asyncio.Task[Reload]] = set()
@@ -580,20 +648,27 @@ def reload_on_sighup(broker: Broker) -> None:
         task.add_done_callback(reloads.discard)
 
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
+    if pending:
+        reload()
 
 
 async def serve_forever(settings: Settings, user_map: dict[str, str], ready_file: Path | None = None) -> None:
     import signal
 
     broker = Broker(settings, user_map)
+    loop = asyncio.get_running_loop()
+    # Threat: SIGHUP's default action ends the process, and ``sv-broker reload`` signals whoever
+    # holds the lock, which a starting broker takes before it is ready: a reload asked for while
+    # starting would kill it. It is remembered, and done once started.
+    early = asyncio.Event()
+    loop.add_signal_handler(signal.SIGHUP, early.set)
     await broker.start()
     if ready_file is not None:
         await asyncio.to_thread(ready_file.write_text, broker.url, "utf-8")
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    reload_on_sighup(broker)
+    reload_on_sighup(broker, pending=early.is_set())
     await stop.wait()
     log.info("broker_stopping")
     await broker.stop()

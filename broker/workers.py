@@ -15,8 +15,15 @@ the SQLite store, supervised by the primary process.
   RabbitMQ to another consumer.
 - Settings reach a worker pickled on its stdin, not on its command line: the AMQP URL may hold a
   password, and a command line is visible to every local user (``ps``).
-- A worker whose primary dies (SIGKILL leaves no chance to stop it) notices within a second and
-  stops gracefully, so a restarted primary never finds orphans consuming beside its new workers.
+- A worker whose primary dies (SIGKILL leaves no chance to stop it) notices within a second (its
+  stdin closes; its parent changes) and stops gracefully, so a restarted primary never finds
+  orphans consuming beside its new workers.
+- A reload (SIGHUP or ``sv-broker reload`` to the primary) reaches every worker over the same
+  pipe: ``reload <fingerprint>`` on its stdin, answered ``reloaded <fingerprint>`` (or
+  ``refused``) on its stdout. A worker puts in force only the set whose fingerprint the primary
+  put in force, and the primary audits ``config_changed`` only after every worker answered; one
+  that refuses or does not answer is stopped and restarted under the new set (which it refuses
+  at start if the files changed again): never two sets applied side by side.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ log = get_logger("sv_broker.workers")
 
 READY = b"ready\n"
 START_TIMEOUT = 60.0
+RELOAD_TIMEOUT = 60.0  # loading and checking the files; a worker silent longer is restarted
 STOP_TIMEOUT = 45.0  # longer than a worker's own 30 s wait for its in-flight batches
 
 
@@ -57,14 +65,39 @@ class WorkerPool:
         self.procs: list[asyncio.subprocess.Process] = []  # by worker index, once started
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
+        self._talking = asyncio.Lock()  # one conversation at a time on the workers' pipes
 
-    async def reload(self, config_sha256: str) -> None:
-        """Tell every worker to reload (SIGHUP), and restart any later worker under the new
-        configuration's fingerprint (a restarted worker refuses one that differs from the primary's)."""
+    async def reload(self, config_sha256: str) -> int:
+        """Tell every worker to put in force the set the primary did (``config_sha256``) and wait
+        for each answer; returns how many did. A worker started from now on gets the new
+        fingerprint (a restarted worker refuses a set that differs from the primary's)."""
         self.spec = replace(self.spec, config_sha256=config_sha256)
-        for proc in self.procs:
-            if proc.returncode is None:
-                proc.send_signal(signal.SIGHUP)
+        async with self._talking:
+            live = [proc for proc in self.procs if proc.returncode is None]
+            answers = await asyncio.gather(*(self._tell(proc, config_sha256) for proc in live))
+        return sum(answers)
+
+    async def _tell(self, proc: asyncio.subprocess.Process, config_sha256: str) -> bool:
+        """One worker reloads (``reload <sha>`` in, ``reloaded <sha>`` out); under ``_talking``."""
+        assert proc.stdin is not None
+        assert proc.stdout is not None
+        try:
+            proc.stdin.write(f"reload {config_sha256}\n".encode())
+            await proc.stdin.drain()
+            line = await asyncio.wait_for(proc.stdout.readline(), timeout=RELOAD_TIMEOUT)
+        except (OSError, TimeoutError):  # a broken pipe: it is exiting (its supervisor restarts it)
+            line = b""
+        if line == f"reloaded {config_sha256}\n".encode():
+            log.info("worker_reloaded", pid=proc.pid, config_sha256=config_sha256)
+            return True
+        # Threat: a worker left on the old set (or on another one, the files having changed since
+        # the primary read them) would go on releasing under agreements or keys no longer in
+        # force. It is stopped (gracefully: its in-flight batches finish) and restarted under the
+        # primary's fingerprint.
+        log.warning("worker_reload_failed", pid=proc.pid, answer=line.decode("ascii", "replace").strip()[:20])
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        return False
 
     async def start(self) -> None:
         """Start every worker and wait until each is consuming; a worker that cannot start is an
@@ -79,6 +112,7 @@ class WorkerPool:
         self._tasks = [asyncio.create_task(self._supervise(i), name=f"worker-{i}") for i in range(self.count)]
 
     async def _spawn(self, index: int) -> asyncio.subprocess.Process:
+        spec = self.spec
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -89,14 +123,22 @@ class WorkerPool:
         try:
             assert proc.stdin is not None
             assert proc.stdout is not None
-            proc.stdin.write(pickle.dumps(self.spec))
-            proc.stdin.close()
+            # stdin stays open: the primary's reloads come that way, and its end tells the
+            # worker that the primary is gone.
+            proc.stdin.write(pickle.dumps(spec))
+            await proc.stdin.drain()
             try:
                 line = await asyncio.wait_for(proc.stdout.readline(), timeout=START_TIMEOUT)
             except TimeoutError:
                 line = b""
             if line != READY:
                 raise RuntimeError(f"ingest worker {index} did not start")
+            async with self._talking:
+                if spec.config_sha256 != self.spec.config_sha256:
+                    # A reload happened while it started (from files read before it): it reloads
+                    # too. (The caller records it in ``procs`` with no await in between, so a
+                    # reload waiting for ``_talking`` finds it there.)
+                    await self._tell(proc, self.spec.config_sha256)
         except BaseException:
             # Failed, timed out or cancelled (the pool stopping): never leave it running unseen.
             with contextlib.suppress(ProcessLookupError):
@@ -153,7 +195,7 @@ async def _terminate(procs: list[asyncio.subprocess.Process]) -> None:
 
 
 async def _run_worker(spec: WorkerSpec) -> None:
-    from broker.service import Broker, reload_on_sighup
+    from broker.service import Broker
 
     parent = os.getppid()
     # Handlers first: a SIGTERM that arrives while starting is a graceful stop, not a kill.
@@ -161,9 +203,13 @@ async def _run_worker(spec: WorkerSpec) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # A SIGHUP sent to a worker itself (``kill -HUP`` of the process group) would end it by
+    # default; a worker reloads only when its primary tells it to, with the primary's set.
+    loop.add_signal_handler(signal.SIGHUP, lambda: log.info("reload_ignored", pid=os.getpid(), via="primary"))
     broker = Broker(spec.settings, spec.user_map, ingest_only=True, expected_config=spec.config_sha256)
     await broker.start()
-    reload_on_sighup(broker)  # the primary reloaded: so does this process, for its next batch
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     sys.stdout.buffer.write(READY)
     sys.stdout.buffer.flush()
 
@@ -173,9 +219,22 @@ async def _run_worker(spec: WorkerSpec) -> None:
         log.warning("worker_orphaned", pid=os.getpid())
         stop.set()
 
-    watcher = asyncio.create_task(watch_parent())
+    async def obey() -> None:
+        """The primary's reloads, one at a time, each answered once done (for its next batch)."""
+        while line := await reader.readline():
+            words = line.split()
+            if len(words) == 2 and words[0] == b"reload":
+                report = await broker.reload(expected=words[1].decode("ascii", "replace"))
+                answer = f"reloaded {report.after}\n" if report.ok else "refused\n"
+                sys.stdout.buffer.write(answer.encode())
+                sys.stdout.buffer.flush()
+        log.warning("worker_orphaned", pid=os.getpid(), via="stdin")  # the primary's end closed
+        stop.set()
+
+    tasks = [asyncio.create_task(watch_parent()), asyncio.create_task(obey())]
     await stop.wait()
-    watcher.cancel()
+    for task in tasks:
+        task.cancel()
     await broker.stop()
 
 

@@ -408,3 +408,68 @@ def test_unknown_top_level_table_in_a_key_file_is_refused(dirs: tuple[Path, Path
     path.write_text(_entry("k1") + '\n[[keys]]\nkid = "k2"\n')
     exc = refused(policy, keys, Reason.REGISTRY_INVALID, path, "keys")
     assert "unknown top-level table 'keys'" in exc.message
+
+
+# --- every problem, not only the first (issue 12 item 5) -----------------------------------------
+
+
+def test_every_problem_of_every_file_and_entry_is_reported_together(dirs: tuple[Path, Path]) -> None:
+    policy, keys = dirs
+    parties = policy / "parties.toml"
+    raw = _good_key()
+    parties.write_text(
+        "[settings]\nstrict = false\n\n"  # an unknown top-level table
+        + parties.read_text()
+        + PARTNER.format(id="new-partner", types='["made_up_event"]')  # an unknown event type
+    )
+    (keys / "a.toml").write_text(
+        _entry("a-k1", public_key=IDENTITY)  # low order
+        + _entry("a-k2", public_key=raw)
+        + _entry("a-k3", "nottingham-police")  # an unknown partner
+    )
+    text = _entry("b-k1")
+    good = text.split('public_key = "')[1].split('"')[0]
+    (keys / "b.toml").write_text(
+        text.replace(good, "not base64!")  # malformed
+        + _entry("a-k2", "derbyshire-police")  # a key id used twice
+        + _entry("b-k3", "derbyshire-police", public_key=raw)  # one public key, two partners
+        + _entry("b-k4").replace('kid = "b-k4"', 'kid = "b-k4"\ncolour = "red"')  # an unknown setting
+    )
+    with pytest.raises(RegistryError) as info:
+        load_registry(policy, keys)
+    found = [(p.path, p.entry, p.reason) for p in info.value.problems]
+    assert found == [
+        (str(parties), "settings", Reason.REGISTRY_INVALID),
+        (str(parties), "partner 'new-partner'", Reason.REGISTRY_INVALID),
+        (str(keys / "a.toml"), "key[0] (kid a-k1)", Reason.KEY_LOW_ORDER),
+        (str(keys / "a.toml"), "key[2] (kid a-k3)", Reason.REGISTRY_INVALID),
+        (str(keys / "b.toml"), "key[3] (kid b-k4)", Reason.REGISTRY_INVALID),
+        (str(keys / "b.toml"), "key[0] (kid b-k1)", Reason.KEY_MALFORMED),
+        (str(keys / "b.toml"), "key[1] (kid a-k2)", Reason.DUPLICATE_KEY_ID),
+        (str(keys / "b.toml"), "key[2] (kid b-k3)", Reason.DUPLICATE_PUBLIC_KEY),
+    ]
+    assert all(p.sentence for p in info.value.problems)
+    # the first is the error's own, as before; the sentence says more follow
+    exc = info.value
+    assert (exc.path, exc.entry, exc.reason) == found[0]
+    assert "and 7 more problem(s)" in str(exc)
+    assert "'colour'" in info.value.problems[4].sentence
+    assert "nottingham-police" in info.value.problems[3].sentence
+
+
+def test_a_refused_entry_does_not_also_make_what_names_it_unknown(dirs: tuple[Path, Path]) -> None:
+    # A partner refused for its shape still owns its id: its keys are not "for an unknown partner"
+    # as well (one mistake, one problem); and a malformed key still claims its kid.
+    policy, keys = dirs
+    parties = policy / "parties.toml"
+    parties.write_text(parties.read_text() + PARTNER.format(id="new-partner", types='["ae_assault"]') + "colour = 1\n")
+    (keys / "a.toml").write_text(
+        _entry("k1", "new-partner", public_key=IDENTITY) + _entry("k1", "new-partner") + _entry("k2", "new-partner")
+    )
+    with pytest.raises(RegistryError) as info:
+        load_registry(policy, keys)
+    assert [(p.entry, p.reason) for p in info.value.problems] == [
+        ("partner 'new-partner'", Reason.REGISTRY_INVALID),
+        ("key[0] (kid k1)", Reason.KEY_LOW_ORDER),
+        ("key[1] (kid k1)", Reason.DUPLICATE_KEY_ID),
+    ]

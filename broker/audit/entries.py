@@ -249,11 +249,14 @@ def started(config_sha256: str, mode: str, agreements: Mapping[str, int], role: 
     return Draft(Kind.STARTED, {"config_sha256": config_sha256, "mode": mode, "agreements": dict(agreements), **role})
 
 
-def config_changed(before: str, after: str, agreements: Mapping[str, int]) -> Draft:
-    """A reload took effect: from which configuration to which, and the agreements now in force."""
+def config_changed(
+    before: str, after: str, agreements: Mapping[str, int], role: Mapping[str, Any] | None = None
+) -> Draft:
+    """A reload took effect: from which configuration to which, and the agreements now in force
+    (with ``--workers``, how many worker processes confirmed they put it in force too)."""
     return Draft(
         Kind.CONFIG_CHANGED,
-        {"config_sha256_before": before, "config_sha256": after, "agreements": dict(agreements)},
+        {"config_sha256_before": before, "config_sha256": after, "agreements": dict(agreements), **(role or {})},
     )
 
 

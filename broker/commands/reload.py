@@ -33,19 +33,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from broker.errors import ConfigurationError
-    from broker.policy.loader import load_policy
-    from broker.policy.secrets import load_secrets
-    from broker.registry import load_registry
-    from broker.service import config_problems
+    from broker.service import config_problems, load_config
 
     try:
-        registry = load_registry(args.policy_dir, args.keys_dir)
-        load_policy(args.policy_dir, registry, load_secrets(args.secrets, os.environ))
+        # The check the broker makes (every problem of the registry, keys, secrets and agreements).
+        load_config(args.policy_dir, args.keys_dir, args.secrets, os.environ)
     except ConfigurationError as exc:
-        problems, _ = config_problems(exc)
+        problems, codes = config_problems(exc)
         for line in problems:
             print(f"error: {line}", file=sys.stderr)
-        print(f"{len(problems)} problem(s): the running broker was not signalled", file=sys.stderr)
+        print(
+            f"{len(problems)} problem(s) ({', '.join(sorted(set(codes)))}): the running broker was not signalled",
+            file=sys.stderr,
+        )
         return 2
     lock = args.data_dir / "broker.lock"
     try:

@@ -178,7 +178,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from broker.errors import ConfigurationError
-    from broker.service import load_user_map, serve_forever
+    from broker.service import config_problems, load_user_map, serve_forever
 
     configure(args.log_level)
     # Everything the serving process creates (store, checkpoints, exports, its key) is private to
@@ -187,7 +187,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         asyncio.run(serve_forever(settings_from(args), load_user_map(args.amqp_user_map), args.ready_file))
     except ConfigurationError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        problems, _ = config_problems(exc)  # every problem of every file, not only the first
+        for line in problems:
+            print(f"error: {line}", file=sys.stderr)
+        if len(problems) > 1:
+            print(f"{len(problems)} problem(s): the broker did not start", file=sys.stderr)
         return 2
     except OSError as exc:
         print(f"error: {exc}", file=sys.stderr)
