@@ -54,6 +54,8 @@ SIGNATURE_ATTR = "signature"
 REQUIRED_ATTRS = ("specversion", "id", "source", "type", "dataschema", "time", "keyid", SIGNATURE_ATTR, "data")
 OPTIONAL_ATTRS = ("datacontenttype", "supersedes", "revision", "withdrawn")
 MAX_REVISION = 9999
+REVISION_SUFFIX = re.compile(r":r[0-9]+$")
+MAX_FIRST_ID = 128 - len(f":r{MAX_REVISION}")
 
 
 class WithdrawalReason(StrEnum):
@@ -196,6 +198,12 @@ def revision_message_id(first_id: str, revision: int) -> str:
     return f"{first_id}:r{revision}"
 
 
+def first_message_id(message_id: str) -> str:
+    """The first message id of the record a (checked) message id belongs to: a revision's id less
+    its ``:r<n>``; a first id itself (which never ends so: ``envelope_from_document``)."""
+    return REVISION_SUFFIX.sub("", message_id)
+
+
 def _lineage_attrs(
     doc: dict[str, Any], message_id: str, data: dict[str, Any]
 ) -> tuple[str | None, int, WithdrawalReason | None]:
@@ -207,6 +215,15 @@ def _lineage_attrs(
     here, before the signature is even checked."""
     has = [name for name in ("supersedes", "revision", "withdrawn") if name in doc]
     if not has:
+        # A first message id must leave room for its revisions' ids and never look like one: "X:r2"
+        # as a first id would collide with revision 2 of "X".
+        if REVISION_SUFFIX.search(message_id) or len(message_id) > MAX_FIRST_ID:
+            raise ContractError(
+                Reason.ENVELOPE_INVALID,
+                f"A first message id must not end in ':r<digits>' (a revision's id) and has at most {MAX_FIRST_ID} "
+                "characters (room for ':r<revision>').",
+                field="id",
+            )
         return None, 1, None
     if "supersedes" not in doc or "revision" not in doc:
         raise ContractError(

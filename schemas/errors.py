@@ -59,6 +59,7 @@ class Reason(StrEnum):
     FROM_THE_FUTURE = "from_the_future"
     REPLAYED = "replayed"
     REVISION_SUPERSEDED = "revision_superseded"
+    REVISION_TYPE_MISMATCH = "revision_type_mismatch"
     # payload
     SCHEMA_INVALID = "schema_invalid"
     DIRECT_IDENTIFIER = "direct_identifier"
@@ -184,6 +185,7 @@ REASONS: dict[Reason, ReasonInfo] = {
     Reason.REVISION_SUPERSEDED: _r(
         "freshness", 409, "a later revision of this record was already applied; this older one is not"
     ),
+    Reason.REVISION_TYPE_MISMATCH: _r("freshness", 409, "a revision names another event type than its record"),
     Reason.SCHEMA_INVALID: _r("payload", 422, "the payload does not match the event's schema"),
     Reason.DIRECT_IDENTIFIER: _r("payload", 422, "the payload carries a direct identifier (body not kept)"),
     Reason.DEAD_LETTERED: _r("broker", 500, "the broker failed on the message repeatedly; set aside"),

@@ -83,6 +83,7 @@ class CommitPlan:
     purge_quarantine: list[int] = field(default_factory=list)
     purge_seen: list[ReplayKey] = field(default_factory=list)
     purge_notices_before: str | None = None
+    notices_until: str | None = None
     checkpoints: list[Checkpoint] = field(default_factory=list)
     held: list[HeldItem] = field(default_factory=list)  # rows to insert (once per id: the store ignores a repeat)
     unhold: list[str] = field(default_factory=list)  # held ids to delete
@@ -217,6 +218,8 @@ def plan_commit(
         plan.purge.extend(unit.purge)
         plan.purge_quarantine.extend(unit.purge_quarantine)
         plan.purge_seen.extend(unit.purge_seen)
+        if unit.notices_until is not None:
+            plan.notices_until = max(plan.notices_until or "", unit.notices_until)
         if unit.purge_notices_before is not None:
             plan.purge_notices_before = max(plan.purge_notices_before or "", unit.purge_notices_before)
         plan.checkpoints.extend(unit.checkpoints)

@@ -41,14 +41,16 @@ from broker.logs import get_logger
 from broker.pipeline.ingest import Pipeline
 from broker.policy.decision import Decision
 from broker.policy.model import PolicySet
-from broker.ports.store import HeldItem, Store
+from broker.ports.store import HeldItem, ReplayKey, Store
 from broker.stages.held import HeldUnreadable, HoldKeyring, key_of, unseal
+from broker.stages.lineage import NO_LINEAGE, Lineage, follows
 from broker.stages.outcome import Accepted
 from broker.stages.parse import parse
 from broker.stages.records import accept
 from broker.stages.types import Admitted, Fresh, Inbound
 from broker.stages.validate import validate
 from broker.stages.verify import verify
+from schemas.envelope import first_message_id
 from schemas.errors import ContractError, Reason
 
 log = get_logger("sv_broker.held")
@@ -114,14 +116,15 @@ class HeldFlow:
             if not items:
                 break
             after = items[-1].pos
-            batch = self._decide_page(items)
+            lineages = await self.store.lineages([(i.source, first_message_id(i.message_id)) for i in items])
+            batch = self._decide_page(items, lineages)
             await self.pipeline.release_held(batch.releases, batch.drafts, batch.unhold)
             total.add(batch.counts)
         if total.released or total.discarded or total.unreadable:
             log.info("held_redecided", agreement_id=agreement_id, **total.as_dict())
         return total
 
-    def _decide_page(self, items: Sequence[HeldItem]) -> _Batch:
+    def _decide_page(self, items: Sequence[HeldItem], lineages: Mapping[ReplayKey, Lineage]) -> _Batch:
         registry, policy = self.pipeline.config
         now = self.pipeline.clock()
         batch = _Batch()
@@ -156,21 +159,31 @@ class HeldFlow:
                 batch.unhold.append(item.id)
                 batch.counts.discarded += 1
                 continue
-            # Step 5: decide under the agreements now in force; only this agreement's releases.
+            # Step 5: where the record stands now: a withdrawal or a later correction since it was
+            # held means this revision is not the record any more (never release what was withdrawn).
+            lineage = lineages.get((env.source, env.lineage), NO_LINEAGE)
+            refusal = follows(env, lineage)
+            if refusal is not None:
+                batch.drafts.append(entries.held_discarded(item, refusal[0].value))
+                batch.unhold.append(item.id)
+                batch.counts.discarded += 1
+                continue
+            # Step 6: decide under the agreements now in force; only this agreement's releases.
             admitted = Admitted(validated)
             decision = self.pipeline.decide(admitted, policy, now)
             mine = tuple(r for r in decision.releases if r.agreement_id == item.agreement_id)
             if mine:
                 only = Decision(subject=admitted, releases=mine, refusals=())
                 inbound = Inbound(body, publisher=item.source, transport="held")
-                batch.releases.append((item, accept(inbound, only)))
+                # no notices: a release under one agreement says nothing about the others' holders
+                batch.releases.append((item, accept(inbound, only, lineage, notify=False)))
                 batch.counts.released += 1
                 continue
             refusals = [r for r in decision.refusals if r.agreement_id == item.agreement_id]
             if any(h.agreement_id == item.agreement_id for h in decision.holds) or not refusals:
                 batch.counts.held += 1  # still not in force (or not decided at all): stays held
                 continue
-            # Step 6: the agreement now refuses it for another reason: no longer covered.
+            # Step 7: the agreement now refuses it for another reason: no longer covered.
             batch.drafts.append(entries.held_discarded(item, refusals[0].reason))
             batch.unhold.append(item.id)
             batch.counts.discarded += 1

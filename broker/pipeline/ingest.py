@@ -39,7 +39,7 @@ from broker.registry import Registry
 from broker.settings import Settings
 from broker.stages.freshness import check_freshness
 from broker.stages.held import HoldKeyring, NoHoldKeys, held_items
-from broker.stages.lineage import NO_LINEAGE, Lineage, applied, follows
+from broker.stages.lineage import NO_LINEAGE, Lineage, already_applied, applied, follows
 from broker.stages.outcome import Accepted, Duplicate, Failed, Outcome, Rejected, Settled
 from broker.stages.parse import parse
 from broker.stages.records import accept, lineage_update, sha256_hex
@@ -152,8 +152,10 @@ class Pipeline:
         # A later revision also waits for (and holds) its record's first message id: two batches
         # never apply revisions of one record at once (each reads what the other wrote).
         held_keys = keys + [lineage_of(item) for item in staged if isinstance(item, Validated)]
-        waits = [self._inflight[key] for key in set(held_keys) if key in self._inflight]
-        if waits:
+        # Until none is held: when a batch finishes, every batch waiting on it wakes, and the first
+        # to run takes the keys again; the others must wait for that one too (or two would apply
+        # revisions of one record from the same stale read).
+        while waits := [self._inflight[key] for key in set(held_keys) if key in self._inflight]:
             await asyncio.gather(*waits, return_exceptions=True)
         mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         owned = [key for key in dict.fromkeys(held_keys) if key not in self._inflight]
@@ -202,9 +204,12 @@ class Pipeline:
                 seen_in_batch[key] = item.content_sha256
                 record = lineage_of(item)
                 lineage = now_lineage.get(record, lineages.get(record, NO_LINEAGE))
-                why = follows(item.envelope, lineage)
-                if why is not None:
-                    outcomes.append(self._refused(inbound, item, Reason.REVISION_SUPERSEDED, why))
+                if seen.state is ReplayState.NEW and already_applied(item.envelope, lineage):
+                    outcomes.append(Duplicate(inbound, item))  # its replay-guard row expired
+                    continue
+                refusal = follows(item.envelope, lineage)
+                if refusal is not None:
+                    outcomes.append(self._refused(inbound, item, *refusal))
                     continue
                 # Step 6: the policy decision (pure).
                 decided = self._decide(inbound, verdict, now, policy, lineage)
@@ -406,6 +411,7 @@ class Pipeline:
         deliverable = Deliverable(now, accepted=accepted)
         durable = self.delivery.with_audit(deliverable)
         unit = CommitUnit(records=list(durable.records), unhold=list(unhold))
+        unit.lineages.extend(lineage_update(outcome, now) for outcome in accepted)  # what consumers now hold
         for item, outcome in releases:
             unit.drafts.extend(entries.verdict(outcome))
             revision = outcome.releases[0].agreement_revision

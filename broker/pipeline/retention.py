@@ -62,7 +62,9 @@ async def purge_quarantine(store: Store, now: datetime, retention: timedelta) ->
 
 
 def deletion_notice(row: Expired, now: datetime) -> StoredRecord:
-    """The notice a consumer gets when the broker purges a record it holds (pure)."""
+    """The notice a consumer gets when the broker purges a record it holds (pure). Dated by the end
+    of the record's retention, not the purge's run: sent again after a failed commit, it is the
+    same bytes."""
     body = consumer_notice(
         notice="deleted",
         record_id=row.record_id,
@@ -70,7 +72,7 @@ def deletion_notice(row: Expired, now: datetime) -> StoredRecord:
         agreement_id=row.agreement_id,
         revision=row.revision,
         reason=Reason.RETENTION_EXPIRED.value,
-        at=now,
+        at=row.expires_at or now,
     )
     return StoredRecord(
         record_id=row.record_id,
@@ -108,12 +110,17 @@ async def purge_expired(store: Store, now: datetime, delivery: Delivery) -> int:
             entries.purged(consumer, agreement, ids, told[(consumer, agreement)])
             for (consumer, agreement), ids in sorted(groups.items())
         ]
-        unit = CommitUnit(drafts=drafts, purge=[r.record_id for r in rows], records=list(durable.records))
+        unit = CommitUnit(
+            drafts=drafts,
+            purge=[r.record_id for r in rows],
+            records=list(durable.records),
+            notices_until=format_time(now + NOTICE_RETENTION),
+        )
         await store.commit(unit)
         total += len(rows)
         log.info("records_purged", count=len(rows), notified=len(notices))
-    # Deletion notices in embedded feeds, past their own (short) retention: no entry (they hold
-    # nothing but a record id whose purge is audited already).
+    # Notices in embedded feeds past their own retention (a withdrawal's, with its record's; a
+    # deletion's, 90 days after it): no entry (they hold nothing but a record id, its purge audited).
     await store.commit(CommitUnit(purge_notices_before=format_time(now)))
     return total
 

@@ -49,9 +49,12 @@ from broker.ports.sql import (
     EXPIRED_COLUMNS,
     HELD_ROW_COLUMNS,
     HELD_SUMMARY_QUERY,
+    HOLDING_COLUMNS,
     HOLDING_UPSERT_WHERE,
     LINEAGE_TABLES,
     LINEAGE_UPSERT_WHERE,
+    RECORDS_BEFORE_NOTICE,
+    RECORDS_CURRENT,
     SEEN_KINDS,
     Binder,
     admitted,
@@ -61,6 +64,7 @@ from broker.ports.sql import (
     held_items_query,
     held_page_query,
     held_row,
+    later_revisions,
     lineage_view,
     message_of,
     numbered,
@@ -88,7 +92,7 @@ from broker.ports.store import (
     Seen,
     StoreCounts,
 )
-from broker.stages.lineage import Holding, Lineage
+from broker.stages.lineage import Lineage
 from broker.stages.replay import ReplayState
 from schemas.envelope import format_time, parse_time
 
@@ -482,31 +486,21 @@ class PostgresStore:
             sources, firsts = [k[0] for k in wanted], [k[1] for k in wanted]
             pairs = "(lineage, source) IN (SELECT * FROM unnest($2::text[], $1::text[]))"
             rows = await conn.fetch(
-                f"SELECT source, lineage, revision, message_id, withdrawn FROM lineage WHERE {pairs}",  # noqa: S608
+                f"SELECT source, lineage, revision, message_id, withdrawn, event_type FROM lineage WHERE {pairs}",  # noqa: S608
                 sources,
                 firsts,
             )
             found = {
-                (r["source"], r["lineage"]): (int(r["revision"]), r["message_id"], bool(r["withdrawn"])) for r in rows
-            }
-            held: dict[ReplayKey, list[Holding]] = {}
-            for r in await conn.fetch(
-                "SELECT source, lineage, record_id, consumer, agreement_id, revision, withdrawn, expires_at "  # noqa: S608
-                f"FROM holdings WHERE {pairs} ORDER BY record_id",
-                sources,
-                firsts,
-            ):
-                held.setdefault((r["source"], r["lineage"]), []).append(
-                    Holding(
-                        r["record_id"],
-                        r["consumer"],
-                        r["agreement_id"],
-                        int(r["revision"]),
-                        bool(r["withdrawn"]),
-                        parse_time(r["expires_at"]),
-                    )
+                (r["source"], r["lineage"]): (
+                    int(r["revision"]),
+                    r["message_id"],
+                    bool(r["withdrawn"]),
+                    r["event_type"],
                 )
-            return lineage_view(wanted, found, held)
+                for r in rows
+            }
+            held = await conn.fetch(f"SELECT {HOLDING_COLUMNS} FROM holdings WHERE {pairs}", sources, firsts)  # noqa: S608
+            return lineage_view(wanted, found, [tuple(r) for r in held])
 
         return await self._run(run)
 
@@ -539,7 +533,7 @@ class PostgresStore:
     async def expired(self, now: datetime, limit: int) -> list[Expired]:
         async def run(conn: asyncpg.Connection) -> list[Expired]:
             rows = await conn.fetch(
-                EXPIRED_COLUMNS + "WHERE expires_at <= $1 ORDER BY expires_at, record_id LIMIT $2",
+                EXPIRED_COLUMNS + "expires_at <= $1 ORDER BY expires_at, record_id LIMIT $2",
                 format_time(now),
                 limit,
             )
@@ -552,6 +546,7 @@ class PostgresStore:
                     r["event_type"],
                     int(r["revision"]),
                     bool(r["withdrawn"]),
+                    parse_time(r["expires_at"]),
                 )
                 for r in rows
             ]
@@ -861,10 +856,17 @@ async def _apply(conn: asyncpg.Connection, plan: CommitPlan) -> None:
             *_columns(plan.audit_records, 2),
         )
     if plan.purge:
-        # Retention: every revision and notice of these record ids, and their holdings (the
-        # deletion notices that replace them, if any, are among ``plan.records`` below).
-        await conn.execute("DELETE FROM records WHERE record_id = ANY($1::text[])", list(plan.purge))
-        await conn.execute("DELETE FROM holdings WHERE record_id = ANY($1::text[])", list(plan.purge))
+        # Retention: every revision goes, notices stay until their own expiry, the holding stays as
+        # a tombstone (see the SQLite backend); deletion notices are among ``plan.records``.
+        ids = list(plan.purge)
+        await conn.execute("DELETE FROM records WHERE record_id = ANY($1::text[]) AND kind = 'record'", ids)
+        await conn.execute("UPDATE holdings SET purged = 1 WHERE record_id = ANY($1::text[])", ids)
+        if plan.notices_until is not None:
+            await conn.execute(
+                "UPDATE records SET expires_at = $1 WHERE record_id = ANY($2::text[]) AND kind != 'record'",
+                plan.notices_until,
+                ids,
+            )
     if plan.records:
         await conn.execute(
             "INSERT INTO records(record_id, consumer, agreement_id, agreement_revision, event_type, source, "
@@ -895,16 +897,9 @@ async def _apply(conn: asyncpg.Connection, plan: CommitPlan) -> None:
                 12,
             ),
         )
-        later = [(rec.record_id, rec.kind) for rec in plan.records if rec.revision > 1 or rec.kind != "record"]
-        gone = [record_id for record_id, kind in later if kind != "record"]
-        if gone:  # withdrawn or deleted: the consumer's copies go (the notice stays)
-            await conn.execute("DELETE FROM records WHERE record_id = ANY($1::text[]) AND kind = 'record'", gone)
-        if later:
-            await conn.execute(
-                "UPDATE records r SET current = 0 WHERE r.record_id = ANY($1::text[]) AND r.current = 1 "
-                "AND r.id < (SELECT max(x.id) FROM records x WHERE x.record_id = r.record_id)",
-                [record_id for record_id, _ in later],
-            )
+        for record_id in later_revisions(plan.records):  # the rules: ``sql.RECORDS_CURRENT``
+            await conn.execute(RECORDS_BEFORE_NOTICE, record_id)
+            await conn.execute(RECORDS_CURRENT, record_id)
     if plan.lineages:
         await conn.execute(
             "INSERT INTO lineage(source, lineage, revision, message_id, withdrawn, event_type, updated_at) "  # noqa: S608

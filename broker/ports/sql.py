@@ -13,7 +13,7 @@ from dataclasses import replace
 from typing import Any
 
 from broker.audit.columns import body_columns
-from broker.ports.store import OUTCOME_KINDS, AuditQuery, AuditRow, HeldItem, HeldRow, ReplayKey
+from broker.ports.store import OUTCOME_KINDS, AuditQuery, AuditRow, HeldItem, HeldRow, ReplayKey, StoredRecord
 from broker.stages.lineage import NO_LINEAGE, Holding, Lineage
 from schemas.envelope import parse_time
 
@@ -46,17 +46,21 @@ CREATE TABLE IF NOT EXISTS holdings (
     event_type TEXT NOT NULL,
     revision INTEGER NOT NULL,
     withdrawn INTEGER NOT NULL,
-    expires_at TEXT NOT NULL
+    expires_at TEXT NOT NULL,
+    purged INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS holdings_lineage ON holdings(lineage, source);
-CREATE INDEX IF NOT EXISTS holdings_expiry ON holdings(expires_at);
+CREATE INDEX IF NOT EXISTS holdings_expiry ON holdings(purged, expires_at);
+CREATE INDEX IF NOT EXISTS records_notices ON records(kind, expires_at);
+CREATE INDEX IF NOT EXISTS seen_expiry ON seen(state, first_seen);
 """
 # Records released before lineages existed: each becomes its record's revision 1, held until its
 # own expiry (so retention, now driven by the holdings, still purges it and tells its consumer).
+# ("WHERE true": without a WHERE, SQLite reads an upsert's ON after SELECT ... FROM as a join's.)
 BACKFILL_LINEAGE = """
 INSERT INTO holdings(record_id, source, lineage, consumer, agreement_id, event_type, revision, withdrawn, expires_at)
     SELECT record_id, source, message_id, consumer, agreement_id, event_type, 1, 0, expires_at FROM records
-    ON CONFLICT DO NOTHING;
+    WHERE true ON CONFLICT DO NOTHING;
 """
 LINEAGE_UPSERT_WHERE = (
     " ON CONFLICT (lineage, source) DO UPDATE SET revision = excluded.revision, message_id = excluded.message_id, "
@@ -68,7 +72,26 @@ HOLDING_UPSERT_WHERE = (
     " ON CONFLICT (record_id) DO UPDATE SET revision = excluded.revision, withdrawn = excluded.withdrawn "
     "WHERE excluded.revision >= holdings.revision"
 )
-EXPIRED_COLUMNS = "SELECT record_id, consumer, agreement_id, source, event_type, revision, withdrawn FROM holdings "
+# For one record id ($1, given twice), after a commit's rows are written: the consumer's data rows
+# of revisions before its latest notice go; the row of the highest revision (a notice before a
+# record of the same revision, then the newest) is the one ``current`` marks. By revision, not by
+# row id: a withdrawal and a later correction may be written in one commit, in either order.
+RECORDS_BEFORE_NOTICE = (
+    "DELETE FROM records WHERE record_id = $1 AND kind = 'record' AND revision < "
+    "(SELECT coalesce(max(n.revision), 0) FROM records n WHERE n.record_id = $1 AND n.kind != 'record')"
+)
+RECORDS_CURRENT = (
+    "UPDATE records SET current = CASE WHEN id = (SELECT r.id FROM records r WHERE r.record_id = $1 "
+    "ORDER BY r.revision DESC, CASE WHEN r.kind = 'record' THEN 0 ELSE 1 END DESC, r.id DESC LIMIT 1) "
+    "THEN 1 ELSE 0 END WHERE record_id = $1"
+)
+EXPIRED_COLUMNS = (
+    "SELECT record_id, consumer, agreement_id, source, event_type, revision, withdrawn, expires_at "
+    "FROM holdings WHERE purged = 0 AND "
+)
+HOLDING_COLUMNS = (
+    "source, lineage, record_id, consumer, agreement_id, revision, withdrawn, expires_at, purged, event_type"
+)
 
 
 class Binder:
@@ -173,19 +196,48 @@ def message_of(record_id: str, bodies: Iterable[bytes]) -> str | None:
     return None
 
 
+def holding_of(row: Sequence[Any]) -> tuple[ReplayKey, Holding, str]:
+    """A ``HOLDING_COLUMNS`` row: its record's key, the holding, the record's event type."""
+    source, lineage, record_id, consumer, agreement, revision, withdrawn, expires, purged, event_type = row
+    held = Holding(
+        str(record_id),
+        str(consumer),
+        str(agreement),
+        int(revision),
+        bool(withdrawn),
+        parse_time(str(expires)),
+        bool(purged),
+    )
+    return (str(source), str(lineage)), held, str(event_type)
+
+
 def lineage_view(
-    keys: Iterable[ReplayKey], found: dict[ReplayKey, tuple[int, str, bool]], held: dict[ReplayKey, list[Holding]]
+    keys: Iterable[ReplayKey],
+    found: dict[ReplayKey, tuple[int, str, bool, str]],
+    rows: Iterable[Sequence[Any]],
 ) -> dict[ReplayKey, Lineage]:
-    """Every asked record's life, ``NO_LINEAGE`` where the store knows none of it."""
+    """Every asked record's life, ``NO_LINEAGE`` where the store knows none of it (``found``:
+    lineage rows; ``rows``: ``HOLDING_COLUMNS`` rows, of any record: only asked ones are kept).
+    A record with holdings and no lineage row is at its revision 1 (its first message id)."""
+    asked = set(keys)
+    held: dict[ReplayKey, list[Holding]] = {}
+    types: dict[ReplayKey, str] = {}
+    for row in rows:
+        key, holding, event_type = holding_of(row)
+        if key in asked:
+            held.setdefault(key, []).append(holding)
+            types[key] = event_type
     out: dict[ReplayKey, Lineage] = {}
     for key in keys:
-        row = found.get(key)
-        holdings = tuple(held.get(key, ()))
-        if row is None and not holdings:
+        stored = found.get(key)
+        holdings = tuple(sorted(held.get(key, ()), key=lambda h: h.record_id))
+        if stored is None and not holdings:
             out[key] = NO_LINEAGE
         else:
-            revision, message_id, withdrawn = row if row is not None else (1, key[1], False)
-            out[key] = Lineage(revision, message_id, withdrawn, holdings)
+            revision, message_id, withdrawn, event_type = (
+                stored if stored is not None else (1, key[1], False, types[key])
+            )
+            out[key] = Lineage(revision, message_id, withdrawn, holdings, event_type)
     return out
 
 
@@ -267,3 +319,9 @@ def outcome_days_query(bind: Binder, since: str) -> str:
         f"SELECT substr(at, 1, 10) AS day, kind, source, COUNT(*) FROM audit "  # noqa: S608
         f"WHERE kind IN ({kinds}) AND at >= {bind(since)} GROUP BY day, kind, source ORDER BY day, kind, source"
     )
+
+
+def later_revisions(records: Iterable[StoredRecord]) -> list[str]:
+    """The record ids among a commit's rows whose feed rows need sorting out (a revision after the
+    first, or a notice): a first revision alone, the hot path, needs nothing."""
+    return list(dict.fromkeys(r.record_id for r in records if r.revision > 1 or r.kind != "record"))

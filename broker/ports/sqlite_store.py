@@ -32,9 +32,12 @@ from broker.ports.sql import (
     EXPIRED_COLUMNS,
     HELD_ROW_COLUMNS,
     HELD_SUMMARY_QUERY,
+    HOLDING_COLUMNS,
     HOLDING_UPSERT_WHERE,
     LINEAGE_TABLES,
     LINEAGE_UPSERT_WHERE,
+    RECORDS_BEFORE_NOTICE,
+    RECORDS_CURRENT,
     SEEN_KINDS,
     Binder,
     admitted,
@@ -44,6 +47,7 @@ from broker.ports.sql import (
     held_items_query,
     held_page_query,
     held_row,
+    later_revisions,
     lineage_view,
     message_of,
     outcome_days_query,
@@ -71,7 +75,7 @@ from broker.ports.store import (
     Seen,
     StoreCounts,
 )
-from broker.stages.lineage import Holding, Lineage
+from broker.stages.lineage import Lineage
 from broker.stages.replay import ReplayState
 from schemas.envelope import format_time, parse_time
 
@@ -458,10 +462,18 @@ class SqliteStore:
         )
         _insert_many(conn, "INSERT OR IGNORE INTO audit_records(seq, record_id) VALUES ", list(plan.audit_records))
         if plan.purge:
-            # Retention: every revision and notice of these record ids, and their holdings (the
-            # deletion notices that replace them, if any, are among ``plan.records`` below).
-            conn.executemany("DELETE FROM records WHERE record_id = ?", [(rid,) for rid in plan.purge])
-            conn.executemany("DELETE FROM holdings WHERE record_id = ?", [(rid,) for rid in plan.purge])
+            # Retention: every revision of these record ids goes; their notices stay until their
+            # own expiry (a consumer that reads rarely still learns of a withdrawal); the holding
+            # stays as a tombstone (never released to that consumer again). The deletion notices
+            # that replace the records, if any, are among ``plan.records`` below.
+            ids = [(rid,) for rid in plan.purge]
+            conn.executemany("DELETE FROM records WHERE record_id = ? AND kind = 'record'", ids)
+            conn.executemany("UPDATE holdings SET purged = 1 WHERE record_id = ?", ids)
+            if plan.notices_until is not None:
+                conn.executemany(
+                    "UPDATE records SET expires_at = ? WHERE record_id = ? AND kind != 'record'",
+                    [(plan.notices_until, rid) for rid in plan.purge],
+                )
         _insert_many(
             conn,
             "INSERT OR IGNORE INTO records(record_id, consumer, agreement_id, agreement_revision, event_type, "
@@ -484,15 +496,11 @@ class SqliteStore:
                 for rec in plan.records
             ],
         )
-        later = [(rec.record_id, rec.kind) for rec in plan.records if rec.revision > 1 or rec.kind != "record"]
-        for record_id, kind in later:
-            if kind != "record":  # withdrawn or deleted: the consumer's copies go (the notice stays)
-                conn.execute("DELETE FROM records WHERE record_id = ? AND kind = 'record'", (record_id,))
-            conn.execute(
-                "UPDATE records SET current = 0 WHERE record_id = ? AND current = 1 "
-                "AND id < (SELECT max(id) FROM records WHERE record_id = ?)",
-                (record_id, record_id),
-            )
+        for record_id in later_revisions(plan.records):
+            # A notice deletes the consumer's copies of the revisions before it (never a later one,
+            # even one written in this same commit); the latest row, by revision, is current.
+            conn.execute(RECORDS_BEFORE_NOTICE.replace("$1", "?1"), (record_id,))
+            conn.execute(RECORDS_CURRENT.replace("$1", "?1"), (record_id,))
         _insert_many(
             conn,
             "INSERT INTO lineage(source, lineage, revision, message_id, withdrawn, event_type, updated_at) VALUES ",
@@ -658,33 +666,22 @@ class SqliteStore:
         if not wanted:
             return {}
 
-        asked = set(wanted)
-
         def run(conn: sqlite3.Connection) -> dict[ReplayKey, Lineage]:
-            found: dict[ReplayKey, tuple[int, str, bool]] = {}
-            held: dict[ReplayKey, list[Holding]] = {}
+            found: dict[ReplayKey, tuple[int, str, bool, str]] = {}
+            rows: list[Sequence[object]] = []
             for i in range(0, len(wanted), 400):
                 chunk = wanted[i : i + 400]
-                # By first message id (the index's first column); the source is checked below.
-                pairs = "lineage IN (" + ", ".join("?" * len(chunk)) + ")"
+                # By first message id (the index's first column); the source is checked in
+                # ``lineage_view`` (message ids are unique per partner only).
+                where = "lineage IN (" + ", ".join("?" * len(chunk)) + ")"
                 params = [key[1] for key in chunk]
-                for src, lin, rev, mid, wd in conn.execute(
-                    f"SELECT source, lineage, revision, message_id, withdrawn FROM lineage WHERE {pairs}",  # noqa: S608
+                for src, lin, rev, mid, wd, et in conn.execute(
+                    f"SELECT source, lineage, revision, message_id, withdrawn, event_type FROM lineage WHERE {where}",  # noqa: S608
                     params,
                 ):
-                    if (src, lin) in asked:
-                        found[(str(src), str(lin))] = (int(rev), str(mid), bool(wd))
-                for src, lin, rid, con, ag, rev, wd, exp in conn.execute(
-                    "SELECT source, lineage, record_id, consumer, agreement_id, revision, withdrawn, expires_at "  # noqa: S608
-                    f"FROM holdings WHERE {pairs} ORDER BY record_id",
-                    params,
-                ):
-                    if (src, lin) not in asked:
-                        continue
-                    held.setdefault((str(src), str(lin)), []).append(
-                        Holding(str(rid), str(con), str(ag), int(rev), bool(wd), parse_time(str(exp)))
-                    )
-            return lineage_view(wanted, found, held)
+                    found[(str(src), str(lin))] = (int(rev), str(mid), bool(wd), str(et))
+                rows.extend(conn.execute(f"SELECT {HOLDING_COLUMNS} FROM holdings WHERE {where}", params))  # noqa: S608
+            return lineage_view(wanted, found, rows)
 
         return await self._query(run)
 
@@ -712,9 +709,9 @@ class SqliteStore:
     async def expired(self, now: datetime, limit: int) -> list[Expired]:
         def run(conn: sqlite3.Connection) -> list[Expired]:
             return [
-                Expired(str(r), str(c), str(a), str(s), str(e), int(v), bool(w))
-                for r, c, a, s, e, v, w in conn.execute(
-                    EXPIRED_COLUMNS + "WHERE expires_at <= ? ORDER BY expires_at, record_id LIMIT ?",
+                Expired(str(r), str(c), str(a), str(s), str(e), int(v), bool(w), parse_time(str(x)))
+                for r, c, a, s, e, v, w, x in conn.execute(
+                    EXPIRED_COLUMNS + "expires_at <= ? ORDER BY expires_at, record_id LIMIT ?",
                     (format_time(now), limit),
                 )
             ]

@@ -144,7 +144,8 @@ class CommitUnit:
     purge: list[str] = field(default_factory=list)  # record ids to delete (retention): every revision, its holding
     purge_quarantine: list[int] = field(default_factory=list)  # quarantine row ids to delete (retention)
     purge_seen: list[ReplayKey] = field(default_factory=list)  # replay-guard rows to delete (retention)
-    purge_notices_before: str | None = None  # deletion notices (embedded feeds) that expired before this
+    purge_notices_before: str | None = None  # notices (embedded feeds) that expired before this
+    notices_until: str | None = None  # with ``purge``: the purged records' notices stay until then
     checkpoints: list[Checkpoint] = field(default_factory=list)
     held: list[HeldItem] = field(default_factory=list)  # messages held for an agreement not in force
     unhold: list[str] = field(default_factory=list)  # held ids to delete (released, discarded, purged)
@@ -158,6 +159,7 @@ class CommitUnit:
         self.purge.extend(other.purge)
         self.purge_quarantine.extend(other.purge_quarantine)
         self.purge_seen.extend(other.purge_seen)
+        self.notices_until = self.notices_until or other.notices_until
         self.purge_notices_before = max(
             (t for t in (self.purge_notices_before, other.purge_notices_before) if t is not None), default=None
         )
@@ -287,6 +289,7 @@ class Expired:
     event_type: str = ""
     revision: int = 1
     withdrawn: bool = False  # withdrawn already: its consumer was told; no deletion notice
+    expires_at: datetime | None = None
 
 
 class Store(Protocol):

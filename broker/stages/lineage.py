@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 from schemas.envelope import Envelope
+from schemas.errors import Reason
 
 NO_LONGER_ENTITLED = "no_longer_entitled"  # a correction leaves a consumer's flow refusing the record
 
@@ -35,6 +36,9 @@ class Holding:
     revision: int
     withdrawn: bool
     expires_at: datetime  # when its retention ends (from its first release: a correction does not extend it)
+    # Its retention ended and the broker purged it: kept as a tombstone, so a later revision is never
+    # released to this consumer again (that would restart a retention the agreement ended).
+    purged: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +49,7 @@ class Lineage:
     message_id: str = ""  # the message that applied ``revision``
     withdrawn: bool = False
     holdings: tuple[Holding, ...] = ()
+    event_type: str = ""  # the record's type ("" when not known)
 
     def holding(self, record_id: str) -> Holding | None:
         for held in self.holdings:
@@ -56,27 +61,45 @@ class Lineage:
 NO_LINEAGE = Lineage()
 
 
-def follows(env: Envelope, lineage: Lineage) -> str | None:
-    """None when ``env`` may be applied to its record; otherwise why not (a sentence).
+def follows(env: Envelope, lineage: Lineage) -> tuple[Reason, str] | None:
+    """None when ``env`` may be applied to its record; otherwise the refusal (reason, sentence).
 
     A revision the broker has not seen the first of is applied as the record's first appearance
     (its revision 1 may have been refused and this correction fixes it). The same message again
     (``message_id`` equal: redelivered after a crash mid-way) is applied again, idempotently."""
+    if lineage.event_type and env.type != lineage.event_type:
+        # Threat: a "correction" of another type would be decided under other agreements, reach
+        # other consumers under other record ids, and leave the first type's copies in place.
+        return (
+            Reason.REVISION_TYPE_MISMATCH,
+            f"This record is a {lineage.event_type}; a revision cannot make it a {env.type} "
+            "(withdraw it and send a new record).",
+        )
     if lineage.revision == 0 or env.revision > lineage.revision:
         return None
     if env.revision == lineage.revision and env.id == lineage.message_id:
         return None
     return (
+        Reason.REVISION_SUPERSEDED,
         f"Revision {env.revision} of this record arrived after revision {lineage.revision}; "
-        "the later revision stands (send a higher revision to correct it again)."
+        "the later revision stands (send a higher revision to correct it again).",
     )
 
 
-def holders_to_tell(env: Envelope, lineage: Lineage) -> tuple[Holding, ...]:
-    """The consumers that hold the record as of this message: not withdrawn earlier, or withdrawn by
-    this very revision (a re-run after a crash must tell them again: the first notice may not have
-    been published)."""
-    return tuple(h for h in lineage.holdings if not h.withdrawn or h.revision == env.revision)
+def already_applied(env: Envelope, lineage: Lineage) -> bool:
+    """Is ``env`` the very message that brought the record to its current revision? A message the
+    replay guard has forgotten (its rows expire: ``purge_replay_guard``) is still recognised by its
+    record's lineage, so a resend, re-signed later by an adapter, is a duplicate, never a second
+    release (the store would not audit it twice, so it would leave without an entry)."""
+    return lineage.revision > 0 and env.revision == lineage.revision and env.id == lineage.message_id
+
+
+def holders_to_tell(lineage: Lineage) -> tuple[Holding, ...]:
+    """Every consumer that holds, or held, the record and whose retention has not ended: each hears
+    of every revision (the record, or a notice). A consumer withdrawn at an earlier revision is told
+    again: a notice is idempotent, and a notice lost in a crash before it was published is repaired
+    by the next revision."""
+    return tuple(h for h in lineage.holdings if not h.purged)
 
 
 def applied(lineage: Lineage, env: Envelope, changed: tuple[Holding, ...]) -> Lineage:
@@ -90,4 +113,5 @@ def applied(lineage: Lineage, env: Envelope, changed: tuple[Holding, ...]) -> Li
         message_id=env.id,
         withdrawn=env.withdrawn is not None,
         holdings=kept + tuple(by_id.values()),
+        event_type=env.type,
     )

@@ -6,11 +6,12 @@ import hashlib
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from broker.policy.decision import Decision, Release
+from broker.policy.decision import Decision, Refusal, Release
 from broker.ports.store import LineageUpdate, QuarantineItem, StoredRecord
 from broker.stages.lineage import NO_LINEAGE, NO_LONGER_ENTITLED, Holding, Lineage, holders_to_tell
 from broker.stages.outcome import Accepted, Rejected, ReleasedNotice, ReleasedRecord
 from broker.stages.types import Admitted, Inbound
+from schemas.errors import Reason
 from schemas.messages import consumer_notice, consumer_record
 
 
@@ -36,25 +37,56 @@ def record_body(decision: Decision[Admitted], release: Release) -> bytes:
     )
 
 
-def accept(inbound: Inbound, decision: Decision[Admitted], lineage: Lineage = NO_LINEAGE) -> Accepted:
-    """An accepted outcome with the exact bytes of every record it releases and, for a later
-    revision of a record, every withdrawal notice it sends: to each consumer that held the record
-    and gets no record from this revision (a withdrawal, or a correction its flow now refuses).
+# Refusals about *when* an agreement applies, not about the record: a holder refused only for
+# these keeps what it has (the agreement is lapsed, not the record; a [hold] may release it later).
+_WINDOW = frozenset({Reason.NOT_YET_VALID.value, Reason.EXPIRED.value, Reason.REVIEW_OVERDUE.value})
+
+
+def accept(
+    inbound: Inbound, decision: Decision[Admitted], lineage: Lineage = NO_LINEAGE, *, notify: bool = True
+) -> Accepted:
+    """An accepted outcome with the exact bytes of every record it releases and, for a record the
+    broker has seen before, a withdrawal notice to each consumer that holds it and gets no record
+    from this message (a withdrawal, or a correction its flow now refuses). ``notify`` False: no
+    notices (a held event released under one agreement says nothing about the others).
 
     Threat: a corrected record that no longer meets a consumer's row conditions (reclassified
     out of scope, an age outside the flow's range) would otherwise stay with that consumer, who
-    is no longer entitled to it (UK GDPR art. 5(1)(c), (d): minimised and accurate)."""
+    is no longer entitled to it (UK GDPR art. 5(1)(c), (d): minimised and accurate). And a consumer
+    whose copy was purged at the end of its retention never gets the record again (a correction
+    would otherwise restart a retention the agreement ended)."""
+    gone = {h.record_id for h in lineage.holdings if h.purged}
+    if gone and any(r.record_id in gone for r in decision.releases):
+        decision = Decision(
+            decision.subject,
+            tuple(r for r in decision.releases if r.record_id not in gone),
+            decision.refusals
+            + tuple(
+                Refusal(
+                    Reason.RETENTION_EXPIRED.value,
+                    f"Agreement {r.agreement_id}'s retention for this record ended; it is not released again.",
+                    r.agreement_id,
+                    r.consumer,
+                )
+                for r in decision.releases
+                if r.record_id in gone
+            ),
+            decision.holds,
+        )
     records = []
     for release in decision.releases:
         body = record_body(decision, release)
         records.append(ReleasedRecord(release, body, sha256_hex(body)))
     env = decision.subject.envelope
     released = {release.record_id for release in decision.releases}
+    lapsed = {(r.agreement_id, r.consumer) for r in decision.refusals if r.reason in _WINDOW}
     reason = env.withdrawn.value if env.withdrawn is not None else NO_LONGER_ENTITLED
     notices = []
-    for held in holders_to_tell(env, lineage):
+    for held in holders_to_tell(lineage) if notify else ():
         if held.record_id in released:
             continue
+        if env.withdrawn is None and (held.agreement_id, held.consumer) in lapsed:
+            continue  # only its agreement's dates refuse it now: not a change to the record
         body = consumer_notice(
             notice="withdrawn",
             record_id=held.record_id,

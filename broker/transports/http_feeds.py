@@ -143,7 +143,7 @@ async def feed_records(request: web.Request) -> web.StreamResponse:
                 csv_cell(rec["record_id"]),
                 csv_cell(rec["released_at"]),
                 csv_cell(row.kind),
-                csv_cell(rec["revision"]),
+                csv_cell(row.revision),  # from the row: a record stored before revisions has none in its body
                 csv_cell(row.event_type),
                 csv_cell(agreement.get("id", rec.get("agreement_id"))),
                 csv_cell(agreement.get("revision")),

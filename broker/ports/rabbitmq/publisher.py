@@ -186,23 +186,24 @@ class AmqpDelivery:
     async def deliver(self, batch: Deliverable) -> None:
         # Records carry no headers: everything a consumer needs is in the body, and every
         # property costs encoding time on the hot path.
-        publishes = [
-            Publish(self.topology.deliver.name, record.release.consumer, record.body, _amqp_id(outcome, record))
-            for outcome in batch.accepted
-            for record in outcome.records
-        ]
-        # Notices (``schemas.messages.ConsumerNotice``: a body with "notice", not "data") ride
-        # the same queue, after the batch's records, so a consumer sees them in order.
-        publishes.extend(
-            Publish(
-                self.topology.deliver.name,
-                notice.holding.consumer,
-                notice.body,
-                f"{notice.holding.record_id}:w{notice.revision}",
+        # Notices (``schemas.messages.ConsumerNotice``: a body with "notice", not "data") ride the
+        # same queue, each message's records and notices in the order of the batch, so a
+        # consumer sees a record's revisions and its withdrawal in the order they were applied.
+        publishes: list[Publish] = []
+        for outcome in batch.accepted:
+            publishes.extend(
+                Publish(self.topology.deliver.name, record.release.consumer, record.body, _amqp_id(outcome, record))
+                for record in outcome.records
             )
-            for outcome in batch.accepted
-            for notice in outcome.notices
-        )
+            publishes.extend(
+                Publish(
+                    self.topology.deliver.name,
+                    notice.holding.consumer,
+                    notice.body,
+                    f"{notice.holding.record_id}:w{notice.revision}",
+                )
+                for notice in outcome.notices
+            )
         publishes.extend(
             Publish(self.topology.deliver.name, notice.consumer, notice.body, f"{notice.record_id}:deleted")
             for notice in batch.notices
