@@ -272,10 +272,11 @@ def _write(rows: list[ReceiptRow], fmt: str, fh: TextIO, *, header: bool = True)
 def summary_line(rows: list[ReceiptRow], still_waiting: int, unreadable: int) -> str:
     statuses = Counter(r.status for r in rows)
     reasons = Counter(r.reason for r in rows if r.status == "rejected")
-    parts = [f"{len(rows)} receipt(s): accepted {statuses['accepted']}, duplicate {statuses['duplicate']}"]
     changes = Counter(r.change for r in rows if r.status == "accepted" and r.change)
+    accepted = f"accepted {statuses['accepted']}"
     if changes:
-        parts[0] += f" (corrected {changes['corrected']}, withdrawn {changes['withdrawn']})"
+        accepted += f" (corrected {changes['corrected']}, withdrawn {changes['withdrawn']})"
+    parts = [f"{len(rows)} receipt(s): {accepted}, duplicate {statuses['duplicate']}"]
     rejected = f"rejected {statuses['rejected']}"
     if reasons:
         rejected += " (" + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())) + ")"
