@@ -457,7 +457,11 @@ class Pusher:
             for item in batch:
                 summary.rows += 1
                 if isinstance(item, Ready):
-                    if sink is None:  # dry run
+                    if sink is None:  # dry run: counted as what would be sent
+                        if item.withdrawn:
+                            summary.withdrawals += 1
+                        elif item.revision > 1:
+                            summary.corrections += 1
                         progress.advance()
                         continue
                     outgoing = Outgoing(
