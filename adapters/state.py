@@ -6,8 +6,9 @@ Message ids are derived from the record key, so re-sending is harmless (the brok
 duplicate), but it is slow and fills the audit trail; the state lets a re-run skip what is done.
 It also maps the broker's receipts (which name message ids) back to the partner's rows.
 
-Why append-only JSON lines: a line is appended only after RabbitMQ confirmed that row (or the
-broker answered), and lines are written and fsynced a batch at a time. A crash can lose at most
+Why append-only JSON lines: a row's outcome is appended only after RabbitMQ confirmed it (or the
+broker answered), and lines are written and fsynced a batch at a time (the one line written
+before a send is a correction's ``sending`` line, below). A crash can lose at most
 the last unsynced batch, whose rows are then sent again and recognised by the broker as
 duplicates: nothing is lost and nothing is released twice. A torn last line (kill -9 during a
 write) is cut off on the next open. The latest line for a record key and revision wins.
@@ -16,7 +17,8 @@ Revisions (issue 12 item 3). A record's later revisions (corrections, withdrawal
 message ids (``<first id>:r<revision>``), so a line carries its revision (``"v"``; a line without
 one, as every line written before corrections existed, is revision 1: old state files read as
 they are, and STATE_VERSION stays 1 because the format only gained an optional member and a
-status). A withdrawal's content is ``withdrawn:<reason>`` instead of a payload hash. What the
+status; an older adapter refuses a file holding corrections, at its first ``sending`` line, as
+corrupted rather than misreading it). A withdrawal's content is ``withdrawn:<reason>`` instead of a payload hash. What the
 state knows of a key is summed up as :class:`Known`, from which :func:`next_revision` decides,
 purely, what to send. The one rule it keeps: **a revision number is only ever sent with one
 content**, because the broker refuses the same id with other content (``replayed``). Hence a
