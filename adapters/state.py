@@ -13,21 +13,22 @@ the last unsynced batch, whose rows are then sent again and recognised by the br
 duplicates: nothing is lost and nothing is released twice. A torn last line (kill -9 during a
 write) is cut off on the next open. The latest line for a record key and revision wins.
 
-Revisions (issue 12 item 3). A record's later revisions (corrections, withdrawals) have their own
-message ids (``<first id>:r<revision>``), so a line carries its revision (``"v"``; a line without
-one, as every line written before corrections existed, is revision 1: old state files read as
-they are, and STATE_VERSION stays 1 because the format only gained an optional member and a
-status; an older adapter refuses a file holding corrections, at its first ``sending`` line, as
-corrupted rather than misreading it). A withdrawal's content is ``withdrawn:<reason>`` instead of a payload hash. What the
-state knows of a key is summed up as :class:`Known`, from which :func:`next_revision` decides,
-purely, what to send. The one rule it keeps: **a revision number is only ever sent with one
-content**, because the broker refuses the same id with other content (``replayed``). Hence a
-correction is written ahead (status ``sending``, fsynced before it leaves): a run killed before
-its confirm knows on the next run that the revision may have arrived, and sends other content
-as the next revision, never under that one. First sends (revision 1) are not written ahead: a
-bulk import would pay an fsync per batch before publishing, and the one case it would cover (a
-first send lost in a crash *and* edited before the re-run) heals itself: the broker answers
-``replayed``, and a ``replayed`` revision is never used again (see :func:`next_revision`).
+Revisions (issue 12 item 3). A record's later revisions (corrections, withdrawals) have their
+own message ids (``<first id>:r<revision>``), so a line carries its revision (``"v"``; a line
+without one, as every line written before corrections existed, is revision 1: old state files
+read as they are, and STATE_VERSION stays 1 because the format only gained an optional member
+and a status; an older adapter refuses a file holding corrections, at its first ``sending``
+line, as corrupted rather than misreading it). A withdrawal's content is ``withdrawn:<reason>``
+instead of a payload hash. What the state knows of a key is summed up as :class:`Known`, from
+which :func:`next_revision` decides, purely, what to send. The one rule it keeps: **a revision
+number is only ever sent with one content**, because the broker refuses the same id with other
+content (``replayed``). Hence a correction is written ahead (status ``sending``, fsynced before
+it leaves): a run killed before its confirm knows on the next run that the revision may have
+arrived, and sends other content as the next revision, never under that one. First sends
+(revision 1) are not written ahead: a bulk import would pay an fsync per batch before
+publishing, and the one case it would cover (a first send lost in a crash *and* edited before
+the re-run) heals itself: the broker answers ``replayed``, and a ``replayed`` revision is never
+used again (see :func:`next_revision`).
 
 One state file per partner and event type (it refuses to be shared with another), locked while a
 push or receipts run uses it, so two overlapping runs cannot interleave.
