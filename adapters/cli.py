@@ -1,14 +1,15 @@
 """``sv-broker adapter``: the partner side. Push an export, read receipts, make samples, keys.
 
-    sv-broker adapter push EXPORT --mapping ae-istv --key KEY.pem --amqp-url URL
+    sv-broker adapter push EXPORT --mapping ae-istv --key KEY.pem --amqp-url URL [--withdraw-missing]
+    sv-broker adapter withdraw KEY... --reason sent_in_error --mapping ae-istv --key KEY.pem --amqp-url URL
     sv-broker adapter receipts --partner ID --amqp-url URL [--out receipts.csv] [--wait 60]
     sv-broker adapter sample police-crime --rows 12000 --out crimes.csv
     sv-broker adapter mappings [NAME]
     sv-broker adapter keys generate --partner ID --out DIR
 
-Exit codes of ``push``: 0 every row confirmed; 1 some rows not sent or refused (see the report);
-2 usage / configuration error; 3 the whole file refused (nothing sent); 4 sending stopped or not
-confirmed (run the same command again to finish).
+Exit codes of ``push`` (and ``withdraw``): 0 every row confirmed; 1 some rows not sent or refused
+(see the report); 2 usage / configuration error; 3 the whole file refused, or its withdrawals
+(nothing sent); 4 sending stopped or not confirmed (run the same command again to finish).
 
 Registered by ``broker/cli.py`` (the ``sv-broker`` entry point, the one module that puts both
 sides' commands together); nothing here imports ``broker``, so the partner's tools can ship alone.
@@ -24,7 +25,7 @@ from pathlib import Path
 
 from adapters.keys import add_generate_arguments
 from adapters.state import StateFile
-from schemas.envelope import KEY_ID_RE, PARTY_ID_RE
+from schemas.envelope import KEY_ID_RE, PARTY_ID_RE, WithdrawalReason
 from schemas.topology import DEFAULT_PREFIX
 
 AMQP_ENV = "SV_ADAPTER_AMQP_URL"
@@ -45,6 +46,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     actions = adapter.add_subparsers(dest="adapter_command", required=True, metavar="ACTION")
     _register_push(actions)
+    _register_withdraw(actions)
     _register_receipts(actions)
     _register_sample(actions)
     _register_mappings(actions)
@@ -93,24 +95,23 @@ def _register_push(actions: argparse._SubParsersAction[argparse.ArgumentParser])
         ),
     )
     push.add_argument("export", type=Path, help="the export file (CSV or JSON lines)")
-    push.add_argument(
-        "--mapping", required=True, help="mapping file, or a built-in mapping name (see: adapter mappings)"
-    )
-    push.add_argument("--key", type=Path, help="your private signing key (PEM, mode 0600); not needed with --dry-run")
-    push.add_argument("--kid", help="key id registered with the broker (default: the key file name before .key.pem)")
-    push.add_argument("--partner", help="your partner id (default: the mapping's partner)")
-    _add_amqp_args(push)
-    push.add_argument(
-        "--amqp-user-id",
-        default=None,
-        help="AMQP user_id property (default: the login user of the URL; RabbitMQ checks it)",
-    )
-    push.add_argument("--no-user-id", action="store_true", help="do not set the AMQP user_id property")
-    push.add_argument("--http-url", default=None, help="the embedded broker's URL, e.g. https://broker.example:8080")
-    _add_state_args(push)
+    _add_sending_args(push)
     push.add_argument("--report", type=Path, default=None, help="problem report CSV (default: EXPORT.report.csv)")
-    push.add_argument("--window", type=int, default=None, help="messages in flight (default: 256 RabbitMQ, 32 HTTP)")
-    push.add_argument("--confirm-timeout", type=float, default=30.0, help="seconds without a confirm before giving up")
+    push.add_argument(
+        "--withdraw-missing",
+        action="store_true",
+        help="withdraw the records sent before that this export no longer has (only for an export that lists "
+        "every record: a full extract, not an incremental one)",
+    )
+    _add_reason_arg(push, "--withdraw-reason", default=WithdrawalReason.REMOVED_FROM_SOURCE.value)
+    push.add_argument(
+        "--max-withdraw-share",
+        type=_share,
+        default=0.5,
+        help="refuse (send nothing) when --withdraw-missing would withdraw more than this share of the records "
+        "sent before: an empty or truncated export looks like that (default: %(default)s)",
+    )
+    push.add_argument("--force-withdraw", action="store_true", help="withdraw even beyond --max-withdraw-share")
     push.add_argument(
         "--resend",
         action="store_true",
@@ -121,6 +122,72 @@ def _register_push(actions: argparse._SubParsersAction[argparse.ArgumentParser])
         "--no-progress", action="store_true", help="no progress bar (it is off anyway when stderr is not a terminal)"
     )
     push.set_defaults(handler=run_push)
+
+
+def _add_sending_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--mapping", required=True, help="mapping file, or a built-in mapping name (see: adapter mappings)"
+    )
+    parser.add_argument("--key", type=Path, help="your private signing key (PEM, mode 0600); not needed with --dry-run")
+    parser.add_argument("--kid", help="key id registered with the broker (default: the key file name before .key.pem)")
+    parser.add_argument("--partner", help="your partner id (default: the mapping's partner)")
+    _add_amqp_args(parser)
+    parser.add_argument(
+        "--amqp-user-id",
+        default=None,
+        help="AMQP user_id property (default: the login user of the URL; RabbitMQ checks it)",
+    )
+    parser.add_argument("--no-user-id", action="store_true", help="do not set the AMQP user_id property")
+    parser.add_argument("--http-url", default=None, help="the embedded broker's URL, e.g. https://broker.example:8080")
+    _add_state_args(parser)
+    parser.add_argument("--window", type=int, default=None, help="messages in flight (default: 256 RabbitMQ, 32 HTTP)")
+    parser.add_argument(
+        "--confirm-timeout", type=float, default=30.0, help="seconds without a confirm before giving up"
+    )
+
+
+def _add_reason_arg(parser: argparse.ArgumentParser, flag: str, *, default: str | None) -> None:
+    parser.add_argument(
+        flag,
+        choices=[r.value for r in WithdrawalReason],
+        default=default,
+        required=default is None,
+        help="why the records are withdrawn; consumers see it"
+        + (" (default: %(default)s)" if default is not None else ""),
+    )
+
+
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError("a share from 0 to 1 (0.5 is half)")
+    return value
+
+
+def _register_withdraw(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    withdraw = actions.add_parser(
+        "withdraw",
+        help="withdraw records you sent: each consumer that received one is told to delete it",
+        description=(
+            "Withdraw records sent before, by record key (as KEY arguments, or one per line in --keys-file): "
+            "each is sent as a withdrawal (the next revision of the record, no event, with --reason), and "
+            "every consumer that holds it gets a withdrawn notice. The state file of the pushes that sent the "
+            "records gives each its revision; a key it does not know is reported, not sent. Exit codes as push."
+        ),
+    )
+    withdraw.add_argument("keys", nargs="*", metavar="KEY", help="record keys to withdraw")
+    withdraw.add_argument("--keys-file", type=Path, default=None, help="a file of record keys, one per line")
+    _add_reason_arg(withdraw, "--reason", default=None)
+    _add_sending_args(withdraw)
+    withdraw.add_argument(
+        "--report", type=Path, default=None, help="report CSV (default: beside the state file, .withdraw.report.csv)"
+    )
+    withdraw.add_argument("--dry-run", action="store_true", help="check the keys only: send nothing")
+    withdraw.add_argument("--no-progress", action="store_true", help="no progress bar")
+    withdraw.set_defaults(handler=run_withdraw, resend=False)
 
 
 def _kid_from(path: Path) -> str:
@@ -137,11 +204,32 @@ def _error(message: str) -> int:
 
 
 def run_push(args: argparse.Namespace) -> int:
+    if not args.export.is_file():
+        return _error(f"{args.export} is not a file")
+    return _send(args, args.export, ())
+
+
+def run_withdraw(args: argparse.Namespace) -> int:
+    keys: list[str] = list(args.keys)
+    if args.keys_file is not None:
+        try:
+            text = args.keys_file.read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError) as exc:
+            return _error(f"--keys-file {args.keys_file}: {exc}")
+        keys += [line.strip() for line in text.splitlines()]
+    keys = [key for key in keys if key]
+    if not keys:
+        return _error("give the record keys to withdraw (as arguments, or --keys-file)")
+    return _send(args, None, tuple(keys))
+
+
+def _send(args: argparse.Namespace, export: Path | None, withdraw_keys: tuple[str, ...]) -> int:
+    """``push`` (an export) and ``withdraw`` (record keys): one path from arguments to a summary."""
     from adapters.mapping import MappingError, load_mapping
     from adapters.prepare import WorkerFailed
     from adapters.publish_amqp import AmqpSink, login_user
     from adapters.publish_http import HttpSink
-    from adapters.push import PushOptions, default_report_path, default_state_path, push
+    from adapters.push import PushOptions, default_report_path, default_state_path, default_withdraw_report_path, push
     from adapters.signer import Signer
     from adapters.sink import OnResult, Sink
     from adapters.state import StateError
@@ -154,8 +242,6 @@ def run_push(args: argparse.Namespace) -> int:
     partner = args.partner or mapping.partner
     if not partner or not PARTY_ID_RE.fullmatch(partner):
         return _error("give --partner (your partner id); the mapping names none")
-    if not args.export.is_file():
-        return _error(f"{args.export} is not a file")
     if not args.dry_run and bool(args.amqp_url) == bool(args.http_url):
         return _error(f"give one of --amqp-url (or ${AMQP_ENV}) and --http-url")
     if args.key is None:
@@ -185,7 +271,12 @@ def run_push(args: argparse.Namespace) -> int:
         signer = Signer.create(partner, kid, private_key, id_key)
 
     state_path = args.state or default_state_path(args.state_dir, partner, mapping.event_type)
-    report_path = args.report or default_report_path(args.export)
+    if export is None and not state_path.is_file():
+        # A withdrawal's revision comes from the state (which keys were sent, at which revision).
+        return _error(f"no state file at {state_path}: give --state (the one the pushes used)")
+    report_path = args.report or (
+        default_report_path(export) if export is not None else default_withdraw_report_path(state_path)
+    )
     user_id = None if args.no_user_id else (args.amqp_user_id or (login_user(args.amqp_url) if args.amqp_url else None))
 
     def make_sink(on_result: OnResult) -> Sink:
@@ -202,19 +293,26 @@ def run_push(args: argparse.Namespace) -> int:
             )
         return HttpSink(args.http_url, on_result, window=args.window or 32, timeout=args.confirm_timeout)
 
+    withdrawing = export is None
     options = PushOptions(
-        export=args.export,
+        export=export,
         mapping=mapping,
         signer=signer,
-        state_path=None if args.dry_run else state_path,
+        state_path=state_path if withdrawing or not args.dry_run else None,
         report_path=report_path,
         resend=args.resend,
         dry_run=args.dry_run,
         progress=False if args.no_progress else None,
+        withdraw_missing=bool(getattr(args, "withdraw_missing", False)),
+        withdraw_reason=args.reason if withdrawing else args.withdraw_reason,
+        max_withdraw_share=getattr(args, "max_withdraw_share", 0.5),
+        force_withdraw=bool(getattr(args, "force_withdraw", False)),
+        withdraw_keys=withdraw_keys,
     )
     target = "(dry run: nothing is sent)" if args.dry_run else (args.http_url or _redacted(args.amqp_url))
+    what = export.name if export is not None else f"withdraw {len(withdraw_keys)} record key(s)"
     print(
-        f"{args.export.name}: mapping {mapping.name!r} -> {partner} {mapping.event_type} v{mapping.version} {target}",
+        f"{what}: mapping {mapping.name!r} -> {partner} {mapping.event_type} v{mapping.version} {target}",
         file=sys.stderr,
     )
     try:
@@ -227,7 +325,7 @@ def run_push(args: argparse.Namespace) -> int:
         return EXIT_NOT_CONFIRMED
     for line in summary.lines():
         print(line)
-    if summary.problems_by_reason:
+    if summary.problems_by_reason or summary.corrections or summary.withdrawals:
         print(f"report: {report_path}", file=sys.stderr)
     if not args.dry_run:
         print(f"state: {state_path}", file=sys.stderr)

@@ -41,17 +41,21 @@ from adapters import exports
 from adapters.mapping import ExportMapping, Mapped, compile_mapping
 from adapters.report import Problem
 from adapters.signer import Signer
+from adapters.state import Known, next_revision, withdrawal_content
+from schemas import envelope
 
 
 @dataclass(frozen=True, slots=True)
 class Ready:
-    """A row that mapped, validated and is signed: to be sent."""
+    """A row that mapped, validated and is signed: to be sent (or a withdrawal of a record)."""
 
-    row: int
+    row: int  # 0 for a withdrawal: the record has no row in this export
     key: str
-    content: str
+    content: str  # payload hash, or ``withdrawn:<reason>``
     message_id: str
     body: bytes
+    revision: int = 1  # 2, 3, ...: a correction (or withdrawal) under the record's first message id
+    withdrawn: str = ""  # the withdrawal reason, for a withdrawal
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +69,7 @@ class Refused:
 
 @dataclass(frozen=True, slots=True)
 class Skipped:
-    """A row confirmed by an earlier run with the same content: not sent again."""
+    """A row the broker has with this content (confirmed by an earlier run): not sent again."""
 
     row: int
     key: str
@@ -80,11 +84,16 @@ def prepare(
     signer: Signer,
     fmt: str,
     header: list[str],
-    done: Mapping[str, str] | None,
+    known: Mapping[str, Known],
+    resend: bool = False,
 ) -> Iterator[Item]:
     """Every row of the export, in order, as :class:`Ready`, :class:`Refused` or :class:`Skipped`.
 
-    ``done``: record key -> content hash of rows confirmed before (None: send everything again).
+    ``known``: what the state file knows of each record key (:meth:`StateFile.known_all`). A row
+    the broker has with the same content is skipped; a row whose content changed since is sent as
+    a correction, revision ``next_revision`` under its first message id (issue 12 item 3: the
+    record key never changes, a corrected record keeps its record id at every consumer).
+    ``resend``: send even what the broker has, under the revision it has it as (a duplicate).
     """
     seen: dict[str, int] = {}
     key_label = " + ".join(mapping.record_key)
@@ -103,22 +112,45 @@ def prepare(
             message = f"Row {first} has the same record key; each record needs its own key."
             yield Refused(source.number, mapped.record_key, ((key_label, Problem.DUPLICATE_RECORD_KEY.value, message),))
             continue
-        if done is not None:
-            before = done.get(mapped.record_key)
-            if before == mapped.content_sha256:
+        before = known.get(mapped.record_key)
+        revision = next_revision(before, mapped.content_sha256)
+        if revision is None:
+            if not resend:
                 yield Skipped(source.number, mapped.record_key)
                 continue
-            if before is not None:
-                # The broker refuses a changed record under an id it has seen ("replayed"):
-                # telling the partner now is clearer than a rejection receipt later.
-                message = (
-                    "This record was sent before with different content; the broker refuses a changed record "
-                    "under the same key. Send the correction as a new record key."
-                )
-                yield Refused(source.number, mapped.record_key, (("", Problem.CHANGED_AFTER_SEND.value, message),))
-                continue
-        message_id, body = writer.write(mapped.record_key, mapped.data_json)
-        yield Ready(source.number, mapped.record_key, mapped.content_sha256, message_id, body)
+            assert before is not None  # next_revision is None only for a known record
+            revision = before.held_revision
+        if revision == 1:
+            message_id, body = writer.write(mapped.record_key, mapped.data_json)
+        else:
+            # A correction: rare, so the general signer (the fast writer knows revision 1 only).
+            doc = signer.sign(
+                mapping.event_type,
+                mapped.data,
+                source_key=mapped.record_key,
+                version=mapping.version,
+                revision=revision,
+            )
+            message_id, body = doc["id"], envelope.encode(doc)
+        yield Ready(source.number, mapped.record_key, mapped.content_sha256, message_id, body, revision)
+
+
+def withdrawal(
+    mapping: ExportMapping, signer: Signer, key: str, known: Known | None, reason: str, *, row: int = 0
+) -> Ready | None:
+    """The signed withdrawal of a record (``data`` {}), as the revision after every one sent; None
+    when there is nothing to withdraw (never sent, or withdrawn already). Pure but for the clock."""
+    if known is None or not known.withdrawable:
+        return None
+    content = withdrawal_content(reason)
+    revision = next_revision(known, content)
+    if revision is None:
+        return None
+    assert revision >= 2  # something was sent before: the withdrawal comes after it
+    doc = signer.sign(
+        mapping.event_type, {}, source_key=key, version=mapping.version, revision=revision, withdrawn=reason
+    )
+    return Ready(row, key, content, str(doc["id"]), envelope.encode(doc), revision, reason)
 
 
 # -- the worker process ----------------------------------------------------------------------------------
@@ -135,7 +167,8 @@ class _Job:
     kid: str
     seed: bytes
     id_key: bytes
-    done: dict[str, str] | None
+    known: dict[str, Known]
+    resend: bool
     batch: int
     parent: int
     close_fds: tuple[int, ...]  # forked: the parent's descriptors the child must not keep open
@@ -171,7 +204,7 @@ def _work(out: Any, job: _Job) -> None:  # runs in the child
         mapping = compile_mapping(job.mapping_doc, origin=job.mapping_origin)
         signer = Signer.create(job.partner, job.kid, Ed25519PrivateKey.from_private_bytes(job.seed), job.id_key)
         batch: list[Item] = []
-        for item in prepare(job.export, mapping, signer, job.fmt, job.header, job.done):
+        for item in prepare(job.export, mapping, signer, job.fmt, job.header, job.known, job.resend):
             batch.append(item)
             if len(batch) >= job.batch:
                 _put(out, batch, job.parent)
@@ -197,8 +230,9 @@ class PrepareWorker:
         signer: Signer,
         fmt: str,
         header: list[str],
-        done: Mapping[str, str] | None,
+        known: Mapping[str, Known],
         *,
+        resend: bool = False,
         batch: int = 256,
         depth: int = 16,
         inherited_fds: tuple[int, ...] = (),
@@ -222,7 +256,8 @@ class PrepareWorker:
             kid=signer.kid,
             seed=seed,
             id_key=signer.id_key,
-            done=None if done is None else dict(done),
+            known=dict(known),
+            resend=resend,
             batch=batch,
             parent=os.getpid(),
             close_fds=inherited_fds if fork else (),

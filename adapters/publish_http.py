@@ -64,10 +64,16 @@ class HttpSink:
                 status = response.status
             receipt = _json(raw)
             if status == 202:
-                result = Result(item, Verdict.ACCEPTED)
+                records, notices = receipt.get("records"), receipt.get("withdrawn", 0)
+                result = Result(
+                    item,
+                    Verdict.ACCEPTED,
+                    records=records if isinstance(records, int) else None,
+                    notices=notices if isinstance(notices, int) else 0,
+                )
             elif status == 200 and receipt.get("status") == "duplicate":
                 result = Result(item, Verdict.DUPLICATE)
-            elif 400 <= status < 500:
+            elif 400 <= status < 500 or receipt.get("status") == "rejected":  # a policy refusal is a 200
                 result = Result(
                     item,
                     Verdict.REJECTED,

@@ -12,6 +12,12 @@ state file maps them back to the record key, file and row, so the partner can fi
 rejected row. The verdicts are also written into the state: a rejected row is sent again by the
 next push (after the export is fixed); an accepted one is not.
 
+Corrections and withdrawals (issue 12 item 3) have their own message ids, ``<first id>:r<n>``, so
+each receipt names the revision it is about; the rows say which (``revision``; ``change``:
+``corrected`` or ``withdrawn``) and how many consumers were told to delete the record
+(``withdrawn``: a withdrawal, or a correction that left some consumer unentitled). A refusal as
+``revision_superseded`` (the broker applied a later revision already) maps back to its row too.
+
 Receipts are acknowledged (removed from the queue) only after they are written out and the
 state is fsynced; ``--keep`` leaves them on the queue.
 """
@@ -22,6 +28,7 @@ import asyncio
 import csv
 import json
 import os
+import re
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -34,6 +41,7 @@ import aiormq
 from aio_pika.abc import AbstractIncomingMessage
 from pydantic import ValidationError
 
+from adapters.report import Change
 from adapters.state import Entry, StateFile, Status
 from schemas.messages import RECEIPTS_MESSAGE, Receipt
 from schemas.topology import Names
@@ -47,10 +55,14 @@ RECEIPT_COLUMNS = (
     "file",
     "row",
     "message_id",
+    "revision",
+    "change",
     "records",
+    "withdrawn",
     "withheld",
     "body_sha256",
 )
+_REVISION_ID = re.compile(r":r([0-9]{1,4})$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +78,22 @@ class ReceiptRow:
     records: int | None
     body_sha256: str
     withheld: str = ""  # accepted with 0 records: why, "reason (agreement); ..."
+    revision: int = 1
+    change: str = ""  # "corrected" (a correction), "withdrawn" (a withdrawal), "" (a first message)
+    withdrawn: int = 0  # withdrawal notices the broker sent to consumers holding the record
+
+
+def _revision_of(message_id: str, entry: Entry | None) -> int:
+    if entry is not None:
+        return entry.revision
+    found = _REVISION_ID.search(message_id)  # a receipt the state has no line for
+    return int(found.group(1)) if found else 1
+
+
+def _change(revision: int, entry: Entry | None) -> str:
+    if entry is not None and entry.withdrawn:
+        return Change.WITHDRAWN.value
+    return Change.CORRECTED.value if revision > 1 else ""
 
 
 def _lookup(states: list[StateFile], message_id: str) -> tuple[StateFile, Entry] | None:
@@ -95,6 +123,8 @@ def to_rows(receipts: Iterable[Mapping[str, Any]], states: list[StateFile]) -> l
         found = _lookup(states, message_id)
         entry = found[1] if found else None
         records = receipt.get("records")
+        notices = receipt.get("withdrawn", 0)
+        revision = _revision_of(message_id, entry)
         out.append(
             ReceiptRow(
                 at=str(receipt.get("at") or ""),
@@ -108,6 +138,9 @@ def to_rows(receipts: Iterable[Mapping[str, Any]], states: list[StateFile]) -> l
                 records=records if isinstance(records, int) else None,
                 body_sha256=str(receipt.get("body_sha256") or ""),
                 withheld=_withheld(receipt.get("withheld")),
+                revision=revision,
+                change=_change(revision, entry),
+                withdrawn=notices if isinstance(notices, int) else 0,
             )
         )
     return out
@@ -127,14 +160,16 @@ def record_verdicts(states: list[StateFile], rows: Iterable[ReceiptRow]) -> int:
         state, entry = found
         if entry.status is Status.ACCEPTED and status is Status.DUPLICATE:
             continue  # a resend's "duplicate" does not make an accepted record less accepted
-        state.add(Entry(entry.key, entry.message_id, entry.content, status, entry.file, entry.row, row.reason))
+        state.add(
+            Entry(entry.key, entry.message_id, entry.content, status, entry.file, entry.row, row.reason, entry.revision)
+        )
         matched += 1
     return matched
 
 
 def awaiting(states: list[StateFile]) -> set[str]:
     """Message ids RabbitMQ confirmed that have no verdict yet."""
-    return {e.message_id for state in states for e in state if e.status is Status.CONFIRMED}
+    return {e.message_id for state in states for e in state.every_revision() if e.status is Status.CONFIRMED}
 
 
 @dataclass
@@ -201,6 +236,12 @@ def write_rows(rows: list[ReceiptRow], path: Path | None, fmt: str, stream: Text
                 where = f"row {row.row} of {row.file}" if row.row else "row unknown"
                 key = f" [{row.record_key}]" if row.record_key else ""
                 detail = f"{row.reason}: {row.message}" if row.reason else f"{row.records} record(s)"
+                if row.change:
+                    detail = f"{row.change} (revision {row.revision}), {detail}"
+                elif row.revision > 1:
+                    detail = f"revision {row.revision}, {detail}"
+                if row.withdrawn:
+                    detail += f", {row.withdrawn} consumer(s) told to delete it"
                 if row.withheld:
                     detail += f", withheld: {row.withheld}"
                 stream.write(f"{row.status:<9} {where}{key}  {detail}\n")
@@ -231,7 +272,11 @@ def _write(rows: list[ReceiptRow], fmt: str, fh: TextIO, *, header: bool = True)
 def summary_line(rows: list[ReceiptRow], still_waiting: int, unreadable: int) -> str:
     statuses = Counter(r.status for r in rows)
     reasons = Counter(r.reason for r in rows if r.status == "rejected")
-    parts = [f"{len(rows)} receipt(s): accepted {statuses['accepted']}, duplicate {statuses['duplicate']}"]
+    changes = Counter(r.change for r in rows if r.status == "accepted" and r.change)
+    accepted = f"accepted {statuses['accepted']}"
+    if changes:
+        accepted += f" (corrected {changes['corrected']}, withdrawn {changes['withdrawn']})"
+    parts = [f"{len(rows)} receipt(s): {accepted}, duplicate {statuses['duplicate']}"]
     rejected = f"rejected {statuses['rejected']}"
     if reasons:
         rejected += " (" + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())) + ")"

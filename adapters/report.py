@@ -4,6 +4,11 @@ Each problem has a stable reason code (for filtering and for support) and a sent
 report stays on the partner's machine: it names the partner's own record keys and, for a bad
 date or an unknown code, the offending value, so the row can be found and fixed. It never holds
 the value of a direct-identifier column (only the column's name).
+
+It also lists, as stage ``change`` (not problems: they do not count towards the exit status), the
+rows the broker took as a correction (reason ``corrected``) and the records it took a withdrawal
+of (``withdrawn``), with the revision each was sent as: what changed at the consumers is then
+visible to the partner row by row, not only in a count.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ class Stage(StrEnum):
     ROW = "row"  # one row did not map or validate: it was not sent
     SEND = "send"  # RabbitMQ / the broker did not confirm: re-run to retry
     BROKER = "broker"  # the broker refused the message (its receipt's reason)
+    CHANGE = "change"  # not a problem: a correction or withdrawal the transport / broker took
 
 
 class Problem(StrEnum):
@@ -30,6 +36,9 @@ class Problem(StrEnum):
     MISSING_COLUMN = "missing_column"
     DUPLICATE_COLUMN = "duplicate_column"
     UNREADABLE_FILE = "unreadable_file"
+    # file, with --withdraw-missing: the export cannot be trusted to list every record
+    TOO_MANY_WITHDRAWALS = "too_many_withdrawals"
+    UNKEYED_ROWS = "unkeyed_rows"
     # row
     MALFORMED_ROW = "malformed_row"
     MISSING_RECORD_KEY = "missing_record_key"
@@ -41,9 +50,15 @@ class Problem(StrEnum):
     BAD_VALUE = "bad_value"
     UNKNOWN_CODE = "unknown_code"
     SCHEMA_INVALID = "schema_invalid"
-    CHANGED_AFTER_SEND = "changed_after_send"
+    # withdraw: a record key this adapter never sent (nothing to withdraw, and no revision to follow)
+    UNKNOWN_RECORD_KEY = "unknown_record_key"
     # send
     NOT_CONFIRMED = "not_confirmed"
+
+
+class Change(StrEnum):
+    CORRECTED = "corrected"  # sent as a correction: revision >= 2 with the corrected event
+    WITHDRAWN = "withdrawn"  # sent as a withdrawal: revision >= 2, no event
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,9 +69,10 @@ class RowProblem:
     stage: Stage
     reason: str
     message: str
+    revision: int = 0  # the revision sent (0: not sent, or a first send before corrections mattered)
 
 
-REPORT_COLUMNS = ("row", "record_key", "column", "stage", "reason", "message")
+REPORT_COLUMNS = ("row", "record_key", "revision", "column", "stage", "reason", "message")
 
 
 class ReportWriter:
@@ -67,6 +83,7 @@ class ReportWriter:
         self.counts: Counter[str] = Counter()
         self.rows_with_problems: set[int] = set()
         self.first: list[RowProblem] = []  # the first few, for the terminal
+        self.changes: Counter[str] = Counter()  # corrected / withdrawn: not problems
         self._fh = None
         self._writer: csv.DictWriter[str] | None = None
         if path is not None:
@@ -78,15 +95,19 @@ class ReportWriter:
             self._writer.writeheader()
 
     def add(self, problem: RowProblem) -> None:
-        self.counts[problem.reason] += 1
-        self.rows_with_problems.add(problem.row)
-        if len(self.first) < 10:
-            self.first.append(problem)
+        if problem.stage is Stage.CHANGE:
+            self.changes[problem.reason] += 1
+        else:
+            self.counts[problem.reason] += 1
+            self.rows_with_problems.add(problem.row)
+            if len(self.first) < 10:
+                self.first.append(problem)
         if self._writer is not None:
             self._writer.writerow(
                 {
                     "row": problem.row,
                     "record_key": problem.record_key,
+                    "revision": problem.revision or "",
                     "column": problem.column,
                     "stage": problem.stage.value,
                     "reason": problem.reason,

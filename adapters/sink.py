@@ -16,7 +16,9 @@ class Outgoing:
     message_id: str
     content: str  # sha256 of (event type, version, payload)
     body: bytes  # the signed envelope, wire bytes
-    row: int
+    row: int  # 0: a withdrawal (no row in this export)
+    revision: int = 1  # 2, 3, ...: a correction or withdrawal under the record's first message id
+    withdrawn: str = ""  # a withdrawal's reason
 
 
 class Verdict(StrEnum):
@@ -33,6 +35,8 @@ class Result:
     verdict: Verdict
     reason: str = ""
     message: str = ""
+    records: int | None = None  # HTTP accepted: the records released
+    notices: int = 0  # HTTP accepted: withdrawal notices sent to consumers that held the record
 
 
 OnResult = Callable[[Result], None]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import os
+import re
 import signal
 import sys
 from collections import Counter
@@ -32,6 +33,7 @@ from adapters.state import StateFile, Status
 from broker.demo import DemoEnvironment, prepare_environment
 from broker.service import Broker
 from broker.settings import Settings
+from schemas.topology import Names
 from tests.helpers import audit_entries
 
 REPO = Path(__file__).resolve().parents[1]
@@ -274,6 +276,115 @@ async def test_receipts_map_the_brokers_verdicts_back_to_rows(
     assert "10 receipt(s): accepted 10" in out
 
 
+async def drain_queue(amqp_url: str, name: str) -> list[dict[str, Any]]:
+    """Every message on a queue, taken off it, as JSON."""
+    import json
+
+    import aio_pika
+
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        channel = await connection.channel()
+        queue = await channel.get_queue(name, ensure=True)
+        out = []
+        while (message := await queue.get(no_ack=True, fail=False)) is not None:
+            out.append(json.loads(message.body))
+        return out
+    finally:
+        await connection.close()
+
+
+def edit_csv(export: Path, change: Callable[[list[dict[str, str]]], list[dict[str, str]]]) -> list[dict[str, str]]:
+    with export.open(encoding="utf-8", newline="") as fh:
+        reader = csv.DictReader(fh)
+        columns = list(reader.fieldnames or [])
+        rows = change(list(reader))
+    with export.open("w", encoding="utf-8", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    return rows
+
+
+async def test_corrections_and_withdrawals_over_rabbitmq_reach_the_consumer_queues_under_the_same_record_ids(
+    start_broker: Starter, env: DemoEnvironment, amqp_url: str, amqp_prefix: str, tmp_path: Path
+) -> None:
+    broker = await start_broker()
+    signer = env.signers["uhdb-royal-derby-ed"]
+    export = tmp_path / "ae-istv.csv"
+    export.write_bytes((SAMPLES_DIR / "ae-istv.csv").read_bytes())
+    state_dir = tmp_path / "state"
+    state = state_dir / "uhdb-royal-derby-ed.ae_assault.state.jsonl"
+    first = await amqp_push(export, signer, amqp_url, amqp_prefix, state, mapping="ae-istv")
+    assert first.confirmed == 300
+    await wait_processed(broker, 300)
+    released = audit_entries(db(broker), "released")
+    holders: dict[str, dict[str, str]] = {}  # first message id -> consumer -> record id
+    for entry in released:
+        holders.setdefault(entry["message_id"], {})[entry["consumer"]] = entry["record_id"]
+    for consumer in {e["consumer"] for e in released}:
+        await drain_queue(amqp_url, Names(amqp_prefix).consumer_queue(consumer))  # the first releases
+
+    def flip(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+        for row in rows:
+            if signer.message_id(row["Attendance No"]) in edited_ids:
+                row["Gender"] = "2" if row["Gender"] == "1" else "1"
+        return rows
+
+    edited_ids = list(holders)[:3]
+    edit_csv(export, flip)
+    second = await amqp_push(export, signer, amqp_url, amqp_prefix, state, mapping="ae-istv")
+    assert (second.sent, second.corrections, second.confirmed, second.skipped) == (3, 3, 3, 297)
+    await wait_processed(broker, 303)
+    for first_id in edited_ids:
+        entries = audit_entries(db(broker), "released", message_id=f"{first_id}:r2")
+        assert {(e["consumer"], e["record_id"], e["revision"]) for e in entries} == {
+            (consumer, record, 2) for consumer, record in holders[first_id].items()
+        }
+    by_consumer: dict[str, set[str]] = {}
+    for first_id in edited_ids:
+        for consumer in holders[first_id]:
+            by_consumer.setdefault(consumer, set()).add(holders[first_id][consumer])
+    for consumer, records in by_consumer.items():
+        bodies = await drain_queue(amqp_url, Names(amqp_prefix).consumer_queue(consumer))
+        assert {(b["record_id"], b["revision"]) for b in bodies} == {(r, 2) for r in records}
+
+    # the receipts say which rows were corrected, at which revision
+    code, _out, err = await run_cli(
+        "adapter", "receipts", "--partner", signer.partner, "--amqp-url", amqp_url, "--amqp-prefix", amqp_prefix,
+        "--state-dir", state_dir, "--out", tmp_path / "receipts.csv", "--wait", "20",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "303 receipt(s): accepted 303 (corrected 3, withdrawn 0), duplicate 0; rejected 0" in err
+    with (tmp_path / "receipts.csv").open(newline="") as fh:
+        corrected = [r for r in csv.DictReader(fh) if r["change"]]
+    assert sorted((r["message_id"], r["revision"], r["change"]) for r in corrected) == sorted(
+        (f"{i}:r2", "2", "corrected") for i in edited_ids
+    )
+
+    # withdrawn by record key, through the CLI: every holder's queue gets the notice
+    gone = edited_ids[0]
+    key = expected_ids(export, "ae-istv", signer)[gone]
+    code, out, err = await run_cli(
+        "adapter", "withdraw", key, "--reason", "sent_in_error", "--mapping", "ae-istv",
+        "--key", env.keys_dir / "private" / f"{signer.kid}.key.pem", "--amqp-prefix", amqp_prefix,
+        "--state-dir", state_dir, "--no-progress",
+        env={**os.environ, "SV_ADAPTER_AMQP_URL": amqp_url},
+    )  # fmt: skip
+    assert code == 0, err
+    assert re.search(r"as withdrawals +1 ", out), out
+    await wait_processed(broker, 304)
+    for consumer, record in holders[gone].items():
+        [notice] = await drain_queue(amqp_url, Names(amqp_prefix).consumer_queue(consumer))
+        assert (notice["notice"], notice["record_id"], notice["revision"], notice["reason"]) == (
+            "withdrawn",
+            record,
+            3,
+            "sent_in_error",
+        )
+    assert "rejected" not in audit_by_kind(broker)
+
+
 def child_pids(pid: int) -> list[int]:
     out = []
     for entry in Path("/proc").iterdir():
@@ -359,6 +470,57 @@ async def test_killed_half_way_and_run_again_completes_the_file_without_loss_or_
     resent = sum(audit["received"].values()) - len(expected)
     assert sum(audit.get("duplicate", Counter()).values()) == resent
     assert resent <= 256 + 32 + 2 * 256  # at most the window, its queue and the unsynced state batches
+
+    # Corrections killed half-way, and the rows edited again before the re-run: a revision that
+    # may have reached the broker is never sent again with other content (it would be "replayed").
+    def flip(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+        for row in rows:
+            row["Gender"] = "2" if row["Gender"] == "1" else "1"
+        return rows
+
+    edit_csv(export, flip)
+    lines_before = state.read_bytes().count(b"\n")
+    proc = await asyncio.create_subprocess_exec(
+        *command, cwd=REPO, env=child_env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+    )
+    for _ in range(3000):
+        if state.read_bytes().count(b"\n") - lines_before > 3000 or proc.returncode is not None:
+            break
+        await asyncio.sleep(0.01)
+    assert proc.returncode is None, "the correction push finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    await proc.wait()
+    with StateFile(state, partner=signer.partner, event_type="ae_assault") as loaded:
+        tops = Counter((e.revision, e.status) for e in loaded)
+    assert tops[(2, Status.SENDING)] > 0  # written ahead, no confirm recorded: it may have arrived
+    assert tops[(1, Status.CONFIRMED)] > 0  # not reached yet
+
+    def older(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+        for row in rows:
+            row["Age at Arrival"] = str(int(row["Age at Arrival"]) + 1)
+        return rows
+
+    final = edit_csv(export, older)
+    third = await asyncio.create_subprocess_exec(
+        *command, cwd=REPO, env=child_env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(third.communicate(), timeout=300)
+    assert third.returncode == 0, err.decode()[-2000:]
+    with StateFile(state, partner=signer.partner, event_type="ae_assault") as loaded:
+        latest = {e.key: e for e in loaded}
+    assert {e.status for e in latest.values()} == {Status.CONFIRMED}
+    revisions = Counter(e.revision for e in latest.values())
+    assert set(revisions) == {2, 3}  # 3: where revision 2 may have carried the first edit
+    assert sum(revisions.values()) == len(final) == rows
+    wanted = {latest[key].message_id for key in latest}
+    for _ in range(600):
+        if wanted <= set(audit_by_kind(broker).get("received", {})):
+            break
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(0.5)
+    audit = audit_by_kind(broker)
+    assert wanted <= set(audit["received"])
+    assert "rejected" not in audit  # no revision was ever sent with two contents
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import json
+import re
 import stat
 import subprocess
 import sys
@@ -35,6 +37,7 @@ def test_the_adapter_commands_exist() -> None:
     assert {
         ("adapter",),
         ("adapter", "push"),
+        ("adapter", "withdraw"),
         ("adapter", "receipts"),
         ("adapter", "sample"),
         ("adapter", "mappings"),
@@ -143,3 +146,47 @@ def test_push_exit_codes_say_what_happened(tmp_path: Path, police_key: Path) -> 
     no_mapping = cli("adapter", "push", export, "--mapping", "no-such-mapping", "--dry-run")
     assert no_mapping.returncode == 2
     assert "built-in mappings" in no_mapping.stderr
+
+
+def test_withdraw_checks_its_keys_against_a_state_file_written_before_revisions(tmp_path: Path) -> None:
+    """A state file as the adapter wrote it before corrections (no revision on any line) is read
+    as revision 1: a dry-run withdrawal of two of its keys would send revision 2 of each; a key it
+    does not know is reported, not guessed at."""
+    state = tmp_path / "derbyshire-police.police_sv_offence.state.jsonl"
+    header = {"sv_adapter_state": 1, "partner": "derbyshire-police", "event_type": "police_sv_offence"}
+    lines = [header] + [
+        {
+            "k": key,
+            "id": f"derbyshire-police:{n:032x}",
+            "c": f"{n:064x}",
+            "s": "accepted",
+            "f": "crimes.csv",
+            "r": n + 1,
+        }
+        for n, key in enumerate(["21/1001/26", "21/1002/26", "21/1003/26"], 1)
+    ]
+    state.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    keys = tmp_path / "keys.txt"
+    keys.write_text("21/1001/26\n\n21/1003/26\n21/9999/26\n")
+    result = cli(
+        "adapter", "withdraw", "--keys-file", keys, "--reason", "sent_in_error", "--mapping", "police-crime",
+        "--state", state, "--dry-run", "--report", tmp_path / "withdraw.csv",
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr  # one key refused
+    assert re.search(r"as withdrawals +2 ", result.stdout), result.stdout
+    assert re.search(r"rejected locally +1 ", result.stdout)
+    with (tmp_path / "withdraw.csv").open(newline="") as fh:
+        report = list(csv.DictReader(fh))
+    assert [(r["record_key"], r["reason"]) for r in report] == [("21/9999/26", "unknown_record_key")]
+    assert state.read_text().count("\n") == 4  # a dry run appends nothing
+    missing = cli("adapter", "withdraw", "--reason", "sent_in_error", "--mapping", "police-crime", "--state", state)
+    assert (missing.returncode, "give the record keys" in missing.stderr) == (2, True)
+    no_state = cli(
+        "adapter", "withdraw", "K", "--reason", "duplicate_record", "--mapping", "police-crime",
+        "--state", tmp_path / "none.jsonl", "--dry-run",
+    )  # fmt: skip
+    assert (no_state.returncode, "no state file" in no_state.stderr) == (2, True)
+    bad_reason = cli("adapter", "withdraw", "K", "--reason", "changed_my_mind", "--mapping", "police-crime")
+    assert bad_reason.returncode == 2
+    bad_share = cli("adapter", "push", state, "--mapping", "police-crime", "--dry-run", "--max-withdraw-share", "2")
+    assert (bad_share.returncode, "a share from 0 to 1" in bad_share.stderr) == (2, True)

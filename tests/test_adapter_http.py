@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from broker.demo import DemoEnvironment, prepare_environment
 from broker.service import Broker
 from broker.settings import Settings
 from tests.helpers import audit_counts as store_audit_counts
+from tests.helpers import audit_entries
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +110,102 @@ async def test_an_unreachable_broker_stops_the_push_with_nothing_recorded(env: D
     assert summary.aborted
     with StateFile(state, partner="derbyshire-police", event_type="police_sv_offence") as loaded:
         assert list(loaded) == []
+
+
+# -- corrections and withdrawals (issue 12 item 3) ---------------------------------------------------------
+
+
+def read_csv(export: Path) -> tuple[list[str], list[dict[str, str]]]:
+    with export.open(encoding="utf-8", newline="") as fh:
+        reader = csv.DictReader(fh)
+        return list(reader.fieldnames or []), list(reader)
+
+
+def write_csv(export: Path, columns: list[str], rows: list[dict[str, str]]) -> None:
+    with export.open("w", encoding="utf-8", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def released_to(broker: Broker, message_id: str) -> dict[str, str]:
+    """consumer -> record id, for each release of one message."""
+    db = broker.settings.data_dir / "broker.db"
+    return {e["consumer"]: e["record_id"] for e in audit_entries(db, "released", message_id=message_id)}
+
+
+async def feed_latest(broker: Broker, consumer: str) -> dict[str, tuple[str, int]]:
+    """record id -> (kind, revision) of the latest entry for it in a consumer's feed."""
+    assert broker.store is not None
+    rows = await broker.store.feed_page(consumer, after=0, limit=10_000, history=True)
+    return {row.record_id: (row.kind, row.revision) for row in rows}
+
+
+async def test_an_edited_export_sends_exactly_the_changed_rows_as_corrections_and_removed_rows_as_withdrawals(
+    broker: Broker, env: DemoEnvironment, tmp_path: Path
+) -> None:
+    """Issue 12 item 3, the adapter's must-show: push a sample export, edit 3 rows (one field each),
+    push again: exactly those 3 go, each as revision 2 under its first message id, accepted, and
+    every consumer that held the record has revision 2 under the same record id; a third push
+    sends nothing; 2 rows removed with --withdraw-missing: exactly 2 withdrawals, every holder told.
+    A truncated export is refused with nothing sent."""
+    signer = env.signers["uhdb-royal-derby-ed"]
+    export = tmp_path / "ae-istv.csv"
+    export.write_bytes((SAMPLES_DIR / "ae-istv.csv").read_bytes())
+    state = tmp_path / "state.jsonl"
+    first = await http_push(export, signer, broker.url, state, "ae-istv")
+    assert (first.exit_code, first.sent, first.accepted) == (ExitCode.OK, 300, 300)
+    columns, rows = read_csv(export)
+    # three rows whose records reached consumers, one field each
+    held = [i for i, row in enumerate(rows) if released_to(broker, signer.message_id(row["Attendance No"]))]
+    edited = held[:3]
+    for index in edited:
+        rows[index]["Gender"] = "2" if rows[index]["Gender"] == "1" else "1"
+    write_csv(export, columns, rows)
+    before = {i: released_to(broker, signer.message_id(rows[i]["Attendance No"])) for i in edited}
+
+    second = await http_push(export, signer, broker.url, state, "ae-istv")
+    assert second.exit_code == ExitCode.OK, read_report(export.with_suffix(".report.csv"))
+    assert (second.sent, second.corrections, second.accepted, second.skipped) == (3, 3, 3, 297)
+    report = read_report(export.with_suffix(".report.csv"))
+    assert sorted((int(r["row"]), r["revision"], r["reason"]) for r in report) == [
+        (i + 2, "2", "corrected") for i in edited
+    ]
+    db = broker.settings.data_dir / "broker.db"
+    for index in edited:
+        first_id = signer.message_id(rows[index]["Attendance No"])
+        [received] = audit_entries(db, "received", message_id=f"{first_id}:r2")
+        assert (received["revision"], received["supersedes"]) == (2, first_id)
+        for consumer, record in before[index].items():
+            latest = await feed_latest(broker, consumer)
+            assert latest[record] == ("record", 2)  # the same record id, now at revision 2
+    with StateFile(state, partner=signer.partner, event_type="ae_assault") as loaded:
+        revisions = Counter(e.revision for e in loaded)
+    assert revisions == {1: 297, 2: 3}
+
+    third = await http_push(export, signer, broker.url, state, "ae-istv")
+    assert (third.sent, third.skipped) == (0, 300)
+
+    # a truncated export (a third of the file): refused, nothing sent
+    write_csv(tmp_path / "cut.csv", columns, rows[:100])
+    received_before = audit_counts(broker)["received"]
+    cut = await http_push(tmp_path / "cut.csv", signer, broker.url, state, "ae-istv", withdraw_missing=True)
+    assert (cut.exit_code, cut.sent) == (ExitCode.FILE_REFUSED, 0)
+    assert [r["reason"] for r in read_report(tmp_path / "cut.report.csv")] == ["too_many_withdrawals"]
+    assert audit_counts(broker)["received"] == received_before
+
+    # two rows removed: exactly two withdrawals; every consumer that held them is told
+    removed = [rows[held[5]], rows[held[6]]]
+    holders = {row["Attendance No"]: released_to(broker, signer.message_id(row["Attendance No"])) for row in removed}
+    write_csv(export, columns, [row for row in rows if row not in removed])
+    gone = await http_push(export, signer, broker.url, state, "ae-istv", withdraw_missing=True)
+    assert gone.exit_code == ExitCode.OK
+    assert (gone.sent, gone.withdrawals, gone.withdrawn, gone.skipped) == (2, 2, 2, 298)
+    assert gone.notices == sum(len(h) for h in holders.values())
+    for key, by_consumer in holders.items():
+        [entry] = audit_entries(db, "received", message_id=signer.message_id(key) + ":r2")
+        assert entry["withdrawn"] == "removed_from_source"
+        for consumer, record in by_consumer.items():
+            assert (await feed_latest(broker, consumer))[record] == ("withdrawn", 2)
+    again = await http_push(export, signer, broker.url, state, "ae-istv", withdraw_missing=True)
+    assert (again.sent, again.skipped) == (0, 298)

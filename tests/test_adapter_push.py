@@ -24,23 +24,26 @@ from adapters.mapping import load_mapping
 from adapters.prepare import Item, PrepareWorker, Ready, prepare
 from adapters.progress import Progress
 from adapters.push import ExitCode, PushOptions, PushSummary, push
+from adapters.receipts import record_verdicts, to_rows
 from adapters.report import read_report
 from adapters.sample_exports import KINDS, export_rows, sample_records, write_rows, write_sample
 from adapters.signer import Signer
 from adapters.sink import OnResult, Outgoing, Result, Verdict
-from adapters.state import Entry, StateError, StateFile, Status
-from schemas.envelope import encode
+from adapters.state import Entry, Known, StateError, StateFile, Status, next_revision, withdrawal_content
+from schemas.envelope import encode, envelope_from_document
 
 
 class ListSink:
-    """Confirms everything (or fails the items whose key is in ``fail``) and keeps the bodies."""
+    """Confirms everything (or fails the items whose key is in ``fail``, or answers a refusal for
+    those in ``reject``, as the broker's HTTP ingest would) and keeps the bodies."""
 
     transport = "amqp"
     description = "memory"
 
-    def __init__(self, on_result: OnResult, fail: set[str] | None = None) -> None:
+    def __init__(self, on_result: OnResult, fail: set[str] | None = None, reject: dict[str, str] | None = None) -> None:
         self.on_result = on_result
         self.fail = fail or set()
+        self.reject = reject or {}
         self.sent: list[Outgoing] = []
 
     @property
@@ -52,6 +55,9 @@ class ListSink:
 
     async def send(self, item: Outgoing) -> None:
         self.sent.append(item)
+        if item.key in self.reject:
+            self.on_result(Result(item, Verdict.REJECTED, self.reject[item.key], "refused"))
+            return
         verdict = Verdict.FAILED if item.key in self.fail else Verdict.CONFIRMED
         self.on_result(Result(item, verdict, "" if verdict is Verdict.CONFIRMED else "not_confirmed", "nacked"))
 
@@ -68,12 +74,18 @@ def signer() -> Signer:
 
 
 def run_push(
-    export: Path, signer: Signer, tmp: Path, *, fail: set[str] | None = None, **options: Any
+    export: Path | None,
+    signer: Signer,
+    tmp: Path,
+    *,
+    fail: set[str] | None = None,
+    reject: dict[str, str] | None = None,
+    **options: Any,
 ) -> tuple[PushSummary, list[Outgoing], list[dict[str, str]]]:
     sinks: list[ListSink] = []
 
     def factory(on_result: OnResult) -> ListSink:
-        sinks.append(ListSink(on_result, fail))
+        sinks.append(ListSink(on_result, fail, reject))
         return sinks[-1]
 
     opts = PushOptions(
@@ -210,16 +222,250 @@ def test_a_rerun_sends_only_what_was_not_confirmed(signer: Signer, tmp_path: Pat
     assert resent.skipped == 0
 
 
-def test_a_changed_record_under_a_sent_key_is_reported_not_sent(signer: Signer, tmp_path: Path) -> None:
+def test_a_changed_record_is_sent_as_a_correction_under_its_first_message_id(signer: Signer, tmp_path: Path) -> None:
+    rows = ae_rows(10)
+    write_rows(KINDS["ae-istv"], rows, tmp_path / "ed.csv")
+    _, first, _ = run_push(tmp_path / "ed.csv", signer, tmp_path)
+    ids = {item.key: item.message_id for item in first}
+    rows[2]["Age at Arrival"] = "19"
+    write_rows(KINDS["ae-istv"], rows, tmp_path / "ed.csv")
+    summary, sent, report = run_push(tmp_path / "ed.csv", signer, tmp_path)
+    key = rows[2]["Attendance No"]
+    [item] = sent
+    assert (item.key, item.row, item.revision, item.message_id) == (key, 4, 2, ids[key] + ":r2")
+    doc = json.loads(item.body)
+    assert (doc["supersedes"], doc["revision"], doc["data"]["patient_age"]) == (ids[key], 2, 19)
+    assert "withdrawn" not in doc
+    envelope_from_document(doc)  # the contract's own reading accepts it
+    assert (summary.skipped, summary.sent, summary.corrections, summary.corrected) == (9, 1, 1, 1)
+    assert summary.exit_code == ExitCode.OK
+    assert [(r["row"], r["record_key"], r["revision"], r["stage"], r["reason"]) for r in report] == [
+        ("4", key, "2", "change", "corrected")
+    ]
+    with StateFile(tmp_path / "state.jsonl", partner=signer.partner, event_type="ae_assault") as state:
+        entry = state.get(key)
+        assert entry is not None
+        assert (entry.revision, entry.message_id, entry.content, entry.status) == (
+            2,
+            item.message_id,
+            item.content,
+            Status.CONFIRMED,
+        )
+    # unchanged now: nothing sent; a second edit is revision 3
+    again, none, _ = run_push(tmp_path / "ed.csv", signer, tmp_path)
+    assert (none, again.skipped) == ([], 10)
+    rows[2]["Age at Arrival"] = "20"
+    write_rows(KINDS["ae-istv"], rows, tmp_path / "ed.csv")
+    _, third, _ = run_push(tmp_path / "ed.csv", signer, tmp_path)
+    assert [(i.key, i.revision, i.message_id) for i in third] == [(key, 3, ids[key] + ":r3")]
+
+
+def test_a_state_file_written_before_revisions_reads_as_revision_1(signer: Signer, tmp_path: Path) -> None:
+    rows = ae_rows(6)
+    write_rows(KINDS["ae-istv"], rows, tmp_path / "ed.csv")
+    _, first, _ = run_push(tmp_path / "ed.csv", signer, tmp_path)
+    # Rewrite the state as the adapter wrote it before corrections: no "v" member anywhere.
+    path = tmp_path / "state.jsonl"
+    header = {"sv_adapter_state": 1, "partner": signer.partner, "event_type": "ae_assault"}
+    old = [json.dumps(header)] + [
+        json.dumps({"k": i.key, "id": i.message_id, "c": i.content, "s": "accepted", "f": "ed.csv", "r": i.row})
+        for i in first
+    ]
+    path.write_text("\n".join(old) + "\n")
+    rows[0]["Gender"] = "2" if rows[0]["Gender"] != "2" else "1"
+    write_rows(KINDS["ae-istv"], rows, tmp_path / "ed.csv")
+    summary, sent, _ = run_push(tmp_path / "ed.csv", signer, tmp_path)
+    assert [(i.key, i.revision) for i in sent] == [(rows[0]["Attendance No"], 2)]
+    assert summary.skipped == 5
+    lines = path.read_text().splitlines()
+    assert lines[: len(old)] == old  # appended to, never rewritten
+    assert json.loads(lines[-1])["v"] == 2
+
+
+@pytest.mark.parametrize(
+    ("known", "content", "expected"),
+    [
+        (None, "a", 1),
+        (Known(1, "a", Status.ACCEPTED, "", "a", 1), "a", None),  # the broker has it
+        (Known(1, "a", Status.CONFIRMED, "", "a", 1), "b", 2),  # changed: the next revision
+        (Known(2, "b", Status.SENDING, "", "a", 1), "b", 2),  # written ahead, unconfirmed: same content again
+        (Known(2, "b", Status.SENDING, "", "a", 1), "a", 3),  # may have arrived: other content never under 2
+        (Known(2, "b", Status.SENDING, "", "a", 1), "c", 3),
+        (Known(1, "a", Status.REJECTED, "unknown_key", None, 0), "a", 1),  # sent again once the key is fixed
+        (Known(2, "b", Status.REJECTED, "schema_invalid", "a", 1), "c", 3),  # a refused number is not lent out
+        (Known(2, "b", Status.REJECTED, "schema_invalid", "a", 1), "a", None),  # back to what the broker holds
+        (Known(1, "b", Status.REJECTED, "replayed", None, 0), "b", 2),  # the broker holds that id with other content
+        (Known(3, "b", Status.REJECTED, "revision_superseded", "a", 2), "b", 4),
+        (Known(3, withdrawal_content("sent_in_error"), Status.ACCEPTED, "", None, 3), "a", 4),  # reinstated
+    ],
+)
+def test_next_revision_never_sends_one_revision_with_two_contents(
+    known: Known | None, content: str, expected: int | None
+) -> None:
+    assert next_revision(known, content) == expected
+
+
+def test_a_refused_correction_does_not_lend_its_revision_to_other_content(signer: Signer, tmp_path: Path) -> None:
+    rows = ae_rows(5)
+    write_rows(KINDS["ae-istv"], rows, tmp_path / "ed.csv")
+    run_push(tmp_path / "ed.csv", signer, tmp_path)
+    key = rows[1]["Attendance No"]
+    rows[1]["Age at Arrival"] = "21"
+    write_rows(KINDS["ae-istv"], rows, tmp_path / "ed.csv")
+    refused, sent, report = run_push(tmp_path / "ed.csv", signer, tmp_path, reject={key: "schema_invalid"})
+    assert [(i.key, i.revision) for i in sent] == [(key, 2)]
+    assert refused.exit_code == ExitCode.ROWS_FAILED
+    assert [(r["revision"], r["stage"], r["reason"]) for r in report] == [("2", "broker", "schema_invalid")]
+    # the same content again: the same revision (the broker kept nothing of it)
+    _, resent, _ = run_push(tmp_path / "ed.csv", signer, tmp_path, reject={key: "schema_invalid"})
+    assert [(i.key, i.revision) for i in resent] == [(key, 2)]
+    # fixed differently: revision 3, never revision 2 with other content
+    rows[1]["Age at Arrival"] = "22"
+    write_rows(KINDS["ae-istv"], rows, tmp_path / "ed.csv")
+    fixed, again, _ = run_push(tmp_path / "ed.csv", signer, tmp_path)
+    assert [(i.key, i.revision) for i in again] == [(key, 3)]
+    assert fixed.exit_code == ExitCode.OK
+
+
+def test_an_unconfirmed_correction_is_written_ahead_so_its_revision_keeps_its_content(
+    signer: Signer, tmp_path: Path
+) -> None:
+    rows = ae_rows(5)
+    write_rows(KINDS["ae-istv"], rows, tmp_path / "ed.csv")
+    run_push(tmp_path / "ed.csv", signer, tmp_path)
+    key = rows[3]["Attendance No"]
+    rows[3]["Age at Arrival"] = "23"
+    write_rows(KINDS["ae-istv"], rows, tmp_path / "ed.csv")
+    lost, sent, _ = run_push(tmp_path / "ed.csv", signer, tmp_path, fail={key})  # it may have reached the broker
+    assert lost.exit_code == ExitCode.NOT_CONFIRMED
+    with StateFile(tmp_path / "state.jsonl", partner=signer.partner, event_type="ae_assault") as state:
+        entry = state.get(key)
+        assert entry is not None
+        assert (entry.revision, entry.status, entry.content) == (2, Status.SENDING, sent[0].content)
+    rows[3]["Age at Arrival"] = "24"  # edited again before the re-run
+    write_rows(KINDS["ae-istv"], rows, tmp_path / "ed.csv")
+    _, again, _ = run_push(tmp_path / "ed.csv", signer, tmp_path)
+    assert [(i.key, i.revision) for i in again] == [(key, 3)]
+
+
+def test_withdraw_missing_withdraws_exactly_the_records_gone_from_the_export(signer: Signer, tmp_path: Path) -> None:
+    rows = ae_rows(10)
+    write_rows(KINDS["ae-istv"], rows, tmp_path / "ed.csv")
+    _, first, _ = run_push(tmp_path / "ed.csv", signer, tmp_path)
+    ids = {item.key: item.message_id for item in first}
+    gone = [rows.pop(7), rows.pop(2)]
+    write_rows(KINDS["ae-istv"], rows, tmp_path / "ed.csv")
+    plain, nothing, _ = run_push(tmp_path / "ed.csv", signer, tmp_path)  # not asked: nothing withdrawn
+    assert (nothing, plain.skipped) == ([], 8)
+    summary, sent, report = run_push(tmp_path / "ed.csv", signer, tmp_path, withdraw_missing=True)
+    keys = sorted(row["Attendance No"] for row in gone)
+    assert sorted((i.key, i.revision, i.withdrawn, i.message_id) for i in sent) == [
+        (k, 2, "removed_from_source", ids[k] + ":r2") for k in keys
+    ]
+    for item in sent:
+        doc = json.loads(item.body)
+        assert (doc["data"], doc["withdrawn"], doc["supersedes"]) == ({}, "removed_from_source", ids[item.key])
+        envelope_from_document(doc)
+    assert (summary.withdrawals, summary.withdrawn, summary.skipped, summary.exit_code) == (2, 2, 8, ExitCode.OK)
+    assert sorted((r["record_key"], r["revision"], r["reason"]) for r in report) == [
+        (k, "2", "withdrawn") for k in keys
+    ]
+    with StateFile(tmp_path / "state.jsonl", partner=signer.partner, event_type="ae_assault") as state:
+        entry = state.get(keys[0])
+        assert entry is not None
+        assert (entry.withdrawn, entry.revision, entry.file, entry.row) == (
+            "removed_from_source",
+            2,
+            "ed.csv",
+            entry.row,
+        )
+        assert entry.row > 0  # where the record was last read
+    # withdrawn already: not again
+    _, none, _ = run_push(tmp_path / "ed.csv", signer, tmp_path, withdraw_missing=True)
+    assert none == []
+    # back in the export: reinstated as the next revision
+    rows.append(gone[0])
+    write_rows(KINDS["ae-istv"], rows, tmp_path / "ed.csv")
+    _, back, _ = run_push(tmp_path / "ed.csv", signer, tmp_path, withdraw_missing=True)
+    assert [(i.key, i.revision, i.withdrawn) for i in back] == [(gone[0]["Attendance No"], 3, "")]
+
+
+def test_withdraw_missing_refuses_a_truncated_export_and_sends_nothing(signer: Signer, tmp_path: Path) -> None:
     rows = ae_rows(10)
     write_rows(KINDS["ae-istv"], rows, tmp_path / "ed.csv")
     run_push(tmp_path / "ed.csv", signer, tmp_path)
-    rows[2]["Age at Arrival"] = "99"
-    write_rows(KINDS["ae-istv"], rows, tmp_path / "ed.csv")
-    summary, sent, report = run_push(tmp_path / "ed.csv", signer, tmp_path)
+    rows[0]["Age at Arrival"] = "30"  # a correction too: not sent either
+    write_rows(KINDS["ae-istv"], rows[:4], tmp_path / "ed.csv")  # cut short: 6 of 10 missing
+    summary, sent, report = run_push(tmp_path / "ed.csv", signer, tmp_path, withdraw_missing=True)
     assert sent == []
-    assert summary.skipped == 9
-    assert [(r["row"], r["reason"]) for r in report] == [("4", "changed_after_send")]
+    assert summary.exit_code == ExitCode.FILE_REFUSED
+    assert [(r["stage"], r["reason"]) for r in report] == [("file", "too_many_withdrawals")]
+    assert "6 of the 10 records" in report[0]["message"]
+    lax, _, _ = run_push(tmp_path / "ed.csv", signer, tmp_path, withdraw_missing=True, max_withdraw_share=0.6)
+    assert (lax.withdrawals, lax.corrections) == (6, 1)
+
+
+def test_withdraw_missing_refuses_when_a_row_has_no_record_key(signer: Signer, tmp_path: Path) -> None:
+    rows = ae_rows(10)
+    write_rows(KINDS["ae-istv"], rows, tmp_path / "ed.csv")
+    run_push(tmp_path / "ed.csv", signer, tmp_path)
+    rows[4]["Attendance No"] = ""
+    write_rows(KINDS["ae-istv"], rows[1:], tmp_path / "ed.csv")
+    summary, sent, report = run_push(tmp_path / "ed.csv", signer, tmp_path, withdraw_missing=True)
+    assert (sent, summary.exit_code) == ([], ExitCode.FILE_REFUSED)
+    assert [(r["row"], r["reason"]) for r in report] == [("5", "unkeyed_rows")]
+
+
+def test_withdraw_by_record_key(signer: Signer, tmp_path: Path) -> None:
+    rows = ae_rows(5)
+    write_rows(KINDS["ae-istv"], rows, tmp_path / "ed.csv")
+    _, first, _ = run_push(tmp_path / "ed.csv", signer, tmp_path)
+    ids = {item.key: item.message_id for item in first}
+    key = rows[1]["Attendance No"]
+    summary, sent, report = run_push(
+        None, signer, tmp_path, withdraw_keys=(key, "NO-SUCH-KEY", key), withdraw_reason="sent_in_error"
+    )
+    assert [(i.key, i.revision, i.withdrawn, i.message_id) for i in sent] == [
+        (key, 2, "sent_in_error", ids[key] + ":r2")
+    ]
+    assert (summary.rows, summary.withdrawn, summary.rejected_locally) == (2, 1, 1)
+    assert sorted((r["record_key"], r["reason"]) for r in report) == [
+        ("NO-SUCH-KEY", "unknown_record_key"),
+        (key, "withdrawn"),
+    ]
+    again, none, _ = run_push(None, signer, tmp_path, withdraw_keys=(key,), withdraw_reason="sent_in_error")
+    assert (none, again.nothing_to_withdraw) == ([], 1)
+    # the export still has the row: the next push reinstates it as revision 3
+    _, back, _ = run_push(tmp_path / "ed.csv", signer, tmp_path)
+    assert [(i.key, i.revision) for i in back] == [(key, 3)]
+
+
+def test_receipts_name_each_revision_and_a_late_verdict_leaves_the_newest_standing(
+    signer: Signer, tmp_path: Path
+) -> None:
+    rows = ae_rows(3)
+    write_rows(KINDS["ae-istv"], rows, tmp_path / "ed.csv")
+    _, first, _ = run_push(tmp_path / "ed.csv", signer, tmp_path)
+    rows[0]["Age at Arrival"] = "31"
+    write_rows(KINDS["ae-istv"], rows, tmp_path / "ed.csv")
+    _, [correction], _ = run_push(tmp_path / "ed.csv", signer, tmp_path)
+    receipts = [
+        {"status": "accepted", "message_id": first[0].message_id, "records": 2, "at": "t"},
+        {"status": "accepted", "message_id": correction.message_id, "records": 1, "withdrawn": 1, "at": "t"},
+        {"status": "rejected", "message_id": first[1].message_id, "reason": "revision_superseded", "at": "t"},
+    ]
+    with StateFile(tmp_path / "state.jsonl", partner=signer.partner, event_type="ae_assault") as state:
+        got = to_rows(receipts, [state])
+        assert [(r.record_key, r.row, r.revision, r.change, r.records, r.withdrawn) for r in got] == [
+            (first[0].key, 2, 1, "", 2, 0),
+            (first[0].key, 2, 2, "corrected", 1, 1),
+            (first[1].key, 3, 1, "", None, 0),
+        ]
+        assert got[2].reason == "revision_superseded"
+        assert record_verdicts([state], got) == 3
+        top = state.get(first[0].key)
+        assert top is not None
+        assert (top.revision, top.status) == (2, Status.ACCEPTED)  # the late receipt of revision 1 did not win
 
 
 def test_a_broker_rejection_in_the_state_is_sent_again(signer: Signer, tmp_path: Path) -> None:
@@ -266,7 +512,7 @@ async def test_a_worker_started_either_way_yields_the_same_items(signer: Signer,
     write_rows(KINDS["ae-istv"], rows, tmp_path / "ed.csv")
     mapping = load_mapping("ae-istv")
     result = scan(tmp_path / "ed.csv", mapping)
-    done = {rows[0]["Attendance No"]: "stale-content"}
+    done = {rows[0]["Attendance No"]: Known(1, "stale-content", Status.ACCEPTED, "", "stale-content", 1)}
     local = list(prepare(tmp_path / "ed.csv", mapping, signer, result.format, result.columns, done))
     worker = PrepareWorker(
         tmp_path / "ed.csv", mapping, signer, result.format, result.columns, done, batch=64, start_method=method
@@ -278,10 +524,18 @@ async def test_a_worker_started_either_way_yields_the_same_items(signer: Signer,
         worker.stop()
 
     def key(item: Item) -> tuple[object, ...]:
-        return (type(item).__name__, item.row, item.key, getattr(item, "message_id", ""), getattr(item, "problems", ()))
+        return (
+            type(item).__name__,
+            item.row,
+            item.key,
+            getattr(item, "message_id", ""),
+            getattr(item, "revision", 0),
+            getattr(item, "problems", ()),
+        )
 
     assert [key(i) for i in remote] == [key(i) for i in local]
-    assert [type(i).__name__ for i in local[:5]] == ["Refused", "Ready", "Ready", "Refused", "Ready"]
+    assert [type(i).__name__ for i in local[:5]] == ["Ready", "Ready", "Ready", "Refused", "Ready"]
+    assert key(local[0])[3:5] == (signer.message_id(rows[0]["Attendance No"]) + ":r2", 2)  # changed: a correction
     assert not worker.process.is_alive()
 
 
@@ -310,9 +564,9 @@ def test_prepare_marks_rows_done_before_with_the_same_content_as_skipped(signer:
     write_sample("ae-istv", tmp_path / "ed.csv", 20)
     mapping = load_mapping("ae-istv")
     result = scan(tmp_path / "ed.csv", mapping)
-    items = list(prepare(tmp_path / "ed.csv", mapping, signer, result.format, result.columns, None))
+    items = list(prepare(tmp_path / "ed.csv", mapping, signer, result.format, result.columns, {}))
     ready = [i for i in items if isinstance(i, Ready)]
-    done = {i.key: i.content for i in ready[:15]}
+    done = {i.key: Known(1, i.content, Status.CONFIRMED, "", i.content, 1) for i in ready[:15]}
     again = list(prepare(tmp_path / "ed.csv", mapping, signer, result.format, result.columns, done))
     assert [type(i).__name__ for i in again] == ["Skipped"] * 15 + ["Ready"] * 5
 
@@ -394,4 +648,4 @@ def test_the_report_is_plain_csv(tmp_path: Path, signer: Signer) -> None:
     run_push(tmp_path / "ed.csv", signer, tmp_path)
     with (tmp_path / "report.csv").open(newline="") as fh:
         header = next(csv.reader(fh))
-    assert header == ["row", "record_key", "column", "stage", "reason", "message"]
+    assert header == ["row", "record_key", "revision", "column", "stage", "reason", "message"]
