@@ -142,6 +142,36 @@ async def test_twenty_held_past_review_are_released_exactly_once_after_a_renewal
         await broker.stop()
 
 
+async def test_a_held_event_withdrawn_meanwhile_is_discarded_not_released(env: DemoEnvironment, tmp_path: Path) -> None:
+    """Held while the agreement was past review, then withdrawn by the partner (sent in error): when
+    the agreement is renewed, the held copy is discarded (revision_superseded), never released."""
+    policy, keys = past_review(env, tmp_path)
+    data = tmp_path / "data"
+    db = data / "broker.db"
+    broker = Broker(settings(env, policy, keys, data))
+    await broker.start()
+    try:
+        assert broker.pipeline is not None
+        gen = SyntheticGenerator(seed=77)
+        record = gen.for_partner(PARTNER, "police_sv_offence")
+        signer = env.signers[PARTNER]
+        first = signer.sign_bytes("police_sv_offence", record.data(), source_key="W-1")
+        withdrawal = signer.sign_bytes("police_sv_offence", {}, source_key="W-1", revision=2, withdrawn="sent_in_error")
+        [held] = await broker.pipeline.process([Inbound(first)])
+        [gone] = await broker.pipeline.process([Inbound(withdrawal)])
+        assert (held.status, gone.status) == (Status.ACCEPTED, Status.ACCEPTED)
+        assert held_count(db) == {AGREEMENT: 1}
+        renew(policy)
+        assert (await broker.reload()).ok
+        assert stored_records(db) == []
+        assert held_count(db) == {}
+        [discarded] = audit_entries(db, "held_discarded")
+        assert discarded["reason"] == "revision_superseded"
+        assert audit_entries(db, "released") == []
+    finally:
+        await broker.stop()
+
+
 async def test_the_store_holds_no_plaintext_and_a_tampered_row_or_wrong_key_is_refused(
     env: DemoEnvironment, tmp_path: Path
 ) -> None:

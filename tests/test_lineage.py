@@ -5,8 +5,13 @@ retention purge tells each consumer. Embedded (feeds) and over RabbitMQ (queues)
 
 from __future__ import annotations
 
+import asyncio
+import csv
+import io
 import json
+import re
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -16,12 +21,17 @@ from adapters.synthetic import SyntheticGenerator
 from broker.demo import DemoEnvironment
 from broker.pipeline.trail import trace_entries
 from broker.policy.decision import record_id
+from broker.ports.store import Seen
 from broker.service import Broker
+from broker.stages.outcome import Rejected
+from broker.stages.replay import ReplayState
+from broker.stages.types import Inbound
 from schemas import envelope
 from schemas.errors import ContractError, Reason
 from tests import test_broker_amqp
 from tests.helpers import audit_entries
 from tests.test_broker_amqp import Harness, Starter
+from tests.test_reload import broker_on, bump_revision, own_copy
 
 start_broker = test_broker_amqp.start_broker
 
@@ -93,6 +103,9 @@ def _doc(env: DemoEnvironment, **changes: Any) -> dict[str, Any]:
         ({"supersedes": "not an id"}, "supersedes"),
         ({"withdrawn": "changed_my_mind"}, "withdrawn"),
         ({"withdrawn": "sent_in_error"}, "data"),  # a withdrawal carries no event
+        # a first id that looks like a revision's, or leaves no room for one
+        ({"revision": None, "supersedes": None, "id": "uhdb-royal-derby-ed:0123456789abcdef:r2"}, "id"),
+        ({"revision": None, "supersedes": None, "id": "u" * 123}, "id"),
     ],
 )
 def test_a_malformed_revision_is_refused_naming_the_attribute(
@@ -257,6 +270,11 @@ async def test_the_feed_api_shows_the_latest_by_default_and_the_history_on_reque
     assert [r["revision"] for r in history["records"]] == [1, 2]
     status, problem, _ = await get(broker, f"/v1/feeds/{DERBY_CSP}/records?history=yes", tok)
     assert (status, problem["reason"]) == (400, "bad_history")
+    await post(broker, sign(env, {}, "L-7", revision=3, withdrawn="duplicate_record"))
+    status, text, _ = await get(broker, f"/v1/feeds/{DERBY_CSP}/records?history=true&format=csv", tok)
+    assert status == 200
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert [(r["kind"], r["revision"], r["reason"]) for r in rows] == [("withdrawn", "3", "duplicate_record")]
 
 
 async def test_retention_tells_each_consumer_and_skips_those_already_told(broker: Broker, env: DemoEnvironment) -> None:
@@ -330,3 +348,105 @@ async def test_over_rabbitmq_corrections_withdrawals_and_deletions_reach_the_que
     for consumer in (DERBY_CSP, VRU):
         [notice] = await consumer_bodies(harness, consumer)
         assert (notice["notice"], notice["record_id"]) == ("deleted", rid(env, "Q-2", consumer))
+
+
+# -- what the review found: concurrency, forgotten ids, lapsed agreements, types ------------------
+async def test_a_resend_after_the_replay_guard_forgot_it_is_still_a_duplicate(
+    broker: Broker, env: DemoEnvironment
+) -> None:
+    """Retention purges the records and the replay guard forgets the id; the adapter's resend (signed
+    anew, so its time is fresh) is still a duplicate, and a later correction is not released to a
+    consumer whose retention ended (it would restart a retention the agreement ended)."""
+    data = derby_assault(11)
+    await post(broker, sign(env, data, "G-1"))
+    await broker.purge_expired(broker.clock() + timedelta(days=4000))
+    assert broker.store is not None
+    assert await broker.store.replay_states([(ED, first_id(env, "G-1"))]) == {
+        (ED, first_id(env, "G-1")): Seen(ReplayState.NEW)
+    }
+    again = await post(broker, sign(env, data, "G-1"))
+    assert again["status"] == "duplicate"
+    corrected = await post(broker, sign(env, data | {"patient_sex": "female"}, "G-1", revision=2))
+    assert (corrected["status"], corrected["records"]) == ("accepted", 0)
+    assert ("retention_expired", ISTV) in {(w["reason"], w["agreement_id"]) for w in corrected["withheld"]}
+    for consumer in (DERBY_CSP, VRU):
+        assert [r[1] for r in await feed(broker, consumer, history=True)] == ["deleted"]
+    db = broker.settings.data_dir / "broker.db"
+    assert len(audit_entries(db, "released")) == 2  # the first release, never a second
+
+
+async def test_concurrent_batches_apply_revisions_of_one_record_in_turn(broker: Broker, env: DemoEnvironment) -> None:
+    """Revision 1 in flight while revisions 2 (moved to Chesterfield) and 3 (back to Derby) arrive in
+    two more batches at once: each is decided on what the one before wrote."""
+    assert broker.pipeline is not None
+    data = derby_assault(12)
+    batches = [
+        [Inbound(sign(env, data, "C-1"))],
+        [Inbound(sign(env, data | {"district": CHESTERFIELD}, "C-1", revision=2))],
+        [Inbound(sign(env, data, "C-1", revision=3))],
+    ]
+    results = await asyncio.gather(*(broker.pipeline.process(b) for b in batches))
+    assert [r[0].status.value for r in results] == ["accepted"] * 3
+    assert [r[1:3] for r in await feed(broker, DERBY_CSP)] == [("record", 3)]
+    assert [r[1:3] for r in await feed(broker, COUNTY_CSP)] == [("withdrawn", 3)]  # given at 2, withdrawn at 3
+    assert [r[1:3] for r in await feed(broker, VRU)] == [("record", 3)]
+
+
+async def test_a_revision_cannot_change_the_records_type(broker: Broker, env: DemoEnvironment) -> None:
+    await post(broker, sign(env, derby_assault(13), "T-1"))
+    nte = SyntheticGenerator(seed=13).nte_incident("derby-pubwatch").data()
+    signer = env.signers[ED]
+    body = envelope.encode(
+        envelope.build_signed(
+            private_key=signer.private_key,
+            partner_id=ED,
+            keyid=signer.kid,
+            event_type="nte_incident",
+            version=1,
+            message_id="",
+            data=nte,
+            produced_at=datetime.now(UTC),
+            supersedes=first_id(env, "T-1"),
+            revision=2,
+        )
+    )
+    assert broker.pipeline is not None
+    [outcome] = await broker.pipeline.process([Inbound(body)])
+    assert isinstance(outcome, Rejected)
+    # refused before anything: the A&E partner may not send nte_incident at all, and even when a
+    # partner may, the lineage check refuses the change of type
+    assert outcome.reason in (Reason.TYPE_NOT_REGISTERED, Reason.REVISION_TYPE_MISMATCH)
+    from broker.stages.lineage import Lineage, follows
+
+    env_doc = envelope.envelope_from_document(json.loads(body))
+    assert follows(env_doc, Lineage(1, first_id(env, "T-1"), False, (), "ae_assault")) is not None
+    assert follows(env_doc, Lineage(1, first_id(env, "T-1"), False, (), "ae_assault"))[0] is (  # type: ignore[index]
+        Reason.REVISION_TYPE_MISMATCH
+    )
+
+
+async def test_a_correction_while_the_agreement_is_lapsed_withdraws_nothing(
+    env: DemoEnvironment, tmp_path: Path
+) -> None:
+    """Only the agreement's dates refuse the correction: the record is not withdrawn from anyone
+    (the partnership has not reviewed the agreement; the record itself did not change scope)."""
+    policy, keys = own_copy(env, tmp_path)
+    broker = broker_on(env, policy, keys, tmp_path / "data")
+    await broker.start()
+    try:
+        data = derby_assault(14)
+        await post(broker, sign(env, data, "A-1"))
+        path = policy / "agreements" / f"{ISTV}.toml"
+        text = path.read_text(encoding="utf-8")
+        start = re.search(r"^valid_from = (\S+)$", text, re.M)
+        assert start is not None
+        path.write_text(re.sub(r"^review_by = \S+$", f"review_by = {start.group(1)}", text, flags=re.M), "utf-8")
+        bump_revision(policy, ISTV)
+        assert (await broker.reload()).ok
+        answer = await post(broker, sign(env, data | {"patient_sex": "female"}, "A-1", revision=2))
+        assert (answer["records"], answer.get("withdrawn", 0)) == (0, 0)
+        assert {w["reason"] for w in answer["withheld"]} == {"review_overdue"}
+        for consumer in (DERBY_CSP, VRU):
+            assert [r[1:3] for r in await feed(broker, consumer)] == [("record", 1)]
+    finally:
+        await broker.stop()

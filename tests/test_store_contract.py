@@ -372,6 +372,28 @@ async def test_revisions_and_notices_in_the_feed(make_store: Callable[..., Store
     assert lineage.holdings[0].expires_at == first.expires_at  # retention runs from the first release
 
 
+@pytest.mark.parametrize("order", ["withdrawal_first", "correction_first"])
+async def test_a_withdrawal_and_a_later_correction_in_one_commit(make_store: Callable[..., Store], order: str) -> None:
+    """Revision 2 withdraws, revision 3 reinstates, both in one group commit (in either order): the
+    feed's current row is revision 3, whose data is kept; revision 1's data is gone."""
+    store = await make_store()
+    first = record("r1")
+    await store.commit(CommitUnit(records=[first], lineages=holdings_of(first)))
+    withdrawn, back = revision_of(first, 2, "withdrawn"), revision_of(first, 3)
+    units = [
+        CommitUnit(records=[withdrawn], lineages=holdings_of(withdrawn, withdrawn=True)),
+        CommitUnit(records=[back], lineages=holdings_of(back)),
+    ]
+    if order == "correction_first":
+        units.reverse()
+    await asyncio.gather(*(store.commit(unit) for unit in units))
+    assert [(r.revision, r.kind) for r in await store.feed_page("c", after=0, limit=10)] == [(3, "record")]
+    history = await store.feed_page("c", after=0, limit=10, history=True)
+    assert sorted((r.revision, r.kind) for r in history) == [(2, "withdrawn"), (3, "record")]
+    lineage = (await store.lineages([("p", "m1")]))[("p", "m1")]
+    assert (lineage.revision, lineage.withdrawn, lineage.holdings[0].withdrawn) == (3, False, False)
+
+
 async def test_holdings_and_lineage_only_move_forward(make_store: Callable[..., Store]) -> None:
     """An older revision committed after a newer one (two processes) changes nothing; a record
     at revision 1 has holdings but no lineage row; an unknown record is NO_LINEAGE; one
