@@ -24,6 +24,7 @@ FONT = "Helvetica, Arial, 'DejaVu Sans', sans-serif"
 INK, GREY, BLUE, RED, PALE, WHITE = "#0b0c0c", "#505a5f", "#1d70b8", "#d4351c", "#f3f2f1", "#ffffff"
 """GOV.UK design system colours: text, secondary, link blue, error red, light grey, white; the
 red of a lapsed agreement always comes with its word and a dashed line."""
+FLOW_FILL = "#f8f8f8"
 DASH = "7 4"
 
 
@@ -45,7 +46,7 @@ def _text(t: Text, fill: str = INK) -> str:
 
 
 def _box(box: Box) -> str:
-    fill = {"agreement": WHITE, "flow": "#f8f8f8"}.get(box.kind, PALE)
+    fill = {"agreement": WHITE, "flow": FLOW_FILL}.get(box.kind, PALE)
     stroke = RED if box.dashed and box.kind in ("agreement", "flow") else BLUE if box.kind == "agreement" else GREY
     dash = f' stroke-dasharray="{DASH}"' if box.dashed else ""
     width = "2" if box.kind == "agreement" else "1"
