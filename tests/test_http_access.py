@@ -455,7 +455,7 @@ def test_csv_neutralises_every_character_that_folds_to_a_formula_sign_after_any_
     import sys
     import unicodedata
 
-    from broker.transports.http_access import csv_cell
+    from broker.spreadsheet import csv_cell
 
     # Exhaustive over the code space: every character whose NFKC form starts with = + - @
     # (fullwidth ＝＋－＠, small ﹦﹢﹣﹫, superscript ⁺⁼, subscript ₊₌₋ ...), after every prefix.
@@ -479,7 +479,7 @@ def test_csv_cell_never_leaves_a_formula_hypothesis() -> None:
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from broker.transports.http_access import csv_cell
+    from broker.spreadsheet import csv_cell
 
     pieces = st.sampled_from([*LEADING_SPACE[1:], "＝", "＋", "－", "＠", "=", "a"])
     prefix = st.lists(pieces, max_size=4).map("".join)

@@ -223,7 +223,7 @@ def run_trace(args: argparse.Namespace) -> int:
 def run_export(args: argparse.Namespace) -> int:
     import csv
 
-    from broker.transports.http_access import csv_cell
+    from broker.spreadsheet import csv_cell
 
     columns = ["seq", "at", "kind", "message_id", "source", "consumer", "agreement_id", "record_id", "reason"]
 

@@ -1,5 +1,6 @@
-"""``sv-broker policy check`` and ``sv-broker policy explain``: data sharing agreements for the
-people who govern them (IG leads) and the people who write them."""
+"""``sv-broker policy check|explain|lint``, ``policy map`` and ``policy register``: data sharing
+agreements for the people who govern them (IG leads) and the people who write them; the map and
+the register are the DPIA pack (``broker/dpia``), as files."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from broker.errors import ConfigurationError, PolicyError
 from broker.policy.explain import explain, read_event, render_text
 from broker.policy.lint import WARN_DAYS, check_policy, hold_lines, holds, write_lock
 from broker.policy.loader import compile_policy, read_documents, read_lock, uses_pseudonyms
+from broker.policy.model import PolicySet
 from broker.policy.secrets import env_name, load_secrets
 from broker.registry import Registry, load_registry
 from schemas.envelope import parse_time
@@ -54,7 +56,7 @@ def _moment(text: str) -> datetime:
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     policy = sub.add_parser(
         "policy",
-        help="data sharing agreements: check and explain",
+        help="data sharing agreements: check, explain, map and register",
         description="Data sharing agreements (policies/agreements/*.toml): check them, and explain their effect.",
     )
     policy_sub = policy.add_subparsers(dest="policy_command", required=True, metavar="ACTION")
@@ -105,6 +107,45 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_policy_args(exp)
     _add_secrets_arg(exp)
     exp.set_defaults(handler=run_explain)
+
+    flow_map = policy_sub.add_parser(
+        "map",
+        help="the flow map (partners -> agreements' flows -> consumers) as a file, for a DPIA",
+        description=(
+            "Draw every flow of every agreement: partners on the left, each agreement's flows (what each "
+            "releases, kept / generalised / pseudonymised, and the fields dropped) in the middle, consumers on "
+            "the right; a lapsed agreement's flows dashed and marked. svg, dot and mermaid are text (stdout "
+            "unless --out); png needs --out. Reads no pseudonymisation secret. Exit 0, or 2 if the agreements "
+            "do not load."
+        ),
+    )
+    add_policy_args(flow_map)
+    flow_map.add_argument("--format", choices=("svg", "png", "dot", "mermaid"), default="svg")
+    flow_map.add_argument("--out", type=Path, default=None, metavar="FILE", help="write here (default: stdout)")
+    flow_map.add_argument("--dpi", type=int, default=150, help="png resolution (default: %(default)s)")
+    flow_map.add_argument(
+        "--at", type=_moment, default=None, metavar="TIME", help="agreements' state as at TIME (default: now)"
+    )
+    flow_map.set_defaults(handler=run_map)
+
+    reg = policy_sub.add_parser(
+        "register",
+        help="the agreements register with each flow's field inventory and the ICO checklist, for a DPIA",
+        description=(
+            "Per agreement: id, title, revision and history, state and warnings, purpose, lawful basis, parties, "
+            "dates, retention, hold; per flow every field of the event type, released as what and how, or not "
+            "released; and the ICO data sharing code's checklist (items the agreement does not record are "
+            "marked so). html is one self-contained printable page; csv one row per agreement, flow and field. "
+            "Reads no pseudonymisation secret. Exit 0, or 2 if the agreements do not load."
+        ),
+    )
+    add_policy_args(reg)
+    reg.add_argument("--format", choices=("html", "csv", "md"), default="html")
+    reg.add_argument("--out", type=Path, default=None, metavar="FILE", help="write here (default: stdout)")
+    reg.add_argument(
+        "--at", type=_moment, default=None, metavar="TIME", help="agreements' state as at TIME (default: now)"
+    )
+    reg.set_defaults(handler=run_register)
 
 
 def _registry_and_secrets(args: argparse.Namespace) -> tuple[Registry, dict[str, bytes]]:
@@ -206,3 +247,80 @@ def run_explain(args: argparse.Namespace) -> int:
                 "pseudonyms above come from a throwaway key and differ from the broker's."
             )
     return 0
+
+
+def _policy_for_reading(args: argparse.Namespace) -> tuple[Registry, PolicySet, dict[str, int] | None] | None:
+    """The agreements compiled for reading them (the map, the register), or None (said why).
+
+    No secret is read. The map and register say *that* a field is pseudonymised, never a pseudonym,
+    so an agreement that pseudonymises is compiled with a random key made here, used by nothing and
+    gone with the process: the command then needs no access to the secrets file (least privilege: the
+    person drawing a DPIA's map need not be able to test a guessed URN against a pseudonym), and the
+    compiled rules are exactly the broker's (the loader insists on a key to compile one)."""
+    try:
+        registry = load_registry(args.policy_dir, args.keys_dir)
+        documents, read_problems = read_documents(args.policy_dir)
+        lock, lock_problems = read_lock(args.policy_dir)
+    except ConfigurationError as exc:
+        print(f"error: {getattr(exc, 'message', exc)}", file=sys.stderr)
+        return None
+    unused_keys = {str(d.doc["id"]): os.urandom(32) for d in documents if uses_pseudonyms(d.doc) and "id" in d.doc}
+    policy, problems = compile_policy(documents, registry, unused_keys, lock)
+    errors = [p for p in (*read_problems, *lock_problems, *problems) if p.severity == "error"]
+    if errors:
+        print(f"error: the agreements do not load ({len(errors)} error(s)); first: {errors[0]}", file=sys.stderr)
+        print("run `sv-broker policy check` for all of them", file=sys.stderr)
+        return None
+    return registry, policy, lock
+
+
+def _write(out: Path | None, data: str | bytes) -> int:
+    if out is None:
+        if isinstance(data, bytes):
+            sys.stdout.buffer.write(data)
+        else:
+            sys.stdout.write(data)
+        return 0
+    try:
+        if isinstance(data, bytes):
+            out.write_bytes(data)
+        else:
+            out.write_text(data, encoding="utf-8")
+    except OSError as exc:
+        print(f"error: cannot write {out}: {exc.strerror}", file=sys.stderr)
+        return 2
+    print(f"wrote {out} ({len(data if isinstance(data, bytes) else data.encode())} bytes)", file=sys.stderr)
+    return 0
+
+
+def run_map(args: argparse.Namespace) -> int:
+    from broker.dpia.flowmap import build_flow_map
+    from broker.dpia.render_map import to_dot, to_mermaid, to_svg
+
+    if args.format == "png" and args.out is None:
+        print("error: --format png needs --out FILE (a PNG is not for a terminal)", file=sys.stderr)
+        return 2
+    loaded = _policy_for_reading(args)
+    if loaded is None:
+        return 2
+    registry, policy, _lock = loaded
+    flow_map = build_flow_map(policy, registry, args.at or datetime.now(UTC))
+    if args.format == "png":
+        from broker.dpia.render_png import to_png  # matplotlib: loaded only when a PNG is asked for
+
+        return _write(args.out, to_png(flow_map, dpi=args.dpi))
+    render = {"svg": to_svg, "dot": to_dot, "mermaid": to_mermaid}[args.format]
+    return _write(args.out, render(flow_map))
+
+
+def run_register(args: argparse.Namespace) -> int:
+    from broker.dpia.register import build_register
+    from broker.dpia.render_register import to_csv, to_html, to_markdown
+
+    loaded = _policy_for_reading(args)
+    if loaded is None:
+        return 2
+    registry, policy, lock = loaded
+    register = build_register(policy, registry, args.at or datetime.now(UTC), lock)
+    render = {"html": to_html, "csv": to_csv, "md": to_markdown}[args.format]
+    return _write(args.out, render(register))

@@ -183,7 +183,9 @@ def _state(agreement: Agreement, now: datetime) -> str:
     return "in_force" if state is None else state.value
 
 
-def _agreement_alerts(policy: PolicySet, now: datetime) -> Iterable[Alert]:
+def agreement_alerts(policy: PolicySet, now: datetime) -> Iterable[Alert]:
+    """The date alerts of every agreement (also the register's warnings, ``broker/dpia``: one
+    wording for ``status``, ``GET /v1/agreements`` and the DPIA pack)."""
     for ag in sorted(policy.agreements.values(), key=lambda a: a.id):
         state = ag.state(now)
         name = f"{ag.id} r{ag.revision}"
@@ -500,7 +502,7 @@ def compute_alerts(policy: PolicySet, registry: Registry, now: datetime, observa
     """Every alert at ``now``, most severe first (then by code and subject: a stable order)."""
     partners = partner_statuses(policy, registry, now, observations)
     alerts = [
-        *_agreement_alerts(policy, now),
+        *agreement_alerts(policy, now),
         *_silence_alerts(partners, now),
         *_rate_alerts(outcome_rates(registry, now, observations.days)),
         *_held_alerts(observations.held, now),

@@ -21,7 +21,7 @@ from broker.policy.loader import (
     read_lock,
     render_lock,
 )
-from broker.policy.model import PolicySet
+from broker.policy.model import Agreement, PolicySet
 from broker.registry import Registry
 from schemas.errors import CheckCode as C
 
@@ -146,17 +146,19 @@ def holds(policy: PolicySet) -> dict[str, dict[str, object]]:
     return out
 
 
+def hold_line(ag: Agreement) -> str | None:
+    """One agreement's ``[hold]`` in words (None: it holds nothing), as ``policy check`` prints it
+    and the DPIA register (``broker/dpia``) records it."""
+    if ag.hold is None:
+        return None
+    reasons = ", ".join(sorted(r.value for r in ag.hold.reasons))
+    grace = f" (expired: within {ag.hold.expired_grace_days} days of valid_to)" if ag.hold.expired_grace_days else ""
+    return (
+        f"hold: {ag.id} keeps events it refuses as {reasons} for {ag.hold.days} days{grace}, sealed, to "
+        "release them once a new revision is in force"
+    )
+
+
 def hold_lines(policy: PolicySet) -> list[str]:
-    out = []
-    for ag in sorted(policy.agreements.values(), key=lambda a: a.id):
-        if ag.hold is None:
-            continue
-        reasons = ", ".join(sorted(r.value for r in ag.hold.reasons))
-        grace = (
-            f" (expired: within {ag.hold.expired_grace_days} days of valid_to)" if ag.hold.expired_grace_days else ""
-        )
-        out.append(
-            f"hold: {ag.id} keeps events it refuses as {reasons} for {ag.hold.days} days{grace}, sealed, to "
-            "release them once a new revision is in force"
-        )
-    return out
+    lines = (hold_line(ag) for ag in sorted(policy.agreements.values(), key=lambda a: a.id))
+    return [line for line in lines if line is not None]

@@ -401,6 +401,7 @@ class _Compiler:
             path=document.path,
             pseudonymises=pseudonymises,
             hold=self._hold(document, whole.hold, whole.retention_days) if whole and whole.hold else None,
+            notes=(whole.notes or "").strip() if whole else "",
         )
         # Parties unknown (malformed): the flows' parties are not checked against them.
         listed = set(parties) if doc.parties is not None else None

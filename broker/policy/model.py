@@ -183,6 +183,9 @@ class Agreement:
     pseudonymises: bool = False
     # None: holds nothing (the default: no agreement starts keeping data it did not say it would)
     hold: HoldPolicy | None = None
+    # The file's ``notes`` (its revision history, in the signatories' words), for the register
+    # (``broker/dpia``); the engine never reads it.
+    notes: str = ""
 
     # The window in absolute time, computed once: valid from the start of ``valid_from`` to the
     # end of ``valid_to`` (inclusive days, UK local time); review overdue from the day after.

@@ -20,6 +20,7 @@ from broker.audit.trail import AuditReport
 from broker.errors import ApiError
 from broker.pipeline.trail import trace_entries, verify_store
 from broker.ports.store import AuditQuery
+from broker.spreadsheet import csv_cell
 from broker.transports.http_access import (
     ACCESS,
     AUDIT_ROLES,
@@ -27,7 +28,6 @@ from broker.transports.http_access import (
     SMALL_INT,
     audited_route,
     authenticate,
-    csv_cell,
     page_limit,
     query_time,
     response_format,

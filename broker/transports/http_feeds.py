@@ -20,13 +20,13 @@ from aiohttp import web
 from broker.auth.tokens import Principal
 from broker.errors import ApiError
 from broker.ports.store import FeedRow
+from broker.spreadsheet import csv_cell
 from broker.transports.http_access import (
     ACCESS,
     ANALYST,
     SMALL_INT,
     audited_route,
     authenticate,
-    csv_cell,
     page_limit,
     query_time,
     response_format,
