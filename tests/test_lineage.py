@@ -21,7 +21,6 @@ from adapters.synthetic import SyntheticGenerator
 from broker.demo import DemoEnvironment
 from broker.pipeline.trail import trace_entries
 from broker.policy.decision import record_id
-from broker.ports.store import Seen
 from broker.service import Broker
 from broker.stages.outcome import Rejected
 from broker.stages.replay import ReplayState
@@ -351,19 +350,24 @@ async def test_over_rabbitmq_corrections_withdrawals_and_deletions_reach_the_que
 
 
 # -- what the review found: concurrency, forgotten ids, lapsed agreements, types ------------------
-async def test_a_resend_after_the_replay_guard_forgot_it_is_still_a_duplicate(
+async def test_the_replay_guard_forgets_only_messages_that_left_nothing_behind(
     broker: Broker, env: DemoEnvironment
 ) -> None:
-    """Retention purges the records and the replay guard forgets the id; the adapter's resend (signed
-    anew, so its time is fresh) is still a duplicate, and a later correction is not released to a
-    consumer whose retention ended (it would restart a retention the agreement ended)."""
+    """Retention purges the records; the replay guard forgets the message every agreement refused
+    but keeps the one that released records (its holdings are tombstones): the adapter's resend of
+    it, signed anew so its time is fresh, is still a duplicate, and a later correction is not
+    released to a consumer whose retention ended (that would restart it)."""
     data = derby_assault(11)
     await post(broker, sign(env, data, "G-1"))
+    young = SyntheticGenerator(seed=11).school_exclusion().data() | {"pupil_age": 8}  # no flow's condition
+    school = env.signers["derby-city-education"]
+    refused = await post(broker, school.sign_bytes("school_exclusion", young, source_key="G-2"))
+    assert (refused["status"], refused["records"]) == ("accepted", 0)
     await broker.purge_expired(broker.clock() + timedelta(days=4000))
     assert broker.store is not None
-    assert await broker.store.replay_states([(ED, first_id(env, "G-1"))]) == {
-        (ED, first_id(env, "G-1")): Seen(ReplayState.NEW)
-    }
+    kept, forgotten = (ED, first_id(env, "G-1")), ("derby-city-education", school.message_id("G-2"))
+    states = await broker.store.replay_states([kept, forgotten])
+    assert (states[kept].state, states[forgotten].state) == (ReplayState.DONE, ReplayState.NEW)
     again = await post(broker, sign(env, data, "G-1"))
     assert again["status"] == "duplicate"
     corrected = await post(broker, sign(env, data | {"patient_sex": "female"}, "G-1", revision=2))
@@ -373,6 +377,7 @@ async def test_a_resend_after_the_replay_guard_forgot_it_is_still_a_duplicate(
         assert [r[1] for r in await feed(broker, consumer, history=True)] == ["deleted"]
     db = broker.settings.data_dir / "broker.db"
     assert len(audit_entries(db, "released")) == 2  # the first release, never a second
+    assert audit_entries(db, "replay_guard_purged")[0]["count"] == 1
 
 
 async def test_concurrent_batches_apply_revisions_of_one_record_in_turn(broker: Broker, env: DemoEnvironment) -> None:

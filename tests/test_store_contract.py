@@ -452,6 +452,13 @@ async def test_replay_guard_rows_expire(make_store: Callable[..., Store]) -> Non
     await store.commit(CommitUnit(seen=[(("p", "m3"), Seen(ReplayState.DONE, "c3"))]))
     before = format_time(T0 + timedelta(days=10))
     assert await store.expired_seen(before, 10) == [("p", "m1")]
+    # a message that released records is remembered as long as its holdings
+    kept = dataclasses.replace(record("r9"), message_id="m1")
+    await store.commit(CommitUnit(lineages=holdings_of(kept)))
+    assert await store.expired_seen(before, 10) == []
+    await store.commit(CommitUnit(purge=["r9"]))  # retention: the holding stays, as a tombstone
+    assert await store.expired_seen(before, 10) == []
+    # forget it anyway (as a store with no holdings would): the row goes
     await store.commit(CommitUnit(purge_seen=[("p", "m1")]))
     assert await store.expired_seen(before, 10) == []
     states = await store.replay_states([("p", "m1"), ("p", "m2")])

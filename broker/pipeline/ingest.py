@@ -39,7 +39,7 @@ from broker.registry import Registry
 from broker.settings import Settings
 from broker.stages.freshness import check_freshness
 from broker.stages.held import HoldKeyring, NoHoldKeys, held_items
-from broker.stages.lineage import NO_LINEAGE, Lineage, already_applied, applied, follows
+from broker.stages.lineage import NO_LINEAGE, Lineage, applied, follows
 from broker.stages.outcome import Accepted, Duplicate, Failed, Outcome, Rejected, Settled
 from broker.stages.parse import parse
 from broker.stages.records import accept, lineage_update, sha256_hex
@@ -204,9 +204,6 @@ class Pipeline:
                 seen_in_batch[key] = item.content_sha256
                 record = lineage_of(item)
                 lineage = now_lineage.get(record, lineages.get(record, NO_LINEAGE))
-                if seen.state is ReplayState.NEW and already_applied(item.envelope, lineage):
-                    outcomes.append(Duplicate(inbound, item))  # its replay-guard row expired
-                    continue
                 refusal = follows(item.envelope, lineage)
                 if refusal is not None:
                     outcomes.append(self._refused(inbound, item, *refusal))

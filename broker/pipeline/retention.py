@@ -126,14 +126,17 @@ async def purge_expired(store: Store, now: datetime, delivery: Delivery) -> int:
 
 
 async def purge_replay_guard(store: Store, now: datetime, window: FreshnessWindow) -> int:
-    """Forget message ids first seen so long ago that the freshness window refuses any copy.
+    """Forget the ids of messages that left nothing behind, once the freshness window refuses any
+    byte-identical copy: first seen before now - max_age - max_future (minus a day for hosts'
+    clocks). Kept for ever, the replay guard would grow by a row per message for the life of the
+    partnership.
 
-    Why it is safe: a message was accepted only if its signed time was at most ``max_future``
-    ahead of when it was first seen; a copy arriving now is refused as ``stale`` when that time
-    is more than ``max_age`` ago. So an id first seen before now - max_age - max_future (minus a
-    day for hosts' clocks) can never pass freshness again, and remembering it protects nothing:
-    kept for ever, the replay guard would grow by a row per message for the life of the
-    partnership. Only finished ids go (one still in progress is kept for its redelivery)."""
+    Not every id: an adapter re-signs a resend with a fresh time, which passes freshness. So a
+    message that released records is remembered for as long as its records' holdings (kept as
+    tombstones after retention), and the one that brought a record to its current revision too
+    (``sql.EXPIRED_SEEN``): a resend of either stays a duplicate. A message every agreement refused
+    is forgotten: a resend is decided again, and released only if an agreement now allows it (and
+    then audited like any release). One still in progress is kept for its redelivery."""
     before = now - window.max_age - window.max_future - REPLAY_MARGIN
     stamp = format_time(before)
     total = 0

@@ -47,6 +47,7 @@ from broker.errors import StartupError, StoreUnavailable
 from broker.ports.sql import (
     BACKFILL_LINEAGE,
     EXPIRED_COLUMNS,
+    EXPIRED_SEEN,
     HELD_ROW_COLUMNS,
     HELD_SUMMARY_QUERY,
     HOLDING_COLUMNS,
@@ -555,12 +556,7 @@ class PostgresStore:
 
     async def expired_seen(self, before: str, limit: int) -> list[ReplayKey]:
         async def run(conn: asyncpg.Connection) -> list[ReplayKey]:
-            rows = await conn.fetch(
-                "SELECT source, message_id FROM seen WHERE state = 'done' AND first_seen < $1 "
-                "ORDER BY first_seen LIMIT $2",
-                before,
-                limit,
-            )
+            rows = await conn.fetch(EXPIRED_SEEN, before, limit)
             return [(r["source"], r["message_id"]) for r in rows]
 
         return await self._run(run)

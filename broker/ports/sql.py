@@ -53,6 +53,7 @@ CREATE INDEX IF NOT EXISTS holdings_lineage ON holdings(lineage, source);
 CREATE INDEX IF NOT EXISTS holdings_expiry ON holdings(purged, expires_at);
 CREATE INDEX IF NOT EXISTS records_notices ON records(kind, expires_at);
 CREATE INDEX IF NOT EXISTS seen_expiry ON seen(state, first_seen);
+CREATE INDEX IF NOT EXISTS lineage_message ON lineage(message_id);
 """
 # Records released before lineages existed: each becomes its record's revision 1, held until its
 # own expiry (so retention, now driven by the holdings, still purges it and tells its consumer).
@@ -88,6 +89,18 @@ RECORDS_CURRENT = (
 EXPIRED_COLUMNS = (
     "SELECT record_id, consumer, agreement_id, source, event_type, revision, withdrawn, expires_at "
     "FROM holdings WHERE purged = 0 AND "
+)
+# Replay-guard rows past their retention: finished, first seen before $1, and of a message that
+# left nothing behind. A message that released records stays remembered as long as its record's
+# holdings do (for ever, as tombstones): a resend of it, re-signed later by an adapter, must be
+# a duplicate, never a second release (the store would not audit a record id twice, so it would
+# leave without an entry); nor is the message that brought a record to its current revision
+# forgotten. Everything else (refused by every agreement, superseded revisions) may go.
+EXPIRED_SEEN = (
+    "SELECT source, message_id FROM seen WHERE state = 'done' AND first_seen < $1 "
+    "AND NOT EXISTS (SELECT 1 FROM holdings h WHERE h.lineage = seen.message_id AND h.source = seen.source) "
+    "AND NOT EXISTS (SELECT 1 FROM lineage l WHERE l.message_id = seen.message_id AND l.source = seen.source) "
+    "ORDER BY first_seen LIMIT $2"
 )
 HOLDING_COLUMNS = (
     "source, lineage, record_id, consumer, agreement_id, revision, withdrawn, expires_at, purged, event_type"

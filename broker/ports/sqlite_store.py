@@ -30,6 +30,7 @@ from broker.ports.private_files import private_directory, private_file
 from broker.ports.sql import (
     BACKFILL_LINEAGE,
     EXPIRED_COLUMNS,
+    EXPIRED_SEEN,
     HELD_ROW_COLUMNS,
     HELD_SUMMARY_QUERY,
     HOLDING_COLUMNS,
@@ -720,11 +721,7 @@ class SqliteStore:
 
     async def expired_seen(self, before: str, limit: int) -> list[ReplayKey]:
         def run(conn: sqlite3.Connection) -> list[ReplayKey]:
-            rows = conn.execute(
-                "SELECT source, message_id FROM seen WHERE state = 'done' AND first_seen < ? "
-                "ORDER BY first_seen LIMIT ?",
-                (before, limit),
-            )
+            rows = conn.execute(EXPIRED_SEEN.replace("$1", "?1").replace("$2", "?2"), (before, limit))
             return [(str(s), str(m)) for s, m in rows]
 
         return await self._query(run)

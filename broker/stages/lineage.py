@@ -86,14 +86,6 @@ def follows(env: Envelope, lineage: Lineage) -> tuple[Reason, str] | None:
     )
 
 
-def already_applied(env: Envelope, lineage: Lineage) -> bool:
-    """Is ``env`` the very message that brought the record to its current revision? A message the
-    replay guard has forgotten (its rows expire: ``purge_replay_guard``) is still recognised by its
-    record's lineage, so a resend, re-signed later by an adapter, is a duplicate, never a second
-    release (the store would not audit it twice, so it would leave without an entry)."""
-    return lineage.revision > 0 and env.revision == lineage.revision and env.id == lineage.message_id
-
-
 def holders_to_tell(lineage: Lineage) -> tuple[Holding, ...]:
     """Every consumer that holds, or held, the record and whose retention has not ended: each hears
     of every revision (the record, or a notice). A consumer withdrawn at an earlier revision is told
