@@ -16,6 +16,8 @@ from broker.demo import DemoEnvironment, partner_ids, prepare_environment
 from broker.registry import Registry, load_registry
 from broker.service import Broker
 from broker.settings import REPO_POLICIES, Settings
+from tests.browser import SESSION as BROWSER_SESSION
+from tests.browser import browser, page  # noqa: F401  (fixtures for the browser tests: tests/browser.py)
 from tests.rabbitmq_cluster import skip_or_fail
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -56,6 +58,14 @@ async def broker(env: DemoEnvironment, tmp_path: Path) -> AsyncIterator[Broker]:
         yield instance
     finally:
         await instance.stop()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Where the browser tests' screenshots went (a scratch folder, never committed)."""
+    if BROWSER_SESSION.taken and BROWSER_SESSION.screenshot_dir is not None:
+        terminalreporter.write_line(
+            f"browser screenshots: {len(BROWSER_SESSION.taken)} in {BROWSER_SESSION.screenshot_dir}"
+        )
 
 
 # -- RabbitMQ -------------------------------------------------------------------------------------
