@@ -537,3 +537,52 @@ async def test_trace_by_record_key_without_id_keys_says_how_to_get_the_message_i
     assert status == 400
     assert "cannot be derived" in Page(html).body
     assert "CASE-1" not in str(audit_entries(db(console.broker)))
+
+
+async def test_trace_by_a_partners_record_key_with_the_operators_id_keys(env: DemoEnvironment, tmp_path: Path) -> None:
+    from adapters.synthetic import SyntheticGenerator
+
+    id_keys = tmp_path / "id-keys"
+    id_keys.mkdir(mode=0o700)
+    signer = env.signers["derby-pubwatch"]
+    key_file = id_keys / "derby-pubwatch.idkey"
+    key_file.write_text(signer.id_key.hex() + "\n", encoding="ascii")
+    key_file.chmod(0o600)
+    settings = Settings(
+        policy_dir=env.policy_dir, keys_dir=env.keys_dir, secrets_file=env.secrets_file, data_dir=tmp_path / "var",
+        http_port=0, id_keys_dir=id_keys,
+    )  # fmt: skip
+    broker = Broker(settings)
+    await broker.start()
+    client = Console(broker)
+    try:
+        rec = SyntheticGenerator(seed=21).nte_incident("derby-pubwatch")
+        body = signer.sign_bytes("nte_incident", rec.data(), source_key=rec.source_key)
+        async with client.http.post(
+            broker.url + "/v1/events", data=body, headers={"Content-Type": "application/json"}
+        ) as r:
+            assert r.status == 202
+        await signed_in(client)
+        _, html, _ = await client.get("/console/trace")
+        page = Page(html)
+        assert "no-id-keys" not in page.ids
+        by_key = next(f for f in page.forms if f["action"] == "/console/trace" and f["method"] == "post")
+        status, html, _ = await client.post(
+            "/console/trace",
+            {sessions.CSRF_FIELD: by_key["fields"][sessions.CSRF_FIELD], "partner": "derby-pubwatch",
+             "record_key": rec.source_key},
+        )  # fmt: skip
+        assert status == 200, html
+        assert signer.message_id(rec.source_key) in html
+        assert "derbyshire-police-licensing" in Page(html).body
+        trace = [
+            e
+            for e in audit_entries(broker.settings.data_dir / "broker.db", "accessed")
+            if e["resource"] == "console:trace"
+        ]
+        assert trace[-1]["partner"] == "derby-pubwatch"
+        assert trace[-1]["message_id"] == signer.message_id(rec.source_key)
+        assert rec.source_key not in str(audit_entries(broker.settings.data_dir / "broker.db"))
+    finally:
+        await client.close()
+        await broker.stop()

@@ -646,7 +646,7 @@ async def _trace_of(
 
 
 async def _trace_page(
-    request: web.Request, principal: Principal, by: str, record_id: str | None, message: str | None,
+    request: web.Request, principal: Principal, record_id: str | None, message: str | None,
     errors: list[tuple[str, str]], partner: str | None = None,
 ) -> web.Response:  # fmt: skip
     ctx = _ctx(request)
@@ -654,7 +654,9 @@ async def _trace_page(
     found_message = None
     if not errors and (record_id or message):
         entries, found_message = await _trace_of(ctx, record_id, message)
-    details: dict[str, Any] = {"by": by, "count": len(entries)}
+    # Which id was given shows as its key: record_id, message_id, or the partner whose record key
+    # was used (with the message id derived from it).
+    details: dict[str, Any] = {"count": len(entries), "found": bool(entries)}
     if record_id:
         details["record_id"] = record_id
     if message:
@@ -689,8 +691,7 @@ async def trace(request: web.Request) -> web.Response:
         errors.append(("record-id", "Enter a record id as the broker writes it: rec- and 32 hexadecimal digits"))
     if message is not None and not MESSAGE_ID.fullmatch(message):
         errors.append(("message-id", "Enter a message id as the broker writes it: partner:32 hexadecimal digits"))
-    by = "record_id" if record_id else "message_id"
-    return await _trace_page(request, principal, by, record_id, None if record_id else message, errors)
+    return await _trace_page(request, principal, record_id, None if record_id else message, errors)
 
 
 async def trace_by_key(request: web.Request) -> web.Response:
@@ -713,7 +714,7 @@ async def trace_by_key(request: web.Request) -> web.Response:
             errors.append(("partner", f"The message id cannot be derived here: {id_key}"))
         else:
             message = message_id(partner, key.strip(), id_key)
-    return await _trace_page(request, principal, "record_key", None, message, errors, partner or None)
+    return await _trace_page(request, principal, None, message, errors, partner or None)
 
 
 # -- trail integrity ---------------------------------------------------------------------------------------------
