@@ -345,7 +345,9 @@ async def test_pages_show_the_facts(console: Console, env: DemoEnvironment) -> N
     assert "error-summary" in Page(html).ids
 
 
-async def test_every_view_is_an_accessed_entry_and_no_token_is_kept(console: Console, env: DemoEnvironment) -> None:
+async def test_every_view_is_an_accessed_entry_and_no_token_is_kept(
+    console: Console, env: DemoEnvironment, capsys: pytest.CaptureFixture[str]
+) -> None:
     await send(console.broker, env, 2, seed=13)
     tok = token(console.broker, "ig", sub="ig-lead")
     status, _ = await console.sign_in(tok)
@@ -361,8 +363,11 @@ async def test_every_view_is_an_accessed_entry_and_no_token_is_kept(console: Con
     cookie = console.cookie()
     assert cookie is not None
     stored = b"".join(p.read_bytes() for p in Path(db(console.broker)).parent.glob("broker.db*"))
+    logged = "".join(capsys.readouterr())
+    assert "console:" not in logged or "http_request" in logged  # the logs were captured
     for secret in (tok, tok.split(".")[2], cookie, cookie.split(".")[2]):
         assert secret.encode() not in stored
+        assert secret not in logged  # nor in the logs (the access log writes route templates only)
 
 
 # -- sessions that end ----------------------------------------------------------------------------
