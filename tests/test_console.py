@@ -364,7 +364,7 @@ async def test_every_view_is_an_accessed_entry_and_no_token_is_kept(
     assert cookie is not None
     stored = b"".join(p.read_bytes() for p in Path(db(console.broker)).parent.glob("broker.db*"))
     logged = "".join(capsys.readouterr())
-    assert "console:" not in logged or "http_request" in logged  # the logs were captured
+    assert "http_request" in logged  # the logs were captured
     for secret in (tok, tok.split(".")[2], cookie, cookie.split(".")[2]):
         assert secret.encode() not in stored
         assert secret not in logged  # nor in the logs (the access log writes route templates only)
