@@ -51,6 +51,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _register_sample(actions)
     _register_mappings(actions)
     _register_keys(actions)
+    _register_message_id(actions)
 
 
 # -- push ------------------------------------------------------------------------------------------------
@@ -566,4 +567,49 @@ def run_entry(args: argparse.Namespace) -> int:
     )
     print("# registry entry: send this to the broker's operators (public key only)", file=sys.stderr)
     sys.stdout.write(entry.to_toml())
+    return 0
+
+
+# -- message-id ------------------------------------------------------------------------------------------
+
+
+def _register_message_id(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    cmd = actions.add_parser(
+        "message-id",
+        help="print the message id of a source record (for the broker's IG console or audit trace)",
+        description=(
+            "Print the message id your adapter gives a source record: the id the broker's audit trail, the IG "
+            "console's record trace and your receipts name. Keyed with your message-id key (the .idkey file "
+            "beside your signing key), so only you can compute it; the record key itself never leaves your side."
+        ),
+    )
+    cmd.add_argument("--partner", required=True, help="your partner id")
+    cmd.add_argument("--id-key", required=True, type=Path, help="your message-id key file (<partner>.idkey, 0600)")
+    cmd.add_argument(
+        "record_keys",
+        nargs="+",
+        metavar="RECORD-KEY",
+        help="the source record key, as the mapping builds it (several columns joined as the mapping joins them)",
+    )
+    cmd.set_defaults(handler=run_message_id)
+
+
+def run_message_id(args: argparse.Namespace) -> int:
+    import stat
+
+    from schemas.envelope import message_id, record_key_part
+
+    if not PARTY_ID_RE.fullmatch(args.partner):
+        return _error(f"{args.partner!r} is not a valid partner id")
+    try:
+        # Read only: never create a key here (a new key would give every record a new id).
+        if stat.S_IMODE(args.id_key.stat().st_mode) & 0o077:
+            return _error(f"{args.id_key} is readable by group/others; chmod 600 it")
+        id_key = bytes.fromhex(args.id_key.read_text(encoding="ascii").strip())
+    except (OSError, ValueError) as exc:
+        return _error(f"message-id key {args.id_key}: {exc}")
+    if len(id_key) < 32:
+        return _error(f"{args.id_key} does not hold a 32-byte message-id key")
+    for key in args.record_keys:
+        print(message_id(args.partner, record_key_part(key), id_key))
     return 0

@@ -9,6 +9,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import stat
 import tomllib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -18,11 +19,14 @@ from typing import IO
 
 from aio_pika.abc import AbstractChannel
 from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker import jobs
 from broker.audit import entries
 from broker.auth.broker_key import BrokerKey, broker_public_jwks, load_or_create_broker_key
 from broker.auth.tokens import TokenVerifier, load_jwks
+from broker.console.session import Limits, session_key
+from broker.console.web import ConsoleContext, add_console
 from broker.errors import (
     ConfigurationError,
     ConfigurationRefused,
@@ -41,7 +45,7 @@ from broker.pipeline.held import HeldFlow, Redecided, holding_agreements
 from broker.pipeline.retention import purge_expired, purge_held, purge_quarantine, purge_replay_guard
 from broker.pipeline.status import observe
 from broker.policy.engine import decide
-from broker.policy.loader import PolicySet, load_policy
+from broker.policy.loader import PolicySet, load_policy, read_lock
 from broker.policy.secrets import load_secrets
 from broker.ports.checkpoint_log import CheckpointLog
 from broker.ports.delivery import Delivery, StoreDelivery
@@ -342,6 +346,7 @@ class Broker:
         http_audit.add_routes(app)
         self.held = HeldFlow(self.store, self.pipeline, self.hold_keys)
         http_held.add_routes(app, self.held)
+        add_console(app, self._console_context(private_key, amqp_delivery is not None))
         http_metrics.add_routes(app, self._scrape)
         # Slow clients, oversized headers and the access log (issue 11 items 8, 9, 12): see runner_options.
         options = runner_options(settings.http_header_timeout, settings.http_body_timeout, settings.http_max_field_size)
@@ -379,6 +384,32 @@ class Broker:
         alerts = jobs.alerts_every(self.refresh_alerts, settings.alerts_interval.total_seconds())
         self._tasks.append(asyncio.create_task(alerts, name="alerts"))
         log.info("broker_started", mode="amqp" if settings.amqp_url else "embedded", url=self.url)
+
+    def _console_context(self, private_key: Ed25519PrivateKey, amqp: bool) -> ConsoleContext:
+        """The IG console on this process (every process serving HTTP mounts it): its sessions
+        are MAC'd under a key derived from the broker key, which every host shares."""
+        settings = self.settings
+        assert self.access is not None
+        assert self.held is not None
+        id_keys = settings.id_keys_dir
+        if id_keys is not None:
+            # Threat: partners' id keys readable by other local users (ids could be forged or
+            # enumerated back to case numbers): refused, as the loaders refuse open key files.
+            mode = id_keys.stat().st_mode if id_keys.is_dir() else None
+            if mode is None or stat.S_IMODE(mode) & 0o077:
+                raise StartupError(f"--id-keys-dir {id_keys} must be a directory of mode 0700")
+        lock, _ = read_lock(settings.policy_dir)
+        return ConsoleContext(
+            access=self.access,
+            held=self.held,
+            session_key=session_key(private_key),
+            limits=Limits(settings.console_idle, settings.console_absolute),
+            behind_tls=settings.console_behind_tls,
+            id_keys_dir=id_keys,
+            checkpoint_log=settings.effective_checkpoint_log,
+            checkpoints_exchange=Names(settings.amqp_prefix).checkpoints_exchange if amqp else None,
+            lock=lock,
+        )
 
     def _pipeline(self, delivery: Delivery) -> Pipeline:
         assert self.registry is not None

@@ -63,6 +63,14 @@ class Settings:
     # held events (an agreement's [hold]): the per-agreement AES keys, outside the store; several
     # hosts sharing a store share these files. Default: data_dir / "hold-keys"
     hold_keys_dir: Path | None = None
+    # the IG console (broker/console): a TLS-terminating proxy in front makes its cookie Secure
+    # and its origin https; sessions end after this long idle, or this long after sign-in at most
+    console_behind_tls: bool = False
+    console_idle: timedelta = timedelta(minutes=30)
+    console_absolute: timedelta = timedelta(hours=8)
+    # partners' message-id keys (0700, one <partner>.idkey each), so the record trace can find a
+    # record from the partner's own record key; None: the partner gives the message id instead
+    id_keys_dir: Path | None = None
     # audit group commit
     audit_batch_max: int = 512
 

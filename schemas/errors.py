@@ -107,6 +107,13 @@ class Reason(StrEnum):
     # access to the read API
     ROLE_NOT_ALLOWED = "role_not_allowed"
     NOT_YOUR_FEED = "not_your_feed"
+    # the IG console (broker/console): its session cookie and its forms
+    SESSION_MISSING = "session_missing"
+    SESSION_INVALID = "session_invalid"
+    SESSION_EXPIRED = "session_expired"
+    SESSION_ENDED = "session_ended"
+    CSRF_FAILED = "csrf_failed"
+    CROSS_ORIGIN = "cross_origin"
     # query parameters and routes of the read API
     BAD_CURSOR = "bad_cursor"
     BAD_LIMIT = "bad_limit"
@@ -229,6 +236,12 @@ REASONS: dict[Reason, ReasonInfo] = {
     Reason.TOKEN_CONSUMER_REQUIRED: _r("token", 401, "an analyst token names no (known) consumer"),
     Reason.ROLE_NOT_ALLOWED: _r("access", 403, "the caller's role may not use this route"),
     Reason.NOT_YOUR_FEED: _r("access", 403, "an analyst asked for another consumer's feed"),
+    Reason.SESSION_MISSING: _r("console", 401, "no console session cookie: sign in"),
+    Reason.SESSION_INVALID: _r("console", 401, "the session cookie is not one this broker signed (forged, tampered)"),
+    Reason.SESSION_EXPIRED: _r("console", 401, "the session passed its idle or absolute limit, or its token's expiry"),
+    Reason.SESSION_ENDED: _r("console", 401, "the session was signed out (on any host sharing the store)"),
+    Reason.CSRF_FAILED: _r("console", 403, "a console form arrived without its session's CSRF token"),
+    Reason.CROSS_ORIGIN: _r("console", 403, "a console POST came from another origin (Origin / Sec-Fetch-Site)"),
     Reason.BAD_CURSOR: _r("request", 400, "the cursor is not one this feed issued"),
     Reason.BAD_LIMIT: _r("request", 400, "limit is not an integer from 1 to 1000"),
     Reason.BAD_TIME: _r("request", 400, "a time parameter is not RFC 3339 with an offset"),

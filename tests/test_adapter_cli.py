@@ -190,3 +190,19 @@ def test_withdraw_checks_its_keys_against_a_state_file_written_before_revisions(
     assert bad_reason.returncode == 2
     bad_share = cli("adapter", "push", state, "--mapping", "police-crime", "--dry-run", "--max-withdraw-share", "2")
     assert (bad_share.returncode, "a share from 0 to 1" in bad_share.stderr) == (2, True)
+
+
+def test_message_id_prints_the_id_the_adapter_gives_a_record(tmp_path: Path) -> None:
+    from schemas.envelope import message_id
+    from schemas.keyfile import load_or_create_id_key
+
+    key = load_or_create_id_key(tmp_path, "derby-pubwatch")
+    result = cli("adapter", "message-id", "--partner", "derby-pubwatch", "--id-key",
+                 tmp_path / "derby-pubwatch.idkey", "INC-1", "INC-2")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [message_id("derby-pubwatch", k, key) for k in ("INC-1", "INC-2")]
+    (tmp_path / "derby-pubwatch.idkey").chmod(0o644)
+    refused = cli("adapter", "message-id", "--partner", "derby-pubwatch", "--id-key",
+                  tmp_path / "derby-pubwatch.idkey", "INC-1")  # fmt: skip
+    assert refused.returncode != 0
+    assert "chmod 600" in refused.stderr

@@ -26,12 +26,14 @@ from broker.ports.store import (
     AuditQuery,
     Checkpoint,
     CommitUnit,
+    EndedSession,
     HeldItem,
     LineageUpdate,
     QuarantineItem,
     Seen,
     Store,
     StoredRecord,
+    VolumeCount,
 )
 from broker.ports.stores import store_for
 from broker.stages.held import held_id
@@ -317,6 +319,49 @@ async def test_audit_queries_filter_on_every_column(make_store: Callable[..., St
     page = await store.audit_page(AuditQuery(limit=1))
     assert json.loads(page[0].body)["seq"] == 1
     assert len(page[0].hash) == 64
+
+
+async def test_released_volumes_per_agreement_flow_and_consumer(make_store: Callable[..., Store]) -> None:
+    store = await make_store(clock=lambda: T0)
+    later = await make_store(clock=lambda: T0 + timedelta(days=2))
+
+    def release(rid: str, consumer: str, flow: str, agreement: str = "dsa-1") -> Draft:
+        attrs = {"message_id": f"m-{rid}", "source": "p", "consumer": consumer, "record_id": rid}
+        return Draft(Kind.RELEASED, attrs | {"agreement_id": agreement, "flow_id": flow})
+
+    await store.commit(
+        CommitUnit(drafts=[release("r1", "c1", "f1"), release("r2", "c1", "f1"), release("r3", "c2", "f2")])
+    )
+    await later.commit(CommitUnit(drafts=[release("r4", "c1", "f1"), release("r5", "c1", "f1", "dsa-2")]))
+    everything = await store.released_volumes("2026-01-01T00:00:00.000Z", "2027-01-01T00:00:00.000Z")
+    assert everything == [
+        VolumeCount("dsa-1", "f1", "c1", 3),
+        VolumeCount("dsa-1", "f2", "c2", 1),
+        VolumeCount("dsa-2", "f1", "c1", 1),
+    ]
+    # the period is [since, until): the later commit's entries fall outside a day after T0
+    first_day = await store.released_volumes(format_time(T0), format_time(T0 + timedelta(days=1)))
+    assert first_day == [VolumeCount("dsa-1", "f1", "c1", 2), VolumeCount("dsa-1", "f2", "c2", 1)]
+    assert await store.released_volumes(format_time(T0 + timedelta(days=3)), "2027-01-01T00:00:00.000Z") == []
+
+
+async def test_an_ended_console_session_is_ended_for_every_instance(make_store: Callable[..., Store]) -> None:
+    # Two instances on one location stand for two broker hosts: a sign-out on one ends the
+    # session on both (the cookie itself is stateless: this table is what revokes it).
+    one = await make_store(clock=lambda: T0)
+    other = await make_store(clock=lambda: T0)
+    assert await other.session_ended("s1") is False
+    signed_out = Draft(Kind.ACCESSED, {"sub": "ig-lead", "role": "ig", "resource": "console:sign-out"})
+    await one.commit(CommitUnit(drafts=[signed_out], end_sessions=[EndedSession("s1", T0 + timedelta(hours=8))]))
+    assert await other.session_ended("s1") is True
+    assert await other.session_ended("s2") is False
+    # the same id twice (a double submit) is no error
+    await one.commit(CommitUnit(end_sessions=[EndedSession("s1", T0 + timedelta(hours=8))]))
+    # a row past its session's absolute end is pruned by a later sign-out (its cookie is dead anyway)
+    late = await make_store(clock=lambda: T0 + timedelta(hours=9))
+    await late.commit(CommitUnit(end_sessions=[EndedSession("s2", T0 + timedelta(hours=17))]))
+    assert await other.session_ended("s1") is False
+    assert await other.session_ended("s2") is True
 
 
 async def test_checkpoints_retention_and_quarantine(make_store: Callable[..., Store]) -> None:

@@ -28,6 +28,7 @@ from broker.ports.store import (
     AuditRow,
     Checkpoint,
     CommitUnit,
+    EndedSession,
     Head,
     HeldItem,
     LineageUpdate,
@@ -87,6 +88,7 @@ class CommitPlan:
     checkpoints: list[Checkpoint] = field(default_factory=list)
     held: list[HeldItem] = field(default_factory=list)  # rows to insert (once per id: the store ignores a repeat)
     unhold: list[str] = field(default_factory=list)  # held ids to delete
+    end_sessions: list[EndedSession] = field(default_factory=list)  # console sessions signed out
 
 
 def claim_keys(units: Iterable[CommitUnit]) -> list[ReplayKey]:
@@ -231,6 +233,7 @@ def plan_commit(
         # A message whose claim was lost is refused (replayed): nothing of it is held either.
         plan.held.extend(h for h in unit.held if (h.source, h.message_id) not in unit_lost)
         plan.unhold.extend(unit.unhold)
+        plan.end_sessions.extend(unit.end_sessions)
         for draft in unit.drafts:
             attrs = draft.attrs
             if (

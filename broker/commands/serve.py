@@ -118,6 +118,20 @@ def add_runtime_args(parser: argparse.ArgumentParser) -> None:
         ),
     )
     parser.add_argument(
+        "--console-behind-tls",
+        action="store_true",
+        help="the broker is behind a TLS-terminating proxy: the IG console's cookie is Secure and its origin https",
+    )
+    parser.add_argument(
+        "--id-keys-dir",
+        type=Path,
+        default=None,
+        help=(
+            "partners' message-id keys (a 0700 directory of <partner>.idkey files), so the IG console's record "
+            "trace can start from a partner's record key; without it the partner gives the message id"
+        ),
+    )
+    parser.add_argument(
         "--quarantine-retention-days",
         type=positive_int,
         default=30,
@@ -157,6 +171,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         quarantine_retention=timedelta(days=getattr(args, "quarantine_retention_days", 30)),
         checkpoint_log=getattr(args, "checkpoint_log", None),
         hold_keys_dir=getattr(args, "hold_keys", None),
+        console_behind_tls=getattr(args, "console_behind_tls", False),
+        id_keys_dir=getattr(args, "id_keys_dir", None),
     )
 
 

@@ -19,7 +19,7 @@ from typing import Any
 from broker.audit import entries
 from broker.audit.chain import Kind
 from broker.auth.tokens import Principal
-from broker.ports.store import CommitUnit, Store
+from broker.ports.store import CommitUnit, EndedSession, Store
 from schemas.errors import Reason
 
 # Values a caller may put in a path or query string that the audit keeps as they are: the shapes
@@ -98,3 +98,11 @@ class AccessAudit:
     async def read(self, principal: Principal, resource: str, route: str, details: Mapping[str, Any]) -> None:
         draft = entries.accessed(principal.sub, principal.role, resource, route, screened(dict(details), self.known))
         await self.store.commit(CommitUnit(drafts=[draft]))
+
+    async def read_and_end(
+        self, principal: Principal, resource: str, route: str, details: Mapping[str, Any], ended: EndedSession
+    ) -> None:
+        """A console sign-out: its ``accessed`` entry and the session's end in one commit, so the
+        trail never says "signed out" for a session another host still accepts."""
+        draft = entries.accessed(principal.sub, principal.role, resource, route, screened(dict(details), self.known))
+        await self.store.commit(CommitUnit(drafts=[draft], end_sessions=[ended]))

@@ -46,6 +46,8 @@ from broker.audit.commit_plan import CommitPlan, claim_keys, plan_commit, releas
 from broker.errors import StartupError, StoreUnavailable
 from broker.ports.sql import (
     BACKFILL_LINEAGE,
+    ENDED_SESSIONS_PRUNE,
+    ENDED_SESSIONS_TABLE,
     EXPIRED_COLUMNS,
     EXPIRED_SEEN,
     HELD_ROW_COLUMNS,
@@ -57,6 +59,7 @@ from broker.ports.sql import (
     RECORDS_BEFORE_NOTICE,
     RECORDS_CURRENT,
     SEEN_KINDS,
+    SESSION_ENDED_QUERY,
     Binder,
     admitted,
     audit_page_query,
@@ -71,6 +74,7 @@ from broker.ports.sql import (
     numbered,
     outcome_days_query,
     refill,
+    released_volumes_query,
 )
 from broker.ports.store import (
     GENESIS_HEAD,
@@ -92,6 +96,7 @@ from broker.ports.store import (
     ReplayKey,
     Seen,
     StoreCounts,
+    VolumeCount,
 )
 from broker.stages.lineage import Lineage
 from broker.stages.replay import ReplayState
@@ -218,6 +223,8 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE INDEX audit_kind_at ON audit(kind, at, source);
     """,
+    # 6: the IG console's signed-out sessions (``Store.session_ended``).
+    ENDED_SESSIONS_TABLE,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 VERSION_TABLE = "sv_broker_schema"
@@ -691,6 +698,26 @@ class PostgresStore:
 
         return await self._run(run)
 
+    async def session_ended(self, session_id: str) -> bool:
+        async def run(conn: asyncpg.Connection) -> bool:
+            return await conn.fetchval(SESSION_ENDED_QUERY, session_id) is not None
+
+        return await self._run(run)
+
+    async def released_volumes(self, since: str, until: str) -> list[VolumeCount]:
+        bind = Binder(numbered)
+        sql = released_volumes_query(bind, since, until, "convert_from(body, 'UTF8')::jsonb ->> 'flow_id'")
+
+        async def run(conn: asyncpg.Connection) -> list[VolumeCount]:
+            rows = await conn.fetch(sql, *bind.params)
+            return [
+                VolumeCount(str(r[0]), str(r[1]), str(r[2]), int(r[3]))
+                for r in rows
+                if r[0] is not None and r[1] is not None and r[2] is not None
+            ]
+
+        return await self._run(run)
+
 
 class AdvisoryLeadership:
     """A session-level advisory lock, held on a connection of its own for as long as this process
@@ -992,3 +1019,10 @@ async def _apply(conn: asyncpg.Connection, plan: CommitPlan) -> None:
         )
     if plan.unhold:
         await conn.execute("DELETE FROM held WHERE id = ANY($1::text[])", list(plan.unhold))
+    if plan.end_sessions:
+        await conn.execute(ENDED_SESSIONS_PRUNE, plan.at)
+        await conn.executemany(
+            "INSERT INTO console_sessions_ended(session_id, ended_at, expires_at) VALUES ($1, $2, $3) "
+            "ON CONFLICT (session_id) DO NOTHING",
+            [(s.session_id, plan.at, format_time(s.expires_at)) for s in plan.end_sessions],
+        )

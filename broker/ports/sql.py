@@ -319,6 +319,31 @@ HELD_SUMMARY_QUERY = (
 )
 
 
+# The IG console's signed-out sessions (``Store.session_ended``), the same table in both backends.
+ENDED_SESSIONS_TABLE = """
+CREATE TABLE IF NOT EXISTS console_sessions_ended (
+    session_id TEXT PRIMARY KEY,
+    ended_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS console_sessions_ended_expiry ON console_sessions_ended(expires_at);
+"""
+# A row past its session's absolute end protects nothing (the cookie is refused by its own expiry):
+# each sign-out removes those, so the table holds at most the sessions that could still be live.
+ENDED_SESSIONS_PRUNE = "DELETE FROM console_sessions_ended WHERE expires_at < $1"
+SESSION_ENDED_QUERY = "SELECT 1 FROM console_sessions_ended WHERE session_id = $1"
+
+
+def released_volumes_query(bind: Binder, since: str, until: str, flow_id_of_body: str) -> str:
+    """``released`` entries in ``[since, until)`` per agreement, flow and consumer.
+    ``flow_id_of_body``: the backend's expression for the body's ``flow_id`` (JSON)."""
+    return (
+        f"SELECT agreement_id, {flow_id_of_body} AS flow_id, consumer, COUNT(*) FROM audit "  # noqa: S608
+        f"WHERE kind = {bind('released')} AND at >= {bind(since)} AND at < {bind(until)} "
+        "GROUP BY agreement_id, flow_id, consumer ORDER BY agreement_id, flow_id, consumer"
+    )
+
+
 SEEN_KINDS = ("released", "withheld", "duplicate")
 """The kinds of entry written only for a message whose signature verified (``Store.last_seen``)."""
 

@@ -29,6 +29,8 @@ from broker.errors import StoreUnavailable
 from broker.ports.private_files import private_directory, private_file
 from broker.ports.sql import (
     BACKFILL_LINEAGE,
+    ENDED_SESSIONS_PRUNE,
+    ENDED_SESSIONS_TABLE,
     EXPIRED_COLUMNS,
     EXPIRED_SEEN,
     HELD_ROW_COLUMNS,
@@ -40,6 +42,7 @@ from broker.ports.sql import (
     RECORDS_BEFORE_NOTICE,
     RECORDS_CURRENT,
     SEEN_KINDS,
+    SESSION_ENDED_QUERY,
     Binder,
     admitted,
     audit_page_query,
@@ -54,6 +57,7 @@ from broker.ports.sql import (
     outcome_days_query,
     qmark,
     refill,
+    released_volumes_query,
 )
 from broker.ports.store import (
     GENESIS_HEAD,
@@ -75,6 +79,7 @@ from broker.ports.store import (
     ReplayKey,
     Seen,
     StoreCounts,
+    VolumeCount,
 )
 from broker.stages.lineage import Lineage
 from broker.stages.replay import ReplayState
@@ -346,7 +351,7 @@ class SqliteStore:
             if name == self.path or name.exists():
                 private_file(name)
         writer = connect(self.path)
-        writer.executescript(SCHEMA)
+        writer.executescript(SCHEMA + ENDED_SESSIONS_TABLE)
         _migrate_records(writer)
         head = _head(writer)
         self.head = (head.seq, head.hash)
@@ -573,6 +578,13 @@ class SqliteStore:
         )
         if plan.unhold:
             conn.executemany("DELETE FROM held WHERE id = ?", [(hid,) for hid in plan.unhold])
+        if plan.end_sessions:
+            conn.execute(ENDED_SESSIONS_PRUNE.replace("$1", "?"), (plan.at,))
+            _insert_many(
+                conn,
+                "INSERT OR IGNORE INTO console_sessions_ended(session_id, ended_at, expires_at) VALUES ",
+                [(s.session_id, plan.at, format_time(s.expires_at)) for s in plan.end_sessions],
+            )
 
     # -- reads -----------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -849,6 +861,32 @@ class SqliteStore:
         def run(conn: sqlite3.Connection) -> list[HeldSummary]:
             return [
                 HeldSummary(str(a), int(n), parse_time(str(first))) for a, n, first in conn.execute(HELD_SUMMARY_QUERY)
+            ]
+
+        return await self._query(run)
+
+    async def session_ended(self, session_id: str) -> bool:
+        def run(conn: sqlite3.Connection) -> bool:
+            try:
+                row = conn.execute(SESSION_ENDED_QUERY.replace("$1", "?"), (session_id,)).fetchone()
+            except sqlite3.OperationalError:
+                # A read-only view of a store made before the console: no session ever ended in it.
+                return False
+            return row is not None
+
+        return await self._query(run)
+
+    async def released_volumes(self, since: str, until: str) -> list[VolumeCount]:
+        bind = Binder(qmark)
+        # CAST: SQLite's JSON functions refuse a BLOB (the body is stored as bytes).
+        sql = released_volumes_query(bind, since, until, "json_extract(CAST(body AS TEXT), '$.flow_id')")
+        params = bind.params
+
+        def run(conn: sqlite3.Connection) -> list[VolumeCount]:
+            return [
+                VolumeCount(str(a), str(f), str(c), int(n))
+                for a, f, c, n in conn.execute(sql, params)
+                if a is not None and f is not None and c is not None
             ]
 
         return await self._query(run)

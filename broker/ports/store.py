@@ -128,6 +128,26 @@ class HeldRow:
     expires_at: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class EndedSession:
+    """An IG console session signed out (``broker/console/session.py``): every broker process
+    sharing the store refuses its cookie from then on. Kept until ``expires_at`` (the session's
+    own absolute end), after which the cookie is refused anyway and the row may go."""
+
+    session_id: str
+    expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class VolumeCount:
+    """How many ``released`` entries name one (agreement, flow, consumer) in a period."""
+
+    agreement_id: str
+    flow_id: str
+    consumer: str
+    count: int
+
+
 @dataclass(slots=True)
 class CommitUnit:
     """Everything one batch makes durable, in one transaction.
@@ -149,6 +169,7 @@ class CommitUnit:
     checkpoints: list[Checkpoint] = field(default_factory=list)
     held: list[HeldItem] = field(default_factory=list)  # messages held for an agreement not in force
     unhold: list[str] = field(default_factory=list)  # held ids to delete (released, discarded, purged)
+    end_sessions: list[EndedSession] = field(default_factory=list)  # console sessions signed out
 
     def extend(self, other: CommitUnit) -> None:
         self.drafts.extend(other.drafts)
@@ -166,6 +187,7 @@ class CommitUnit:
         self.checkpoints.extend(other.checkpoints)
         self.held.extend(other.held)
         self.unhold.extend(other.unhold)
+        self.end_sessions.extend(other.end_sessions)
 
 
 @dataclass(frozen=True, slots=True)
@@ -411,6 +433,17 @@ class Store(Protocol):
     async def held_summary(self) -> list[HeldSummary]:
         """Events held for a lapsed agreement, per agreement, with the earliest expiry (the alerts'
         ``held_expiring`` and ``sv-broker status`` read it)."""
+        ...
+
+    # -- the IG console (``broker/console/``) ----------------------------------------------------------
+    async def session_ended(self, session_id: str) -> bool:
+        """Whether a console session was signed out (``CommitUnit.end_sessions``), on any host."""
+        ...
+
+    async def released_volumes(self, since: str, until: str) -> list[VolumeCount]:
+        """``released`` entries with ``since <= at < until`` (RFC 3339), counted per agreement,
+        flow and consumer (the flow map's volumes). The ``audit_kind_at`` index selects the range;
+        the flow id is read from each entry's body (it is not an indexed column)."""
         ...
 
 

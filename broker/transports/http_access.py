@@ -77,7 +77,7 @@ def audited_route(request: web.Request) -> str:
 
 
 # -- authentication and the access audit ------------------------------------------------------------
-def _verify(verifier: TokenVerifier, token: str) -> Principal:
+def verify_token(verifier: TokenVerifier, token: str) -> Principal:
     """Threat: a token the verifier's code did not foresee (as "exp": 1e300 was, a datetime
     overflow) answered 500 with no ``access_denied`` entry, on every protected route. A token that
     makes the verifier fail is refused like any bad token (401, audited); the failure is logged
@@ -107,7 +107,7 @@ async def authenticate(request: web.Request, roles: frozenset[str]) -> Principal
             raise AuthError(Reason.TOKEN_MALFORMED, "More than one Authorization header was sent.")
         if not header.startswith("Bearer ") or not header[7:].strip():
             raise AuthError(Reason.TOKEN_MISSING, "An 'Authorization: Bearer <token>' header is required.")
-        principal = _verify(ctx.verifier, header[7:].strip())
+        principal = verify_token(ctx.verifier, header[7:].strip())
     except AuthError as exc:
         # The token itself is never recorded (a token in the audit would be a credential at rest).
         await ctx.audit.denied(audited_route(request), 401, exc.reason)
