@@ -245,12 +245,21 @@ def same_origin(request: web.Request, behind_tls: bool) -> bool:
     """Threat: a form on another site posting into a signed-in console (CSRF), or a login form
     posted cross-site (login CSRF). Browsers send ``Origin`` on every POST and
     ``Sec-Fetch-Site`` on every request; a POST that lacks ``Origin`` is refused rather than
-    trusted. The expected origin is this request's own host (the browser chose it)."""
+    trusted. The expected origin is this request's own host (the browser chose it).
+
+    The console's own ``Referrer-Policy: no-referrer`` makes a browser send ``Origin: null`` on
+    every form POST (the Fetch standard serialises the origin as null under that policy), so a
+    null origin is accepted only together with ``Sec-Fetch-Site: same-origin``, which the browser
+    alone sets (a page cannot forge it) and which an opaque origin (a sandboxed frame, a data: URL)
+    never gets. A null origin without it is refused."""
     site = request.headers.get("Sec-Fetch-Site")
     if site is not None and site != "same-origin":
         return False
+    origin = request.headers.get("Origin")
+    if origin == "null":
+        return site == "same-origin"
     scheme = "https" if request.secure or behind_tls else "http"
-    return request.headers.get("Origin") == f"{scheme}://{request.host}"
+    return origin == f"{scheme}://{request.host}"
 
 
 async def posted(
