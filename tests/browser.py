@@ -69,6 +69,7 @@ AXE_SCRIPT = ASSETS / "axe.min.js"
 README_SCREENSHOTS = Path(__file__).resolve().parent / "screenshots"
 README_MAX_BYTES = 150_000
 README_COLOURS = 64  # palette size: text anti-aliasing survives, the file stays small
+README_MAX_HEIGHT = 1600  # a README picture shows the top of a long page (the scratch copy keeps all of it)
 
 
 def chromium_problem(executable: str = CHROMIUM) -> str | None:
@@ -129,9 +130,11 @@ _ERRORS: weakref.WeakKeyDictionary[Any, list[str]] = weakref.WeakKeyDictionary()
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def page(browser: Browser) -> AsyncIterator[Page]:
-    """A fresh context (no cookies, no storage) and page for one test; downloads accepted (save
+    """A fresh context (no cookies, no storage, en-GB) and page for one test; downloads accepted (save
     them with :func:`download`); what the page logs as an error is kept for :func:`browser_errors`."""
-    context = await browser.new_context(viewport=VIEWPORT, accept_downloads=True, device_scale_factor=1)
+    context = await browser.new_context(
+        viewport=VIEWPORT, accept_downloads=True, device_scale_factor=1, locale="en-GB"
+    )  # en-GB: the pages' language, so a date field reads dd/mm/yyyy as a British user's browser shows it
     context.set_default_timeout(ACTION_TIMEOUT_MS)
     opened = await context.new_page()
     errors: list[str] = []
@@ -166,22 +169,26 @@ async def screenshot(page: Page, name: str) -> Path:
 
 async def readme_screenshot(page: Page, name: str, folder: Path = README_SCREENSHOTS) -> Path | None:
     """:func:`screenshot`, and with ``SV_UPDATE_README_SCREENSHOTS=1`` a small copy for the README
-    in tests/screenshots/ (at most 1200 px wide, a 64-colour palette PNG, under 150 KB). Returns the
-    README copy's path, or None when not asked to update them."""
+    in tests/screenshots/ (at most 1200 px wide and 1600 px high, the top of a longer page, a
+    64-colour palette PNG, under 150 KB). Returns the README copy's path, or None when not asked to
+    update them."""
     full = await screenshot(page, name)
     if os.environ.get("SV_UPDATE_README_SCREENSHOTS") != "1":
         return None
     return shrink_png(full, folder / f"{name}.png")
 
 
-def shrink_png(source: Path, target: Path, width: int = VIEWPORT["width"]) -> Path:
-    """``source`` at most ``width`` px wide, mapped onto a palette and optimised, written to ``target``."""
+def shrink_png(source: Path, target: Path, width: int = VIEWPORT["width"], max_height: int = README_MAX_HEIGHT) -> Path:
+    """``source`` at most ``width`` px wide (scaled) and ``max_height`` px high (its top kept),
+    mapped onto a palette and optimised, written to ``target``."""
     from PIL import Image
 
     with Image.open(source) as image:
         picture = image.convert("RGB")
     if picture.width > width:
         picture = picture.resize((width, round(picture.height * width / picture.width)), Image.Resampling.LANCZOS)
+    if picture.height > max_height:
+        picture = picture.crop((0, 0, picture.width, max_height))
     palette = picture.quantize(colors=README_COLOURS, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
     buffer = io.BytesIO()
     palette.save(buffer, format="PNG", optimize=True)
