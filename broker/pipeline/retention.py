@@ -18,12 +18,14 @@ Replay-guard rows and quarantine have their own retention (``purge_replay_guard`
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 from broker.audit import entries
 from broker.logs import get_logger
 from broker.ports.delivery import Deliverable, Delivery
-from broker.ports.store import CommitUnit, Expired, Store, StoredRecord
+from broker.ports.store import CommitUnit, Expired, ExpiredQuarantine, HeldRow, ReplayKey, Store, StoredRecord
 from broker.stages.freshness import FreshnessWindow
 from schemas.envelope import format_time
 from schemas.errors import Reason
@@ -39,6 +41,25 @@ NOTICE_RETENTION = timedelta(days=90)
 REPLAY_MARGIN = timedelta(days=1)
 
 
+T = TypeVar("T")
+
+
+async def _in_pages(
+    store: Store,
+    read: Callable[[], Awaitable[Sequence[T]]],
+    unit_for: Callable[[Sequence[T]], CommitUnit],
+    event: str,
+) -> int:
+    """The loop every purge runs: read a page of what expired, delete it in the commit that audits
+    it, until nothing is left; returns how many went."""
+    total = 0
+    while rows := await read():
+        await store.commit(unit_for(rows))
+        total += len(rows)
+        log.info(event, count=len(rows))
+    return total
+
+
 async def purge_quarantine(store: Store, now: datetime, retention: timedelta) -> int:
     """Delete every quarantined message refused more than ``retention`` ago, each page of them
     audited (``quarantine_purged``, counts by reason) in the commit that deletes it; returns how many.
@@ -49,16 +70,12 @@ async def purge_quarantine(store: Store, now: datetime, retention: timedelta) ->
     5(1)(e), storage limitation)."""
     before = now - retention
     stamp = format_time(before)
-    total = 0
-    while True:
-        rows = await store.expired_quarantine(before, PAGE)
-        if not rows:
-            return total
-        reasons = Counter(row.reason for row in rows)
-        draft = entries.quarantine_purged(reasons, stamp, retention.days)
-        await store.commit(CommitUnit(drafts=[draft], purge_quarantine=[r.id for r in rows]))
-        total += len(rows)
-        log.info("quarantine_purged", count=len(rows))
+
+    def unit(rows: Sequence[ExpiredQuarantine]) -> CommitUnit:
+        draft = entries.quarantine_purged(Counter(row.reason for row in rows), stamp, retention.days)
+        return CommitUnit(drafts=[draft], purge_quarantine=[r.id for r in rows])
+
+    return await _in_pages(store, lambda: store.expired_quarantine(before, PAGE), unit, "quarantine_purged")
 
 
 def deletion_notice(row: Expired, now: datetime) -> StoredRecord:
@@ -137,16 +154,12 @@ async def purge_replay_guard(store: Store, now: datetime, window: FreshnessWindo
     (``sql.EXPIRED_SEEN``): a resend of either stays a duplicate. A message every agreement refused
     is forgotten: a resend is decided again, and released only if an agreement now allows it (and
     then audited like any release). One still in progress is kept for its redelivery."""
-    before = now - window.max_age - window.max_future - REPLAY_MARGIN
-    stamp = format_time(before)
-    total = 0
-    while True:
-        keys = await store.expired_seen(stamp, PAGE)
-        if not keys:
-            return total
-        await store.commit(CommitUnit(drafts=[entries.replay_guard_purged(len(keys), stamp)], purge_seen=keys))
-        total += len(keys)
-        log.info("replay_guard_purged", count=len(keys))
+    stamp = format_time(now - window.max_age - window.max_future - REPLAY_MARGIN)
+
+    def unit(keys: Sequence[ReplayKey]) -> CommitUnit:
+        return CommitUnit(drafts=[entries.replay_guard_purged(len(keys), stamp)], purge_seen=list(keys))
+
+    return await _in_pages(store, lambda: store.expired_seen(stamp, PAGE), unit, "replay_guard_purged")
 
 
 async def purge_held(store: Store, now: datetime) -> int:
@@ -158,15 +171,12 @@ async def purge_held(store: Store, now: datetime) -> int:
     sealed but kept, for ever (UK GDPR art. 5(1)(e), storage limitation); its ``[hold]`` said how
     long (``days``, never beyond its retention)."""
     stamp = format_time(now)
-    total = 0
-    while True:
-        rows = await store.expired_held(now, PAGE)
-        if not rows:
-            return total
+
+    def unit(rows: Sequence[HeldRow]) -> CommitUnit:
         by_agreement: dict[str, Counter[str]] = {}
         for row in rows:
             by_agreement.setdefault(row.agreement_id, Counter())[row.reason] += 1
         drafts = [entries.held_purged(agreement, reasons, stamp) for agreement, reasons in sorted(by_agreement.items())]
-        await store.commit(CommitUnit(drafts=drafts, unhold=[row.id for row in rows]))
-        total += len(rows)
-        log.info("held_purged", count=len(rows))
+        return CommitUnit(drafts=drafts, unhold=[row.id for row in rows])
+
+    return await _in_pages(store, lambda: store.expired_held(now, PAGE), unit, "held_purged")
