@@ -61,7 +61,9 @@ def test_adapters_do_not_import_the_broker() -> None:
     assert offending("adapters", {"broker", "tests", "bench"}) == []
 
 
-@pytest.mark.parametrize("folder", ["broker/stages", "broker/policy", "broker/audit", "broker/monitor", "broker/dpia"])
+@pytest.mark.parametrize(
+    "folder", ["broker/stages", "broker/policy", "broker/audit", "broker/monitor", "broker/dpia", "broker/figures"]
+)
 def test_the_pure_core_imports_no_io_and_never_awaits(folder: str) -> None:
     assert offending(folder, IO_LIBRARIES) == []
     asynchronous = [
@@ -83,7 +85,7 @@ def test_the_pure_core_does_not_import_ports_flows_or_transports() -> None:
     # beside its Protocol: types only, no I/O, so the pure core may build them.
     allowed_everywhere = {"broker.ports.store"}
     bad = []
-    for folder in ("broker/stages", "broker/policy", "broker/audit", "broker/monitor", "broker/dpia"):
+    for folder in ("broker/stages", "broker/policy", "broker/audit", "broker/monitor", "broker/dpia", "broker/figures"):
         for path in modules(folder):
             for name in imports(path):
                 if any(name == d or name.startswith(d + ".") for d in drivers) and name not in allowed_everywhere:
