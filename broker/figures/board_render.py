@@ -1,0 +1,268 @@
+"""The board pack's outputs: HTML (printable, no script, no external asset), CSV, JSON and PNG charts.
+
+Pure: a ``Board`` in, text and bytes out; the command writes the files. Every chart and every
+number is drawn from the *published* tables (``PublishedTable``: suppressed entries are ``None``),
+never from a ``CountTable``, so a suppressed count cannot reach a picture: it is drawn hatched,
+labelled ``[c]``. matplotlib's Agg canvas on its own ``Figure`` (as ``broker/dpia/render_png.py``).
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+from broker.figures.board import DAY_PART_HOURS, Board
+from broker.figures.table import FOOTNOTE, SUPPRESSED, PublishedTable
+
+FONT = "DejaVu Sans"
+BLUE = "#1d70b8"
+GREY = "#b1b4b6"
+INK = "#0b0c0c"
+
+
+def _png(fig: Figure) -> bytes:
+    FigureCanvasAgg(fig)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
+    return buffer.getvalue()
+
+
+def _figure(width: float = 7.0, height: float = 3.2) -> tuple[Figure, Axes]:
+    fig = Figure(figsize=(width, height))
+    ax = fig.add_subplot()
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    return fig, ax
+
+
+def _c_bar(ax: Axes, x: float, top: float, horizontal: bool = False) -> None:
+    """A suppressed bar: an empty hatched box of a fixed token size and a ``[c]`` label, never its value."""
+    size = max(top * 0.08, 0.5)
+    if horizontal:
+        ax.barh(x, size, color="white", edgecolor=GREY, hatch="///")
+        ax.text(size, x, f" {SUPPRESSED}", va="center", fontsize=8, family=FONT)
+    else:
+        ax.bar(x, size, color="white", edgecolor=GREY, hatch="///")
+        ax.text(x, size, SUPPRESSED, ha="center", va="bottom", fontsize=8, family=FONT)
+
+
+def bar_chart(t: PublishedTable, title: str) -> bytes:
+    """A one-way table as horizontal bars; suppressed cells hatched with ``[c]``."""
+    vals = list(t.values[0][: t.n_cols])
+    fig, ax = _figure(7.0, max(2.2, 0.35 * t.n_cols + 1.0))
+    top = float(max((v for v in vals if v is not None), default=1))
+    for i, v in enumerate(vals):
+        if v is None:
+            _c_bar(ax, i, top, horizontal=True)
+        else:
+            ax.barh(i, v, color=BLUE)
+            ax.text(v, i, f" {v}", va="center", fontsize=8, family=FONT)
+    ax.set_yticks(range(t.n_cols), [c.replace("_", " ") for c in t.cols], fontsize=8, family=FONT)
+    ax.invert_yaxis()
+    ax.set_title(title, fontsize=10, family=FONT, loc="left")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def heat_map(t: PublishedTable, title: str) -> bytes:
+    """A two-way table as a heat map: suppressed cells hatched and labelled ``[c]``."""
+    fig, ax = _figure(7.0, max(2.6, 0.4 * t.n_rows + 1.2))
+    shown = [v for row in t.values[: t.n_rows] for v in row[: t.n_cols] if v is not None]
+    top = max(shown, default=1) or 1
+    for i in range(t.n_rows):
+        for j in range(t.n_cols):
+            v = t.values[i][j]
+            if v is None:
+                ax.add_patch(_rect(j, i, "white", hatch="///"))
+                ax.text(j + 0.5, i + 0.5, SUPPRESSED, ha="center", va="center", fontsize=7, family=FONT)
+            else:
+                shade = 0.1 + 0.9 * v / top
+                ax.add_patch(_rect(j, i, BLUE, alpha=shade))
+                ax.text(j + 0.5, i + 0.5, str(v), ha="center", va="center", fontsize=7, family=FONT,
+                        color="white" if shade > 0.55 else INK)  # fmt: skip
+    ax.set_xlim(0, t.n_cols)
+    ax.set_ylim(t.n_rows, 0)
+    cols = [f"{c}\n{DAY_PART_HOURS[c]}" if c in DAY_PART_HOURS else c for c in t.cols]
+    ax.set_xticks([j + 0.5 for j in range(t.n_cols)], cols, fontsize=7, family=FONT)
+    ax.set_yticks([i + 0.5 for i in range(t.n_rows)], list(t.rows), fontsize=7, family=FONT)
+    ax.set_title(title, fontsize=10, family=FONT, loc="left")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _rect(x: float, y: float, colour: str, *, alpha: float = 1.0, hatch: str | None = None) -> Rectangle:
+    return Rectangle((x, y), 1, 1, facecolor=colour, alpha=alpha, hatch=hatch, edgecolor=GREY, linewidth=0.5)
+
+
+def grouped_bars(t: PublishedTable, title: str) -> bytes:
+    """Age band x sex: one group of bars per age band, one bar per sex; suppressed: hatched ``[c]``."""
+    fig, ax = _figure(7.0, 3.2)
+    width = 0.8 / max(1, t.n_cols)
+    shown = [v for row in t.values[: t.n_rows] for v in row[: t.n_cols] if v is not None]
+    top = float(max(shown, default=1))
+    colours = [BLUE, "#d4351c", "#00703c", "#6f72af"]
+    for j, sex in enumerate(t.cols):
+        for i in range(t.n_rows):
+            x = i + (j - (t.n_cols - 1) / 2) * width
+            v = t.values[i][j]
+            if v is None:
+                _c_bar(ax, x, top)
+            else:
+                ax.bar(x, v, width=width, color=colours[j % 4], label=sex.replace("_", " ") if i == 0 else None)
+    ax.set_xticks(range(t.n_rows), [r.replace("_", " ") for r in t.rows], fontsize=8, family=FONT)
+    ax.legend(fontsize=7, frameon=False)
+    ax.set_title(title, fontsize=10, family=FONT, loc="left")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def trend_line(t: PublishedTable, title: str) -> bytes:
+    """Quarters as a line; a suppressed quarter is a gap labelled ``[c]``."""
+    fig, ax = _figure(7.0, 2.6)
+    vals = list(t.values[0][: t.n_cols])
+    points = [(i, v) for i, v in enumerate(vals) if v is not None]
+    ax.plot([i for i, _ in points], [v for _, v in points], marker="o", color=BLUE)
+    for i, v in enumerate(vals):
+        ax.annotate(SUPPRESSED if v is None else str(v), (i, 0 if v is None else v), textcoords="offset points",
+                    xytext=(0, 6), ha="center", fontsize=8, family=FONT)  # fmt: skip
+    ax.set_xticks(range(t.n_cols), list(t.cols), fontsize=8, family=FONT)
+    ax.set_ylim(bottom=0)
+    ax.set_title(title, fontsize=10, family=FONT, loc="left")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def charts(board: Board) -> dict[str, bytes]:
+    """File name -> PNG, one chart per published table (drawn from the published values only)."""
+    out: dict[str, bytes] = {}
+    for section in board.sections:
+        for name in section.table_names:
+            t = board.table(name)
+            caption = board.captions[name]
+            if name.endswith(".trend"):
+                out[f"{name}.png"] = trend_line(t, caption)
+            elif name.endswith(".when"):
+                out[f"{name}.png"] = heat_map(t, caption)
+            elif ".who." in name:
+                out[f"{name}.png"] = grouped_bars(t, caption)
+            else:
+                out[f"{name}.png"] = bar_chart(t, caption)
+    return out
+
+
+def to_json(board: Board) -> str:
+    doc: dict[str, object] = {
+        "report": "quarterly board pack",
+        "consumer": board.consumer,
+        "quarter": str(board.quarter),
+        "rules": board.rules,
+        "records_included": board.included,
+        "records_excluded": dict(board.excluded),
+        "sections": [
+            {
+                "event_type": s.event_type,
+                "title": s.title,
+                "period_field": s.period_field,
+                "tables": [board.table(n).to_json() | {"caption": board.captions[n]} for n in s.table_names],
+                "shares": [sh.to_json() for sh in s.shares],
+            }
+            for s in board.sections
+        ],
+        "disclosure_check": board.release.report.to_json(),
+    }
+    return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+
+
+def to_csv(board: Board) -> dict[str, str]:
+    return {f"{n}.csv": board.table(n).to_csv() for s in board.sections for n in s.table_names}
+
+
+def _cell(v: int | None) -> str:
+    return f'<td class="c">{SUPPRESSED}</td>' if v is None else f"<td>{v}</td>"
+
+
+def _table_html(t: PublishedTable, caption: str) -> str:
+    e = html.escape
+    n, m = t.n_rows, t.n_cols
+    rows = []
+    if t.one_way:
+        rows.append(f"<tr><th>{e(t.col_title)}</th><th>Count</th></tr>")
+        rows += [f"<tr><th>{e(t.cols[j])}</th>{_cell(t.values[0][j])}</tr>" for j in range(m)]
+        rows.append(f'<tr class="total"><th>Total</th>{_cell(t.values[n][m])}</tr>')
+    else:
+        head = "".join(f"<th>{e(c)}</th>" for c in t.cols)
+        rows.append(f"<tr><th>{e(t.row_title)} \\ {e(t.col_title)}</th>{head}<th>Total</th></tr>")
+        for i in range(n):
+            rows.append(f"<tr><th>{e(t.rows[i])}</th>{''.join(_cell(v) for v in t.values[i])}</tr>")
+        rows.append(f'<tr class="total"><th>Total</th>{"".join(_cell(v) for v in t.values[n])}</tr>')
+    notes = "".join(f'<p class="note">{e(x)}</p>' for x in t.footnotes())
+    return f"<table><caption>{e(caption)}</caption>{''.join(rows)}</table>{notes}"
+
+
+CSS = """
+body{font-family:"DejaVu Sans",Arial,sans-serif;color:#0b0c0c;max-width:60em;margin:1.5em auto;font-size:11pt}
+h1{font-size:18pt}h2{font-size:14pt;border-bottom:2px solid #1d70b8;margin-top:1.6em}
+table{border-collapse:collapse;margin:.6em 0;font-size:9pt}caption{text-align:left;font-weight:bold}
+th,td{border:1px solid #b1b4b6;padding:2px 6px}td{text-align:right}td.c{background:#f3f2f1;font-style:italic}
+tr.total{font-weight:bold}.note{font-size:8pt;color:#505a5f}img{max-width:100%}
+.figure{page-break-inside:avoid;break-inside:avoid}
+@page{size:A4;margin:15mm}
+@media print{body{margin:0;max-width:none}h2{page-break-before:auto}.figure{page-break-inside:avoid}}
+"""
+
+
+def to_html(board: Board, chart_files: dict[str, bytes]) -> str:
+    """The report: static HTML, print CSS, no script, no external asset (charts are files beside it)."""
+    e = html.escape
+    rep = board.release.report.to_json()
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>Serious violence quarterly board pack {board.quarter}</title><style>{CSS}</style></head><body>",
+        f"<h1>Serious violence: quarterly board pack, {board.quarter}</h1>",
+        f"<p>Built from the records released to <b>{e(board.consumer)}</b>: {board.included} records with an event "
+        f"date in {board.quarter}. Periods are by <b>event date</b> (the record's own released date field, named "
+        "in each section), never by the time the broker released it: a late-reported offence counts in the quarter "
+        "it happened. An ISO week counts in the quarter holding its Thursday.</p>",
+    ]
+    if board.excluded:
+        items = "".join(f"<li>{e(k)}: {v}</li>" for k, v in board.excluded.items())
+        parts.append(f"<p>Records not counted:</p><ul>{items}</ul>")
+    rules = ", ".join(sorted({r.name for _, r in board.release.report.rules}))
+    parts.append(
+        "<h2>Disclosure control</h2>"
+        f"<p>Every table is protected by the partnership's disclosure control (rules: {e(rules or 'none')}; "
+        f"--rules {e(board.rules)}): {rep['primary']} entries suppressed as small or dominated (primary), "
+        f"{rep['secondary']} more so they cannot be worked out from totals (secondary), checked by a "
+        f"linear-programming attack ({rep['lp_solves']} solves; protected: {rep['protected']}). The full "
+        "disclosure-check report is in board.json. Shares are computed from published counts only and are not "
+        f"shown when their numerator or denominator is suppressed.</p><p class='note'>{e(FOOTNOTE)}</p>"
+    )
+    for s in board.sections:
+        parts.append(f"<h2>{e(s.title)}</h2><p class='note'>Period field: <code>{e(s.period_field)}</code>.</p>")
+        for sh in s.shares:
+            pct = "not shown" if sh.percent is None else f"{sh.percent}%"
+            num = SUPPRESSED if sh.numerator is None else sh.numerator
+            den = SUPPRESSED if sh.denominator is None else sh.denominator
+            note = f" ({e(sh.note)})" if sh.note else ""
+            parts.append(f"<p><b>{e(sh.label)}</b>: {pct} ({num} of {den}){note}</p>")
+        for name in s.table_names:
+            img = f"{name}.png"
+            pic = f"<img src='{e(img)}' alt='{e(board.captions[name])}'>" if img in chart_files else ""
+            parts.append(f"<div class='figure'>{pic}{_table_html(board.table(name), board.captions[name])}</div>")
+    parts.append("</body></html>\n")
+    return "".join(parts)
+
+
+def render(board: Board) -> dict[str, bytes]:
+    """Every output file: name -> bytes (board.html, board.json, one CSV and one PNG per table)."""
+    pngs = charts(board)
+    out: dict[str, bytes] = {"board.html": to_html(board, pngs).encode(), "board.json": to_json(board).encode()}
+    out |= {k: v.encode() for k, v in to_csv(board).items()}
+    out |= pngs
+    return out
