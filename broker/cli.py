@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "broker.commands.reload",
     "broker.commands.held",
     "broker.commands.status",
+    "broker.commands.report",
     "adapters.cli",  # the partner side's commands: adapters/ imports nothing from broker/
 )
 

@@ -1,0 +1,93 @@
+"""``sv-broker report quarterly``: the quarterly board pack from one consumer's released records.
+
+Reads the consumer's feed from the store, read-only (as ``sv-broker audit``: a SQLite file under
+``--data-dir`` or ``--store URL``), builds the tables and charts (``broker/figures/board.py``,
+``board_render.py``: pure) and writes them to ``--out``: board.html, board.json, one CSV and one
+PNG per table. Only what the consumer was released is read, so the pack never holds a field the
+consumer's agreements do not give it; every table is protected by ``broker/figures`` before it
+is written. It is an operator's command, like ``audit``: it does not append to the audit trail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from broker.commands.audit import _store_args, _with_store
+from broker.figures.board import Quarter, build_board
+from broker.figures.board_render import render
+from broker.figures.suppress import UnderProtected
+from broker.ports.store import Store
+
+PAGE = 500
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    cmd = sub.add_parser("report", help="reports built from a consumer's released records")
+    reports = cmd.add_subparsers(dest="report", required=True, metavar="REPORT")
+    q = reports.add_parser(
+        "quarterly",
+        help="the quarterly board pack (HTML, CSV, JSON, PNG charts), disclosure-controlled",
+        description=(
+            "The Serious Violence Board's quarterly pack (what, when, who, where, trend) from one consumer's "
+            "released records, read from the store read-only. Periods are by the records' own event-date field "
+            "(offence week, arrival week or month), not release time; every table goes through the disclosure "
+            "control of broker/figures (suppressed cells [c]). Exit 0 written, 1 the tables cannot be protected, "
+            "2 a bad argument or an unreadable store."
+        ),
+    )
+    _store_args(q)
+    q.add_argument("--quarter", required=True, help="the quarter, e.g. 2026-Q3")
+    q.add_argument("--consumer", required=True, help="whose released records (e.g. derbyshire-csp-analysts)")
+    q.add_argument("--out", type=Path, required=True, help="output directory (created)")
+    q.add_argument(
+        "--rules",
+        choices=("partnership", "source"),
+        default="partnership",
+        help="disclosure rules: the partnership default for every table, or each source's own "
+        "(police: partnership, ae_assault: NHS Digital 1-7) (default: %(default)s)",
+    )
+    q.set_defaults(handler=run)
+
+
+async def consumer_records(store: Store, consumer: str) -> list[dict[str, Any]]:
+    """Every latest row of the consumer's feed (records and notices), in cursor order."""
+    out: list[dict[str, Any]] = []
+    after = 0
+    while True:
+        rows = await store.feed_page(consumer, after=after, limit=PAGE)
+        out.extend(json.loads(r.body) for r in rows)
+        if len(rows) < PAGE:
+            return out
+        after = rows[-1].id
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        quarter = Quarter.parse(args.quarter)
+    except ValueError as exc:
+        print(f"error: {exc}")
+        return 2
+    try:
+        records = _with_store(args, lambda store: consumer_records(store, args.consumer))
+    except SystemExit as exc:
+        print(exc)
+        return 2
+    try:
+        board = build_board(records, quarter, consumer=args.consumer, rules=args.rules)
+    except UnderProtected as exc:
+        print(f"error: the tables cannot be protected, nothing written: {exc}")
+        return 1
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    files = render(board)
+    for name, body in files.items():
+        (out / name).write_bytes(body)
+    excluded = sum(board.excluded.values())
+    print(
+        f"wrote {len(files)} files to {out}: {board.included} records in {quarter}, {excluded} not counted, "
+        f"{len(board.release.report.cells)} entries suppressed"
+    )
+    return 0
