@@ -207,6 +207,7 @@ def test_charts_are_pngs_one_per_table_and_the_html_names_them() -> None:
         assert files[f"{name}.png"].startswith(PNG)
         assert f"src='{name}.png'" in html
         assert f"{name}.csv" in files
+    assert files["police_sv_offence.where.map.png"].startswith(PNG)
 
 
 def test_shares_use_published_counts_and_hide_a_share_with_a_suppressed_part() -> None:

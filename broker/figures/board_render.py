@@ -19,6 +19,7 @@ from matplotlib.patches import Rectangle
 
 from broker.figures.board import DAY_PART_HOURS, Board
 from broker.figures.table import FOOTNOTE, SUPPRESSED, PublishedTable
+from schemas.events.common import DISTRICT_NAMES
 
 FONT = "DejaVu Sans"
 BLUE = "#1d70b8"
@@ -82,7 +83,7 @@ def heat_map(t: PublishedTable, title: str) -> bytes:
                 ax.add_patch(_rect(j, i, "white", hatch="///"))
                 ax.text(j + 0.5, i + 0.5, SUPPRESSED, ha="center", va="center", fontsize=7, family=FONT)
             else:
-                shade = 0.1 + 0.9 * v / top
+                shade = min(1.0, 0.1 + 0.9 * v / top)
                 ax.add_patch(_rect(j, i, BLUE, alpha=shade))
                 ax.text(j + 0.5, i + 0.5, str(v), ha="center", va="center", fontsize=7, family=FONT,
                         color="white" if shade > 0.55 else INK)  # fmt: skip
@@ -138,6 +139,56 @@ def trend_line(t: PublishedTable, title: str) -> bytes:
     return _png(fig)
 
 
+# A schematic, not a map: one tile per district, placed roughly as they lie (north at the top).
+TILES: dict[str, tuple[int, int]] = {
+    "E07000037": (0, 0),  # High Peak
+    "E07000038": (1, 0),  # North East Derbyshire
+    "E07000034": (2, 0),  # Chesterfield
+    "E07000033": (3, 0),  # Bolsover
+    "E07000035": (0, 1),  # Derbyshire Dales
+    "E07000032": (1, 1),  # Amber Valley
+    "E07000036": (2, 1),  # Erewash
+    "E06000015": (1, 2),  # Derby
+    "E07000039": (1, 3),  # South Derbyshire
+    "E10000007": (3, 3),  # Derbyshire County: a county-level record, no district
+}
+
+
+def tile_map(t: PublishedTable, title: str) -> bytes:
+    """The district table as a tile map of the ten areas; a suppressed district hatched ``[c]``."""
+    fig = Figure(figsize=(6.0, 5.0))
+    ax = fig.add_subplot()
+    ax.set_axis_off()
+    by_code = {label.rsplit("(", 1)[-1].rstrip(")"): t.values[0][j] for j, label in enumerate(t.cols)}
+    top = max((v for v in by_code.values() if v is not None), default=1) or 1
+    for code, (x, y) in TILES.items():
+        name = DISTRICT_NAMES[code]
+        if code not in by_code:  # not in this consumer's records: not a zero the table states
+            ax.add_patch(Rectangle((x, y), 0.95, 0.95, facecolor="#f3f2f1", edgecolor=GREY, linestyle=":"))
+            ax.text(x + 0.475, y + 0.35, name.replace(" ", "\n", 1), ha="center", va="center", fontsize=7,
+                    family=FONT, color="#505a5f")  # fmt: skip
+            ax.text(x + 0.475, y + 0.72, "no records", ha="center", va="center", fontsize=7, family=FONT,
+                    color="#505a5f")  # fmt: skip
+            continue
+        v = by_code[code]
+        if v is None:
+            ax.add_patch(Rectangle((x, y), 0.95, 0.95, facecolor="white", hatch="///", edgecolor=GREY))
+            label, ink = SUPPRESSED, INK
+        else:
+            shade = min(1.0, 0.08 + 0.92 * v / top)
+            ax.add_patch(Rectangle((x, y), 0.95, 0.95, facecolor=BLUE, alpha=shade, edgecolor=GREY))
+            label, ink = str(v), "white" if shade > 0.55 else INK
+        ax.text(x + 0.475, y + 0.35, name.replace(" ", "\n", 1), ha="center", va="center", fontsize=7,
+                family=FONT, color=ink)  # fmt: skip
+        ax.text(x + 0.475, y + 0.72, label, ha="center", va="center", fontsize=10, family=FONT, color=ink,
+                fontweight="bold")  # fmt: skip
+    ax.set_xlim(-0.05, 4)
+    ax.set_ylim(4, -0.05)
+    ax.set_title(title + " (schematic tiles, not to scale)", fontsize=10, family=FONT, loc="left")
+    fig.tight_layout()
+    return _png(fig)
+
+
 def charts(board: Board) -> dict[str, bytes]:
     """File name -> PNG, one chart per published table (drawn from the published values only)."""
     out: dict[str, bytes] = {}
@@ -153,6 +204,8 @@ def charts(board: Board) -> dict[str, bytes]:
                 out[f"{name}.png"] = grouped_bars(t, caption)
             else:
                 out[f"{name}.png"] = bar_chart(t, caption)
+            if name.endswith(".where"):
+                out[f"{name}.map.png"] = tile_map(t, caption)
     return out
 
 
@@ -253,7 +306,11 @@ def to_html(board: Board, chart_files: dict[str, bytes]) -> str:
             parts.append(f"<p><b>{e(sh.label)}</b>: {pct} ({num} of {den}){note}</p>")
         for name in s.table_names:
             img = f"{name}.png"
-            pic = f"<img src='{e(img)}' alt='{e(board.captions[name])}'>" if img in chart_files else ""
+            pic = "".join(
+                f"<img src='{e(f)}' alt='{e(board.captions[name])}'>"
+                for f in (img, f"{name}.map.png")
+                if f in chart_files
+            )
             parts.append(f"<div class='figure'>{pic}{_table_html(board.table(name), board.captions[name])}</div>")
     parts.append("</body></html>\n")
     return "".join(parts)
