@@ -16,13 +16,17 @@ import sys
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from broker.figures import board_render
 from broker.figures.board import DAYS, Board, Quarter, build_board, district_label, period_of
 from broker.figures.table import PublishedTable
 from broker.ports.sqlite_store import SqliteStore
 from broker.ports.store import CommitUnit, StoredRecord
+from tests.browser import BROWSER, axe_violations, browser_errors, readme_screenshot
+
+if TYPE_CHECKING:
+    from playwright.async_api import Page
 
 Q3 = Quarter(2026, 3)
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -281,3 +285,26 @@ def test_the_cli_writes_the_pack_from_a_real_store(tmp_path: Path) -> None:
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert other.returncode == 2
+
+
+@BROWSER
+async def test_the_html_renders_in_chromium_with_every_chart_loaded(page: Page, tmp_path: Path) -> None:
+    for name, body in board_render.render(board()).items():
+        (tmp_path / name).write_bytes(body)
+    await page.goto((tmp_path / "board.html").as_uri())
+    broken = await page.evaluate("[...document.images].filter(i => !i.complete || i.naturalWidth === 0).length")
+    assert broken == 0
+    assert await page.locator("img").count() == len([n for n in board_render.render(board()) if n.endswith(".png")])
+    assert await page.locator("td.c").first.inner_text() == "[c]"
+    assert browser_errors(page) == []
+    assert await axe_violations(page) == []
+    await readme_screenshot(page, "board-pack")  # SV_UPDATE_README_SCREENSHOTS=1 refreshes the README's
+
+
+def test_source_rules_put_the_a_and_e_tables_under_the_nhs_digital_rule() -> None:
+    b = build_board(records(), Q3, rules="source")
+    rules = dict(b.release.report.rules)
+    assert rules["ae_assault.what"].name == "nhs-digital"
+    assert rules["police_sv_offence.what"].name == "partnership"
+    shown = [v for t in b.release.tables if t.name.startswith("ae_assault.") for row in t.values for v in row]
+    assert all(v is None or v == 0 or v > 7 for v in shown)
