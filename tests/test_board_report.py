@@ -308,3 +308,20 @@ def test_source_rules_put_the_a_and_e_tables_under_the_nhs_digital_rule() -> Non
     assert rules["police_sv_offence.what"].name == "partnership"
     shown = [v for t in b.release.tables if t.name.startswith("ae_assault.") for row in t.values for v in row]
     assert all(v is None or v == 0 or v > 7 for v in shown)
+
+
+def test_a_vru_feed_monthly_with_the_peak_flag_only_gets_its_own_peak_table() -> None:
+    recs = []
+    for i in range(60):
+        rec = ae(i, "2026-W30")
+        data = {k: v for k, v in rec["data"].items() if not k.startswith(("arrival_week", "assault_day"))}
+        recs.append(rec | {"consumer": "derbyshire-vru", "data": data | {"arrival_month": f"2026-0{7 + i % 3}"}})
+    b = build_board(recs, Q3, consumer="derbyshire-vru")
+    (section,) = b.sections
+    assert section.period_field == "arrival_month"
+    assert "ae_assault.nte" in section.table_names
+    assert "ae_assault.when" not in section.table_names
+    peak = next(s for s in section.shares if s.name == "nte_peak")
+    nte = b.table("ae_assault.nte")
+    assert peak.numerator == nte.values[0][nte.cols.index("Yes")]
+    assert peak.numerator == sum(1 for r in recs if r["data"]["assault_in_nte_peak"])
