@@ -181,7 +181,10 @@ class Pipeline:
         # Step 5 (second half): what the replay guard remembers; the verdict is pure.
         states = await self.store.replay_states(keys)
         lineages = await self.store.lineages([lineage_of(item) for item in staged if isinstance(item, Validated)])
-        now_lineage: dict[ReplayKey, Lineage] = {}  # records changed earlier in this batch
+        # Records changed earlier in this batch: the lineage before and the outcome that changed it,
+        # resolved only if a later message of the same record reads it (the common batch has none,
+        # and its holdings are computed once, for the commit).
+        changed: dict[ReplayKey, tuple[Lineage, Accepted]] = {}
         outcomes: list[Outcome] = []
         seen_in_batch: dict[ReplayKey, str] = {}  # key -> content hash of its first copy here
         for inbound, item in zip(batch, staged, strict=True):
@@ -203,7 +206,11 @@ class Pipeline:
             else:
                 seen_in_batch[key] = item.content_sha256
                 record = lineage_of(item)
-                lineage = now_lineage.get(record, lineages.get(record, NO_LINEAGE))
+                if record in changed:
+                    before, earlier = changed[record]
+                    lineage = applied(before, earlier.validated.envelope, lineage_update(earlier, now).holdings)
+                else:
+                    lineage = lineages.get(record, NO_LINEAGE)
                 refusal = follows(item.envelope, lineage)
                 if refusal is not None:
                     outcomes.append(self._refused(inbound, item, *refusal))
@@ -211,7 +218,7 @@ class Pipeline:
                 # Step 6: the policy decision (pure).
                 decided = self._decide(inbound, verdict, now, policy, lineage)
                 if isinstance(decided, Accepted):
-                    now_lineage[record] = applied(lineage, item.envelope, lineage_update(decided, now).holdings)
+                    changed[record] = (lineage, decided)
                 outcomes.append(decided)
 
         try:

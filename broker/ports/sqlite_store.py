@@ -197,6 +197,11 @@ DROP TABLE records_v0;
 """
 MIGRATE_RECORDS = "".join((_RENAME_V0, RECORDS_TABLE, _COPY_V0))
 
+# The shared queries (``broker/ports/sql.py``) in SQLite's numbered-parameter style, made once.
+_BEFORE_NOTICE = RECORDS_BEFORE_NOTICE.replace("$1", "?1")
+_CURRENT = RECORDS_CURRENT.replace("$1", "?1")
+_EXPIRED_SEEN = EXPIRED_SEEN.replace("$1", "?1").replace("$2", "?2")
+
 _STOP = object()
 T = TypeVar("T")
 
@@ -505,8 +510,8 @@ class SqliteStore:
         for record_id in later_revisions(plan.records):
             # A notice deletes the consumer's copies of the revisions before it (never a later one,
             # even one written in this same commit); the latest row, by revision, is current.
-            conn.execute(RECORDS_BEFORE_NOTICE.replace("$1", "?1"), (record_id,))
-            conn.execute(RECORDS_CURRENT.replace("$1", "?1"), (record_id,))
+            conn.execute(_BEFORE_NOTICE, (record_id,))
+            conn.execute(_CURRENT, (record_id,))
         _insert_many(
             conn,
             "INSERT INTO lineage(source, lineage, revision, message_id, withdrawn, event_type, updated_at) VALUES ",
@@ -733,7 +738,7 @@ class SqliteStore:
 
     async def expired_seen(self, before: str, limit: int) -> list[ReplayKey]:
         def run(conn: sqlite3.Connection) -> list[ReplayKey]:
-            rows = conn.execute(EXPIRED_SEEN.replace("$1", "?1").replace("$2", "?2"), (before, limit))
+            rows = conn.execute(_EXPIRED_SEEN, (before, limit))
             return [(str(s), str(m)) for s, m in rows]
 
         return await self._query(run)
