@@ -67,7 +67,7 @@ async def checkpoint_every(
 
 
 async def retention_every(
-    purge: Callable[[datetime], Awaitable[int]],
+    purge: Callable[[datetime], Awaitable[object]],
     warn: Callable[[], None],
     clock: Callable[[], datetime],
     interval_seconds: float,

@@ -31,7 +31,7 @@ from schemas.errors import ContractError, Reason
 from schemas.events import EVENT_TYPES
 from schemas.signing import b64u_decode, check_public_key
 
-CONSUMER_ROLES = frozenset({"analyst", "licensing", "youth_justice", "early_help", "vru", "police"})
+CONSUMER_ROLES = frozenset({"analyst", "licensing", "youth_justice", "early_help", "vru", "police", "board"})
 _Doc = TypeVar("_Doc", bound="DocumentModel")
 
 

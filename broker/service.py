@@ -41,6 +41,7 @@ from broker.monitor.alerts import Alert, compute_alerts, partner_statuses
 from broker.pipeline import DecideFn, Pipeline
 from broker.pipeline.checkpoints import CheckpointFlow, refuse_store_behind
 from broker.pipeline.dead_letters import DeadLetterFlow
+from broker.pipeline.figures import FiguresFlow, FiguresRun, purge_figures
 from broker.pipeline.held import HeldFlow, Redecided, holding_agreements
 from broker.pipeline.retention import purge_expired, purge_held, purge_quarantine, purge_replay_guard
 from broker.pipeline.status import observe
@@ -225,6 +226,7 @@ class Broker:
     _purging: asyncio.Lock = field(default_factory=asyncio.Lock)
     hold_keys: HoldKeys | None = None
     held: HeldFlow | None = None  # held events (agreements' [hold]), decided again when in force
+    figures: FiguresFlow | None = None  # figures flows' quarters, counted and released when due
     _alerting: set[tuple[str, str]] = field(default_factory=set)  # (code, subject) at the last refresh
 
     @property
@@ -345,6 +347,7 @@ class Broker:
         http_feeds.add_routes(app)
         http_audit.add_routes(app)
         self.held = HeldFlow(self.store, self.pipeline, self.hold_keys)
+        self.figures = FiguresFlow(self.store, self.pipeline.delivery)
         http_held.add_routes(app, self.held)
         add_console(app, self._console_context(private_key, amqp_delivery is not None))
         http_metrics.add_routes(app, self._scrape)
@@ -378,6 +381,10 @@ class Broker:
         lead = jobs.lead(self._leadership, self._leadership_changed, settings.leader_check_interval, self.leading)
         self._tasks.append(asyncio.create_task(checkpoints, name="checkpoints"))
         self._tasks.append(asyncio.create_task(retention, name="retention"))
+        figures = jobs.retention_every(
+            self.release_figures, lambda: None, self.clock, settings.retention_interval.total_seconds(), leading
+        )
+        self._tasks.append(asyncio.create_task(figures, name="figures"))
         self._tasks.append(asyncio.create_task(lead, name="leadership"))
         with contextlib.suppress(Exception):  # a first figure for /metrics; the job retries each round
             await self.refresh_alerts()
@@ -590,7 +597,16 @@ class Broker:
             await purge_quarantine(self.store, moment, self.settings.quarantine_retention)
             await purge_replay_guard(self.store, moment, self.settings.freshness)
             await purge_held(self.store, moment)
+            await purge_figures(self.store, moment)
             return records
+
+    async def release_figures(self, now: datetime | None = None) -> FiguresRun:
+        """Count and release every figures quarter that is due and changed (``broker/pipeline/figures.py``),
+        under the agreements in force now (one set, even across a reload)."""
+        assert self.figures is not None
+        assert self.policy is not None
+        async with self._purging:  # one job at a time over the store's figures rows
+            return await self.figures.run(self.policy, now or self.clock())
 
     async def release_held(self) -> Redecided:
         """Decide again the held events of every agreement in force (``broker/pipeline/held.py``).
@@ -642,7 +658,7 @@ class Broker:
         if self.runner is not None:
             await self.runner.cleanup()  # waits for in-flight HTTP requests
         for task in self._tasks:
-            if task.get_name() in ("checkpoints", "retention", "leadership", "alerts"):
+            if task.get_name() in ("checkpoints", "retention", "figures", "leadership", "alerts"):
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait_for(task, timeout=30)

@@ -89,6 +89,8 @@ class Reason(StrEnum):
     HELD_UNREADABLE = "held_unreadable"
     DISCARDED_BY_IG = "discarded_by_ig"
     BAD_HELD_REQUEST = "bad_held_request"
+    # figures flows (counts only, disclosure-controlled)
+    FIGURES_UNPROTECTED = "figures_unprotected"
     # bearer tokens (RFC 8725)
     TOKEN_MISSING = "token_missing"
     TOKEN_MALFORMED = "token_malformed"
@@ -219,6 +221,9 @@ REASONS: dict[Reason, ReasonInfo] = {
     Reason.DISCARDED_BY_IG: _r("held", 200, "an IG lead discarded held events (their note kept as a digest)"),
     Reason.BAD_HELD_REQUEST: _r(
         "held", 400, "the body is not {agreement_id, ids?, reason?} (discard needs a reason) or names no agreement"
+    ),
+    Reason.FIGURES_UNPROTECTED: _r(
+        "figures", 200, "a quarter's figures could not be protected from disclosure: not released, audited"
     ),
     Reason.TOKEN_MISSING: _r("token", 401, "no bearer token"),
     Reason.TOKEN_MALFORMED: _r("token", 401, "the token is not a compact JWS"),

@@ -16,6 +16,7 @@ and its audit entry (``tests/test_messages.py`` pins them).
   partner per batch on the partner's receipts queue (``schemas.topology.Names.receipts_queue``);
   over HTTP one receipt is the response body.
 * :class:`ConsumerRecord`: one minimised record as a consumer receives it (AMQP body, HTTP feed).
+* :class:`ConsumerFigures`: one quarter's figures, disclosure-controlled, for a figures-only consumer.
 * :class:`QuarantineHeaders`: the AMQP headers of a quarantined message (the body is the
   partner's original, or empty when it was refused for carrying a direct identifier).
 """
@@ -30,7 +31,7 @@ from typing import Any, Literal, NotRequired, cast
 from pydantic import ConfigDict, TypeAdapter, with_config
 from typing_extensions import TypedDict  # pydantic needs it on Python < 3.12
 
-from schemas.canonical import canonicalize_plain
+from schemas.canonical import canonicalize, canonicalize_plain
 from schemas.envelope import format_time
 
 CONFIG = ConfigDict(extra="forbid", strict=True)
@@ -124,6 +125,75 @@ class ConsumerNotice(TypedDict):
     at: str  # RFC 3339 UTC: the withdrawal's time (as signed), or the deletion's
 
 
+Count = int | Literal["[c]"]
+"""A published count, or ``"[c]"``: suppressed (confidential), as UK official statistics mark it."""
+
+
+@with_config(CONFIG)
+class FiguresTable(TypedDict):
+    """One count table. One-way: ``title`` and ``cells`` (label -> count) and ``total``. Two-way:
+    ``rows`` x ``cols`` ``cells`` (a list per row), ``row_totals``, ``col_totals`` and ``total``.
+    Suppressed entries (primary: small or dominated; secondary: so that no suppressed entry can be
+    worked out from the others) are ``"[c]"``; ``footnotes`` says so, and whether figures are rounded."""
+
+    table: str
+    caption: str
+    title: NotRequired[str]
+    row_title: NotRequired[str]
+    col_title: NotRequired[str]
+    rows: NotRequired[list[str]]
+    cols: NotRequired[list[str]]
+    cells: dict[str, Count] | list[list[Count]]
+    row_totals: NotRequired[list[Count]]
+    col_totals: NotRequired[list[Count]]
+    total: Count
+    footnotes: list[str]
+
+
+@with_config(CONFIG)
+class FiguresShare(TypedDict):
+    """A share computed from published counts only (``percent`` null when a part is suppressed)."""
+
+    share: str
+    label: str
+    numerator: Count
+    denominator: Count
+    percent: float | None
+    note: str | None
+
+
+@with_config(CONFIG)
+class FiguresSection(TypedDict):
+    event_type: str
+    title: str
+    period_field: str  # the released event-date field the quarter was read from
+    tables: list[FiguresTable]
+    shares: list[FiguresShare]
+
+
+@with_config(CONFIG)
+class ConsumerFigures(TypedDict):
+    """One quarter's figures for a figures-only consumer (an agreement flow with ``figures``): count
+    tables the broker computed from the flow's minimised events, disclosure-controlled, never a
+    record. Told apart from a record by its ``figures_id`` member. ``revision`` 2, 3, ...: the
+    same quarter recounted after a correction, withdrawal or late event (replace the earlier one).
+    ``disclosure_check``: the output-checking report (every suppressed entry, why, the method,
+    the rules, the linear-programming attacker's interval for it)."""
+
+    figures_id: str
+    consumer: str
+    period: str  # "2026-Q3": the calendar quarter, by event date
+    period_basis: Literal["event date"]
+    revision: int
+    released_at: str  # RFC 3339 UTC
+    agreement: Agreement
+    rules: Literal["source", "partnership"]
+    counted: int  # events counted in the quarter
+    not_counted: dict[str, int]  # events of the flow not counted here, by why
+    sections: list[FiguresSection]
+    disclosure_check: dict[str, Any]
+
+
 @with_config(CONFIG)
 class QuarantineHeaders(TypedDict):
     """AMQP headers of a quarantined message. A refused message carries all of them; one moved from
@@ -142,6 +212,7 @@ RECEIPT = TypeAdapter(Receipt)
 RECEIPTS_MESSAGE = TypeAdapter(ReceiptsMessage)
 CONSUMER_RECORD = TypeAdapter(ConsumerRecord)
 CONSUMER_NOTICE = TypeAdapter(ConsumerNotice)
+CONSUMER_FIGURES = TypeAdapter(ConsumerFigures)
 QUARANTINE_HEADERS = TypeAdapter(QuarantineHeaders)
 
 # Exported as JSON Schema files (schemas/schema_files.py): file name -> (id, title, adapter).
@@ -152,6 +223,11 @@ MESSAGE_SCHEMAS: dict[str, tuple[str, str, TypeAdapter[Any]]] = {
         "consumer_notice",
         "sv-broker notice of a withdrawn or deleted record (a consumer's queue)",
         CONSUMER_NOTICE,
+    ),
+    "consumer_figures.v1.json": (
+        "consumer_figures",
+        "sv-broker quarterly figures, disclosure-controlled (a figures-only consumer's queue)",
+        CONSUMER_FIGURES,
     ),
     "quarantine_headers.v1.json": (
         "quarantine_headers",
@@ -254,6 +330,12 @@ def consumer_notice(
         "at": format_time(at),
     }
     return canonicalize_plain(body)
+
+
+def consumer_figures(figures: ConsumerFigures) -> bytes:
+    """A figures release's body, canonical JSON (RFC 8785, with its floats: the shares' percents and
+    the attacker's intervals): a redelivery is byte-identical, its SHA-256 the audit entry's."""
+    return canonicalize(figures)
 
 
 def quarantine_headers(

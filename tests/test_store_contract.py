@@ -26,6 +26,9 @@ from broker.ports.store import (
     AuditQuery,
     Checkpoint,
     CommitUnit,
+    ContributionChange,
+    CountedRow,
+    FiguresRow,
     EndedSession,
     HeldItem,
     LineageUpdate,
@@ -723,3 +726,101 @@ async def test_outcome_days_count_per_day_kind_and_source_from_since(make_store:
 async def test_held_summary_is_empty_when_nothing_is_held(make_store: Callable[..., Store]) -> None:
     store = await make_store()
     assert await store.held_summary() == []
+
+
+# -- figures flows (issue 14): contributions, pending quarters, releases ---------------------------
+def counted(
+    record_id: str, lineage: str, period: str | None, revision: int = 1, agreement: str = "dsa-f"
+) -> CountedRow:
+    fid = f"fig-{agreement}-{period}" if period else None
+    return CountedRow(
+        record_id=record_id,
+        source="p",
+        lineage=lineage,
+        consumer="board",
+        agreement_id=agreement,
+        flow_id="f",
+        figures_id=fid,
+        period=period,
+        event_type="police_sv_offence",
+        revision=revision,
+        message_id=lineage if revision == 1 else f"{lineage}:r{revision}",
+        data=json.dumps({"district": "E06000015", "n": revision}).encode(),
+        expires_at=T0 + timedelta(days=400),
+    )
+
+
+def counted_entry(row: CountedRow) -> Draft:
+    return Draft(Kind.COUNTED, {"message_id": row.message_id, "source": "p", "record_id": row.record_id,
+                                "revision": row.revision})  # fmt: skip
+
+
+async def test_contributions_are_replaced_by_revisions_and_mark_every_quarter_they_touch(
+    make_store: Callable[..., Store],
+) -> None:
+    store = await make_store()
+    first = [counted(f"r{i}", f"m{i}", "2026-Q3") for i in range(3)]
+    await store.commit(
+        CommitUnit(
+            drafts=[counted_entry(r) for r in first],
+            contributions=[ContributionChange("p", r.lineage, r.message_id, False, rows=(r,)) for r in first],
+        )
+    )
+    [pending] = await store.figures_pending(100)
+    assert (pending.figures_id, pending.period) == ("fig-dsa-f-2026-Q3", "2026-Q3")
+    assert len(await store.contributions(["fig-dsa-f-2026-Q3"])) == 3
+    # The release clears the quarter up to the mark it read ...
+    await store.commit(CommitUnit(figures_done=[(pending.figures_id, pending.mark)]))
+    assert await store.figures_pending(100) == []
+    # ... and a contribution committed after that read keeps it pending (no lost update).
+    late = counted("r9", "m9", "2026-Q3")
+    await store.commit(CommitUnit(drafts=[counted_entry(late)],
+                                  contributions=[ContributionChange("p", "m9", "m9", False, rows=(late,))]))  # fmt: skip
+    [again] = await store.figures_pending(100)
+    await store.commit(CommitUnit(figures_done=[(again.figures_id, pending.mark)]))  # an older mark: stays
+    assert [p.figures_id for p in await store.figures_pending(100)] == ["fig-dsa-f-2026-Q3"]
+    await store.commit(CommitUnit(figures_done=[(again.figures_id, again.mark)]))
+    # A correction moves r1 to Q4: both quarters are pending, r1 counted once, in Q4.
+    moved = counted("r1", "m1", "2026-Q4", revision=2)
+    await store.commit(CommitUnit(drafts=[counted_entry(moved)],
+                                  contributions=[ContributionChange("p", "m1", "m1:r2", True, rows=(moved,))]))  # fmt: skip
+    assert sorted(p.period for p in await store.figures_pending(100)) == ["2026-Q3", "2026-Q4"]
+    q3 = await store.contributions(["fig-dsa-f-2026-Q3"])
+    q4 = await store.contributions(["fig-dsa-f-2026-Q4"])
+    assert len(q3) == 3 and [json.loads(d)["n"] for _, _, d in q4] == [2]
+    # A withdrawal removes it from every quarter, except under an agreement that keeps it.
+    kept = counted("r2b", "m2", "2026-Q3", agreement="dsa-g")
+    await store.commit(CommitUnit(contributions=[ContributionChange("p", "m2", "m2", False, rows=(kept,))]))
+    await store.commit(
+        CommitUnit(
+            drafts=[Draft(Kind.WITHDRAWN, {"message_id": "m2:r2", "source": "p"})],
+            contributions=[ContributionChange("p", "m2", "m2:r2", True, frozenset({"dsa-g"}))],
+        )
+    )
+    assert {json.loads(d)["n"] for _, _, d in await store.contributions(["fig-dsa-f-2026-Q3"])} == {1}
+    assert len(await store.contributions(["fig-dsa-f-2026-Q3"])) == 2
+    assert len(await store.contributions(["fig-dsa-g-2026-Q3"])) == 1
+
+
+async def test_figures_releases_keep_every_revision_and_expire(make_store: Callable[..., Store]) -> None:
+    store = await make_store()
+
+    def row(revision: int, sha: str) -> FiguresRow:
+        return FiguresRow("fig-1", revision, "board", "dsa-f", 1, "f", "2026-Q3", 10 + revision, T0,
+                          T0 + timedelta(days=30), sha, b'{"figures_id":"fig-1"}')  # fmt: skip
+
+    assert await store.latest_figures("fig-1") is None
+    await store.commit(CommitUnit(figures=[row(1, "a")]))
+    await store.commit(CommitUnit(figures=[row(2, "b"), row(1, "a")]))  # a repeat is ignored
+    latest = await store.latest_figures("fig-1")
+    assert latest is not None and (latest.revision, latest.content_sha256, latest.counted) == (2, "b", 12)
+    assert [f.revision for f in await store.figures_of("board")] == [2]
+    assert await store.figures_of("someone-else") == []
+    c = counted("r1", "m1", "2026-Q3")
+    await store.commit(CommitUnit(contributions=[ContributionChange("p", "m1", "m1", False, rows=(c,))]))
+    assert await store.figures_expiring(format_time(T0 + timedelta(days=31))) == (0, 2)
+    stamp = format_time(T0 + timedelta(days=401))
+    assert await store.figures_expiring(stamp) == (1, 2)
+    await store.commit(CommitUnit(purge_contributions_before=stamp, purge_figures_before=stamp))
+    assert await store.figures_expiring(stamp) == (0, 0)
+    assert await store.latest_figures("fig-1") is None

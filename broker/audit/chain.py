@@ -46,6 +46,10 @@ class Kind(StrEnum):
     HELD_DISCARDED = "held_discarded"  # a held event deleted unreleased: no longer covered, key revoked, IG
     HELD_UNREADABLE = "held_unreadable"  # a held event that does not decrypt (tampered, wrong key): kept
     HELD_PURGED = "held_purged"  # held events past their hold time (counts per agreement and reason)
+    COUNTED = "counted"  # a message's minimised record kept for a figures flow's quarter (never sent)
+    FIGURES_RELEASED = "figures_released"  # a figures quarter released (or re-released as a revision)
+    FIGURES_WITHHELD = "figures_withheld"  # a figures quarter the disclosure control could not protect
+    FIGURES_PURGED = "figures_purged"  # figures flows' inputs and releases past their retention (counts)
 
 
 @dataclass(frozen=True, slots=True)

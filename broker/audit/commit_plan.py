@@ -28,7 +28,11 @@ from broker.ports.store import (
     AuditRow,
     Checkpoint,
     CommitUnit,
+    ContributionChange,
+    CountedRow,
     EndedSession,
+    FiguresPending,
+    FiguresRow,
     Head,
     HeldItem,
     LineageUpdate,
@@ -89,6 +93,11 @@ class CommitPlan:
     held: list[HeldItem] = field(default_factory=list)  # rows to insert (once per id: the store ignores a repeat)
     unhold: list[str] = field(default_factory=list)  # held ids to delete
     end_sessions: list[EndedSession] = field(default_factory=list)  # console sessions signed out
+    contributions: list[ContributionChange] = field(default_factory=list)  # in order (``apply_replaced``)
+    figures: list[FiguresRow] = field(default_factory=list)
+    figures_done: list[tuple[str, int]] = field(default_factory=list)
+    purge_contributions_before: str | None = None
+    purge_figures_before: str | None = None
 
 
 def claim_keys(units: Iterable[CommitUnit]) -> list[ReplayKey]:
@@ -110,7 +119,61 @@ def once_key(draft: Draft) -> str | None:
         return record_id if revision == 1 else f"{record_id}@r{revision}"
     if draft.kind is Kind.WITHDRAWN:
         return f"{record_id}@w{revision}"
+    if draft.kind is Kind.COUNTED:
+        return f"{record_id}@c{revision}"
+    if draft.kind is Kind.FIGURES_RELEASED:
+        return f"{record_id}@r{revision}"
     return None
+
+
+ExistingContribution = tuple[str, str, str | None, str, str, str | None]
+"""(record id, agreement id, figures id, consumer, flow id, period) of a stored contribution."""
+
+
+def replaced(
+    change: ContributionChange, existing: Sequence[ExistingContribution]
+) -> tuple[list[str], list[FiguresPending]]:
+    """For a later revision or a withdrawal: the record's contributions to delete before its new
+    ones are written, and the figures quarters that lose them (pending: recounted, re-released)."""
+    if not change.replaces:
+        return [], []
+    gone = [row for row in existing if row[1] not in change.keep_agreements]
+    pending = [
+        FiguresPending(fid, consumer, agreement, flow, period)
+        for _, agreement, fid, consumer, flow, period in gone
+        if fid is not None and period is not None
+    ]
+    return [row[0] for row in gone], pending
+
+
+def pending_of(rows: Iterable[CountedRow]) -> list[FiguresPending]:
+    """The figures quarters these new contributions are counted in."""
+    return [
+        FiguresPending(r.figures_id, r.consumer, r.agreement_id, r.flow_id, r.period)
+        for r in rows
+        if r.figures_id is not None and r.period is not None
+    ]
+
+
+def contribution_steps(
+    changes: Sequence[ContributionChange],
+) -> list[tuple[ContributionChange | None, list[CountedRow]]]:
+    """The changes as write steps, in order: a replacing change alone (its deletions, then its
+    rows), and each run of first revisions as one multi-row upsert (one row per record id, the
+    last: a statement's upsert may touch a row once)."""
+    steps: list[tuple[ContributionChange | None, list[CountedRow]]] = []
+    run: dict[str, CountedRow] = {}
+    for change in changes:
+        if change.replaces:
+            if run:
+                steps.append((None, list(run.values())))
+                run = {}
+            steps.append((change, list(change.rows)))
+        else:
+            run.update((r.record_id, r) for r in change.rows)
+    if run:
+        steps.append((None, list(run.values())))
+    return steps
 
 
 def released_ids(units: Iterable[CommitUnit]) -> list[str]:
@@ -234,6 +297,13 @@ def plan_commit(
         plan.held.extend(h for h in unit.held if (h.source, h.message_id) not in unit_lost)
         plan.unhold.extend(unit.unhold)
         plan.end_sessions.extend(unit.end_sessions)
+        plan.contributions.extend(c for c in unit.contributions if (c.source, c.message_id) not in unit_lost)
+        plan.figures.extend(unit.figures)
+        plan.figures_done.extend(unit.figures_done)
+        for name in ("purge_contributions_before", "purge_figures_before"):
+            stamp = getattr(unit, name)
+            if stamp is not None:
+                setattr(plan, name, max(getattr(plan, name) or "", stamp))
         for draft in unit.drafts:
             attrs = draft.attrs
             if (

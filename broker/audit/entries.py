@@ -105,6 +105,25 @@ def released(outcome: Accepted, base: Mapping[str, Any]) -> list[Draft]:
         )
         for notice in outcome.notices
     )
+    drafts.extend(
+        Draft(
+            Kind.COUNTED,
+            {
+                **base,
+                "consumer": c.release.consumer,
+                "agreement_id": c.release.agreement_id,
+                "agreement_revision": c.release.agreement_revision,
+                "flow_id": c.release.flow_id,
+                "fields": list(c.release.fields),
+                "rules": list(c.release.rules),
+                "record_id": c.release.record_id,
+                # Where it is counted: the figures quarter by event date (None: no event date).
+                "figures_id": c.figures_id,
+                "period": c.period,
+            },
+        )
+        for c in outcome.contributions
+    )
     if not drafts:
         refusals = [
             {"reason": r.reason, "agreement_id": r.agreement_id, "consumer": r.consumer} for r in outcome.refusals
@@ -270,3 +289,58 @@ def config_rejected(running: str, codes: Sequence[str], count: int) -> Draft:
 
 def stopped(role: Mapping[str, Any]) -> Draft:
     return Draft(Kind.STOPPED, dict(role))
+
+
+def figures_released(
+    *,
+    figures_id: str,
+    consumer: str,
+    agreement_id: str,
+    agreement_revision: int,
+    flow_id: str,
+    period: str,
+    revision: int,
+    counted: int,
+    suppressed: int,
+    body_sha256: str,
+) -> Draft:
+    """A figures quarter released to its consumer (revision 2, 3, ...: recounted after a change):
+    what an IG lead needs to trace it (which flow, quarter, how many events counted, how many
+    entries suppressed) and the SHA-256 of the exact bytes delivered."""
+    return Draft(
+        Kind.FIGURES_RELEASED,
+        {
+            "record_id": figures_id,
+            "consumer": consumer,
+            "agreement_id": agreement_id,
+            "agreement_revision": agreement_revision,
+            "flow_id": flow_id,
+            "period": period,
+            "revision": revision,
+            "counted": counted,
+            "suppressed": suppressed,
+            "record_sha256": body_sha256,
+        },
+    )
+
+
+def figures_withheld(
+    *, figures_id: str, consumer: str, agreement_id: str, flow_id: str, period: str, reason: str
+) -> Draft:
+    """A figures quarter not released: the disclosure control could not protect it (nothing sent)."""
+    return Draft(
+        Kind.FIGURES_WITHHELD,
+        {
+            "record_id": figures_id,
+            "consumer": consumer,
+            "agreement_id": agreement_id,
+            "flow_id": flow_id,
+            "period": period,
+            "reason": reason,
+        },
+    )
+
+
+def figures_purged(contributions: int, figures: int, before: str) -> Draft:
+    """Figures flows' kept inputs and released figures past their retention, deleted (counts only)."""
+    return Draft(Kind.FIGURES_PURGED, {"contributions": contributions, "figures": figures, "before": before})

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from broker.commands.audit import _store_args, _with_store
-from broker.figures.board import Quarter, build_board
+from broker.figures.board import build_board
 from broker.figures.board_render import render
+from broker.figures.specs import Quarter
 from broker.figures.suppress import UnderProtected
 from broker.ports.store import Store
 

@@ -99,6 +99,12 @@ class FlowFacts:
     cadence_days: int | None
     outputs: tuple[Output, ...]  # by output name, as the engine orders them
     fields: tuple[FieldEntry, ...]  # every schema field of the event type (all its versions in the flow)
+    figures: str | None = None  # a figures-only flow: what its consumers receive instead of records
+
+    @property
+    def mode(self) -> str:
+        """A suffix for the flow's heading: "" for records, "  ·  FIGURES ONLY" otherwise."""
+        return "  ·  FIGURES ONLY" if self.figures else ""
 
     @property
     def ref(self) -> str:
@@ -156,6 +162,19 @@ def flow_facts(flow: Flow) -> FlowFacts:
         cadence_days=flow.cadence_days,
         outputs=outputs,
         fields=fields,
+        figures=_figures(flow),
+    )
+
+
+def _figures(flow: Flow) -> str | None:
+    spec = flow.figures
+    if spec is None:
+        return None
+    rules = "each source's own disclosure rule" if spec.rules == "source" else "the partnership's disclosure rule"
+    rounding = f", rounded to {spec.round_to}" if spec.round_to else ""
+    return (
+        f"releases quarterly figures only (counts by event date, {rules}, small cells suppressed [c]{rounding}, "
+        f"{spec.release_after_days} days after the quarter): the fields below are counted, never sent"
     )
 
 

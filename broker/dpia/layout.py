@@ -171,8 +171,10 @@ def layout(flow_map: FlowMap) -> Layout:
             facts = node.facts
             col = _Column(MIDDLE_X + 2 * PAD, inner_y, MIDDLE_W - 4 * PAD)
             cadence = f"  ·  every {facts.cadence_days} days" if facts.cadence_days else ""
-            col.add(f"{facts.flow_id}  ·  {facts.event}{cadence}", BODY, bold=True)
+            col.add(f"{facts.flow_id}  ·  {facts.event}{cadence}{facts.mode}", BODY, bold=True)
             col.add(facts.rows, SMALL, italic=True)
+            if facts.figures:
+                col.add(facts.figures, SMALL, bold=True)
             # Flows of one agreement often share a rule set: say so rather than repeat five lines,
             # so the page stays one A4 sheet (DOT, Mermaid and the register list them in full).
             same = (facts.event_type, facts.outputs, facts.dropped)

@@ -152,7 +152,9 @@ def _party_label(p: PartyNode) -> str:
 def _flow_label(a: AgreementNode, i: int) -> str:
     facts = a.flows[i].facts
     cadence = f" · every {facts.cadence_days} days" if facts.cadence_days else ""
-    lines = [f"{facts.flow_id}", f"{facts.event}{cadence}", facts.rows, *release_lines(facts)]
+    lines = [f"{facts.flow_id}", f"{facts.event}{cadence}{facts.mode}", facts.rows, *release_lines(facts)]
+    if facts.figures:
+        lines.insert(3, facts.figures)
     if facts.dropped:
         lines.append(f"dropped: {', '.join(facts.dropped)}")
     if not a.state.releases:

@@ -12,14 +12,15 @@ week is never split; a record with no such field, or outside the quarter, is exc
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import date
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from broker.figures.rules import RuleBook
-from broker.figures.suppress import METHOD, DisclosureReport, Release, SharedMargin, protect
+from broker.figures.rules import DisclosureRule, RuleBook, Why
+from broker.figures.specs import SPECS, Quarter, Spec, period_of
+from broker.figures.suppress import METHOD, CellCheck, DisclosureReport, Release, SharedMargin, protect
 from broker.figures.table import CountTable, PublishedTable
 from schemas.events.common import DISTRICT_NAMES
 
@@ -30,105 +31,6 @@ DAY_PART_HOURS = {"night": "00-06", "morning": "06-12", "afternoon": "12-18", "e
 AGE_BANDS = ("0-10", "11-17", "18-24", "25-34", "35-49", "50-64", "65+", "not_known")
 SEXES = ("female", "male", "other", "not_known")
 RulesChoice = Literal["partnership", "source"]
-
-
-@dataclass(frozen=True, slots=True, order=True)
-class Quarter:
-    year: int
-    q: int
-
-    @classmethod
-    def parse(cls, text: str) -> Quarter:
-        year, sep, q = text.strip().upper().partition("-Q")
-        if not sep or not year.isdigit() or q not in {"1", "2", "3", "4"}:
-            raise ValueError(f"not a quarter (YYYY-Qn): {text!r}")
-        return cls(int(year), int(q))
-
-    @classmethod
-    def of(cls, day: date) -> Quarter:
-        return cls(day.year, (day.month - 1) // 3 + 1)
-
-    def previous(self) -> Quarter:
-        return Quarter(self.year - 1, 4) if self.q == 1 else Quarter(self.year, self.q - 1)
-
-    def __str__(self) -> str:
-        return f"{self.year}-Q{self.q}"
-
-
-@dataclass(frozen=True, slots=True)
-class Who:
-    label: str
-    age: str
-    sex: str
-
-
-@dataclass(frozen=True, slots=True)
-class Spec:
-    """Where an event type's released record holds each of the board's variables."""
-
-    title: str
-    source: str  # the disclosure source (rules.RuleBook) under ``--rules source``
-    period: tuple[str, ...]
-    what: str
-    what_title: str
-    knife: str
-    knife_value: object
-    day: str
-    day_part: str
-    hour: str
-    nte: str
-    who: tuple[Who, ...]
-    district: str = "district"
-
-
-SPECS: dict[str, Spec] = {
-    "police_sv_offence": Spec(
-        title="Police recorded serious violence",
-        source="police",
-        period=("offence_quarter", "offence_month", "offence_week", "offence_date"),
-        what="offence_group",
-        what_title="Offence group",
-        knife="knife_involved",
-        knife_value=True,
-        day="offence_day_of_week",
-        day_part="offence_day_part",
-        hour="offence_hour",
-        nte="in_nte_peak",
-        who=(Who("Victims", "victim_age_band", "victim_sex"), Who("Suspects", "suspect_age_band", "suspect_sex")),
-    ),
-    "ae_assault": Spec(
-        title="A&E assault attendances (ISTV)",
-        source="health",
-        period=("arrival_quarter", "arrival_month", "arrival_week", "arrival_date"),
-        what="assault_method",
-        what_title="Assault method",
-        knife="assault_method",
-        knife_value="knife_or_sharp",
-        day="assault_day_of_week",
-        day_part="assault_day_part",
-        hour="assault_hour",
-        nte="assault_in_nte_peak",
-        who=(Who("Patients", "patient_age_band", "patient_sex"),),
-    ),
-}
-PERIOD_FIELDS = {name: spec.period for name, spec in SPECS.items()}
-
-
-def period_of(value: object) -> Quarter | None:
-    """The quarter of a generalised event date: ``2026-Q3``, ``2026-08``, ``2026-W27``, ``2026-08-14``."""
-    if not isinstance(value, str):
-        return None
-    try:
-        if "-Q" in value:
-            return Quarter.parse(value)
-        if "-W" in value:
-            year, week = value.split("-W")
-            return Quarter.of(date.fromisocalendar(int(year), int(week), 4))
-        if len(value) == 7:
-            return Quarter.of(date(int(value[:4]), int(value[5:7]), 1))
-        return Quarter.of(date.fromisoformat(value[:10]))
-    except ValueError:
-        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,8 +165,10 @@ def build_board(
     consumer: str = "",
     rules: RulesChoice = "partnership",
     trend_quarters: int = 4,
+    rounding_base: int | None = None,
 ) -> Board:
-    """The board's tables for ``quarter``, protected; the trend is over the quarters present."""
+    """The board's tables for ``quarter``, protected; the trend is over the quarters present.
+    ``rounding_base``: shown figures rounded to it (after suppression; an agreement's ``round_to``)."""
     by_type: dict[str, list[tuple[Quarter, Mapping[str, Any], str]]] = {}
     excluded: Counter[str] = Counter()
     for rec in records:
@@ -351,7 +255,10 @@ def build_board(
         tables.extend(group)
         pending.append((event_type, spec, period_field, tuple(t.name for t in group)))
 
-    release = protect(tables, RuleBook(), links=links) if tables else Release(tables=(), report=_empty_report())
+    book = RuleBook()
+    if rounding_base is not None:
+        book = RuleBook({k: replace(r, rounding_base=rounding_base) for k, r in book.by_source.items()})
+    release = protect(tables, book, links=links) if tables else Release(tables=(), report=_empty_report())
     sections = []
     for event_type, spec, period_field, names in pending:
         knife = f"{event_type}.knife" if f"{event_type}.knife" in names else f"{event_type}.what"
@@ -377,3 +284,97 @@ def build_board(
 
 def _empty_report() -> DisclosureReport:
     return DisclosureReport(method=METHOD, rules=(), cells=(), lp_solves=0)
+
+
+# --- a released figures document back into a Board (the pack of a figures-only consumer) -----------
+
+
+def _count(v: object) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+def table_from_json(doc: Mapping[str, Any], rounding_base: int | None = None) -> PublishedTable:
+    """A ``PublishedTable.to_json`` document back into the table (``"[c]"`` -> suppressed)."""
+    name = str(doc["table"])
+    if "rows" not in doc:  # one-way: one row of cells, its total; the column totals repeat the cells
+        cols = tuple(str(c) for c in doc["cells"])
+        cells = tuple(_count(doc["cells"][c]) for c in cols)
+        line = (*cells, _count(doc["total"]))
+        return PublishedTable(name, "", str(doc["title"]), ("All",), cols, (line, line), True, rounding_base)
+    rows = tuple(str(r) for r in doc["rows"])
+    cols = tuple(str(c) for c in doc["cols"])
+    values = [
+        (*(_count(v) for v in line), _count(total)) for line, total in zip(doc["cells"], doc["row_totals"], strict=True)
+    ]
+    values.append((*(_count(v) for v in doc["col_totals"]), _count(doc["total"])))
+    return PublishedTable(name, str(doc["row_title"]), str(doc["col_title"]), rows, cols, tuple(values), False,
+                          rounding_base)  # fmt: skip
+
+
+def _rule_from_json(doc: Mapping[str, Any]) -> DisclosureRule:
+    suppress = str(doc.get("suppress", "1..0"))
+    threshold = int(suppress.split("..")[1].split(maxsplit=1)[0]) if ".." in suppress else 0
+    return DisclosureRule(
+        name=str(doc["rule"]),
+        threshold=threshold,
+        protection_width=int(doc.get("protection_width") or 0),
+        suppress_zeros="and 0" in suppress,
+        dominance_pct=doc.get("dominance_pct"),
+        rounding_base=doc.get("rounding_base"),
+    )
+
+
+def report_from_json(doc: Mapping[str, Any]) -> DisclosureReport:
+    cells = []
+    for c in doc.get("cells", ()):
+        lo, hi = c["attacker_interval"]
+        cells.append(
+            CellCheck(
+                table=c["table"],
+                row=c["row"],
+                col=c["col"],
+                kind=c["kind"],
+                why=Why(c["why"]),
+                rule=c["rule"],
+                complementary_to=tuple(c["complementary_to"]),
+                lo=float(lo),
+                hi=math.inf if hi is None else float(hi),
+                earlier_release=bool(c.get("earlier_release")),
+            )
+        )
+    rules = tuple((t, _rule_from_json(r)) for t, r in dict(doc.get("rules", {})).items())
+    return DisclosureReport(str(doc["method"]), rules, tuple(cells), int(doc["lp_solves"]), bool(doc["protected"]))
+
+
+def board_from_json(doc: Mapping[str, Any], consumer: str = "") -> Board:
+    """A figures release (``schemas.messages.ConsumerFigures``) as a Board, to render the pack."""
+    report = report_from_json(doc["disclosure_check"])
+    bases = {t: r.rounding_base for t, r in report.rules}
+    tables: list[PublishedTable] = []
+    captions: dict[str, str] = {}
+    sections = []
+    for s in doc["sections"]:
+        names = []
+        for t in s["tables"]:
+            table = table_from_json(t, bases.get(str(t["table"])))
+            tables.append(table)
+            captions[table.name] = str(t.get("caption", table.name))
+            names.append(table.name)
+        shares = tuple(
+            Share(
+                str(sh["share"]), str(sh["label"]), _count(sh["numerator"]), _count(sh["denominator"]), sh.get("note")
+            )
+            for sh in s.get("shares", ())
+        )
+        sections.append(Section(str(s["event_type"]), str(s["title"]), str(s["period_field"]), tuple(names), shares))
+    rules = str(doc.get("rules", "source"))
+    return Board(
+        consumer=consumer or str(doc.get("consumer", "")),
+        quarter=Quarter.parse(str(doc["period"])),
+        rules="partnership" if rules == "partnership" else "source",
+        sections=tuple(sections),
+        release=Release(tables=tuple(tables), report=report),
+        captions=captions,
+        included=int(doc.get("counted", 0)),
+        excluded=dict(doc.get("not_counted", {})),
+    )

@@ -210,6 +210,24 @@ def charts(board: Board) -> dict[str, bytes]:
 
 
 def to_json(board: Board) -> str:
+    return json.dumps(board_doc(board), indent=2, ensure_ascii=False) + "\n"
+
+
+def sections_doc(board: Board) -> list[dict[str, object]]:
+    """The sections as JSON-ready data: each table (``[c]`` for suppressed), caption and shares."""
+    return [
+        {
+            "event_type": s.event_type,
+            "title": s.title,
+            "period_field": s.period_field,
+            "tables": [board.table(n).to_json() | {"caption": board.captions[n]} for n in s.table_names],
+            "shares": [sh.to_json() for sh in s.shares],
+        }
+        for s in board.sections
+    ]
+
+
+def board_doc(board: Board) -> dict[str, object]:
     doc: dict[str, object] = {
         "report": "quarterly board pack",
         "consumer": board.consumer,
@@ -217,19 +235,10 @@ def to_json(board: Board) -> str:
         "rules": board.rules,
         "records_included": board.included,
         "records_excluded": dict(board.excluded),
-        "sections": [
-            {
-                "event_type": s.event_type,
-                "title": s.title,
-                "period_field": s.period_field,
-                "tables": [board.table(n).to_json() | {"caption": board.captions[n]} for n in s.table_names],
-                "shares": [sh.to_json() for sh in s.shares],
-            }
-            for s in board.sections
-        ],
+        "sections": sections_doc(board),
         "disclosure_check": board.release.report.to_json(),
     }
-    return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+    return doc
 
 
 def to_csv(board: Board) -> dict[str, str]:

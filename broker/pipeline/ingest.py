@@ -42,7 +42,7 @@ from broker.stages.held import HoldKeyring, NoHoldKeys, held_items
 from broker.stages.lineage import NO_LINEAGE, Lineage, applied, follows
 from broker.stages.outcome import Accepted, Duplicate, Failed, Outcome, Rejected, Settled
 from broker.stages.parse import parse
-from broker.stages.records import accept, lineage_update, sha256_hex
+from broker.stages.records import accept, contribution_change, lineage_update, sha256_hex
 from broker.stages.replay import REUSED_ID, Repeat, ReplayState, Reused, admit
 from broker.stages.types import Admitted, Inbound, Received, Validated
 from broker.stages.validate import validate
@@ -264,6 +264,7 @@ class Pipeline:
         accepted = deliverable.accepted
         unit.seen.extend((key_of(o.validated), Seen(state, o.validated.content_sha256)) for o in accepted)
         unit.lineages.extend(lineage_update(o, now) for o in accepted)
+        unit.contributions.extend(c for o in accepted if (c := contribution_change(o, now)) is not None)
         flushing, self._pending_done = self._pending_done, []
         unit.seen.extend((key, Seen(ReplayState.DONE)) for key in flushing)
         started = time.perf_counter()
@@ -416,6 +417,7 @@ class Pipeline:
         durable = self.delivery.with_audit(deliverable)
         unit = CommitUnit(records=list(durable.records), unhold=list(unhold))
         unit.lineages.extend(lineage_update(outcome, now) for outcome in accepted)  # what consumers now hold
+        unit.contributions.extend(c for o in accepted if (c := contribution_change(o, now)) is not None)
         for item, outcome in releases:
             unit.drafts.extend(entries.verdict(outcome))
             revision = outcome.releases[0].agreement_revision

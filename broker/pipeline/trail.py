@@ -14,6 +14,8 @@ both use these, so a trace or a verification reads the same on SQLite and on Pos
 
 from __future__ import annotations
 
+import json
+
 import asyncio
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
@@ -70,4 +72,14 @@ async def trace_entries(store: Store, record_id: str, message_id: str) -> dict[i
     await collect(AuditQuery(record_id=record_id))
     for mid in messages:
         await collect(AuditQuery(message_id=mid))
-    return seen
+    # A record counted in a figures flow: the releases of each quarter it was counted in.
+    quarters = []
+    for body in list(seen.values()):
+        doc = json.loads(body)
+        fid = doc.get("figures_id") if doc.get("kind") == "counted" else None
+        if isinstance(fid, str) and fid not in quarters:
+            quarters.append(fid)
+    for fid in quarters:
+        async for page in audit_pages(store, AuditQuery(record_id=fid)):
+            seen.update((row.seq, row.body) for row in page)
+    return dict(sorted(seen.items()))

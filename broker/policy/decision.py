@@ -27,6 +27,13 @@ def record_id(source: str, message_id: str, consumer: str, agreement_id: str) ->
     return f"rec-{digest[:32]}"
 
 
+def figures_id(consumer: str, agreement_id: str, flow_id: str, period: str) -> str:
+    """Deterministic id of one figures release (a flow's quarter for one consumer): each revision
+    of the quarter's figures reaches the consumer under the id it already holds."""
+    digest = hashlib.sha256(f"{consumer}\x00{agreement_id}\x00{flow_id}\x00{period}".encode()).hexdigest()
+    return f"fig-{digest[:32]}"
+
+
 @dataclass(frozen=True, slots=True)
 class Release:
     """One minimised record for one consumer under one agreement flow."""
@@ -42,6 +49,8 @@ class Release:
     purpose: str
     lawful_basis: tuple[str, ...]
     retention_days: int
+    # A figures flow's release: counted in the consumer's quarterly figures, never sent itself.
+    figures: bool = False
 
 
 @dataclass(frozen=True, slots=True)

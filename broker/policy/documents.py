@@ -54,6 +54,10 @@ MAX_RETENTION_DAYS = 3650
 MAX_HOLD_DAYS = 90  # a held event is kept for at most this long (and never beyond the agreement's retention)
 HOLD_REASONS = ("not_yet_valid", "review_overdue", "expired")
 MAX_CADENCE_DAYS = 366  # a flow that sends less often than yearly is not on a cadence worth watching
+MAX_RELEASE_AFTER_DAYS = 92  # a quarter's figures wait at most a quarter for late recording
+MAX_TREND_QUARTERS = 8
+FIGURES_RULES = ("source", "partnership")
+ROUNDING_BASES = (5, 10)
 EARLIEST_DATE = date(2000, 1, 1)
 LATEST_DATE = date(2999, 12, 31)
 OPERATORS = ("in", "not_in", "any_in", "between", "equals", "present")
@@ -231,6 +235,49 @@ Conditions = list[
 ]
 
 
+def _figures_rules(value: str) -> str:
+    if value not in FIGURES_RULES:
+        raise refuse(C.BAD_VALUE, f"figures.rules {value!r} is not one of {list(FIGURES_RULES)}")
+    return value
+
+
+class FiguresDoc(_Doc):
+    """A flow's optional ``figures`` table: its consumers receive quarterly *figures* (count tables,
+    disclosure-controlled) computed by the broker from the flow's minimised events, never a record.
+
+    Threat: a Board or public-facing consumer that needs only counts being sent event-level records
+    (UK GDPR art. 5(1)(c), data minimisation); and small cells published by mistake. So the
+    disclosure rules are named here, in the agreement, and the broker applies them itself."""
+
+    unknown: ClassVar[str] = "unknown figures setting {key}"
+
+    period: Annotated[
+        typing.Literal["quarter"], Said(C.BAD_VALUE, 'figures.period must be "quarter" (by event date)')
+    ] = "quarter"
+    # "source": each source's own rule (police: the partnership's 1-4, health: NHS Digital 1-7,
+    # education: DfE 1-2); "partnership": the partnership default for every table.
+    rules: Annotated[
+        str, AfterValidator(_figures_rules), Said(C.BAD_VALUE, f"figures.rules must be one of {list(FIGURES_RULES)}")
+    ] = "source"
+    round_to: (
+        Annotated[
+            typing.Literal[5, 10],
+            Said(C.BAD_VALUE, f"figures.round_to must be one of {list(ROUNDING_BASES)} (base of rounding)"),
+        ]
+        | None
+    ) = None
+    release_after_days: Annotated[
+        int,
+        Field(ge=0, le=MAX_RELEASE_AFTER_DAYS),
+        Said(C.BAD_VALUE, f"figures.release_after_days must be an integer from 0 to {MAX_RELEASE_AFTER_DAYS}"),
+    ] = 14
+    trend_quarters: Annotated[
+        int,
+        Field(ge=1, le=MAX_TREND_QUARTERS),
+        Said(C.BAD_VALUE, f"figures.trend_quarters must be an integer from 1 to {MAX_TREND_QUARTERS}"),
+    ] = 4
+
+
 class FlowDoc(_Doc):
     """One ``[[flows]]`` table: who sends which event to whom, on which conditions, under which rules."""
 
@@ -265,6 +312,8 @@ class FlowDoc(_Doc):
         ]
         | None
     ) = None
+    # Present: the flow's consumers receive figures only (``FiguresDoc``), never its records.
+    figures: Annotated[FiguresDoc, Said(C.BAD_VALUE, "figures must be a table { rules = ..., ... }")] | None = None
 
     @model_validator(mode="after")
     def _rules_or_a_rule_set(self) -> FlowDoc:

@@ -59,6 +59,7 @@ def decide(subject: S, policy: PolicySet, now: datetime) -> Decision[S]:
             continue
         record = {output: apply(getattr(event, source)) for source, output, apply in flow.steps}
         ag = flow.agreement
+        counted = flow.figures is not None
         for consumer in flow.consumers:
             releases.append(
                 Release(
@@ -73,6 +74,7 @@ def decide(subject: S, policy: PolicySet, now: datetime) -> Decision[S]:
                     purpose=ag.purpose,
                     lawful_basis=ag.lawful_basis,
                     retention_days=ag.retention_days,
+                    figures=counted,
                 )
             )
     if not releases and not refusals:  # pragma: no cover - a plan always has flows or a refusal

@@ -61,6 +61,8 @@ from typing import Annotated, Any
 from pydantic import Field, ValidationError
 
 from broker.errors import PolicyError, SpecError
+from broker.figures.specs import SPECS as FIGURES_SPECS
+from broker.figures.specs import period_field
 from broker.policy.conditions import compile_condition
 from broker.policy.documents import ConditionDoc, FlowDoc, HoldDoc, RuleDoc, Salvage, salvage
 from broker.policy.model import (
@@ -74,6 +76,7 @@ from broker.policy.model import (
     CompiledCondition,
     CompiledRule,
     FieldSpec,
+    FiguresSpec,
     Flow,
     Form,
     HoldPolicy,
@@ -510,6 +513,7 @@ class _Compiler:
                 fields = SCHEMA_FIELDS[(flow.event_type, version)]
                 conditions = self._conditions(document, flow.when, fields, where, anchors)
                 rules = self._rules(document, agreement, sources, fields, bands, groups, secret, where)
+            figures = self._figures(document, flow, where, anchors, rules)
             if self._error_count() > errors_before:
                 continue
             for partner in partners:
@@ -541,10 +545,51 @@ class _Compiler:
                         conditions=tuple(conditions),
                         rules=tuple(rules),
                         cadence_days=flow.cadence_days,
+                        figures=figures,
                     )
                 )
             )
         return flows
+
+    def _figures(
+        self, document: Document, flow: FlowDoc, where: str, anchors: tuple[str, ...], rules: list[CompiledRule]
+    ) -> FiguresSpec | None:
+        """A figures flow, compiled: its event type must be one the figures know, and its rules
+        must release the event's own date (generalised), or no quarter by event date exists.
+
+        Threat: figures dated by when the broker received the events (a quarter's backlog counted
+        in the next) published as that quarter's; the Board compares like with like."""
+        doc = flow.figures
+        if doc is None:
+            return None
+        key = f"{where}.figures"
+        at = (*anchors, _key("figures"))
+        if flow.event_type not in FIGURES_SPECS:
+            self.error(
+                document,
+                key,
+                C.BAD_VALUE,
+                f"figures are computed for {sorted(FIGURES_SPECS)}, not {flow.event_type}",
+                at,
+            )
+            return None
+        outputs = [r.output for r in rules]
+        if rules and period_field(flow.event_type, outputs) is None:
+            wanted = ", ".join(FIGURES_SPECS[flow.event_type].period)
+            self.error(
+                document,
+                key,
+                C.BAD_VALUE,
+                f"a figures flow must release the event's date, generalised, as one of: {wanted}",
+                at,
+            )
+            return None
+        return FiguresSpec(
+            rules=doc.rules,
+            round_to=doc.round_to,
+            release_after_days=doc.release_after_days,
+            trend_quarters=doc.trend_quarters,
+        )
 
     def _flow_parties(
         self,

@@ -40,6 +40,7 @@ __all__ = [  # the field kinds are re-exported: callers read the policy's view o
     "CompiledRule",
     "FieldKind",
     "FieldSpec",
+    "FiguresSpec",
     "Flow",
     "Form",
     "HoldPolicy",
@@ -225,6 +226,22 @@ class Agreement:
         return True
 
 
+@dataclass(frozen=True, slots=True)
+class FiguresSpec:
+    """A flow's ``figures`` table: its consumers receive the quarter's count tables, computed by the
+    broker from the flow's minimised events (``broker/pipeline/figures.py``), never the records.
+
+    ``rules``: ``"source"`` (each source's own disclosure rule) or ``"partnership"``; ``round_to``:
+    shown figures rounded to that base; a quarter is released ``release_after_days`` after it ends
+    (late recording), and again, as a new revision, whenever a correction, withdrawal or late event
+    changes what would be published."""
+
+    rules: str = "source"
+    round_to: int | None = None
+    release_after_days: int = 14
+    trend_quarters: int = 4
+
+
 def local_midnight(day: date) -> datetime:
     return datetime.combine(day, time(0, 0), tzinfo=LONDON)
 
@@ -250,6 +267,7 @@ class Flow:
     window_refusals: Mapping[Reason, tuple[Refusal, ...]] = dc_field(default_factory=dict, repr=False)
     condition_refusals: tuple[tuple[Refusal, ...], ...] = dc_field(default=(), repr=False)
     cadence_days: int | None = None  # the partners send at least this often (None: no schedule declared)
+    figures: FiguresSpec | None = None  # set: the consumers receive figures only, never a record
 
 
 def finish_flow(flow: Flow) -> Flow:
@@ -299,6 +317,7 @@ def finish_flow(flow: Flow) -> Flow:
         window_refusals=windows,
         condition_refusals=conditions,
         cadence_days=flow.cadence_days,
+        figures=flow.figures,
     )
 
 

@@ -32,7 +32,9 @@ class Deliverable:
     accepted: Sequence[Accepted] = ()  # their records go to consumers
     rejected: Sequence[Rejected] = ()  # quarantined, with the reason
     receipts: Sequence[Settled] = ()  # one receipt each, to its publisher
-    notices: Sequence[StoredRecord] = ()  # deletion notices (retention), to each record's consumer
+    # Rows built outside a message's outcome, each to its consumer: deletion notices (retention),
+    # figures releases (``broker/pipeline/figures.py``).
+    notices: Sequence[StoredRecord] = ()
 
 
 @dataclass(frozen=True, slots=True)

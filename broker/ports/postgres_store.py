@@ -42,20 +42,42 @@ import asyncpg
 
 from broker.audit.chain import GENESIS
 from broker.audit.columns import record_index
-from broker.audit.commit_plan import CommitPlan, claim_keys, plan_commit, released_ids, replay_view
+from broker.audit.commit_plan import (
+    CommitPlan,
+    claim_keys,
+    contribution_steps,
+    pending_of,
+    plan_commit,
+    released_ids,
+    replaced,
+    replay_view,
+)
 from broker.errors import StartupError, StoreUnavailable
 from broker.ports.sql import (
     BACKFILL_LINEAGE,
+    CONTRIBUTION_COLUMNS,
+    CONTRIBUTION_UPSERT,
+    CONTRIBUTIONS_OF_RECORD,
     ENDED_SESSIONS_PRUNE,
     ENDED_SESSIONS_TABLE,
     EXPIRED_COLUMNS,
     EXPIRED_SEEN,
+    FIGURES_EXPIRING,
+    FIGURES_OF_CONSUMER,
+    FIGURES_TABLES,
     HELD_ROW_COLUMNS,
     HELD_SUMMARY_QUERY,
     HOLDING_COLUMNS,
     HOLDING_UPSERT_WHERE,
+    LATEST_FIGURES,
     LINEAGE_TABLES,
     LINEAGE_UPSERT_WHERE,
+    PENDING_DONE,
+    PENDING_QUERY,
+    PENDING_UPSERT,
+    PURGE_CONTRIBUTIONS,
+    PURGE_FIGURES,
+    PURGE_FIGURES_FEED,
     RECORDS_BEFORE_NOTICE,
     RECORDS_CURRENT,
     SEEN_KINDS,
@@ -63,7 +85,10 @@ from broker.ports.sql import (
     Binder,
     admitted,
     audit_page_query,
+    contribution_values,
     feed_page_query,
+    figures_row,
+    figures_values,
     held_item,
     held_items_query,
     held_page_query,
@@ -73,6 +98,7 @@ from broker.ports.sql import (
     message_of,
     numbered,
     outcome_days_query,
+    pending_row,
     refill,
     released_volumes_query,
 )
@@ -86,6 +112,8 @@ from broker.ports.store import (
     Expired,
     ExpiredQuarantine,
     FeedRow,
+    FiguresPending,
+    FiguresRow,
     Head,
     HeldItem,
     HeldRow,
@@ -225,6 +253,8 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # 6: the IG console's signed-out sessions (``Store.session_ended``).
     ENDED_SESSIONS_TABLE,
+    # 7: figures flows (issue 14): their contributions, pending quarters and released figures.
+    FIGURES_TABLES,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 VERSION_TABLE = "sv_broker_schema"
@@ -698,6 +728,43 @@ class PostgresStore:
 
         return await self._run(run)
 
+    async def figures_pending(self, limit: int) -> list[FiguresPending]:
+        async def run(conn: asyncpg.Connection) -> list[FiguresPending]:
+            return [pending_row(tuple(r)) for r in await conn.fetch(PENDING_QUERY, limit)]
+
+        return await self._run(run)
+
+    async def contributions(self, figures_ids: Sequence[str]) -> list[tuple[str, str, bytes]]:
+        ids = list(dict.fromkeys(figures_ids))
+
+        async def run(conn: asyncpg.Connection) -> list[tuple[str, str, bytes]]:
+            rows = await conn.fetch(
+                "SELECT figures_id, event_type, data FROM contributions WHERE figures_id = ANY($1::text[])", ids
+            )
+            return [(r[0], r[1], str(r[2]).encode()) for r in rows]
+
+        return await self._run(run)
+
+    async def latest_figures(self, figures_id: str) -> FiguresRow | None:
+        async def run(conn: asyncpg.Connection) -> FiguresRow | None:
+            row = await conn.fetchrow(LATEST_FIGURES, figures_id)
+            return figures_row(tuple(row)) if row is not None else None
+
+        return await self._run(run)
+
+    async def figures_of(self, consumer: str) -> list[FiguresRow]:
+        async def run(conn: asyncpg.Connection) -> list[FiguresRow]:
+            return [figures_row(tuple(r)) for r in await conn.fetch(FIGURES_OF_CONSUMER, consumer)]
+
+        return await self._run(run)
+
+    async def figures_expiring(self, before: str) -> tuple[int, int]:
+        async def run(conn: asyncpg.Connection) -> tuple[int, int]:
+            row = await conn.fetchrow(FIGURES_EXPIRING, before)
+            return int(row[0]), int(row[1])
+
+        return await self._run(run)
+
     async def session_ended(self, session_id: str) -> bool:
         async def run(conn: asyncpg.Connection) -> bool:
             return await conn.fetchval(SESSION_ENDED_QUERY, session_id) is not None
@@ -826,6 +893,49 @@ async def _audit_rows(conn: asyncpg.Connection, query: AuditQuery) -> list[Audit
 def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
     """Rows -> one list per column (``unnest`` takes arrays: one statement, one round trip)."""
     return [[row[i] for row in rows] for i in range(width)]
+
+
+_CONTRIBUTIONS_INSERT = (
+    f"INSERT INTO contributions({CONTRIBUTION_COLUMNS}) SELECT * FROM unnest($1::text[], $2::text[], "  # noqa: S608
+    "$3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::integer[], "
+    "$11::text[], $12::text[], $13::text[])" + CONTRIBUTION_UPSERT
+)
+_PENDING_INSERT = (
+    "INSERT INTO figures_pending(figures_id, consumer, agreement_id, flow_id, period, mark) "  # noqa: S608
+    "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[])" + PENDING_UPSERT
+)
+_FIGURES_INSERT = (
+    "INSERT INTO figures SELECT * FROM unnest($1::text[], $2::integer[], $3::text[], $4::text[], $5::integer[], "
+    "$6::text[], $7::text[], $8::integer[], $9::text[], $10::text[], $11::text[], $12::bytea[]) ON CONFLICT DO NOTHING"
+)
+
+
+async def _apply_figures(conn: asyncpg.Connection, plan: CommitPlan) -> None:
+    """Figures flows' inputs, pending quarters, releases and purges (see the SQLite backend)."""
+    mark = plan.head.seq
+    pending = []
+    for change, rows in contribution_steps(plan.contributions):
+        if change is not None:
+            existing = await conn.fetch(CONTRIBUTIONS_OF_RECORD, change.lineage, change.source)
+            gone, lost = replaced(change, [tuple(r) for r in existing])
+            if gone:
+                await conn.execute("DELETE FROM contributions WHERE record_id = ANY($1::text[])", gone)
+            pending.extend(lost)
+        if rows:
+            await conn.execute(_CONTRIBUTIONS_INSERT, *_columns(contribution_values(rows), 13))
+        pending.extend(pending_of(rows))
+    if plan.figures_done:
+        await conn.executemany(PENDING_DONE, plan.figures_done)
+    if pending:
+        unique = {p.figures_id: (p.figures_id, p.consumer, p.agreement_id, p.flow_id, p.period, mark) for p in pending}
+        await conn.execute(_PENDING_INSERT, *_columns(list(unique.values()), 6))
+    if plan.figures:
+        await conn.execute(_FIGURES_INSERT, *_columns(figures_values(plan.figures), 12))
+    if plan.purge_contributions_before is not None:
+        await conn.execute(PURGE_CONTRIBUTIONS, plan.purge_contributions_before)
+    if plan.purge_figures_before is not None:
+        await conn.execute(PURGE_FIGURES, plan.purge_figures_before)
+        await conn.execute(PURGE_FIGURES_FEED, plan.purge_figures_before)
 
 
 async def _apply(conn: asyncpg.Connection, plan: CommitPlan) -> None:
@@ -1019,6 +1129,7 @@ async def _apply(conn: asyncpg.Connection, plan: CommitPlan) -> None:
         )
     if plan.unhold:
         await conn.execute("DELETE FROM held WHERE id = ANY($1::text[])", list(plan.unhold))
+    await _apply_figures(conn, plan)
     if plan.end_sessions:
         await conn.execute(ENDED_SESSIONS_PRUNE, plan.at)
         await conn.executemany(

@@ -13,9 +13,20 @@ from dataclasses import replace
 from typing import Any
 
 from broker.audit.columns import body_columns
-from broker.ports.store import OUTCOME_KINDS, AuditQuery, AuditRow, HeldItem, HeldRow, ReplayKey, StoredRecord
+from broker.ports.store import (
+    OUTCOME_KINDS,
+    AuditQuery,
+    AuditRow,
+    CountedRow,
+    FiguresPending,
+    FiguresRow,
+    HeldItem,
+    HeldRow,
+    ReplayKey,
+    StoredRecord,
+)
 from broker.stages.lineage import NO_LINEAGE, Holding, Lineage
-from schemas.envelope import parse_time
+from schemas.envelope import format_time, parse_time
 
 AUDIT_COLUMNS = "seq, at, kind, message_id, source, consumer, agreement_id, record_id, body, hash"
 FEED_COLUMNS = "id, record_id, event_type, agreement_id, released_at, body, revision, kind"
@@ -363,3 +374,155 @@ def later_revisions(records: Iterable[StoredRecord]) -> list[str]:
     """The record ids among a commit's rows whose feed rows need sorting out (a revision after the
     first, or a notice): a first revision alone, the hot path, needs nothing."""
     return list(dict.fromkeys(r.record_id for r in records if r.revision > 1 or r.kind != "record"))
+
+
+# Figures flows (issue 14: ``broker/pipeline/figures.py``), the same tables in both backends.
+# ``contributions``: one row per record id (a figures flow's consumer and agreement), its latest
+# revision's minimised fields; ``figures_pending``: the quarters to recount, with the audit
+# sequence of the commit that last changed them (``FiguresPending.mark``); ``figures``: every
+# released revision of every quarter, its exact bytes (a redelivery is byte-identical).
+FIGURES_TABLES = """
+CREATE TABLE IF NOT EXISTS contributions (
+    record_id TEXT PRIMARY KEY,
+    source TEXT NOT NULL,
+    lineage TEXT NOT NULL,
+    consumer TEXT NOT NULL,
+    agreement_id TEXT NOT NULL,
+    flow_id TEXT NOT NULL,
+    figures_id TEXT,
+    period TEXT,
+    event_type TEXT NOT NULL,
+    revision INTEGER NOT NULL,
+    message_id TEXT NOT NULL,
+    data TEXT NOT NULL,
+    expires_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS contributions_figures ON contributions(figures_id);
+CREATE INDEX IF NOT EXISTS contributions_lineage ON contributions(lineage, source);
+CREATE INDEX IF NOT EXISTS contributions_expiry ON contributions(expires_at);
+CREATE TABLE IF NOT EXISTS figures_pending (
+    figures_id TEXT PRIMARY KEY,
+    consumer TEXT NOT NULL,
+    agreement_id TEXT NOT NULL,
+    flow_id TEXT NOT NULL,
+    period TEXT NOT NULL,
+    mark BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS figures (
+    figures_id TEXT NOT NULL,
+    revision INTEGER NOT NULL,
+    consumer TEXT NOT NULL,
+    agreement_id TEXT NOT NULL,
+    agreement_revision INTEGER NOT NULL,
+    flow_id TEXT NOT NULL,
+    period TEXT NOT NULL,
+    counted INTEGER NOT NULL,
+    released_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL,
+    content_sha256 TEXT NOT NULL,
+    body BYTEA NOT NULL,
+    PRIMARY KEY (figures_id, revision)
+);
+CREATE INDEX IF NOT EXISTS figures_consumer ON figures(consumer, period);
+CREATE INDEX IF NOT EXISTS figures_expiry ON figures(expires_at);
+"""
+CONTRIBUTION_COLUMNS = (
+    "record_id, source, lineage, consumer, agreement_id, flow_id, figures_id, period, event_type, revision, "
+    "message_id, data, expires_at"
+)
+# A redelivered message writes the same row again; a revision only moves forward.
+CONTRIBUTION_UPSERT = (
+    " ON CONFLICT (record_id) DO UPDATE SET figures_id = excluded.figures_id, period = excluded.period, "
+    "revision = excluded.revision, message_id = excluded.message_id, data = excluded.data "
+    "WHERE excluded.revision >= contributions.revision"
+)
+CONTRIBUTIONS_OF_RECORD = (
+    "SELECT record_id, agreement_id, figures_id, consumer, flow_id, period FROM contributions "
+    "WHERE lineage = $1 AND source = $2"
+)
+PENDING_UPSERT = (
+    " ON CONFLICT (figures_id) DO UPDATE SET mark = excluded.mark WHERE excluded.mark > figures_pending.mark"
+)
+PENDING_DONE = "DELETE FROM figures_pending WHERE figures_id = $1 AND mark <= $2"
+PENDING_QUERY = (
+    "SELECT figures_id, consumer, agreement_id, flow_id, period, mark FROM figures_pending "
+    "ORDER BY period, figures_id LIMIT $1"
+)
+FIGURES_COLUMNS = (
+    "figures_id, revision, consumer, agreement_id, agreement_revision, flow_id, period, counted, released_at, "
+    "expires_at, content_sha256, body"
+)
+LATEST_FIGURES = f"SELECT {FIGURES_COLUMNS} FROM figures WHERE figures_id = $1 ORDER BY revision DESC LIMIT 1"  # noqa: S608
+FIGURES_OF_CONSUMER = (
+    f"SELECT {FIGURES_COLUMNS} FROM figures f WHERE consumer = $1 AND revision = "  # noqa: S608
+    "(SELECT max(revision) FROM figures g WHERE g.figures_id = f.figures_id) ORDER BY period, figures_id"
+)
+FIGURES_EXPIRING = (
+    "SELECT (SELECT COUNT(*) FROM contributions WHERE expires_at <= $1), "
+    "(SELECT COUNT(*) FROM figures WHERE expires_at <= $1)"
+)
+PURGE_CONTRIBUTIONS = "DELETE FROM contributions WHERE expires_at <= $1"
+PURGE_FIGURES = "DELETE FROM figures WHERE expires_at <= $1"
+PURGE_FIGURES_FEED = "DELETE FROM records WHERE kind = 'figures' AND expires_at <= $1"
+
+
+def figures_row(row: Sequence[Any]) -> FiguresRow:
+    return FiguresRow(
+        figures_id=row[0],
+        revision=int(row[1]),
+        consumer=row[2],
+        agreement_id=row[3],
+        agreement_revision=int(row[4]),
+        flow_id=row[5],
+        period=row[6],
+        counted=int(row[7]),
+        released_at=parse_time(row[8]),
+        expires_at=parse_time(row[9]),
+        content_sha256=row[10],
+        body=bytes(row[11]),
+    )
+
+
+def pending_row(row: Sequence[Any]) -> FiguresPending:
+    return FiguresPending(row[0], row[1], row[2], row[3], row[4], int(row[5]))
+
+
+def contribution_values(rows: Iterable[CountedRow]) -> list[tuple[Any, ...]]:
+    return [
+        (
+            r.record_id,
+            r.source,
+            r.lineage,
+            r.consumer,
+            r.agreement_id,
+            r.flow_id,
+            r.figures_id,
+            r.period,
+            r.event_type,
+            r.revision,
+            r.message_id,
+            r.data.decode(),
+            format_time(r.expires_at),
+        )
+        for r in rows
+    ]
+
+
+def figures_values(rows: Iterable[FiguresRow]) -> list[tuple[Any, ...]]:
+    return [
+        (
+            f.figures_id,
+            f.revision,
+            f.consumer,
+            f.agreement_id,
+            f.agreement_revision,
+            f.flow_id,
+            f.period,
+            f.counted,
+            format_time(f.released_at),
+            format_time(f.expires_at),
+            f.content_sha256,
+            f.body,
+        )
+        for f in rows
+    ]

@@ -24,21 +24,45 @@ from typing import TypeVar
 
 from broker.audit.chain import GENESIS, ChainReport, ChainRow, verify_chain
 from broker.audit.columns import record_index
-from broker.audit.commit_plan import NONE_LOST, CommitPlan, claim_keys, plan_commit, released_ids, replay_view
+from broker.audit.commit_plan import (
+    NONE_LOST,
+    CommitPlan,
+    claim_keys,
+    contribution_steps,
+    pending_of,
+    plan_commit,
+    released_ids,
+    replaced,
+    replay_view,
+)
 from broker.errors import StoreUnavailable
 from broker.ports.private_files import private_directory, private_file
 from broker.ports.sql import (
     BACKFILL_LINEAGE,
+    CONTRIBUTION_COLUMNS,
+    CONTRIBUTION_UPSERT,
+    CONTRIBUTIONS_OF_RECORD,
     ENDED_SESSIONS_PRUNE,
     ENDED_SESSIONS_TABLE,
     EXPIRED_COLUMNS,
     EXPIRED_SEEN,
+    FIGURES_COLUMNS,
+    FIGURES_EXPIRING,
+    FIGURES_OF_CONSUMER,
+    FIGURES_TABLES,
     HELD_ROW_COLUMNS,
     HELD_SUMMARY_QUERY,
     HOLDING_COLUMNS,
     HOLDING_UPSERT_WHERE,
+    LATEST_FIGURES,
     LINEAGE_TABLES,
     LINEAGE_UPSERT_WHERE,
+    PENDING_DONE,
+    PENDING_QUERY,
+    PENDING_UPSERT,
+    PURGE_CONTRIBUTIONS,
+    PURGE_FIGURES,
+    PURGE_FIGURES_FEED,
     RECORDS_BEFORE_NOTICE,
     RECORDS_CURRENT,
     SEEN_KINDS,
@@ -46,7 +70,10 @@ from broker.ports.sql import (
     Binder,
     admitted,
     audit_page_query,
+    contribution_values,
     feed_page_query,
+    figures_row,
+    figures_values,
     held_item,
     held_items_query,
     held_page_query,
@@ -55,6 +82,7 @@ from broker.ports.sql import (
     lineage_view,
     message_of,
     outcome_days_query,
+    pending_row,
     qmark,
     refill,
     released_volumes_query,
@@ -69,6 +97,8 @@ from broker.ports.store import (
     Expired,
     ExpiredQuarantine,
     FeedRow,
+    FiguresPending,
+    FiguresRow,
     Head,
     HeldItem,
     HeldRow,
@@ -202,6 +232,20 @@ _BEFORE_NOTICE = RECORDS_BEFORE_NOTICE.replace("$1", "?1")
 _CURRENT = RECORDS_CURRENT.replace("$1", "?1")
 _EXPIRED_SEEN = EXPIRED_SEEN.replace("$1", "?1").replace("$2", "?2")
 
+
+def _q(query: str) -> str:
+    """A shared query in SQLite's numbered-parameter style ($1 -> ?1)."""
+    for n in range(9, 0, -1):
+        query = query.replace(f"${n}", f"?{n}")
+    return query
+
+
+_CONTRIBUTIONS_OF_RECORD = _q(CONTRIBUTIONS_OF_RECORD)
+_PENDING_DONE = _q(PENDING_DONE)
+_PENDING_QUERY = _q(PENDING_QUERY)
+_LATEST_FIGURES = _q(LATEST_FIGURES)
+_FIGURES_OF_CONSUMER = _q(FIGURES_OF_CONSUMER)
+
 _STOP = object()
 T = TypeVar("T")
 
@@ -214,7 +258,7 @@ def _migrate_records(conn: sqlite3.Connection) -> None:
         columns = {str(row[1]) for row in conn.execute("PRAGMA table_info(records)")}
         lineage_exists = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'lineage'").fetchone() is not None
         script = MIGRATE_RECORDS if columns and "revision" not in columns else RECORDS_TABLE
-        script += LINEAGE_TABLES
+        script += LINEAGE_TABLES + FIGURES_TABLES
         if columns and not lineage_exists:
             script += BACKFILL_LINEAGE
         for statement in script.split(";"):
@@ -583,6 +627,7 @@ class SqliteStore:
         )
         if plan.unhold:
             conn.executemany("DELETE FROM held WHERE id = ?", [(hid,) for hid in plan.unhold])
+        SqliteStore._apply_figures(conn, plan)
         if plan.end_sessions:
             conn.execute(ENDED_SESSIONS_PRUNE.replace("$1", "?"), (plan.at,))
             _insert_many(
@@ -590,6 +635,48 @@ class SqliteStore:
                 "INSERT OR IGNORE INTO console_sessions_ended(session_id, ended_at, expires_at) VALUES ",
                 [(s.session_id, plan.at, format_time(s.expires_at)) for s in plan.end_sessions],
             )
+
+    @staticmethod
+    def _apply_figures(conn: sqlite3.Connection, plan: CommitPlan) -> None:
+        """Figures flows' inputs (in message order: a revision replaces what its record counted),
+        their pending quarters (marked with this commit's last sequence), releases and purges."""
+        mark = plan.head.seq
+        pending: list[FiguresPending] = []
+        for change, rows in contribution_steps(plan.contributions):
+            if change is not None:
+                existing = conn.execute(_CONTRIBUTIONS_OF_RECORD, (change.lineage, change.source)).fetchall()
+                gone, lost = replaced(change, existing)
+                conn.executemany("DELETE FROM contributions WHERE record_id = ?", [(rid,) for rid in gone])
+                pending.extend(lost)
+            _insert_many(
+                conn,
+                f"INSERT INTO contributions({CONTRIBUTION_COLUMNS}) VALUES ",  # noqa: S608
+                contribution_values(rows),
+                CONTRIBUTION_UPSERT,
+            )
+            pending.extend(pending_of(rows))
+        if plan.figures_done:
+            conn.executemany(_PENDING_DONE, plan.figures_done)
+        _insert_many(
+            conn,
+            "INSERT INTO figures_pending(figures_id, consumer, agreement_id, flow_id, period, mark) VALUES ",
+            list(
+                {
+                    p.figures_id: (p.figures_id, p.consumer, p.agreement_id, p.flow_id, p.period, mark) for p in pending
+                }.values()
+            ),
+            PENDING_UPSERT,
+        )
+        _insert_many(
+            conn,
+            f"INSERT OR IGNORE INTO figures({FIGURES_COLUMNS}) VALUES ",  # noqa: S608
+            figures_values(plan.figures),
+        )
+        if plan.purge_contributions_before is not None:
+            conn.execute(_q(PURGE_CONTRIBUTIONS), (plan.purge_contributions_before,))
+        if plan.purge_figures_before is not None:
+            conn.execute(_q(PURGE_FIGURES), (plan.purge_figures_before,))
+            conn.execute(_q(PURGE_FIGURES_FEED), (plan.purge_figures_before,))
 
     # -- reads -----------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -867,6 +954,46 @@ class SqliteStore:
             return [
                 HeldSummary(str(a), int(n), parse_time(str(first))) for a, n, first in conn.execute(HELD_SUMMARY_QUERY)
             ]
+
+        return await self._query(run)
+
+    async def figures_pending(self, limit: int) -> list[FiguresPending]:
+        def run(conn: sqlite3.Connection) -> list[FiguresPending]:
+            return [pending_row(row) for row in conn.execute(_PENDING_QUERY, (limit,))]
+
+        return await self._query(run)
+
+    async def contributions(self, figures_ids: Sequence[str]) -> list[tuple[str, str, bytes]]:
+        ids = list(dict.fromkeys(figures_ids))
+
+        def run(conn: sqlite3.Connection) -> list[tuple[str, str, bytes]]:
+            out: list[tuple[str, str, bytes]] = []
+            for i in range(0, len(ids), 500):
+                part = ids[i : i + 500]
+                marks = ", ".join("?" * len(part))
+                query = f"SELECT figures_id, event_type, data FROM contributions WHERE figures_id IN ({marks})"  # noqa: S608
+                out.extend((row[0], row[1], str(row[2]).encode()) for row in conn.execute(query, part))
+            return out
+
+        return await self._query(run)
+
+    async def latest_figures(self, figures_id: str) -> FiguresRow | None:
+        def run(conn: sqlite3.Connection) -> FiguresRow | None:
+            row = conn.execute(_LATEST_FIGURES, (figures_id,)).fetchone()
+            return figures_row(row) if row is not None else None
+
+        return await self._query(run)
+
+    async def figures_of(self, consumer: str) -> list[FiguresRow]:
+        def run(conn: sqlite3.Connection) -> list[FiguresRow]:
+            return [figures_row(row) for row in conn.execute(_FIGURES_OF_CONSUMER, (consumer,))]
+
+        return await self._query(run)
+
+    async def figures_expiring(self, before: str) -> tuple[int, int]:
+        def run(conn: sqlite3.Connection) -> tuple[int, int]:
+            row = conn.execute(_q(FIGURES_EXPIRING), (before,)).fetchone()
+            return int(row[0]), int(row[1])
 
         return await self._query(run)
 

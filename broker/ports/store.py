@@ -148,6 +148,79 @@ class VolumeCount:
     count: int
 
 
+@dataclass(frozen=True, slots=True)
+class CountedRow:
+    """One event's minimised record kept for a figures flow (``stages.outcome.Contribution``):
+    what the quarter's figures are computed from, never sent. ``figures_id``/``period`` None: the
+    record holds no event date (counted nowhere). ``data``: canonical JSON of the minimised fields."""
+
+    record_id: str
+    source: str
+    lineage: str
+    consumer: str
+    agreement_id: str
+    flow_id: str
+    figures_id: str | None
+    period: str | None
+    event_type: str
+    revision: int
+    message_id: str
+    data: bytes
+    expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ContributionChange:
+    """What one accepted message changes in the figures' inputs, applied in order.
+
+    ``replaces`` (a later revision or a withdrawal): the record's earlier contributions go first
+    (except under ``keep_agreements``: agreements that refused it only for their dates, which keep
+    what they counted, as a records flow keeps what its consumer holds); then ``rows`` are upserted.
+    Every figures quarter touched, before or after, is marked pending (``FiguresPending``)."""
+
+    source: str
+    lineage: str
+    message_id: str
+    replaces: bool
+    keep_agreements: frozenset[str] = frozenset()
+    rows: tuple[CountedRow, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class FiguresPending:
+    """A figures quarter whose inputs changed since its last release (or never released).
+
+    ``mark``: the audit sequence of the commit that last changed its inputs. The figures job
+    clears a quarter only up to the mark it read before counting, so a contribution committed
+    while it counted keeps the quarter pending (a lost update would leave figures stale for ever)."""
+
+    figures_id: str
+    consumer: str
+    agreement_id: str
+    flow_id: str
+    period: str
+    mark: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class FiguresRow:
+    """One released revision of one figures quarter for one consumer (``schemas.messages.ConsumerFigures``).
+    ``content_sha256``: of what it publishes (tables, report), so an unchanged recount is not re-released."""
+
+    figures_id: str
+    revision: int
+    consumer: str
+    agreement_id: str
+    agreement_revision: int
+    flow_id: str
+    period: str
+    counted: int
+    released_at: datetime
+    expires_at: datetime
+    content_sha256: str
+    body: bytes
+
+
 @dataclass(slots=True)
 class CommitUnit:
     """Everything one batch makes durable, in one transaction.
@@ -170,6 +243,11 @@ class CommitUnit:
     held: list[HeldItem] = field(default_factory=list)  # messages held for an agreement not in force
     unhold: list[str] = field(default_factory=list)  # held ids to delete (released, discarded, purged)
     end_sessions: list[EndedSession] = field(default_factory=list)  # console sessions signed out
+    contributions: list[ContributionChange] = field(default_factory=list)  # figures flows' inputs, in order
+    figures: list[FiguresRow] = field(default_factory=list)  # figures releases (each revision once)
+    figures_done: list[tuple[str, int]] = field(default_factory=list)  # (figures id, mark read) now released
+    purge_contributions_before: str | None = None  # contributions that expired before this (retention)
+    purge_figures_before: str | None = None  # figures releases that expired before this (retention)
 
     def extend(self, other: CommitUnit) -> None:
         self.drafts.extend(other.drafts)
@@ -188,6 +266,11 @@ class CommitUnit:
         self.held.extend(other.held)
         self.unhold.extend(other.unhold)
         self.end_sessions.extend(other.end_sessions)
+        self.contributions.extend(other.contributions)
+        self.figures.extend(other.figures)
+        self.figures_done.extend(other.figures_done)
+        self.purge_contributions_before = self.purge_contributions_before or other.purge_contributions_before
+        self.purge_figures_before = self.purge_figures_before or other.purge_figures_before
 
 
 @dataclass(frozen=True, slots=True)
@@ -433,6 +516,27 @@ class Store(Protocol):
     async def held_summary(self) -> list[HeldSummary]:
         """Events held for a lapsed agreement, per agreement, with the earliest expiry (the alerts'
         ``held_expiring`` and ``sv-broker status`` read it)."""
+        ...
+
+    # -- figures flows (``broker/pipeline/figures.py``) ------------------------------------------------
+    async def figures_pending(self, limit: int) -> list[FiguresPending]:
+        """Figures quarters whose inputs changed since they were last released, oldest period first."""
+        ...
+
+    async def contributions(self, figures_ids: Sequence[str]) -> list[tuple[str, str, bytes]]:
+        """(figures id, event type, data) of every contribution counted in those figures quarters."""
+        ...
+
+    async def latest_figures(self, figures_id: str) -> FiguresRow | None:
+        """The latest released revision of one figures quarter, or None (never released)."""
+        ...
+
+    async def figures_of(self, consumer: str) -> list[FiguresRow]:
+        """The latest revision of every figures quarter released to ``consumer``, by period."""
+        ...
+
+    async def figures_expiring(self, before: str) -> tuple[int, int]:
+        """How many contributions and figures releases expire at or before ``before`` (RFC 3339)."""
         ...
 
     # -- the IG console (``broker/console/``) ----------------------------------------------------------

@@ -98,6 +98,23 @@ class ReleasedRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class Contribution:
+    """One event's minimised record counted in a figures flow (``Release.figures``): kept by the
+    broker, in the commit that audits it, to compute its consumer's figures; never sent.
+
+    ``period``: the quarter by event date ("2026-Q3"), None when the record holds no event date
+    the figures can read (then it is counted nowhere, and the audit entry says so)."""
+
+    release: Release
+    period: str | None
+    figures_id: str | None
+
+    @property
+    def data(self) -> dict[str, object]:
+        return self.release.record
+
+
+@dataclass(frozen=True, slots=True)
 class ReleasedNotice:
     """A withdrawal notice to a consumer that held an earlier revision, and its exact bytes."""
 
@@ -117,6 +134,7 @@ class Accepted:
     records: tuple[ReleasedRecord, ...]
     notices: tuple[ReleasedNotice, ...] = ()
     lineage: Lineage = NO_LINEAGE  # the record's life before this message
+    contributions: tuple[Contribution, ...] = ()  # counted in figures (``Contribution``), never sent
 
     @property
     def validated(self) -> Validated:

@@ -6,11 +6,14 @@ import hashlib
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from broker.policy.decision import Decision, Refusal, Release
-from broker.ports.store import LineageUpdate, QuarantineItem, StoredRecord
+from broker.figures.specs import Quarter, quarter_end, quarter_of_record
+from broker.policy.decision import Decision, Refusal, Release, figures_id
+from broker.policy.model import local_midnight
+from broker.ports.store import ContributionChange, CountedRow, LineageUpdate, QuarantineItem, StoredRecord
 from broker.stages.lineage import NO_LINEAGE, NO_LONGER_ENTITLED, Holding, Lineage, holders_to_tell
-from broker.stages.outcome import Accepted, Rejected, ReleasedNotice, ReleasedRecord
+from broker.stages.outcome import Accepted, Contribution, Rejected, ReleasedNotice, ReleasedRecord
 from broker.stages.types import Admitted, Inbound
+from schemas.canonical import canonicalize_plain
 from schemas.errors import Reason
 from schemas.messages import consumer_notice, consumer_record
 
@@ -74,7 +77,11 @@ def accept(
             decision.holds,
         )
     records = []
+    counted = []
     for release in decision.releases:
+        if release.figures:
+            counted.append(contribution(decision.event_type, release))
+            continue
         body = record_body(decision, release)
         records.append(ReleasedRecord(release, body, sha256_hex(body)))
     env = decision.subject.envelope
@@ -97,7 +104,15 @@ def accept(
             at=env.time,
         )
         notices.append(ReleasedNotice(held, env.revision, reason, body, sha256_hex(body)))
-    return Accepted(inbound, decision, tuple(records), tuple(notices), lineage)
+    return Accepted(inbound, decision, tuple(records), tuple(notices), lineage, tuple(counted))
+
+
+def contribution(event_type: str, release: Release) -> Contribution:
+    """A figures flow's release, placed in its quarter by the event's own (generalised) date."""
+    quarter = quarter_of_record(event_type, release.record)
+    period = str(quarter) if quarter is not None else None
+    fid = figures_id(release.consumer, release.agreement_id, release.flow_id, period) if period else None
+    return Contribution(release, period, fid)
 
 
 def _expires(outcome: Accepted, release: Release, now: datetime) -> datetime:
@@ -136,6 +151,52 @@ def lineage_update(outcome: Accepted, now: datetime) -> LineageUpdate:
         event_type=env.type,
         holdings=tuple(holdings),
     )
+
+
+def contribution_change(outcome: Accepted, now: datetime) -> ContributionChange | None:
+    """What an accepted message changes in the figures flows' inputs (None: nothing, the hot path
+    of a first revision no figures flow counts).
+
+    A contribution is kept until its quarter's end plus the agreement's retention (a quarter's
+    events go together: its figures are never recounted from half of them); one with no event
+    date, for the retention from now."""
+    env = outcome.validated.envelope
+    replaces = env.revision > 1 or env.withdrawn is not None
+    if not replaces and not outcome.contributions:
+        return None
+    rows = []
+    for c in outcome.contributions:
+        r = c.release
+        if c.period is not None:
+            end = local_midnight(quarter_end(Quarter.parse(c.period)) + timedelta(days=1))
+            expires = end + timedelta(days=r.retention_days)
+        else:
+            expires = now + timedelta(days=r.retention_days)
+        rows.append(
+            CountedRow(
+                record_id=r.record_id,
+                source=env.source,
+                lineage=env.lineage,
+                consumer=r.consumer,
+                agreement_id=r.agreement_id,
+                flow_id=r.flow_id,
+                figures_id=c.figures_id,
+                period=c.period,
+                event_type=env.type,
+                revision=env.revision,
+                message_id=env.id,
+                data=canonicalize_plain(r.record),
+                expires_at=expires,
+            )
+        )
+    # An agreement that refused this revision only for its dates keeps what it counted (as a
+    # records flow's consumer keeps its copy); a withdrawal removes it from every quarter.
+    keep = (
+        frozenset()
+        if env.withdrawn is not None
+        else frozenset(r.agreement_id for r in outcome.refusals if r.reason in _WINDOW and r.agreement_id)
+    )
+    return ContributionChange(env.source, env.lineage, env.id, replaces, keep, tuple(rows))
 
 
 def stored_records(accepted: Sequence[Accepted], now: datetime) -> list[StoredRecord]:

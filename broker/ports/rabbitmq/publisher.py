@@ -30,7 +30,7 @@ from broker.ports.rabbitmq.fast_publish import (
     publish_frames,
 )
 from broker.ports.rabbitmq.topology import Topology
-from broker.ports.store import Checkpoint
+from broker.ports.store import Checkpoint, StoredRecord
 from broker.registry import Registry
 from broker.stages.outcome import Accepted, Rejected, ReleasedRecord, Settled, receipt
 from schemas.errors import Unavailable
@@ -205,7 +205,7 @@ class AmqpDelivery:
                 for notice in outcome.notices
             )
         publishes.extend(
-            Publish(self.topology.deliver.name, notice.consumer, notice.body, f"{notice.record_id}:deleted")
+            Publish(self.topology.deliver.name, notice.consumer, notice.body, _stored_id(notice))
             for notice in batch.notices
         )
         publishes.extend(self.quarantine(outcome) for outcome in batch.rejected)
@@ -218,6 +218,14 @@ def _amqp_id(outcome: Accepted, record: ReleasedRecord) -> str:
     later revision (each revision its own message, a redelivery the same)."""
     revision = outcome.validated.envelope.revision
     return record.release.record_id if revision == 1 else f"{record.release.record_id}:r{revision}"
+
+
+def _stored_id(row: StoredRecord) -> str:
+    """A deletion notice's AMQP id (``<record id>:deleted``), or a figures release's (its figures
+    id, then ``<figures id>:r<n>`` for each recount, as a record's revisions)."""
+    if row.kind == "figures":
+        return row.record_id if row.revision == 1 else f"{row.record_id}:r{row.revision}"
+    return f"{row.record_id}:deleted"
 
 
 def _why(error: object) -> str:

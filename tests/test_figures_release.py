@@ -1,0 +1,264 @@
+"""Issue 14 item 1: figures-only flows. The broker counts each event under the flow's rules, and
+releases, per quarter by event date, disclosure-controlled count tables: audited, traced,
+recounted and re-released as a new revision after a correction or withdrawal; a figures-only
+consumer never receives a record.
+
+Embedded broker on the shipped sample agreements (``dsa-sv-board-figures-2026``: police and A&E
+figures to the Serious Violence Board and the VRU). The events' own dates fall in the quarter
+before today's (so it has ended), and the job is run at that quarter's due time or now, whichever
+is later: no fixed date.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from adapters.synthetic import SyntheticGenerator
+from broker.demo import DemoEnvironment
+from broker.errors import PolicyError
+from broker.figures.board import board_from_json
+from broker.figures.specs import Quarter, quarter_end, quarter_start
+from broker.pipeline.figures import due_at
+from broker.pipeline.trail import trace_entries
+from broker.policy.decision import figures_id, record_id
+from broker.policy.loader import load_policy
+from broker.registry import load_registry
+from broker.service import Broker
+from broker.stages.outcome import Accepted
+from broker.stages.types import Inbound
+from schemas.messages import CONSUMER_FIGURES
+from tests.helpers import audit_entries
+from tests.test_reload import broker_on, own_copy
+
+POLICE = "derbyshire-police"
+BOARD, VRU, COUNTY_CSP = "sv-board", "derbyshire-vru", "derbyshire-csp-analysts"
+AGREEMENT, FLOW = "dsa-sv-board-figures-2026", "police-figures-to-board"
+DISTRICTS = ("E06000015", "E07000032", "E07000034", "E07000035", "E07000036", "E07000037", "E07000038", "E07000039")
+
+
+def last_quarter(now: datetime) -> Quarter:
+    return Quarter.of(now.date()).previous()
+
+
+def offence(seed: int, quarter: Quarter, district: str | None = None) -> dict[str, Any]:
+    """A police offence dated inside ``quarter`` (UTC noon, so no BST edge moves its day)."""
+    rng = random.Random(seed)
+    data = SyntheticGenerator(seed=seed).for_partner(POLICE, "police_sv_offence").data()
+    start = quarter_start(quarter)
+    days = (quarter_end(quarter) - start).days
+    day = start + timedelta(days=rng.randrange(days + 1))
+    data["offence_datetime"] = f"{day.isoformat()}T{rng.choice(('02', '12', '21'))}:30:00Z"
+    data["district"] = district or rng.choice(DISTRICTS)
+    return data
+
+
+def sign(
+    env: DemoEnvironment, data: dict[str, Any], key: str, revision: int = 1, withdrawn: str | None = None
+) -> bytes:
+    return env.signers[POLICE].sign_bytes(
+        "police_sv_offence", data, source_key=key, revision=revision, withdrawn=withdrawn
+    )
+
+
+async def send(broker: Broker, bodies: list[bytes]) -> list[Accepted]:
+    assert broker.pipeline is not None
+    outcomes = await broker.pipeline.process([Inbound(b) for b in bodies])
+    assert all(isinstance(o, Accepted) for o in outcomes), [getattr(o, "reason", o) for o in outcomes]
+    return [o for o in outcomes if isinstance(o, Accepted)]
+
+
+async def feed(broker: Broker, consumer: str, *, history: bool = False) -> list[tuple[str, str, int, dict[str, Any]]]:
+    assert broker.store is not None
+    rows = await broker.store.feed_page(consumer, after=0, limit=1000, history=history)
+    return [(r.record_id, r.kind, r.revision, json.loads(r.body)) for r in rows]
+
+
+def release_time(broker: Broker, quarter: Quarter) -> datetime:
+    return max(broker.clock(), due_at(14, quarter).astimezone(UTC) + timedelta(minutes=1))
+
+
+def district_counts(doc: dict[str, Any]) -> dict[str, int | str]:
+    section = next(s for s in doc["sections"] if s["event_type"] == "police_sv_offence")
+    table = next(t for t in section["tables"] if t["table"] == "police_sv_offence.where")
+    cells: dict[str, int | str] = table["cells"]
+    return cells
+
+
+@pytest.fixture
+async def broker(env: DemoEnvironment, tmp_path: Path) -> Any:
+    policy, keys = own_copy(env, tmp_path)
+    instance = broker_on(env, policy, keys, tmp_path / "data")
+    await instance.start()
+    try:
+        yield instance
+    finally:
+        await instance.stop()
+
+
+async def test_a_figures_only_consumer_gets_the_quarter_as_protected_tables_never_a_record(
+    env: DemoEnvironment, broker: Broker
+) -> None:
+    quarter = last_quarter(broker.clock())
+    events = [offence(i, quarter) for i in range(120)]
+    accepted = await send(broker, [sign(env, e, f"F-{i}") for i, e in enumerate(events)])
+
+    # Counted, never sent: no feed row for the Board or the VRU from the police figures flow.
+    assert await feed(broker, BOARD) == []
+    assert all(kind != "record" or body["agreement"]["id"] != AGREEMENT for _, kind, _, body in await feed(broker, VRU))
+    assert all(not any(r.release.consumer == BOARD for r in o.records) for o in accepted)
+    counted = audit_entries(broker.settings.data_dir / "broker.db", "counted")
+    fid = figures_id(BOARD, AGREEMENT, FLOW, str(quarter))
+    assert sum(1 for e in counted if e["consumer"] == BOARD and e["figures_id"] == fid) == len(events)
+    assert {e["period"] for e in counted} == {str(quarter)}
+    # The county CSP still gets its records under its own agreement: the figures flow took nothing away.
+    assert any(kind == "record" for _, kind, _, _ in await feed(broker, COUNTY_CSP))
+
+    run = await broker.release_figures(release_time(broker, quarter))
+    assert run.released >= 2  # the Board's and the VRU's quarter
+    [(rid, kind, revision, doc)] = await feed(broker, BOARD)
+    assert (rid, kind, revision) == (fid, "figures", 1)
+    CONSUMER_FIGURES.validate_python(doc)  # the exported schema holds
+    assert doc["period"] == str(quarter) and doc["period_basis"] == "event date"
+    assert doc["counted"] == len(events) and doc["agreement"]["id"] == AGREEMENT
+    assert doc["disclosure_check"]["protected"] is True
+
+    # Its numbers are the events' own, counted here independently (where a cell is shown).
+    truth = Counter(e["district"] for e in events)
+    shown = district_counts(doc)
+    board = board_from_json(doc)
+    where = board.table("police_sv_offence.where")
+    assert where.values[0][-1] == len(events)  # the total is never suppressed here
+    for label, value in shown.items():
+        code = label.rsplit("(", 1)[-1].rstrip(")")
+        if value != "[c]":
+            assert value == truth[code], label
+    # Small cells are never shown (the partnership's rule for police counts: 1..4).
+    assert all(v == "[c]" or v == 0 or v > 4 for v in shown.values())
+
+    # Audited once, with the SHA-256 of the very bytes in the feed; traced from a counted event.
+    [entry] = [
+        e for e in audit_entries(broker.settings.data_dir / "broker.db", "figures_released") if e["record_id"] == fid
+    ]
+    assert broker.store is not None
+    [row] = await broker.store.feed_page(BOARD, after=0, limit=10)
+    assert entry["record_sha256"] == hashlib.sha256(row.body).hexdigest()
+    assert (entry["revision"], entry["counted"], entry["period"]) == (1, len(events), str(quarter))
+    first = accepted[0].validated.envelope
+    contribution = record_id(POLICE, first.lineage, BOARD, AGREEMENT)
+    kinds = [json.loads(b)["kind"] for b in (await trace_entries(broker.store, contribution, first.id)).values()]
+    assert kinds[:2] == ["received", "counted"] and "figures_released" in kinds
+
+    # Nothing changed: nothing is released again.
+    again = await broker.release_figures(release_time(broker, quarter))
+    assert again.released == 0
+    assert len(await feed(broker, BOARD, history=True)) == 1
+
+
+async def test_a_correction_or_withdrawal_recounts_the_quarter_as_a_new_revision(
+    env: DemoEnvironment, broker: Broker
+) -> None:
+    quarter = last_quarter(broker.clock())
+    derby, erewash = "E06000015", "E07000036"
+    events = [offence(i, quarter, derby if i % 2 else erewash) for i in range(60)]
+    await send(broker, [sign(env, e, f"C-{i}") for i, e in enumerate(events)])
+    at = release_time(broker, quarter)
+    await broker.release_figures(at)
+    [(_, _, _, before)] = await feed(broker, BOARD)
+    assert before["counted"] == 60
+
+    # Five Erewash offences were really in Derby; three more were sent in error.
+    moved = [i for i in range(60) if i % 2 == 0][:5]
+    withdrawn = [i for i in range(60) if i % 2 == 0][5:8]
+    bodies = [sign(env, events[i] | {"district": derby}, f"C-{i}", revision=2) for i in moved]
+    bodies += [sign(env, {}, f"C-{i}", revision=2, withdrawn="sent_in_error") for i in withdrawn]
+    await send(broker, bodies)
+    # Not re-released before the job runs; then once, as revision 2, under the same figures id.
+    assert [r for _, _, r, _ in await feed(broker, BOARD)] == [1]
+    run = await broker.release_figures(at + timedelta(minutes=1))
+    assert run.released >= 1
+    [(fid, kind, revision, after)] = await feed(broker, BOARD)
+    assert (fid, kind, revision) == (before["figures_id"], "figures", 2)
+    assert after["counted"] == 57
+    cells = district_counts(after)
+    assert cells["Derby (E06000015)"] == 35 and cells["Erewash (E07000036)"] == 22
+    assert [r for _, _, r, _ in await feed(broker, BOARD, history=True)] == [1, 2]
+    revisions = [e["revision"] for e in audit_entries(broker.settings.data_dir / "broker.db", "figures_released")
+                 if e["record_id"] == fid]  # fmt: skip
+    assert revisions == [1, 2]
+
+
+async def test_a_quarter_is_not_released_before_it_is_due(env: DemoEnvironment, broker: Broker) -> None:
+    now = broker.clock()
+    quarter = Quarter.of(now.date())  # this quarter: not ended, so not due
+    data = offence(7, quarter)
+    data["offence_datetime"] = (now - timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:00Z")
+    if Quarter.of((now - timedelta(hours=2)).date()) != quarter:  # the first hours of a quarter
+        pytest.skip("the quarter began less than two hours ago")
+    await send(broker, [sign(env, data, "N-1")])
+    run = await broker.release_figures(now)
+    assert run.released == 0 and run.waiting >= 1
+    assert await feed(broker, BOARD) == []
+    # Due 14 days after it ends: then released.
+    later = await broker.release_figures(due_at(14, quarter).astimezone(UTC) + timedelta(minutes=1))
+    assert later.released >= 1
+    assert [k for _, k, _, _ in await feed(broker, BOARD)] == ["figures"]
+
+
+def write_flow(tmp: Path, flow: str) -> Path:
+    src = Path(__file__).resolve().parents[1] / "policies" / "agreements" / "dsa-sv-board-figures-2026.toml"
+    text = src.read_text()
+    head = text[: text.index("[[flows]]")].replace('"derbyshire-police",', '"derbyshire-police", "derby-pubwatch",', 1)
+    (tmp / "agreements").mkdir(parents=True, exist_ok=True)
+    (tmp / "agreements" / src.name).write_text(head + flow)
+    (tmp / "parties.toml").write_text((src.parents[1] / "parties.toml").read_text())
+    return tmp
+
+
+@pytest.mark.parametrize(
+    ("flow", "message"),
+    [
+        (  # no event date released: there is no quarter by event date
+            '[[flows]]\nid = "board-x"\npartners = ["derbyshire-police"]\nevent_type = "police_sv_offence"\nversions = [1]\n'
+            'consumers = ["sv-board"]\nrules = [{ id = "x-keep", field = "knife_involved", action = "keep" }]\n'
+            "figures = {}\n",
+            "must release the event's date",
+        ),
+        (  # the figures know police and A&E events
+            '[[flows]]\nid = "board-x"\npartners = ["derby-pubwatch"]\nevent_type = "nte_incident"\nversions = [1]\n'
+            'consumers = ["sv-board"]\nrules = [{ id = "x-keep", field = "category", action = "keep" }]\n'
+            "figures = {}\n",
+            "figures are computed for",
+        ),
+        (
+            '[[flows]]\nid = "board-x"\npartners = ["derbyshire-police"]\nevent_type = "police_sv_offence"\nversions = [1]\n'
+            'consumers = ["sv-board"]\nrule_set = "police-figures"\nfigures = { round_to = 3 }\n',
+            "figures.round_to must be one of",
+        ),
+        (
+            '[[flows]]\nid = "board-x"\npartners = ["derbyshire-police"]\nevent_type = "police_sv_offence"\nversions = [1]\n'
+            'consumers = ["sv-board"]\nrule_set = "police-figures"\nfigures = { rules = "lenient" }\n',
+            "figures.rules",
+        ),
+        (
+            '[[flows]]\nid = "board-x"\npartners = ["derbyshire-police"]\nevent_type = "police_sv_offence"\nversions = [1]\n'
+            'consumers = ["sv-board"]\nrule_set = "police-figures"\nfigures = { release_after_days = 200 }\n',
+            "release_after_days",
+        ),
+    ],
+)
+def test_a_figures_flow_that_cannot_give_quarterly_figures_is_refused(
+    env: DemoEnvironment, tmp_path: Path, flow: str, message: str
+) -> None:
+    policy_dir = write_flow(tmp_path / "policies", flow)
+    registry = load_registry(policy_dir, env.keys_dir)
+    with pytest.raises(PolicyError) as caught:
+        load_policy(policy_dir, registry, {})
+    assert message in str(caught.value)
