@@ -59,7 +59,7 @@ from broker.ports.store import Checkpoint, CommitUnit, Leadership, Store
 from broker.ports.stores import store_for
 from broker.registry import Registry, collect_registry
 from broker.settings import Settings
-from broker.transports import http_access, http_audit, http_feeds, http_held, http_metrics
+from broker.transports import http_access, http_audit, http_board, http_feeds, http_held, http_metrics
 from broker.transports.amqp_dead_letters import DeadLetterConsumer
 from broker.transports.amqp_ingest import AmqpIngest
 from broker.transports.http_access import AccessContext, agreement_summaries
@@ -345,6 +345,7 @@ class Broker:
         )
         http_access.add_routes(app, self.access)
         http_feeds.add_routes(app)
+        http_board.add_routes(app)
         http_audit.add_routes(app)
         self.held = HeldFlow(self.store, self.pipeline, self.hold_keys)
         self.figures = FiguresFlow(self.store, self.pipeline.delivery)

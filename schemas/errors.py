@@ -123,6 +123,7 @@ class Reason(StrEnum):
     BAD_FORMAT = "bad_format"
     BAD_EVENT_TYPE = "bad_event_type"
     BAD_HISTORY = "bad_history"
+    BAD_QUARTER = "bad_quarter"
     UNKNOWN_RECORD = "unknown_record"
     NOT_FOUND = "not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
@@ -223,7 +224,7 @@ REASONS: dict[Reason, ReasonInfo] = {
         "held", 400, "the body is not {agreement_id, ids?, reason?} (discard needs a reason) or names no agreement"
     ),
     Reason.FIGURES_UNPROTECTED: _r(
-        "figures", 200, "a quarter's figures could not be protected from disclosure: not released, audited"
+        "figures", 422, "a quarter's figures could not be protected from disclosure: not released, audited"
     ),
     Reason.TOKEN_MISSING: _r("token", 401, "no bearer token"),
     Reason.TOKEN_MALFORMED: _r("token", 401, "the token is not a compact JWS"),
@@ -252,6 +253,7 @@ REASONS: dict[Reason, ReasonInfo] = {
     Reason.BAD_TIME: _r("request", 400, "a time parameter is not RFC 3339 with an offset"),
     Reason.BAD_FORMAT: _r("request", 400, "format is not one the route offers"),
     Reason.BAD_HISTORY: _r("request", 400, "history is not true or false"),
+    Reason.BAD_QUARTER: _r("request", 400, "quarter is not a calendar quarter like 2026-Q3"),
     Reason.BAD_EVENT_TYPE: _r("request", 400, "event_type is not a known event type"),
     Reason.UNKNOWN_RECORD: _r("request", 404, "no release of this record id is in the audit trail"),
     Reason.NOT_FOUND: _r("request", 404, "no such route"),

@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from adapters.synthetic import SyntheticGenerator
@@ -36,6 +37,7 @@ from broker.stages.outcome import Accepted
 from broker.stages.types import Inbound
 from schemas.messages import CONSUMER_FIGURES
 from tests.helpers import audit_entries
+from tests.test_http_access import auth, token
 from tests.test_reload import broker_on, own_copy
 
 POLICE = "derbyshire-police"
@@ -262,3 +264,44 @@ def test_a_figures_flow_that_cannot_give_quarterly_figures_is_refused(
     with pytest.raises(PolicyError) as caught:
         load_policy(policy_dir, registry, {})
     assert message in str(caught.value)
+
+
+async def test_the_board_pack_over_http_is_the_released_figures_for_their_own_consumer_only(
+    env: DemoEnvironment, broker: Broker
+) -> None:
+    quarter = last_quarter(broker.clock())
+    events = [offence(i, quarter) for i in range(80)]
+    await send(broker, [sign(env, e, f"H-{i}") for i, e in enumerate(events)])
+    await broker.release_figures(release_time(broker, quarter))
+    [(_, _, _, released)] = await feed(broker, BOARD)
+    url = f"{broker.url}/v1/feeds/{BOARD}/board"
+    mine = auth(token(broker, "analyst", BOARD))
+    async with aiohttp.ClientSession() as session:
+        async with session.get(url, params={"quarter": str(quarter)}, headers=mine) as resp:
+            assert resp.status == 200
+            pack = await resp.json()
+        assert pack["built_from"] == "figures" and pack["records_included"] == 80
+        [police] = [s for s in pack["sections"] if s["event_type"] == "police_sv_offence"]
+        [section] = [s for s in released["sections"] if s["event_type"] == "police_sv_offence"]
+        assert police["tables"] == section["tables"]  # the pack is the release, not a recount
+        async with session.get(url, params={"quarter": str(quarter), "format": "html"}, headers=mine) as resp:
+            assert resp.status == 200 and resp.content_type == "text/html"
+            page = await resp.text()
+        assert page.count("src='data:image/png;base64,") >= 5 and "[c]" in page
+        # A bad quarter is a 400 with its code; another consumer's pack is a 403, audited.
+        async with session.get(url, params={"quarter": "2026-Q5"}, headers=mine) as resp:
+            assert resp.status == 400 and (await resp.json())["reason"] == "bad_quarter"
+        other = auth(token(broker, "analyst", COUNTY_CSP))
+        async with session.get(url, params={"quarter": str(quarter)}, headers=other) as resp:
+            assert resp.status == 403 and (await resp.json())["reason"] == "not_your_feed"
+        # The CSV feed of a figures consumer names each release by its figures id.
+        async with session.get(
+            f"{broker.url}/v1/feeds/{BOARD}/records", params={"format": "csv"}, headers=mine
+        ) as resp:
+            assert resp.status == 200
+            lines = (await resp.text()).splitlines()
+        assert lines[1].startswith(released["figures_id"] + ",") and ",figures," in lines[1]
+    reads = [
+        e for e in audit_entries(broker.settings.data_dir / "broker.db", "accessed") if e.get("resource") == "board"
+    ]
+    assert reads and reads[0]["record_ids"] == [released["figures_id"]]

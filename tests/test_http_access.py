@@ -125,6 +125,7 @@ PUBLIC_ROUTES = {
 PROTECTED_ROUTES: dict[tuple[str, str], tuple[str, str | None]] = {
     ("GET", "/v1/feeds/{consumer}/records"): ("/v1/feeds/derby-csp-analysts/records", "ig"),
     ("GET", "/v1/feeds/{consumer}/stream"): ("/v1/feeds/derby-csp-analysts/stream", "admin"),
+    ("GET", "/v1/feeds/{consumer}/board"): ("/v1/feeds/derby-csp-analysts/board?quarter=2026-Q3", "ig"),
     ("GET", "/v1/audit/entries"): ("/v1/audit/entries", "analyst"),
     ("GET", "/v1/audit/export"): ("/v1/audit/export", "analyst"),
     ("GET", "/v1/audit/trace/{record_id}"): ("/v1/audit/trace/derby-pubwatch:0123456789abcdef", "analyst"),

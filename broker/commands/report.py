@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from broker.commands.audit import _store_args, _with_store
-from broker.figures.board import build_board
+from broker.figures.board import Board, board_from_figures, build_board
 from broker.figures.board_render import render
 from broker.figures.specs import Quarter
 from broker.figures.suppress import UnderProtected
@@ -53,6 +53,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     q.set_defaults(handler=run)
 
 
+async def consumer_figures(store: Store, consumer: str, quarter: Quarter) -> list[dict[str, Any]]:
+    """The latest figures release of each of the consumer's figures flows for ``quarter``."""
+    rows = await store.figures_of(consumer)
+    return [json.loads(r.body) for r in rows if r.period == str(quarter)]
+
+
+def pack_for(records: list[dict[str, Any]], figures: list[dict[str, Any]], quarter: Quarter, consumer: str,
+             rules: str) -> Board:  # fmt: skip
+    """A figures-only consumer's pack is its released figures, as released (never recounted, it
+    has no records); any other consumer's is built from its released records."""
+    if figures:
+        return board_from_figures(figures, consumer)
+    return build_board(records, quarter, consumer=consumer, rules="source" if rules == "source" else "partnership")
+
+
 async def consumer_records(store: Store, consumer: str) -> list[dict[str, Any]]:
     """Every latest row of the consumer's feed (records and notices), in cursor order."""
     out: list[dict[str, Any]] = []
@@ -71,13 +86,18 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}")
         return 2
+
+    async def read(store: Store) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        figures = await consumer_figures(store, args.consumer, quarter)
+        return ([] if figures else await consumer_records(store, args.consumer)), figures
+
     try:
-        records = _with_store(args, lambda store: consumer_records(store, args.consumer))
+        records, figures = _with_store(args, read)
     except SystemExit as exc:
         print(exc)
         return 2
     try:
-        board = build_board(records, quarter, consumer=args.consumer, rules=args.rules)
+        board = pack_for(records, figures, quarter, args.consumer, args.rules)
     except UnderProtected as exc:
         print(f"error: the tables cannot be protected, nothing written: {exc}")
         return 1
@@ -87,8 +107,9 @@ def run(args: argparse.Namespace) -> int:
     for name, body in files.items():
         (out / name).write_bytes(body)
     excluded = sum(board.excluded.values())
+    what = "events counted in its figures" if figures else "records"
     print(
-        f"wrote {len(files)} files to {out}: {board.included} records in {quarter}, {excluded} not counted, "
+        f"wrote {len(files)} files to {out}: {board.included} {what} in {quarter}, {excluded} not counted, "
         f"{len(board.release.report.cells)} entries suppressed"
     )
     return 0

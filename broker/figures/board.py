@@ -77,6 +77,8 @@ class Board:
     captions: Mapping[str, str]
     included: int
     excluded: Mapping[str, int] = field(default_factory=dict)
+    # "figures": rebuilt from figures releases (a figures-only consumer's), not from records
+    built_from: Literal["records", "figures"] = "records"
 
     def table(self, name: str) -> PublishedTable:
         return self.release.table(name)
@@ -377,4 +379,40 @@ def board_from_json(doc: Mapping[str, Any], consumer: str = "") -> Board:
         captions=captions,
         included=int(doc.get("counted", 0)),
         excluded=dict(doc.get("not_counted", {})),
+        built_from="figures",
+    )
+
+
+def board_from_figures(docs: Sequence[Mapping[str, Any]], consumer: str = "") -> Board:
+    """One quarter's figures releases (one per figures flow: police, A&E) as one Board, each
+    section protected as it was released (the releases share no margin: different events)."""
+    boards = [board_from_json(doc, consumer) for doc in docs]
+    if not boards:
+        raise ValueError("no figures")
+    quarters = {b.quarter for b in boards}
+    if len(quarters) != 1:
+        raise ValueError(f"figures of several quarters: {sorted(map(str, quarters))}")
+    order = {name: i for i, name in enumerate(SPECS)}
+    boards.sort(key=lambda b: min((order.get(s.event_type, 99) for s in b.sections), default=99))
+    excluded: Counter[str] = Counter()
+    for b in boards:
+        excluded.update(b.excluded)
+    reports = [b.release.report for b in boards]
+    report = DisclosureReport(
+        method=reports[0].method,
+        rules=tuple(r for rep in reports for r in rep.rules),
+        cells=tuple(c for rep in reports for c in rep.cells),
+        lp_solves=sum(rep.lp_solves for rep in reports),
+        protected=all(rep.protected for rep in reports),
+    )
+    return Board(
+        consumer=boards[0].consumer,
+        quarter=boards[0].quarter,
+        rules=boards[0].rules,
+        sections=tuple(s for b in boards for s in b.sections),
+        release=Release(tables=tuple(t for b in boards for t in b.release.tables), report=report),
+        captions={k: v for b in boards for k, v in b.captions.items()},
+        included=sum(b.included for b in boards),
+        excluded=dict(sorted(excluded.items())),
+        built_from="figures",
     )

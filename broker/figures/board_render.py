@@ -108,16 +108,20 @@ def grouped_bars(t: PublishedTable, title: str) -> bytes:
     shown = [v for row in t.values[: t.n_rows] for v in row[: t.n_cols] if v is not None]
     top = float(max(shown, default=1))
     colours = [BLUE, "#d4351c", "#00703c", "#6f72af"]
+    labelled = False
     for j, sex in enumerate(t.cols):
+        label: str | None = sex.replace("_", " ")  # on the first bar of this sex that is shown
         for i in range(t.n_rows):
             x = i + (j - (t.n_cols - 1) / 2) * width
             v = t.values[i][j]
             if v is None:
                 _c_bar(ax, x, top)
             else:
-                ax.bar(x, v, width=width, color=colours[j % 4], label=sex.replace("_", " ") if i == 0 else None)
+                ax.bar(x, v, width=width, color=colours[j % 4], label=label)
+                labelled, label = labelled or label is not None, None
     ax.set_xticks(range(t.n_rows), [r.replace("_", " ") for r in t.rows], fontsize=8, family=FONT)
-    ax.legend(fontsize=7, frameon=False)
+    if labelled:
+        ax.legend(fontsize=7, frameon=False)
     ax.set_title(title, fontsize=10, family=FONT, loc="left")
     fig.tight_layout()
     return _png(fig)
@@ -279,6 +283,24 @@ tr.total{font-weight:bold}.note{font-size:8pt;color:#505a5f}img{max-width:100%}
 """
 
 
+def _intro(board: Board) -> str:
+    e = html.escape
+    if board.built_from == "figures":
+        return (
+            f"<p>The figures released to <b>{e(board.consumer)}</b> by the broker under its agreement: "
+            f"{board.included} events counted with an event date in {board.quarter}, each table protected before it "
+            "was released. Periods are by <b>event date</b>, never by the time the broker received or released "
+            "anything: a late-reported offence counts in the quarter it happened (and the quarter is released again, "
+            "as a new revision, when it does).</p>"
+        )
+    return (
+        f"<p>Built from the records released to <b>{e(board.consumer)}</b>: {board.included} records with an event "
+        f"date in {board.quarter}. Periods are by <b>event date</b> (the record's own released date field, named "
+        "in each section), never by the time the broker released it: a late-reported offence counts in the quarter "
+        "it happened. An ISO week counts in the quarter holding its Thursday.</p>"
+    )
+
+
 def to_html(board: Board, chart_files: dict[str, bytes]) -> str:
     """The report: static HTML, print CSS, no script, no external asset (charts are files beside it)."""
     e = html.escape
@@ -287,10 +309,7 @@ def to_html(board: Board, chart_files: dict[str, bytes]) -> str:
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>Serious violence quarterly board pack {board.quarter}</title><style>{CSS}</style></head><body>",
         f"<h1>Serious violence: quarterly board pack, {board.quarter}</h1>",
-        f"<p>Built from the records released to <b>{e(board.consumer)}</b>: {board.included} records with an event "
-        f"date in {board.quarter}. Periods are by <b>event date</b> (the record's own released date field, named "
-        "in each section), never by the time the broker released it: a late-reported offence counts in the quarter "
-        "it happened. An ISO week counts in the quarter holding its Thursday.</p>",
+        _intro(board),
     ]
     if board.excluded:
         items = "".join(f"<li>{e(k)}: {v}</li>" for k, v in board.excluded.items())

@@ -25,13 +25,14 @@ from schemas.errors import Reason
 # Values a caller may put in a path or query string that the audit keeps as they are: the shapes
 # of the broker's own identifiers and of times.  Anything else is recorded as a digest.
 _SAFE_SHAPES = re.compile(
-    r"rec-[0-9a-f]{32}"  # record ids
+    r"(?:rec|fig)-[0-9a-f]{32}"  # record ids, figures ids
+    r"|[0-9]{4}-Q[1-4]"  # quarters
     r"|[a-z0-9][a-z0-9-]{0,63}:[0-9a-f]{32}"  # message ids
     r"|[0-9]{4}-[0-9]{2}-[0-9]{2}(?:[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,9})?)?(?:Z|[+-][0-9]{2}:[0-9]{2})?)?"
     r"|[0-9]{1,19}",  # cursors, limits, sequence numbers
     re.ASCII,
 )
-_FIXED_WORDS = frozenset({"csv", "jsonl", "json", "true", "false", "asc", "desc"}) | {k.value for k in Kind}
+_FIXED_WORDS = frozenset({"csv", "jsonl", "json", "html", "true", "false", "asc", "desc", "figures", "records"}) | {k.value for k in Kind}
 
 
 def screened(value: Any, known: frozenset[str]) -> Any:

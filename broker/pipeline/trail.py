@@ -14,9 +14,8 @@ both use these, so a trace or a verification reads the same on SQLite and on Pos
 
 from __future__ import annotations
 
-import json
-
 import asyncio
+import json
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
 

@@ -140,7 +140,7 @@ async def feed_records(request: web.Request) -> web.StreamResponse:
         agreement = rec.get("agreement") or {}
         writer.writerow(
             [
-                csv_cell(rec["record_id"]),
+                csv_cell(rec.get("record_id", rec.get("figures_id"))),  # a figures release has figures_id
                 csv_cell(rec["released_at"]),
                 csv_cell(row.kind),
                 csv_cell(row.revision),  # from the row: a record stored before revisions has none in its body

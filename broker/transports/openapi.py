@@ -144,6 +144,39 @@ def document() -> dict[str, Any]:
                     },
                 }
             },
+            "/v1/feeds/{consumer}/board": {
+                "get": {
+                    "summary": "The quarterly board pack of the caller's own consumer (analyst role)",
+                    "security": secured,
+                    "parameters": [
+                        _path("consumer", "consumer id; must be the analyst's own"),
+                        {
+                            "name": "quarter",
+                            "in": "query",
+                            "required": True,
+                            "schema": {"type": "string", "pattern": "^[0-9]{4}-Q[1-4]$"},
+                            "description": "calendar quarter, by event date",
+                        },
+                        _query("format", {"type": "string", "enum": ["json", "html"]}, "response format"),
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": (
+                                "What, when, who and where for the quarter, every table disclosure-controlled "
+                                "(suppressed entries [c]): a figures-only consumer's released figures as released, "
+                                "or built from the consumer's released records. HTML: one printable page."
+                            ),
+                            "content": {
+                                JSON: {"schema": {"type": "object"}},
+                                "text/html": {"schema": {"type": "string"}},
+                            },
+                        },
+                        "400": _problem("A bad parameter (reason code)."),
+                        "422": _problem("The tables cannot be protected from disclosure (figures_unprotected)."),
+                        **AUTH_ERRORS,
+                    },
+                }
+            },
             "/v1/feeds/{consumer}/stream": {
                 "get": {
                     "summary": "Server-Sent Events of new records; resumes after Last-Event-ID (analyst role)",

@@ -1,0 +1,100 @@
+"""The quarterly board pack over HTTP: ``GET /v1/feeds/{consumer}/board?quarter=2026-Q3``
+(analyst role, the caller's own consumer only), as JSON (default) or one self-contained HTML page
+(``format=html``: the charts inlined as PNG data, printable to PDF).
+
+The same pack as ``sv-broker report quarterly``: a figures-only consumer's is its released
+figures as released; any other consumer's is built from the records it was released, through the
+same disclosure control. Every request is audited (``accessed``, with the figures ids read)
+before the answer is written; counting and drawing run off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import re
+from typing import Any
+
+from aiohttp import web
+
+from broker.errors import ApiError
+from broker.figures.board import Board, board_from_figures, build_board
+from broker.figures.board_render import board_doc, charts, to_html
+from broker.figures.specs import Quarter
+from broker.figures.suppress import UnderProtected
+from broker.ports.store import Store
+from broker.transports.http_access import ACCESS, audited_route, response_format
+from broker.transports.http_feeds import analyst_for
+from schemas.errors import Reason
+
+PAGE = 1000
+QUARTER = re.compile(r"[0-9]{4}-Q[1-4]")
+
+
+def quarter_of(request: web.Request) -> Quarter:
+    text = request.query.get("quarter", "")
+    if not QUARTER.fullmatch(text):
+        raise ApiError(Reason.BAD_QUARTER, "quarter must be a calendar quarter like 2026-Q3.")
+    return Quarter.parse(text)
+
+
+async def _records(store: Store, consumer: str) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    after = 0
+    while rows := await store.feed_page(consumer, after=after, limit=PAGE):
+        out.extend(json.loads(r.body) for r in rows)
+        if len(rows) < PAGE:
+            break
+        after = rows[-1].id
+    return out
+
+
+def _inline(board: Board) -> str:
+    """The pack's HTML with each chart inlined (one file to save or print)."""
+    files = charts(board)
+    page = to_html(board, files)
+    for name, png in files.items():
+        page = page.replace(f"src='{name}'", "src='data:image/png;base64," + base64.b64encode(png).decode() + "'")
+    return page
+
+
+async def board_pack(request: web.Request) -> web.StreamResponse:
+    principal, consumer = await analyst_for(request)
+    quarter = quarter_of(request)
+    fmt = response_format(request, ("json", "html"))
+    ctx = request.app[ACCESS]
+    figures = [json.loads(r.body) for r in await ctx.store.figures_of(consumer) if r.period == str(quarter)]
+    records = [] if figures else await _records(ctx.store, consumer)
+    await ctx.audit.read(
+        principal,
+        "board",
+        audited_route(request),
+        {
+            "consumer": consumer,
+            "quarter": str(quarter),
+            "format": fmt,
+            "from": "figures" if figures else "records",
+            "record_ids": [f["figures_id"] for f in figures],
+            "count": len(figures) if figures else len(records),
+        },
+    )
+
+    def build() -> Board:
+        if figures:
+            return board_from_figures(figures, consumer)
+        return build_board(records, quarter, consumer=consumer)
+
+    try:
+        board = await asyncio.to_thread(build)
+    except UnderProtected:
+        raise ApiError(
+            Reason.FIGURES_UNPROTECTED, "The quarter's tables cannot be protected from disclosure; nothing is shown."
+        ) from None
+    if fmt == "html":
+        return web.Response(text=await asyncio.to_thread(_inline, board), content_type="text/html", charset="utf-8")
+    return web.json_response(board_doc(board) | {"built_from": board.built_from})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/v1/feeds/{consumer}/board", board_pack)
