@@ -25,7 +25,7 @@ import pytest
 from adapters.synthetic import SyntheticGenerator
 from broker.demo import DemoEnvironment
 from broker.errors import PolicyError
-from broker.figures.board import board_from_json
+from broker.figures.board import board_from_json, period_of
 from broker.figures.specs import Quarter, quarter_end, quarter_start
 from broker.pipeline.figures import due_at
 from broker.pipeline.trail import trace_entries
@@ -305,3 +305,26 @@ async def test_the_board_pack_over_http_is_the_released_figures_for_their_own_co
         e for e in audit_entries(broker.settings.data_dir / "broker.db", "accessed") if e.get("resource") == "board"
     ]
     assert reads and reads[0]["record_ids"] == [released["figures_id"]]
+
+
+async def test_a_feed_is_read_by_event_date_not_release_time(env: DemoEnvironment, broker: Broker) -> None:
+    quarter = last_quarter(broker.clock())
+    events = [offence(i, quarter, "E07000032") for i in range(30)]  # Amber Valley: the county CSP's
+    events += [offence(100 + i, quarter.previous(), "E07000032") for i in range(10)]
+    await send(broker, [sign(env, e, f"P-{i}") for i, e in enumerate(events)])
+    rows = await feed(broker, COUNTY_CSP)
+    # The county CSP's records release the offence week: a week counts in the quarter of its Thursday.
+    expected = sum(
+        1 for _, kind, _, body in rows if kind == "record" and period_of(body["data"]["offence_week"]) == quarter
+    )
+    assert 20 <= expected <= 30
+    mine = auth(token(broker, "analyst", COUNTY_CSP))
+    url = f"{broker.url}/v1/feeds/{COUNTY_CSP}/records"
+    async with aiohttp.ClientSession() as session:
+        async with session.get(url, params={"period": str(quarter), "limit": "1000"}, headers=mine) as resp:
+            assert resp.status == 200
+            page = await resp.json()
+        async with session.get(url, params={"period": "2026-13"}, headers=mine) as resp:
+            assert resp.status == 400 and (await resp.json())["reason"] == "bad_quarter"
+    assert page["count"] == expected
+    assert all(period_of(r["data"]["offence_week"]) == quarter for r in page["records"])

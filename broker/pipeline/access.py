@@ -32,7 +32,9 @@ _SAFE_SHAPES = re.compile(
     r"|[0-9]{1,19}",  # cursors, limits, sequence numbers
     re.ASCII,
 )
-_FIXED_WORDS = frozenset({"csv", "jsonl", "json", "html", "true", "false", "asc", "desc", "figures", "records"}) | {k.value for k in Kind}
+_FIXED_WORDS = frozenset({"csv", "jsonl", "json", "html", "true", "false", "asc", "desc", "figures", "records"}) | {
+    k.value for k in Kind
+}
 
 
 def screened(value: Any, known: frozenset[str]) -> Any:

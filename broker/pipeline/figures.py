@@ -229,6 +229,7 @@ def _stored(row: FiguresRow, event_type: str) -> StoredRecord:
         body=row.body,
         revision=row.revision,
         kind="figures",
+        period=row.period,
     )
 
 

@@ -80,6 +80,7 @@ from broker.ports.sql import (
     PURGE_FIGURES_FEED,
     RECORDS_BEFORE_NOTICE,
     RECORDS_CURRENT,
+    RECORDS_PERIOD,
     SEEN_KINDS,
     SESSION_ENDED_QUERY,
     Binder,
@@ -255,6 +256,8 @@ MIGRATIONS: tuple[str, ...] = (
     ENDED_SESSIONS_TABLE,
     # 7: figures flows (issue 14): their contributions, pending quarters and released figures.
     FIGURES_TABLES,
+    # 8: feeds read by event date (a record's quarter, from its released date field).
+    RECORDS_PERIOD,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 VERSION_TABLE = "sv_broker_schema"
@@ -490,10 +493,19 @@ class PostgresStore:
         since: str | None = None,
         until: str | None = None,
         history: bool = False,
+        period: str | None = None,
     ) -> list[FeedRow]:
         bind = Binder(numbered)
         sql = feed_page_query(
-            bind, consumer, after=after, limit=limit, event_type=event_type, since=since, until=until, history=history
+            bind,
+            consumer,
+            after=after,
+            limit=limit,
+            event_type=event_type,
+            since=since,
+            until=until,
+            history=history,
+            period=period,
         )
         params = bind.params
 
@@ -1003,11 +1015,11 @@ async def _apply(conn: asyncpg.Connection, plan: CommitPlan) -> None:
     if plan.records:
         await conn.execute(
             "INSERT INTO records(record_id, consumer, agreement_id, agreement_revision, event_type, source, "
-            "message_id, released_at, expires_at, body, revision, kind) "
-            "SELECT r, c, a, v, e, s, m, ra, ea, b, rv, k FROM unnest($1::text[], $2::text[], $3::text[], "
+            "message_id, released_at, expires_at, body, revision, kind, period) "
+            "SELECT r, c, a, v, e, s, m, ra, ea, b, rv, k, p FROM unnest($1::text[], $2::text[], $3::text[], "
             "$4::integer[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::bytea[], "
-            "$11::integer[], $12::text[]) "
-            "WITH ORDINALITY AS u(r, c, a, v, e, s, m, ra, ea, b, rv, k, n) ORDER BY n "
+            "$11::integer[], $12::text[], $13::text[]) "
+            "WITH ORDINALITY AS u(r, c, a, v, e, s, m, ra, ea, b, rv, k, p, n) ORDER BY n "
             "ON CONFLICT (record_id, revision, kind) DO NOTHING",
             *_columns(
                 [
@@ -1024,10 +1036,11 @@ async def _apply(conn: asyncpg.Connection, plan: CommitPlan) -> None:
                         rec.body,
                         rec.revision,
                         rec.kind,
+                        rec.period,
                     )
                     for rec in plan.records
                 ],
-                12,
+                13,
             ),
         )
         for record_id in later_revisions(plan.records):  # the rules: ``sql.RECORDS_CURRENT``

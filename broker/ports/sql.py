@@ -148,11 +148,17 @@ def feed_page_query(
     since: str | None,
     until: str | None,
     history: bool = False,
+    period: str | None = None,
 ) -> str:
     sql = f"SELECT {FEED_COLUMNS} FROM records WHERE consumer = {bind(consumer)} AND id > {bind(after)}"  # noqa: S608
     if not history:
         sql += " AND current = 1"
-    for clause, value in (("event_type =", event_type), ("released_at >=", since), ("released_at <", until)):
+    for clause, value in (
+        ("event_type =", event_type),
+        ("released_at >=", since),
+        ("released_at <", until),
+        ("period =", period),  # by event date (``StoredRecord.period``)
+    ):
         if value:
             sql += f" AND {clause} {bind(value)}"
     return sql + f" ORDER BY id LIMIT {bind(limit)}"
@@ -425,6 +431,11 @@ CREATE TABLE IF NOT EXISTS figures (
 );
 CREATE INDEX IF NOT EXISTS figures_consumer ON figures(consumer, period);
 CREATE INDEX IF NOT EXISTS figures_expiry ON figures(expires_at);
+"""
+# Feeds by event date: each feed row's quarter (``StoredRecord.period``); rows from before it, none.
+RECORDS_PERIOD = """
+ALTER TABLE records ADD COLUMN period TEXT;
+CREATE INDEX IF NOT EXISTS records_period ON records(consumer, period, id);
 """
 CONTRIBUTION_COLUMNS = (
     "record_id, source, lineage, consumer, agreement_id, flow_id, figures_id, period, event_type, revision, "

@@ -65,6 +65,7 @@ from broker.ports.sql import (
     PURGE_FIGURES_FEED,
     RECORDS_BEFORE_NOTICE,
     RECORDS_CURRENT,
+    RECORDS_PERIOD,
     SEEN_KINDS,
     SESSION_ENDED_QUERY,
     Binder,
@@ -206,10 +207,12 @@ CREATE TABLE IF NOT EXISTS records (
     revision INTEGER NOT NULL DEFAULT 1,
     kind TEXT NOT NULL DEFAULT 'record',
     current INTEGER NOT NULL DEFAULT 1,
+    period TEXT,
     UNIQUE (record_id, revision, kind)
 );
 CREATE INDEX IF NOT EXISTS records_consumer ON records(consumer, id);
 CREATE INDEX IF NOT EXISTS records_record ON records(record_id);
+CREATE INDEX IF NOT EXISTS records_period ON records(consumer, period, id);
 """
 # A store made before records had revisions (one row per record id, ``UNIQUE``): rebuilt with
 # its rows as revision 1, in one transaction, keeping every row's feed position (``id``).
@@ -259,6 +262,8 @@ def _migrate_records(conn: sqlite3.Connection) -> None:
         lineage_exists = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'lineage'").fetchone() is not None
         script = MIGRATE_RECORDS if columns and "revision" not in columns else RECORDS_TABLE
         script += LINEAGE_TABLES + FIGURES_TABLES
+        if columns and "period" not in columns and "revision" in columns:
+            script += RECORDS_PERIOD  # a store from before feeds could be read by event date
         if columns and not lineage_exists:
             script += BACKFILL_LINEAGE
         for statement in script.split(";"):
@@ -532,7 +537,7 @@ class SqliteStore:
         _insert_many(
             conn,
             "INSERT OR IGNORE INTO records(record_id, consumer, agreement_id, agreement_revision, event_type, "
-            "source, message_id, released_at, expires_at, body, revision, kind) VALUES ",
+            "source, message_id, released_at, expires_at, body, revision, kind, period) VALUES ",
             [
                 (
                     rec.record_id,
@@ -547,6 +552,7 @@ class SqliteStore:
                     rec.body,
                     rec.revision,
                     rec.kind,
+                    rec.period,
                 )
                 for rec in plan.records
             ],
@@ -750,11 +756,20 @@ class SqliteStore:
         since: str | None = None,
         until: str | None = None,
         history: bool = False,
+        period: str | None = None,
     ) -> list[FeedRow]:
         """Ids are assigned by the single writer in commit order (see ``Store.feed_page``)."""
         bind = Binder(qmark)
         sql = feed_page_query(
-            bind, consumer, after=after, limit=limit, event_type=event_type, since=since, until=until, history=history
+            bind,
+            consumer,
+            after=after,
+            limit=limit,
+            event_type=event_type,
+            since=since,
+            until=until,
+            history=history,
+            period=period,
         )
         params = bind.params
 

@@ -51,7 +51,10 @@ class StoredRecord:
     expires_at: datetime
     body: bytes  # canonical JSON of the minimised record envelope, or of a notice
     revision: int = 1
-    kind: str = "record"  # record | withdrawn | deleted (``schemas.messages.ConsumerNotice``)
+    kind: str = "record"  # record | withdrawn | deleted (``schemas.messages.ConsumerNotice``) | figures
+    # The calendar quarter of the event's own date ("2026-Q3", from the released date field), so a
+    # feed can be read by event date; None: the record releases no date a quarter can be read from.
+    period: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -434,6 +437,7 @@ class Store(Protocol):
         since: str | None = None,
         until: str | None = None,
         history: bool = False,
+        period: str | None = None,
     ) -> list[FeedRow]:
         """One page of a consumer's records in cursor order. Positions are assigned in commit
         order, so paging by ``id > after`` never skips or repeats a record, however many arrive

@@ -218,6 +218,7 @@ def stored_records(accepted: Sequence[Accepted], now: datetime) -> list[StoredRe
                     expires_at=_expires(outcome, record.release, now),
                     body=record.body,
                     revision=revision,
+                    period=_period(outcome.event_type, record.release.record),
                 )
             )
         for notice in outcome.notices:
@@ -238,6 +239,11 @@ def stored_records(accepted: Sequence[Accepted], now: datetime) -> list[StoredRe
                 )
             )
     return out
+
+
+def _period(event_type: str, data: dict[str, object]) -> str | None:
+    quarter = quarter_of_record(event_type, data)
+    return str(quarter) if quarter is not None else None
 
 
 def quarantine_item(outcome: Rejected, now: datetime) -> QuarantineItem:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import re
 from typing import Any
 
 from aiohttp import web
@@ -25,11 +24,10 @@ from broker.figures.specs import Quarter
 from broker.figures.suppress import UnderProtected
 from broker.ports.store import Store
 from broker.transports.http_access import ACCESS, audited_route, response_format
-from broker.transports.http_feeds import analyst_for
+from broker.transports.http_feeds import QUARTER, analyst_for
 from schemas.errors import Reason
 
 PAGE = 1000
-QUARTER = re.compile(r"[0-9]{4}-Q[1-4]")
 
 
 def quarter_of(request: web.Request) -> Quarter:

@@ -13,6 +13,7 @@ import binascii
 import csv
 import io
 import json
+import re
 from typing import Any
 
 from aiohttp import web
@@ -33,6 +34,8 @@ from broker.transports.http_access import (
 )
 from schemas.errors import Reason
 from schemas.events import EVENT_TYPES
+
+QUARTER = re.compile(r"[0-9]{4}-Q[1-4]")
 
 
 async def analyst_for(request: web.Request) -> tuple[Principal, str]:
@@ -79,8 +82,18 @@ async def _page(request: web.Request, consumer: str, after: int, limit: int) -> 
     history = request.query.get("history", "false")
     if history not in ("true", "false"):
         raise ApiError(Reason.BAD_HISTORY, "history must be true or false.")
+    period = request.query.get("period")
+    if period is not None and not QUARTER.fullmatch(period):
+        raise ApiError(Reason.BAD_QUARTER, "period must be a calendar quarter like 2026-Q3 (by event date).")
     return await ctx.store.feed_page(
-        consumer, after=after, limit=limit, event_type=event_type, since=since, until=until, history=history == "true"
+        consumer,
+        after=after,
+        limit=limit,
+        event_type=event_type,
+        since=since,
+        until=until,
+        history=history == "true",
+        period=period,
     )
 
 
@@ -111,7 +124,7 @@ async def feed_records(request: web.Request) -> web.StreamResponse:
             "query": {
                 k: v
                 for k, v in request.query.items()
-                if k in ("after", "limit", "event_type", "since", "until", "history")
+                if k in ("after", "limit", "event_type", "since", "until", "history", "period")
             },
         },
     )

@@ -124,6 +124,11 @@ def document() -> dict[str, Any]:
                         _query("since", TIME_PARAM, "released at or after"),
                         _query("until", TIME_PARAM, "released before"),
                         _query(
+                            "period",
+                            {"type": "string", "pattern": "^[0-9]{4}-Q[1-4]$"},
+                            "only records (and figures) whose event date is in this calendar quarter",
+                        ),
+                        _query(
                             "history",
                             {"type": "string", "enum": ["true", "false"]},
                             "true: every revision and notice; default: each record's latest only",
