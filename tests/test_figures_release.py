@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import jsonschema
 import pytest
 
 from adapters.synthetic import SyntheticGenerator
@@ -36,6 +37,7 @@ from broker.service import Broker
 from broker.stages.outcome import Accepted
 from broker.stages.types import Inbound
 from schemas.messages import CONSUMER_FIGURES
+from schemas.schema_files import SCHEMA_DIR
 from tests.helpers import audit_entries
 from tests.test_http_access import auth, token
 from tests.test_reload import broker_on, own_copy
@@ -127,7 +129,10 @@ async def test_a_figures_only_consumer_gets_the_quarter_as_protected_tables_neve
     assert run.released >= 2  # the Board's and the VRU's quarter
     [(rid, kind, revision, doc)] = await feed(broker, BOARD)
     assert (rid, kind, revision) == (fid, "figures", 1)
-    CONSUMER_FIGURES.validate_python(doc)  # the exported schema holds
+    CONSUMER_FIGURES.validate_python(doc)  # the message definition holds ...
+    schema = json.loads((SCHEMA_DIR / "consumer_figures.v1.json").read_text(encoding="utf-8"))
+    jsonschema.Draft202012Validator(schema).validate(doc)  # ... and so does the exported file a client reads
+    assert not jsonschema.Draft202012Validator(schema).is_valid({k: v for k, v in doc.items() if k != "figures_id"})
     assert doc["period"] == str(quarter) and doc["period_basis"] == "event date"
     assert doc["counted"] == len(events) and doc["agreement"]["id"] == AGREEMENT
     assert doc["disclosure_check"]["protected"] is True

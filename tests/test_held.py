@@ -55,6 +55,9 @@ def past_review(env: DemoEnvironment, tmp_path: Path, hold: str = HOLD) -> tuple
     today = datetime.now(UTC).date()
     set_dates(path, today - timedelta(days=60), today + timedelta(days=300), today - timedelta(days=1))
     path.write_text(path.read_text(encoding="utf-8") + hold, encoding="utf-8")
+    # Only the held agreement covers the police events here: the Board's figures agreement would
+    # count them (its minimised fields, in the clear, as any release in an embedded store).
+    (policy / "agreements" / "dsa-sv-board-figures-2026.toml").unlink()
     return policy, keys
 
 

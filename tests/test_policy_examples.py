@@ -38,7 +38,22 @@ class Example:
     event_type: str
     event: dict[str, Any]
     receives: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)  # consumer -> (agreement, record)
+    # Figures flows: consumer -> (agreement, what is counted); None: not checked in this example.
+    counts: dict[str, tuple[str, dict[str, Any]]] | None = None
 
+
+COUNTED_10D: dict[str, Any] = {
+    "offence_group": "possession_of_weapons",
+    "offence_quarter": "2026-Q4",
+    "offence_day_of_week": "Tuesday",
+    "offence_hour": 10,
+    "district": "E07000032",
+    "knife_involved": True,
+    "victim_age_band": "not_known",
+    "victim_sex": "not_known",
+    "suspect_age_band": "18-24",
+    "suspect_sex": "female",
+}
 
 EXAMPLES = [
     # ---------------------------------------------------------------- dsa-istv-ae-2026 (A&E, ISTV)
@@ -471,6 +486,12 @@ EXAMPLES = [
                 },
             ),
         },
+        # The Board and the VRU receive no record: the event is counted in their quarterly figures,
+        # by the exact quarter of its own date.
+        counts={
+            "sv-board": ("dsa-sv-board-figures-2026", COUNTED_10D),
+            "derbyshire-vru": ("dsa-sv-board-figures-2026", COUNTED_10D),
+        },
     ),
 ]
 
@@ -493,6 +514,10 @@ def test_example(example: Example, signers: dict[str, Signer], registry: Registr
     got = {r.consumer: (r.agreement_id, r.record) for r in decision.releases}
     want = {c: (a, _resolve(a, rec)) for c, (a, rec) in example.receives.items()}
     assert got == want
+    if example.counts is not None:
+        assert {r.consumer: (r.agreement_id, r.record) for r in decision.counted} == example.counts
+    # a figures-only consumer is never released a record
+    assert "sv-board" not in got
     assert NOBODY not in got
     for consumer in set(registry.consumers) - set(want):
         assert consumer not in got, f"{consumer} should receive nothing"
@@ -501,7 +526,7 @@ def test_example(example: Example, signers: dict[str, Signer], registry: Registr
 
 
 def test_every_shipped_agreement_has_an_example(registry: Registry) -> None:
-    exercised = {a for e in EXAMPLES for a, _ in e.receives.values()}
+    exercised = {a for e in EXAMPLES for a, _ in (*e.receives.values(), *(e.counts or {}).values())}
     assert exercised == set(shipped_policy(registry).agreements)
 
 

@@ -303,7 +303,7 @@ def test_shipped_policies_pass_with_a_secrets_file(tmp_path: Path, capsys: pytes
     rc = main(["policy", "check", "--secrets", str(path), "--as-of", AS_OF])
     out = capsys.readouterr().out
     assert rc == 0, out
-    assert "checked 5 agreement file(s)" in out
+    assert "checked 6 agreement file(s)" in out
     assert "0 error(s), 0 warning(s)" in out
 
 
@@ -315,7 +315,7 @@ def test_shipped_policies_pass_with_environment_secrets(
     report = json.loads(capsys.readouterr().out)
     assert rc == 0, report
     assert report["errors"] == 0
-    assert len(report["agreements"]) == 5
+    assert len(report["agreements"]) == 6
 
 
 def test_shipped_policies_fail_without_secrets(

@@ -33,6 +33,7 @@ TEST_SECRETS: dict[str, bytes] = {
     "dsa-nte-police-licensing-2026": bytes.fromhex("c3" * 32),
     "dsa-nte-csp-2026": bytes.fromhex("d4" * 32),
     "dsa-police-sv-csp-2026": bytes.fromhex("e5" * 32),
+    "dsa-sv-board-figures-2026": bytes.fromhex("e6" * 32),
 }
 
 NOBODY = "derbyshire-fire-analysts"  # registered, named in no flow: must receive nothing

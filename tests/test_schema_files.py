@@ -15,7 +15,14 @@ from adapters.signer import Signer
 from adapters.synthetic import SyntheticGenerator
 from schemas.envelope import ALLOWED_ATTRS, REQUIRED_ATTRS, dataschema_for
 from schemas.events import EVENT_MODELS, EventModel
-from schemas.messages import ConsumerNotice, ConsumerRecord, QuarantineHeaders, ReceiptsMessage, consumer_notice
+from schemas.messages import (
+    ConsumerFigures,
+    ConsumerNotice,
+    ConsumerRecord,
+    QuarantineHeaders,
+    ReceiptsMessage,
+    consumer_notice,
+)
 from schemas.schema_files import SCHEMA_DIR, all_schemas, envelope_schema, render, write_schema_files
 from schemas.strictjson import parse_strict
 from tests.strategies import any_event
@@ -26,6 +33,7 @@ MESSAGE_FILES: dict[str, Any] = {
     "receipts.v1.json": ReceiptsMessage,
     "consumer_record.v1.json": ConsumerRecord,
     "consumer_notice.v1.json": ConsumerNotice,
+    "consumer_figures.v1.json": ConsumerFigures,
     "quarantine_headers.v1.json": QuarantineHeaders,
 }
 

@@ -186,6 +186,9 @@ STAGE = {
     "held": "held",
     "held_released": "held, released",
     "held_discarded": "held, discarded",
+    "counted": "counted in figures",
+    "figures_released": "figures released",
+    "figures_withheld": "figures withheld",
 }
 
 
@@ -216,6 +219,18 @@ def _summary(doc: Mapping[str, Any]) -> str:
             parts.append("fields: " + (", ".join(map(str, fields)) or "none"))
         if doc.get("record_id"):
             parts.append(f"record {doc.get('record_id')}")
+    elif kind == "counted":
+        parts.append(f"for {doc.get('consumer')} under {doc.get('agreement_id')}, flow {doc.get('flow_id')}")
+        period = doc.get("period")
+        parts.append(f"in {period} (by event date), figures {doc.get('figures_id')}" if period else "no event date")
+        fields = doc.get("fields")
+        if isinstance(fields, list):
+            parts.append("counted by: " + (", ".join(map(str, fields)) or "nothing"))
+    elif kind in ("figures_released", "figures_withheld"):
+        parts.append(f"{doc.get('period')} to {doc.get('consumer')} under {doc.get('agreement_id')}")
+        if kind == "figures_released":
+            parts.append(f"revision {doc.get('revision')}: {doc.get('counted')} events, {doc.get('suppressed')} "
+                         "entries suppressed")  # fmt: skip
     elif kind == "accessed":
         parts.append(f"by {doc.get('sub')} ({doc.get('role')}) through {doc.get('route')}")
         if doc.get("consumer"):

@@ -172,8 +172,9 @@ class HeldFlow:
             admitted = Admitted(validated)
             decision = self.pipeline.decide(admitted, policy, now)
             mine = tuple(r for r in decision.releases if r.agreement_id == item.agreement_id)
-            if mine:
-                only = Decision(subject=admitted, releases=mine, refusals=())
+            counted = tuple(r for r in decision.counted if r.agreement_id == item.agreement_id)
+            if mine or counted:
+                only = Decision(subject=admitted, releases=mine, refusals=(), counted=counted)
                 inbound = Inbound(body, publisher=item.source, transport="held")
                 # no notices: a release under one agreement says nothing about the others' holders
                 batch.releases.append((item, accept(inbound, only, lineage, notify=False)))

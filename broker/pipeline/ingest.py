@@ -420,8 +420,9 @@ class Pipeline:
         unit.contributions.extend(c for o in accepted if (c := contribution_change(o, now)) is not None)
         for item, outcome in releases:
             unit.drafts.extend(entries.verdict(outcome))
-            revision = outcome.releases[0].agreement_revision
-            unit.drafts.append(entries.held_released(item, revision, [r.record_id for r in outcome.releases]))
+            revision = (outcome.releases or outcome.decision.counted)[0].agreement_revision
+            ids = [r.record_id for r in (*outcome.releases, *outcome.decision.counted)]
+            unit.drafts.append(entries.held_released(item, revision, ids))
         unit.drafts.extend(drafts)
         released_ids = [item.id for item, _ in releases]
         if durable.complete:

@@ -98,6 +98,9 @@ class Decision(Generic[S_co]):
     releases: tuple[Release, ...]
     refusals: tuple[Refusal, ...]
     holds: tuple[Hold, ...] = ()  # agreements this message is held for (at most one each)
+    # Figures flows' releases (``Release.figures``): counted in the consumer's quarterly figures,
+    # never sent as a record; kept apart so that ``releases`` is only what consumers receive.
+    counted: tuple[Release, ...] = ()
 
     @property
     def source(self) -> str:

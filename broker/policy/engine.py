@@ -31,6 +31,7 @@ def decide(subject: S, policy: PolicySet, now: datetime) -> Decision[S]:
     event = subject.event
     plan = policy.plan(env.source, env.type, env.version)
     releases: list[Release] = []
+    counted: list[Release] = []
     refusals: list[Refusal] = list(plan.refusals)
     holds: dict[str, Hold] = {}
     for flow in plan.flows:
@@ -59,9 +60,10 @@ def decide(subject: S, policy: PolicySet, now: datetime) -> Decision[S]:
             continue
         record = {output: apply(getattr(event, source)) for source, output, apply in flow.steps}
         ag = flow.agreement
-        counted = flow.figures is not None
+        figures = flow.figures is not None
+        into = counted if figures else releases
         for consumer in flow.consumers:
-            releases.append(
+            into.append(
                 Release(
                     consumer=consumer,
                     agreement_id=ag.id,
@@ -74,16 +76,17 @@ def decide(subject: S, policy: PolicySet, now: datetime) -> Decision[S]:
                     purpose=ag.purpose,
                     lawful_basis=ag.lawful_basis,
                     retention_days=ag.retention_days,
-                    figures=counted,
+                    figures=figures,
                 )
             )
-    if not releases and not refusals:  # pragma: no cover - a plan always has flows or a refusal
+    if not releases and not counted and not refusals:  # pragma: no cover - a plan always has flows or a refusal
         refusals.append(Refusal(Reason.NO_AGREEMENT.value, "No agreement covers this event."))
     return Decision(
         subject=subject,
         releases=tuple(releases),
         refusals=tuple(refusals),
         holds=tuple(holds[agreement_id] for agreement_id in sorted(holds)),
+        counted=tuple(counted),
     )
 
 

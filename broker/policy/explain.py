@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from broker.figures.specs import quarter_of_record
 from broker.policy.decision import Decision, Refusal
 from broker.policy.engine import decide
 from broker.policy.model import PolicySet
@@ -173,8 +174,21 @@ def _consumer_entry(
                 "fields": fields,
             }
         )
+    # A figures flow's consumer gets no record: the event is counted in its quarter's figures.
+    counted = []
+    for release in (r for r in decision.counted if r.consumer == consumer_id):
+        quarter = quarter_of_record(decision.event_type, release.record)
+        counted.append(
+            {
+                "agreement_id": release.agreement_id,
+                "agreement_revision": release.agreement_revision,
+                "flow_id": release.flow_id,
+                "quarter": str(quarter) if quarter is not None else None,
+                "counted_by": release.record,
+            }
+        )
     refusals = [_refusal(r) for r in decision.refusals if r.consumer == consumer_id]
-    if not releases and not refusals:
+    if not releases and not counted and not refusals:
         env_part = f"{decision.event_type} from {decision.source}"
         message = (
             f"No flow of any agreement names {consumer_id}."
@@ -188,6 +202,7 @@ def _consumer_entry(
         "organisation": consumer.organisation if consumer else None,
         "receives": bool(releases),
         "releases": releases,
+        "counted": counted,
         "refusals": refusals,
     }
 
@@ -259,8 +274,18 @@ def render_text(report: dict[str, Any]) -> str:
         if entry["receives"]:
             count = len(entry["releases"])
             lines.append(f"{entry['consumer']}{name}: RECEIVES {count} record{'s' if count != 1 else ''}")
+        elif entry.get("counted"):
+            lines.append(f"{entry['consumer']}{name}: receives no record; COUNTED in its quarterly figures")
         else:
             lines.append(f"{entry['consumer']}{name}: receives NOTHING")
+        for c in entry.get("counted", ()):
+            by = ", ".join(f"{k} = {_show(v, 'null')}" for k, v in c["counted_by"].items())
+            quarter = c["quarter"] or "no quarter (no event date released): counted nowhere"
+            lines += [
+                f"  agreement {c['agreement_id']} revision {c['agreement_revision']}, flow {c['flow_id']}: "
+                f"figures for {quarter}",
+                f"    counted by: {by}",
+            ]
         for release in entry["releases"]:
             lines += [
                 f"  agreement {release['agreement_id']} revision {release['agreement_revision']}, "

@@ -75,13 +75,11 @@ def accept(
                 if r.record_id in gone
             ),
             decision.holds,
+            decision.counted,
         )
     records = []
-    counted = []
+    counted = [contribution(decision.event_type, release) for release in decision.counted]
     for release in decision.releases:
-        if release.figures:
-            counted.append(contribution(decision.event_type, release))
-            continue
         body = record_body(decision, release)
         records.append(ReleasedRecord(release, body, sha256_hex(body)))
     env = decision.subject.envelope
