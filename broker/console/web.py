@@ -14,6 +14,7 @@ token; the pasted token itself is never stored or logged (only its verdict).
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
@@ -39,6 +40,8 @@ from broker.dpia.flowmap import Side, build_flow_map
 from broker.dpia.register import Register, build_register
 from broker.dpia.render_map import to_svg
 from broker.errors import AuthError
+from broker.figures import board_render
+from broker.figures.board import board_from_figures
 from broker.logs import get_logger
 from broker.monitor.alerts import Alert
 from broker.pipeline.access import screened
@@ -58,6 +61,7 @@ from broker.transports.http_access import (
     verify_token,
     visible_alerts,
 )
+from broker.transports.http_feeds import QUARTER
 from broker.transports.http_held import AGREEMENT_ID, HELD_ID, MAX_NOTE
 from schemas.envelope import PARTY_ID_RE, format_time, message_id
 from schemas.errors import Reason
@@ -129,6 +133,7 @@ NAV: tuple[tuple[str, str, frozenset[str]], ...] = (
     ("/console/integrity", "Trail integrity", IG_ROLES),
     ("/console/quarantine", "Quarantine", IG_ROLES),
     ("/console/held", "Held events", IG_ROLES),
+    ("/console/figures", "Figures", IG_ROLES),
 )
 
 
@@ -872,7 +877,55 @@ def load_static() -> dict[str, tuple[bytes, str]]:
         suffix = Path(item.name).suffix
         if item.is_file() and suffix in STATIC_TYPES:
             out[item.name] = (item.read_bytes(), STATIC_TYPES[suffix])
+    out["board.css"] = (board_render.CSS.encode(), STATIC_TYPES[".css"])  # the board pack's, one source
     return out
+
+
+# -- figures releases (figures-only flows: the Board's and the VRU's quarterly counts) ----------------
+async def figures(request: web.Request) -> web.Response:
+    """Every figures quarter released, per consumer: its latest revision, events counted, when."""
+    _, principal = await signed_in(request, IG_ROLES)
+    ctx = _ctx(request)
+    rows = [
+        row for consumer in sorted(ctx.access.registry.consumers) for row in await ctx.access.store.figures_of(consumer)
+    ]
+    await ctx.access.audit.read(
+        principal,
+        "console:figures",
+        audited_route(request),
+        {"count": len(rows), "record_ids": [r.figures_id for r in rows]},
+    )
+    return render(request, "figures.html", "Figures releases", rows=rows)
+
+
+async def figures_pack(request: web.Request) -> web.Response:
+    """One consumer's quarterly pack from its figures releases, as released (the same page as
+    ``GET /v1/feeds/{consumer}/board?format=html``), under the console's CSP: its stylesheet is a
+    console file, its charts data images, no script."""
+    _, principal = await signed_in(request, IG_ROLES)
+    ctx = _ctx(request)
+    consumer, period = request.query.get("consumer", ""), request.query.get("quarter", "")
+    if consumer not in ctx.access.registry.consumers or not QUARTER.fullmatch(period):
+        raise Refusal(400, "Request refused", "Choose a consumer and a quarter from the figures list.")
+    releases = [r for r in await ctx.access.store.figures_of(consumer) if r.period == period]
+    await ctx.access.audit.read(
+        principal,
+        "console:figures",
+        audited_route(request),
+        {"consumer": consumer, "quarter": period, "record_ids": [r.figures_id for r in releases]},
+    )
+    if not releases:
+        raise Refusal(404, "Page not found", f"No figures for {consumer} in {period} have been released.")
+    board = board_from_figures([json.loads(r.body) for r in releases], consumer)
+
+    def page() -> str:
+        files = board_render.charts(board)
+        html = board_render.inline_charts(
+            board_render.to_html(board, files, css_href=f"{PREFIX}/static/board.css"), files
+        )
+        return html.replace("<body>", f"<body><p><a href='{PREFIX}/figures'>Back to the figures releases</a></p>", 1)
+
+    return web.Response(text=await asyncio.to_thread(page), content_type="text/html", charset="utf-8")
 
 
 async def static(request: web.Request) -> web.Response:
@@ -919,6 +972,8 @@ def console_app(ctx: ConsoleContext) -> web.Application:
     app.router.add_get("/integrity", integrity)
     app.router.add_get("/quarantine", quarantine)
     app.router.add_get("/held", held)
+    app.router.add_get("/figures", figures)
+    app.router.add_get("/figures/pack", figures_pack)
     app.router.add_post("/held/release", held_release)
     app.router.add_post("/held/discard", held_discard)
     app.router.add_get("/static/{name}", static)

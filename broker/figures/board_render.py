@@ -8,6 +8,7 @@ labelled ``[c]``. matplotlib's Agg canvas on its own ``Figure`` (as ``broker/dpi
 
 from __future__ import annotations
 
+import base64
 import html
 import io
 import json
@@ -283,6 +284,18 @@ tr.total{font-weight:bold}.note{font-size:8pt;color:#505a5f}img{max-width:100%}
 """
 
 
+def _style(css_href: str | None) -> str:
+    """The pack's CSS inline (a file that stands alone), or linked (a page under a strict CSP)."""
+    return f"<style>{CSS}</style>" if css_href is None else f"<link rel='stylesheet' href='{html.escape(css_href)}'>"
+
+
+def inline_charts(page: str, chart_files: dict[str, bytes]) -> str:
+    """The page with each chart's file name replaced by its PNG as data (one file to save or print)."""
+    for name, png in chart_files.items():
+        page = page.replace(f"src='{name}'", "src='data:image/png;base64," + base64.b64encode(png).decode() + "'")
+    return page
+
+
 def _intro(board: Board) -> str:
     e = html.escape
     if board.built_from == "figures":
@@ -301,13 +314,13 @@ def _intro(board: Board) -> str:
     )
 
 
-def to_html(board: Board, chart_files: dict[str, bytes]) -> str:
+def to_html(board: Board, chart_files: dict[str, bytes], css_href: str | None = None) -> str:
     """The report: static HTML, print CSS, no script, no external asset (charts are files beside it)."""
     e = html.escape
     rep = board.release.report.to_json()
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
-        f"<title>Serious violence quarterly board pack {board.quarter}</title><style>{CSS}</style></head><body>",
+        f"<title>Serious violence quarterly board pack {board.quarter}</title>{_style(css_href)}</head><body>",
         f"<h1>Serious violence: quarterly board pack, {board.quarter}</h1>",
         _intro(board),
     ]

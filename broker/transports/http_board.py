@@ -11,7 +11,6 @@ before the answer is written; counting and drawing run off the event loop.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 from typing import Any
 
@@ -19,7 +18,7 @@ from aiohttp import web
 
 from broker.errors import ApiError
 from broker.figures.board import Board, board_from_figures, build_board
-from broker.figures.board_render import board_doc, charts, to_html
+from broker.figures.board_render import board_doc, charts, inline_charts, to_html
 from broker.figures.specs import Quarter
 from broker.figures.suppress import UnderProtected
 from broker.ports.store import Store
@@ -51,10 +50,7 @@ async def _records(store: Store, consumer: str) -> list[dict[str, Any]]:
 def _inline(board: Board) -> str:
     """The pack's HTML with each chart inlined (one file to save or print)."""
     files = charts(board)
-    page = to_html(board, files)
-    for name, png in files.items():
-        page = page.replace(f"src='{name}'", "src='data:image/png;base64," + base64.b64encode(png).decode() + "'")
-    return page
+    return inline_charts(to_html(board, files), files)
 
 
 async def board_pack(request: web.Request) -> web.StreamResponse:
