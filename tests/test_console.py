@@ -37,10 +37,11 @@ CONSOLE_PAGES = [
     "/console/integrity",
     "/console/quarantine",
     "/console/held",
+    "/console/figures",
 ]
 ANALYST_PAGES = ["/console", "/console/agreements", "/console/flow-map", "/console/flow-map.svg"]
 IG_ONLY = ["/console/access", "/console/access.csv", "/console/trace", "/console/integrity", "/console/quarantine",
-           "/console/held"]  # fmt: skip
+           "/console/held", "/console/figures", "/console/figures/pack"]  # fmt: skip
 # Every console route, with whether it is a form post (a new route fails the coverage test below).
 CONSOLE_ROUTES = {
     ("GET", "/console"),
@@ -59,6 +60,8 @@ CONSOLE_ROUTES = {
     ("GET", "/console/integrity"),
     ("GET", "/console/quarantine"),
     ("GET", "/console/held"),
+    ("GET", "/console/figures"),
+    ("GET", "/console/figures/pack"),
     ("POST", "/console/held/release"),
     ("POST", "/console/held/discard"),
     ("GET", "/console/static/{name}"),

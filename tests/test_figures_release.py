@@ -39,6 +39,7 @@ from broker.stages.types import Inbound
 from schemas.messages import CONSUMER_FIGURES
 from schemas.schema_files import SCHEMA_DIR
 from tests.helpers import audit_entries
+from tests.test_console import Console
 from tests.test_http_access import auth, token
 from tests.test_reload import broker_on, own_copy
 
@@ -133,8 +134,10 @@ async def test_a_figures_only_consumer_gets_the_quarter_as_protected_tables_neve
     schema = json.loads((SCHEMA_DIR / "consumer_figures.v1.json").read_text(encoding="utf-8"))
     jsonschema.Draft202012Validator(schema).validate(doc)  # ... and so does the exported file a client reads
     assert not jsonschema.Draft202012Validator(schema).is_valid({k: v for k, v in doc.items() if k != "figures_id"})
-    assert doc["period"] == str(quarter) and doc["period_basis"] == "event date"
-    assert doc["counted"] == len(events) and doc["agreement"]["id"] == AGREEMENT
+    assert doc["period"] == str(quarter)
+    assert doc["period_basis"] == "event date"
+    assert doc["counted"] == len(events)
+    assert doc["agreement"]["id"] == AGREEMENT
     assert doc["disclosure_check"]["protected"] is True
 
     # Its numbers are the events' own, counted here independently (where a cell is shown).
@@ -161,7 +164,8 @@ async def test_a_figures_only_consumer_gets_the_quarter_as_protected_tables_neve
     first = accepted[0].validated.envelope
     contribution = record_id(POLICE, first.lineage, BOARD, AGREEMENT)
     kinds = [json.loads(b)["kind"] for b in (await trace_entries(broker.store, contribution, first.id)).values()]
-    assert kinds[:2] == ["received", "counted"] and "figures_released" in kinds
+    assert kinds[:2] == ["received", "counted"]
+    assert "figures_released" in kinds
 
     # Nothing changed: nothing is released again.
     again = await broker.release_figures(release_time(broker, quarter))
@@ -195,7 +199,8 @@ async def test_a_correction_or_withdrawal_recounts_the_quarter_as_a_new_revision
     assert (fid, kind, revision) == (before["figures_id"], "figures", 2)
     assert after["counted"] == 57
     cells = district_counts(after)
-    assert cells["Derby (E06000015)"] == 35 and cells["Erewash (E07000036)"] == 22
+    assert cells["Derby (E06000015)"] == 35
+    assert cells["Erewash (E07000036)"] == 22
     assert [r for _, _, r, _ in await feed(broker, BOARD, history=True)] == [1, 2]
     revisions = [e["revision"] for e in audit_entries(broker.settings.data_dir / "broker.db", "figures_released")
                  if e["record_id"] == fid]  # fmt: skip
@@ -211,12 +216,18 @@ async def test_a_quarter_is_not_released_before_it_is_due(env: DemoEnvironment, 
         pytest.skip("the quarter began less than two hours ago")
     await send(broker, [sign(env, data, "N-1")])
     run = await broker.release_figures(now)
-    assert run.released == 0 and run.waiting >= 1
+    assert run.released == 0
+    assert run.waiting >= 1
     assert await feed(broker, BOARD) == []
     # Due 14 days after it ends: then released.
     later = await broker.release_figures(due_at(14, quarter).astimezone(UTC) + timedelta(minutes=1))
     assert later.released >= 1
     assert [k for _, k, _, _ in await feed(broker, BOARD)] == ["figures"]
+
+
+POLICE_FLOW = (
+    '[[flows]]\nid = "board-x"\npartners = ["derbyshire-police"]\nevent_type = "police_sv_offence"\nversions = [1]\n'
+)
 
 
 def write_flow(tmp: Path, flow: str) -> Path:
@@ -233,8 +244,8 @@ def write_flow(tmp: Path, flow: str) -> Path:
     ("flow", "message"),
     [
         (  # no event date released: there is no quarter by event date
-            '[[flows]]\nid = "board-x"\npartners = ["derbyshire-police"]\nevent_type = "police_sv_offence"\nversions = [1]\n'
-            'consumers = ["sv-board"]\nrules = [{ id = "x-keep", field = "knife_involved", action = "keep" }]\n'
+            POLICE_FLOW
+            + 'consumers = ["sv-board"]\nrules = [{ id = "x-keep", field = "knife_involved", action = "keep" }]\n'
             "figures = {}\n",
             "must release the event's date",
         ),
@@ -245,18 +256,16 @@ def write_flow(tmp: Path, flow: str) -> Path:
             "figures are computed for",
         ),
         (
-            '[[flows]]\nid = "board-x"\npartners = ["derbyshire-police"]\nevent_type = "police_sv_offence"\nversions = [1]\n'
-            'consumers = ["sv-board"]\nrule_set = "police-figures"\nfigures = { round_to = 3 }\n',
+            POLICE_FLOW + 'consumers = ["sv-board"]\nrule_set = "police-figures"\nfigures = { round_to = 3 }\n',
             "figures.round_to must be one of",
         ),
         (
-            '[[flows]]\nid = "board-x"\npartners = ["derbyshire-police"]\nevent_type = "police_sv_offence"\nversions = [1]\n'
-            'consumers = ["sv-board"]\nrule_set = "police-figures"\nfigures = { rules = "lenient" }\n',
+            POLICE_FLOW + 'consumers = ["sv-board"]\nrule_set = "police-figures"\nfigures = { rules = "lenient" }\n',
             "figures.rules",
         ),
         (
-            '[[flows]]\nid = "board-x"\npartners = ["derbyshire-police"]\nevent_type = "police_sv_offence"\nversions = [1]\n'
-            'consumers = ["sv-board"]\nrule_set = "police-figures"\nfigures = { release_after_days = 200 }\n',
+            POLICE_FLOW
+            + 'consumers = ["sv-board"]\nrule_set = "police-figures"\nfigures = { release_after_days = 200 }\n',
             "release_after_days",
         ),
     ],
@@ -285,31 +294,38 @@ async def test_the_board_pack_over_http_is_the_released_figures_for_their_own_co
         async with session.get(url, params={"quarter": str(quarter)}, headers=mine) as resp:
             assert resp.status == 200
             pack = await resp.json()
-        assert pack["built_from"] == "figures" and pack["records_included"] == 80
+        assert pack["built_from"] == "figures"
+        assert pack["records_included"] == 80
         [police] = [s for s in pack["sections"] if s["event_type"] == "police_sv_offence"]
         [section] = [s for s in released["sections"] if s["event_type"] == "police_sv_offence"]
         assert police["tables"] == section["tables"]  # the pack is the release, not a recount
         async with session.get(url, params={"quarter": str(quarter), "format": "html"}, headers=mine) as resp:
-            assert resp.status == 200 and resp.content_type == "text/html"
+            assert resp.status == 200
+            assert resp.content_type == "text/html"
             page = await resp.text()
-        assert page.count("src='data:image/png;base64,") >= 5 and "[c]" in page
+        assert page.count("src='data:image/png;base64,") >= 5
+        assert "[c]" in page
         # A bad quarter is a 400 with its code; another consumer's pack is a 403, audited.
         async with session.get(url, params={"quarter": "2026-Q5"}, headers=mine) as resp:
-            assert resp.status == 400 and (await resp.json())["reason"] == "bad_quarter"
+            assert resp.status == 400
+            assert (await resp.json())["reason"] == "bad_quarter"
         other = auth(token(broker, "analyst", COUNTY_CSP))
         async with session.get(url, params={"quarter": str(quarter)}, headers=other) as resp:
-            assert resp.status == 403 and (await resp.json())["reason"] == "not_your_feed"
+            assert resp.status == 403
+            assert (await resp.json())["reason"] == "not_your_feed"
         # The CSV feed of a figures consumer names each release by its figures id.
         async with session.get(
             f"{broker.url}/v1/feeds/{BOARD}/records", params={"format": "csv"}, headers=mine
         ) as resp:
             assert resp.status == 200
             lines = (await resp.text()).splitlines()
-        assert lines[1].startswith(released["figures_id"] + ",") and ",figures," in lines[1]
+        assert lines[1].startswith(released["figures_id"] + ",")
+        assert ",figures," in lines[1]
     reads = [
         e for e in audit_entries(broker.settings.data_dir / "broker.db", "accessed") if e.get("resource") == "board"
     ]
-    assert reads and reads[0]["record_ids"] == [released["figures_id"]]
+    assert reads
+    assert reads[0]["record_ids"] == [released["figures_id"]]
 
 
 async def test_a_feed_is_read_by_event_date_not_release_time(env: DemoEnvironment, broker: Broker) -> None:
@@ -330,6 +346,57 @@ async def test_a_feed_is_read_by_event_date_not_release_time(env: DemoEnvironmen
             assert resp.status == 200
             page = await resp.json()
         async with session.get(url, params={"period": "2026-13"}, headers=mine) as resp:
-            assert resp.status == 400 and (await resp.json())["reason"] == "bad_quarter"
+            assert resp.status == 400
+            assert (await resp.json())["reason"] == "bad_quarter"
     assert page["count"] == expected
     assert all(period_of(r["data"]["offence_week"]) == quarter for r in page["records"])
+
+
+async def test_the_console_shows_each_figures_release_and_its_pack_as_released(
+    env: DemoEnvironment, broker: Broker
+) -> None:
+    quarter = last_quarter(broker.clock())
+    await send(broker, [sign(env, offence(i, quarter), f"K-{i}") for i in range(60)])
+    await broker.release_figures(release_time(broker, quarter))
+    console = Console(broker)
+    try:
+        status, _ = await console.sign_in(token(broker, "ig", sub="ig.lead@example.org"))
+        assert status == 303
+        status, page, headers = await console.get("/console/figures")
+        assert status == 200
+        assert "sv-board" in page
+        assert str(quarter) in page
+        assert headers["Content-Security-Policy"].startswith("default-src 'none'; style-src 'self'")
+        status, pack, headers = await console.get("/console/figures/pack", consumer=BOARD, quarter=str(quarter))
+        assert status == 200
+        assert "<style>" not in pack
+        assert "/console/static/board.css" in pack
+        assert "data:image/png;base64," in pack
+        assert "60 events counted" in pack
+        assert "style-src 'self'" in headers["Content-Security-Policy"]  # no inline style, no script
+        status, css, _ = await console.get("/console/static/board.css")
+        assert status == 200
+        assert "@page" in css
+        status, _, _ = await console.get("/console/figures/pack", consumer=BOARD, quarter="2019-Q1")
+        assert status == 404
+        status, _, _ = await console.get("/console/figures/pack", consumer="<script>", quarter=str(quarter))
+        assert status == 400
+    finally:
+        await console.close()
+
+
+def test_round_to_rounds_every_shown_figure_and_says_so() -> None:
+    from broker.figures.board import build_board
+
+    quarter = Quarter(2026, 3)
+    records = [
+        {"event_type": "police_sv_offence", "data": {k: v for k, v in offence(i, quarter).items() if k != "lsoa"}
+         | {"offence_quarter": str(quarter), "offence_group": ("robbery", "violence_with_injury")[i % 2]}}
+        for i in range(200)
+    ]  # fmt: skip
+    board = build_board(records, quarter, rules="source", rounding_base=5)
+    shown = [v for t in board.release.tables for row in t.values for v in row if v is not None]
+    assert shown
+    assert all(v % 5 == 0 for v in shown)
+    what = board.table("police_sv_offence.what")
+    assert any("rounded to the nearest 5" in note for note in what.footnotes())

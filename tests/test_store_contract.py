@@ -28,8 +28,8 @@ from broker.ports.store import (
     CommitUnit,
     ContributionChange,
     CountedRow,
-    FiguresRow,
     EndedSession,
+    FiguresRow,
     HeldItem,
     LineageUpdate,
     QuarantineItem,
@@ -774,20 +774,21 @@ async def test_contributions_are_replaced_by_revisions_and_mark_every_quarter_th
     assert await store.figures_pending(100) == []
     # ... and a contribution committed after that read keeps it pending (no lost update).
     late = counted("r9", "m9", "2026-Q3")
-    await store.commit(CommitUnit(drafts=[counted_entry(late)],
-                                  contributions=[ContributionChange("p", "m9", "m9", False, rows=(late,))]))  # fmt: skip
+    change = ContributionChange("p", "m9", "m9", False, rows=(late,))
+    await store.commit(CommitUnit(drafts=[counted_entry(late)], contributions=[change]))
     [again] = await store.figures_pending(100)
     await store.commit(CommitUnit(figures_done=[(again.figures_id, pending.mark)]))  # an older mark: stays
     assert [p.figures_id for p in await store.figures_pending(100)] == ["fig-dsa-f-2026-Q3"]
     await store.commit(CommitUnit(figures_done=[(again.figures_id, again.mark)]))
     # A correction moves r1 to Q4: both quarters are pending, r1 counted once, in Q4.
     moved = counted("r1", "m1", "2026-Q4", revision=2)
-    await store.commit(CommitUnit(drafts=[counted_entry(moved)],
-                                  contributions=[ContributionChange("p", "m1", "m1:r2", True, rows=(moved,))]))  # fmt: skip
+    change = ContributionChange("p", "m1", "m1:r2", True, rows=(moved,))
+    await store.commit(CommitUnit(drafts=[counted_entry(moved)], contributions=[change]))
     assert sorted(p.period for p in await store.figures_pending(100)) == ["2026-Q3", "2026-Q4"]
     q3 = await store.contributions(["fig-dsa-f-2026-Q3"])
     q4 = await store.contributions(["fig-dsa-f-2026-Q4"])
-    assert len(q3) == 3 and [json.loads(d)["n"] for _, _, d in q4] == [2]
+    assert len(q3) == 3
+    assert [json.loads(d)["n"] for _, _, d in q4] == [2]
     # A withdrawal removes it from every quarter, except under an agreement that keeps it.
     kept = counted("r2b", "m2", "2026-Q3", agreement="dsa-g")
     await store.commit(CommitUnit(contributions=[ContributionChange("p", "m2", "m2", False, rows=(kept,))]))
@@ -813,7 +814,8 @@ async def test_figures_releases_keep_every_revision_and_expire(make_store: Calla
     await store.commit(CommitUnit(figures=[row(1, "a")]))
     await store.commit(CommitUnit(figures=[row(2, "b"), row(1, "a")]))  # a repeat is ignored
     latest = await store.latest_figures("fig-1")
-    assert latest is not None and (latest.revision, latest.content_sha256, latest.counted) == (2, "b", 12)
+    assert latest is not None
+    assert (latest.revision, latest.content_sha256, latest.counted) == (2, "b", 12)
     assert [f.revision for f in await store.figures_of("board")] == [2]
     assert await store.figures_of("someone-else") == []
     c = counted("r1", "m1", "2026-Q3")

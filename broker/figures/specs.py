@@ -8,6 +8,7 @@ never split between quarters.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -96,6 +97,11 @@ PERIOD_FIELDS = {name: spec.period for name, spec in SPECS.items()}
 
 
 def period_of(value: object) -> Quarter | None:
+    return _period_of(value) if isinstance(value, str) else None
+
+
+@functools.lru_cache(maxsize=4096)  # a year has 53 weeks and 12 months: each read once, not per record
+def _period_of(value: object) -> Quarter | None:
     """The quarter of a generalised event date: ``2026-Q3``, ``2026-08``, ``2026-W27``, ``2026-08-14``."""
     if not isinstance(value, str):
         return None
