@@ -30,7 +30,7 @@ from broker.figures.board import board_from_json, period_of
 from broker.figures.specs import Quarter, quarter_end, quarter_start
 from broker.pipeline.figures import due_at
 from broker.pipeline.trail import trace_entries
-from broker.policy.decision import figures_id, record_id
+from broker.policy.decision import contribution_id, figures_id
 from broker.policy.loader import load_policy
 from broker.registry import load_registry
 from broker.service import Broker
@@ -121,7 +121,9 @@ async def test_a_figures_only_consumer_gets_the_quarter_as_protected_tables_neve
     assert all(not any(r.release.consumer == BOARD for r in o.records) for o in accepted)
     counted = audit_entries(broker.settings.data_dir / "broker.db", "counted")
     fid = figures_id(BOARD, AGREEMENT, FLOW, str(quarter))
-    assert sum(1 for e in counted if e["consumer"] == BOARD and e["figures_id"] == fid) == len(events)
+    # One entry per message and figures flow, naming each consumer it is counted for.
+    assert len(counted) == len(events)
+    assert all(e["consumers"] == [BOARD, VRU] and e["figures_ids"][0] == fid for e in counted)
     assert {e["period"] for e in counted} == {str(quarter)}
     # The county CSP still gets its records under its own agreement: the figures flow took nothing away.
     assert any(kind == "record" for _, kind, _, _ in await feed(broker, COUNTY_CSP))
@@ -162,7 +164,7 @@ async def test_a_figures_only_consumer_gets_the_quarter_as_protected_tables_neve
     assert entry["record_sha256"] == hashlib.sha256(row.body).hexdigest()
     assert (entry["revision"], entry["counted"], entry["period"]) == (1, len(events), str(quarter))
     first = accepted[0].validated.envelope
-    contribution = record_id(POLICE, first.lineage, BOARD, AGREEMENT)
+    contribution = contribution_id(POLICE, first.lineage, AGREEMENT, FLOW)
     kinds = [json.loads(b)["kind"] for b in (await trace_entries(broker.store, contribution, first.id)).values()]
     assert kinds[:2] == ["received", "counted"]
     assert "figures_released" in kinds

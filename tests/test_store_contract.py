@@ -737,7 +737,6 @@ def counted(
         record_id=record_id,
         source="p",
         lineage=lineage,
-        consumer="board",
         agreement_id=agreement,
         flow_id="f",
         figures_id=fid,

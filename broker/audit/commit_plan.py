@@ -126,8 +126,8 @@ def once_key(draft: Draft) -> str | None:
     return None
 
 
-ExistingContribution = tuple[str, str, str | None, str, str, str | None]
-"""(record id, agreement id, figures id, consumer, flow id, period) of a stored contribution."""
+ExistingContribution = tuple[str, str, str | None, str, str | None]
+"""(record id, agreement id, figures id, flow id, period) of a stored contribution."""
 
 
 def replaced(
@@ -139,8 +139,8 @@ def replaced(
         return [], []
     gone = [row for row in existing if row[1] not in change.keep_agreements]
     pending = [
-        FiguresPending(fid, consumer, agreement, flow, period)
-        for _, agreement, fid, consumer, flow, period in gone
+        FiguresPending(fid, agreement, flow, period)
+        for _, agreement, fid, flow, period in gone
         if fid is not None and period is not None
     ]
     return [row[0] for row in gone], pending
@@ -149,7 +149,7 @@ def replaced(
 def pending_of(rows: Iterable[CountedRow]) -> list[FiguresPending]:
     """The figures quarters these new contributions are counted in."""
     return [
-        FiguresPending(r.figures_id, r.consumer, r.agreement_id, r.flow_id, r.period)
+        FiguresPending(r.figures_id, r.agreement_id, r.flow_id, r.period)
         for r in rows
         if r.figures_id is not None and r.period is not None
     ]

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from broker.audit.chain import Draft, Kind
 from broker.policy.decision import Hold
-from broker.stages.outcome import Accepted, Duplicate, Rejected, Settled
+from broker.stages.outcome import Accepted, Contribution, Duplicate, Rejected, Settled
 from schemas.envelope import format_time
 from schemas.errors import Reason
 
@@ -105,25 +105,7 @@ def released(outcome: Accepted, base: Mapping[str, Any]) -> list[Draft]:
         )
         for notice in outcome.notices
     )
-    drafts.extend(
-        Draft(
-            Kind.COUNTED,
-            {
-                **base,
-                "consumer": c.release.consumer,
-                "agreement_id": c.release.agreement_id,
-                "agreement_revision": c.release.agreement_revision,
-                "flow_id": c.release.flow_id,
-                "fields": list(c.release.fields),
-                "rules": list(c.release.rules),
-                "record_id": c.release.record_id,
-                # Where it is counted: the figures quarter by event date (None: no event date).
-                "figures_id": c.figures_id,
-                "period": c.period,
-            },
-        )
-        for c in outcome.contributions
-    )
+    drafts.extend(counted(base, c) for c in outcome.contributions)
     if not drafts:
         refusals = [
             {"reason": r.reason, "agreement_id": r.agreement_id, "consumer": r.consumer} for r in outcome.refusals
@@ -131,6 +113,27 @@ def released(outcome: Accepted, base: Mapping[str, Any]) -> list[Draft]:
         drafts.append(Draft(Kind.WITHHELD, {**base, "refusals": refusals}))
     drafts.extend(held(base, hold) for hold in outcome.decision.holds)
     return drafts
+
+
+def counted(base: Mapping[str, Any], c: Contribution) -> Draft:
+    """One message counted under one figures flow, for its consumers (the same fields, the same
+    quarter for all): where it is counted, the figures quarter by event date (period None: the
+    record holds no event date, counted nowhere), and each consumer's figures id."""
+    return Draft(
+        Kind.COUNTED,
+        {
+            **base,
+            "agreement_id": c.release.agreement_id,
+            "agreement_revision": c.release.agreement_revision,
+            "flow_id": c.release.flow_id,
+            "fields": list(c.release.fields),
+            "rules": list(c.release.rules),
+            "record_id": c.contribution_id,
+            "period": c.period,
+            "consumers": list(c.consumers),
+            "figures_ids": list(c.figures_ids),
+        },
+    )
 
 
 def held(base: Mapping[str, Any], hold: Hold) -> Draft:

@@ -220,9 +220,10 @@ def _summary(doc: Mapping[str, Any]) -> str:
         if doc.get("record_id"):
             parts.append(f"record {doc.get('record_id')}")
     elif kind == "counted":
-        parts.append(f"for {doc.get('consumer')} under {doc.get('agreement_id')}, flow {doc.get('flow_id')}")
+        consumers = ", ".join(map(str, doc.get("consumers") or []))
+        parts.append(f"for {consumers} under {doc.get('agreement_id')}, flow {doc.get('flow_id')}")
         period = doc.get("period")
-        parts.append(f"in {period} (by event date), figures {doc.get('figures_id')}" if period else "no event date")
+        parts.append(f"in {period} (by event date)" if period else "no event date: counted nowhere")
         fields = doc.get("fields")
         if isinstance(fields, list):
             parts.append("counted by: " + (", ".join(map(str, fields)) or "nothing"))

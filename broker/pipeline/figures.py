@@ -10,10 +10,11 @@ written in the commit that audits it as ``counted``). This flow, run by the lead
            and the agreement is in force
       ─► 3 count the quarter and its trend quarters from the contributions (``figures.board``:
            primary and secondary suppression, checked by the linear-programming attacker)
-      ─► 4 unchanged since the last release (same published tables): nothing new, clear it
-      ─► 5 otherwise revision n + 1: audited (``figures_released``, the body's SHA-256) and stored
-           in one commit, then delivered (embedded: in that commit, the consumer's feed)
-      ─► 6 clear the quarter, up to the mark read in step 1
+           once for the flow: every consumer of it receives the same tables
+      ─► 4 per consumer: unchanged since its last release (same published tables): nothing new
+      ─► 5 otherwise its revision n + 1: audited (``figures_released``, the body's SHA-256) and
+           stored in one commit, then delivered (embedded: in that commit, the consumer's feed)
+      ─► 6 clear the quarter, up to the mark read in step 1, once every consumer's is out
 
 Audit before delivery, as for records (DESIGN.md invariant 3): a crash between 5 and 6 leaves the
 quarter pending, and the next run finds it released already (same tables) and delivers the same
@@ -37,7 +38,7 @@ from broker.figures.board_render import sections_doc
 from broker.figures.specs import Quarter, quarter_end
 from broker.figures.suppress import UnderProtected
 from broker.logs import get_logger
-from broker.policy.decision import figures_id
+from broker.policy.decision import figures_id, quarter_key
 from broker.policy.model import Flow, PolicySet, local_midnight
 from broker.ports.delivery import Deliverable, Delivery
 from broker.ports.store import CommitUnit, FiguresPending, FiguresRow, Store, StoredRecord
@@ -72,13 +73,13 @@ def trend_quarters(quarter: Quarter, count: int) -> list[Quarter]:
     return out
 
 
-def figures_document(board: Board, flow: Flow, fid: str, revision: int, at: datetime) -> ConsumerFigures:
-    """The release's body (pure): the board's protected tables under the flow's agreement."""
+def figures_document(board: Board, flow: Flow, consumer: str, fid: str, revision: int, at: datetime) -> ConsumerFigures:
+    """One consumer's release body (pure): the board's protected tables under the flow's agreement."""
     ag = flow.agreement
     assert flow.figures is not None
     return {
         "figures_id": fid,
-        "consumer": board.consumer,
+        "consumer": consumer,
         "period": str(board.quarter),
         "period_basis": "event date",
         "revision": revision,
@@ -121,91 +122,105 @@ class FiguresFlow:
     async def _one(self, policy: PolicySet, p: FiguresPending, now: datetime, result: FiguresRun) -> None:
         flow = policy.flow(p.agreement_id, p.flow_id)
         spec = flow.figures if flow is not None else None
-        if flow is None or spec is None or p.consumer not in flow.consumers:
-            result.waiting += 1  # the flow is gone or changed: nothing released under it, kept pending
+        if flow is None or spec is None:
+            result.waiting += 1  # the flow is gone or no longer releases figures: kept pending
             return
+        done = CommitUnit(figures_done=[(p.figures_id, p.mark)])
         quarter = Quarter.parse(p.period)
         ends = local_midnight(quarter_end(quarter) + timedelta(days=1))
         if now >= ends + timedelta(days=flow.agreement.retention_days):
             # Its inputs are past retention (purged, or about to be): the last release stands.
-            await self.store.commit(CommitUnit(figures_done=[(p.figures_id, p.mark)]))
+            await self.store.commit(done)
             return
         if now < due_at(spec.release_after_days, quarter) or flow.agreement.state(now) is not None:
             result.waiting += 1
             return
-        quarters = trend_quarters(quarter, spec.trend_quarters)
-        ids = [figures_id(p.consumer, p.agreement_id, p.flow_id, str(q)) for q in quarters]
-        rows = await self.store.contributions(ids)
+        # Counted once for the flow: every consumer of it receives the same tables.
+        keys = [quarter_key(p.agreement_id, p.flow_id, str(q)) for q in trend_quarters(quarter, spec.trend_quarters)]
+        rows = await self.store.contributions(keys)
         records = [{"event_type": event_type, "data": json.loads(data)} for _, event_type, data in rows]
         try:
             board = build_board(
                 records,
                 quarter,
-                consumer=p.consumer,
                 rules="partnership" if spec.rules == "partnership" else "source",
                 trend_quarters=spec.trend_quarters,
                 rounding_base=spec.round_to,
             )
         except UnderProtected:
-            draft = entries.figures_withheld(
-                figures_id=p.figures_id,
-                consumer=p.consumer,
-                agreement_id=p.agreement_id,
-                flow_id=p.flow_id,
-                period=p.period,
-                reason=Reason.FIGURES_UNPROTECTED.value,
-            )
-            await self.store.commit(CommitUnit(drafts=[draft], figures_done=[(p.figures_id, p.mark)]))
-            log.warning("figures_withheld", figures_id=p.figures_id, period=p.period)
+            drafts = [
+                entries.figures_withheld(
+                    figures_id=figures_id(consumer, p.agreement_id, p.flow_id, p.period),
+                    consumer=consumer,
+                    agreement_id=p.agreement_id,
+                    flow_id=p.flow_id,
+                    period=p.period,
+                    reason=Reason.FIGURES_UNPROTECTED.value,
+                )
+                for consumer in flow.consumers
+            ]
+            await self.store.commit(CommitUnit(drafts=drafts, figures_done=done.figures_done))
+            log.warning("figures_withheld", agreement_id=p.agreement_id, flow_id=p.flow_id, period=p.period)
             result.withheld += 1
             return
-        latest = await self.store.latest_figures(p.figures_id)
-        revision = latest.revision + 1 if latest is not None else 1
-        doc = figures_document(board, flow, p.figures_id, revision, now)
-        digest = content_sha256(doc)
-        if latest is not None and latest.content_sha256 == digest:
-            await self._redeliver(latest)
-            await self.store.commit(CommitUnit(figures_done=[(p.figures_id, p.mark)]))
-            result.unchanged += 1
-            return
-        await self._release(flow, p, doc, digest, board, now)
-        result.released += 1
+        for consumer in flow.consumers:
+            fid = figures_id(consumer, p.agreement_id, p.flow_id, p.period)
+            latest = await self.store.latest_figures(fid)
+            revision = latest.revision + 1 if latest is not None else 1
+            doc = figures_document(board, flow, consumer, fid, revision, now)
+            digest = content_sha256(doc)
+            if latest is not None and latest.content_sha256 == digest:
+                await self._redeliver(latest)
+                result.unchanged += 1
+                continue
+            await self._release(flow, consumer, p.period, doc, digest, board, now)
+            result.released += 1
+        await self.store.commit(done)
 
     async def _release(
-        self, flow: Flow, p: FiguresPending, doc: ConsumerFigures, digest: str, board: Board, now: datetime
+        self, flow: Flow, consumer: str, period: str, doc: ConsumerFigures, digest: str, board: Board, now: datetime
     ) -> None:
         body = consumer_figures(doc)
         sha = hashlib.sha256(body).hexdigest()
         ag = flow.agreement
         expires = now + timedelta(days=ag.retention_days)
+        fid = doc["figures_id"]
         row = FiguresRow(
-            p.figures_id, doc["revision"], p.consumer, ag.id, ag.revision, flow.id, p.period, board.included,
-            now, expires, digest, body,
-        )  # fmt: skip
+            fid,
+            doc["revision"],
+            consumer,
+            ag.id,
+            ag.revision,
+            flow.id,
+            period,
+            board.included,
+            now,
+            expires,
+            digest,
+            body,
+        )
         stored = _stored(row, flow.event_type)
         batch = Deliverable(now, notices=[stored])
         durable = self.delivery.with_audit(batch)
         draft = entries.figures_released(
-            figures_id=p.figures_id,
-            consumer=p.consumer,
+            figures_id=fid,
+            consumer=consumer,
             agreement_id=ag.id,
             agreement_revision=ag.revision,
             flow_id=flow.id,
-            period=p.period,
+            period=period,
             revision=row.revision,
             counted=board.included,
             suppressed=len(board.release.report.cells),
             body_sha256=sha,
         )
-        done = [(p.figures_id, p.mark)]
-        unit = CommitUnit(drafts=[draft], figures=[row], records=list(durable.records))
-        if durable.complete:
-            unit.figures_done.extend(done)
-        await self.store.commit(unit)
-        log.info("figures_released", figures_id=p.figures_id, period=p.period, revision=row.revision)
+        # Audited (and, embedded, in the feed) before it leaves; over RabbitMQ published after
+        # the commit. The quarter stays pending until every consumer's release is out: a crash
+        # in between releases nothing twice (the next run finds this revision and redelivers it).
+        await self.store.commit(CommitUnit(drafts=[draft], figures=[row], records=list(durable.records)))
+        log.info("figures_released", figures_id=fid, period=period, revision=row.revision)
         if not durable.complete:
             await self.delivery.deliver(batch)
-            await self.store.commit(CommitUnit(figures_done=done))
 
     async def _redeliver(self, latest: FiguresRow) -> None:
         """The last release again, byte for byte, where delivery is not the store (a crash may have

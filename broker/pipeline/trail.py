@@ -75,9 +75,11 @@ async def trace_entries(store: Store, record_id: str, message_id: str) -> dict[i
     quarters = []
     for body in list(seen.values()):
         doc = json.loads(body)
-        fid = doc.get("figures_id") if doc.get("kind") == "counted" else None
-        if isinstance(fid, str) and fid not in quarters:
-            quarters.append(fid)
+        if doc.get("kind") != "counted":
+            continue
+        for fid in doc.get("figures_ids") or []:
+            if isinstance(fid, str) and fid not in quarters:
+                quarters.append(fid)
     for fid in quarters:
         async for page in audit_pages(store, AuditQuery(record_id=fid)):
             seen.update((row.seq, row.body) for row in page)

@@ -27,6 +27,20 @@ def record_id(source: str, message_id: str, consumer: str, agreement_id: str) ->
     return f"rec-{digest[:32]}"
 
 
+def contribution_id(source: str, message_id: str, agreement_id: str, flow_id: str) -> str:
+    """Deterministic id of one record's contribution to a figures flow (once for all its consumers:
+    they receive the same figures); ``message_id`` is the record's first message id."""
+    digest = hashlib.sha256(f"{source}\x00{message_id}\x00{agreement_id}\x00{flow_id}".encode()).hexdigest()
+    return f"cnt-{digest[:32]}"
+
+
+def quarter_key(agreement_id: str, flow_id: str, period: str) -> str:
+    """One figures flow's quarter (what is counted and recounted); each consumer's release of it
+    has its own ``figures_id``."""
+    digest = hashlib.sha256(f"{agreement_id}\x00{flow_id}\x00{period}".encode()).hexdigest()
+    return f"fq-{digest[:32]}"
+
+
 def figures_id(consumer: str, agreement_id: str, flow_id: str, period: str) -> str:
     """Deterministic id of one figures release (a flow's quarter for one consumer): each revision
     of the quarter's figures reaches the consumer under the id it already holds."""

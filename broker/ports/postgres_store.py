@@ -909,12 +909,12 @@ def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
 
 _CONTRIBUTIONS_INSERT = (
     f"INSERT INTO contributions({CONTRIBUTION_COLUMNS}) SELECT * FROM unnest($1::text[], $2::text[], "  # noqa: S608
-    "$3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::integer[], "
-    "$11::text[], $12::text[], $13::text[])" + CONTRIBUTION_UPSERT
+    "$3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::integer[], "
+    "$10::text[], $11::text[], $12::text[])" + CONTRIBUTION_UPSERT
 )
 _PENDING_INSERT = (
-    "INSERT INTO figures_pending(figures_id, consumer, agreement_id, flow_id, period, mark) "  # noqa: S608
-    "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[])" + PENDING_UPSERT
+    "INSERT INTO figures_pending(figures_id, agreement_id, flow_id, period, mark) "  # noqa: S608
+    "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[])" + PENDING_UPSERT
 )
 _FIGURES_INSERT = (
     "INSERT INTO figures SELECT * FROM unnest($1::text[], $2::integer[], $3::text[], $4::text[], $5::integer[], "
@@ -934,13 +934,13 @@ async def _apply_figures(conn: asyncpg.Connection, plan: CommitPlan) -> None:
                 await conn.execute("DELETE FROM contributions WHERE record_id = ANY($1::text[])", gone)
             pending.extend(lost)
         if rows:
-            await conn.execute(_CONTRIBUTIONS_INSERT, *_columns(contribution_values(rows), 13))
+            await conn.execute(_CONTRIBUTIONS_INSERT, *_columns(contribution_values(rows), 12))
         pending.extend(pending_of(rows))
     if plan.figures_done:
         await conn.executemany(PENDING_DONE, plan.figures_done)
     if pending:
-        unique = {p.figures_id: (p.figures_id, p.consumer, p.agreement_id, p.flow_id, p.period, mark) for p in pending}
-        await conn.execute(_PENDING_INSERT, *_columns(list(unique.values()), 6))
+        unique = {p.figures_id: (p.figures_id, p.agreement_id, p.flow_id, p.period, mark) for p in pending}
+        await conn.execute(_PENDING_INSERT, *_columns(list(unique.values()), 5))
     if plan.figures:
         await conn.execute(_FIGURES_INSERT, *_columns(figures_values(plan.figures), 12))
     if plan.purge_contributions_before is not None:

@@ -383,8 +383,8 @@ def later_revisions(records: Iterable[StoredRecord]) -> list[str]:
 
 
 # Figures flows (issue 14: ``broker/pipeline/figures.py``), the same tables in both backends.
-# ``contributions``: one row per record id (a figures flow's consumer and agreement), its latest
-# revision's minimised fields; ``figures_pending``: the quarters to recount, with the audit
+# ``contributions``: one row per record and figures flow, its latest revision's minimised fields
+# (``figures_id``: the flow's quarter key); ``figures_pending``: the flows' quarters to recount, with the audit
 # sequence of the commit that last changed them (``FiguresPending.mark``); ``figures``: every
 # released revision of every quarter, its exact bytes (a redelivery is byte-identical).
 FIGURES_TABLES = """
@@ -392,7 +392,6 @@ CREATE TABLE IF NOT EXISTS contributions (
     record_id TEXT PRIMARY KEY,
     source TEXT NOT NULL,
     lineage TEXT NOT NULL,
-    consumer TEXT NOT NULL,
     agreement_id TEXT NOT NULL,
     flow_id TEXT NOT NULL,
     figures_id TEXT,
@@ -408,7 +407,6 @@ CREATE INDEX IF NOT EXISTS contributions_lineage ON contributions(lineage, sourc
 CREATE INDEX IF NOT EXISTS contributions_expiry ON contributions(expires_at);
 CREATE TABLE IF NOT EXISTS figures_pending (
     figures_id TEXT PRIMARY KEY,
-    consumer TEXT NOT NULL,
     agreement_id TEXT NOT NULL,
     flow_id TEXT NOT NULL,
     period TEXT NOT NULL,
@@ -438,7 +436,7 @@ ALTER TABLE records ADD COLUMN period TEXT;
 CREATE INDEX IF NOT EXISTS records_period ON records(consumer, period, id);
 """
 CONTRIBUTION_COLUMNS = (
-    "record_id, source, lineage, consumer, agreement_id, flow_id, figures_id, period, event_type, revision, "
+    "record_id, source, lineage, agreement_id, flow_id, figures_id, period, event_type, revision, "
     "message_id, data, expires_at"
 )
 # A redelivered message writes the same row again; a revision only moves forward.
@@ -448,16 +446,14 @@ CONTRIBUTION_UPSERT = (
     "WHERE excluded.revision >= contributions.revision"
 )
 CONTRIBUTIONS_OF_RECORD = (
-    "SELECT record_id, agreement_id, figures_id, consumer, flow_id, period FROM contributions "
-    "WHERE lineage = $1 AND source = $2"
+    "SELECT record_id, agreement_id, figures_id, flow_id, period FROM contributions WHERE lineage = $1 AND source = $2"
 )
 PENDING_UPSERT = (
     " ON CONFLICT (figures_id) DO UPDATE SET mark = excluded.mark WHERE excluded.mark > figures_pending.mark"
 )
 PENDING_DONE = "DELETE FROM figures_pending WHERE figures_id = $1 AND mark <= $2"
 PENDING_QUERY = (
-    "SELECT figures_id, consumer, agreement_id, flow_id, period, mark FROM figures_pending "
-    "ORDER BY period, figures_id LIMIT $1"
+    "SELECT figures_id, agreement_id, flow_id, period, mark FROM figures_pending ORDER BY period, figures_id LIMIT $1"
 )
 FIGURES_COLUMNS = (
     "figures_id, revision, consumer, agreement_id, agreement_revision, flow_id, period, counted, released_at, "
@@ -495,7 +491,7 @@ def figures_row(row: Sequence[Any]) -> FiguresRow:
 
 
 def pending_row(row: Sequence[Any]) -> FiguresPending:
-    return FiguresPending(row[0], row[1], row[2], row[3], row[4], int(row[5]))
+    return FiguresPending(row[0], row[1], row[2], row[3], int(row[4]))
 
 
 def contribution_values(rows: Iterable[CountedRow]) -> list[tuple[Any, ...]]:
@@ -504,7 +500,6 @@ def contribution_values(rows: Iterable[CountedRow]) -> list[tuple[Any, ...]]:
             r.record_id,
             r.source,
             r.lineage,
-            r.consumer,
             r.agreement_id,
             r.flow_id,
             r.figures_id,

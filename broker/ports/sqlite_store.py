@@ -665,12 +665,8 @@ class SqliteStore:
             conn.executemany(_PENDING_DONE, plan.figures_done)
         _insert_many(
             conn,
-            "INSERT INTO figures_pending(figures_id, consumer, agreement_id, flow_id, period, mark) VALUES ",
-            list(
-                {
-                    p.figures_id: (p.figures_id, p.consumer, p.agreement_id, p.flow_id, p.period, mark) for p in pending
-                }.values()
-            ),
+            "INSERT INTO figures_pending(figures_id, agreement_id, flow_id, period, mark) VALUES ",
+            list({p.figures_id: (p.figures_id, p.agreement_id, p.flow_id, p.period, mark) for p in pending}.values()),
             PENDING_UPSERT,
         )
         _insert_many(

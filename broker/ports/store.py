@@ -153,14 +153,15 @@ class VolumeCount:
 
 @dataclass(frozen=True, slots=True)
 class CountedRow:
-    """One event's minimised record kept for a figures flow (``stages.outcome.Contribution``):
-    what the quarter's figures are computed from, never sent. ``figures_id``/``period`` None: the
-    record holds no event date (counted nowhere). ``data``: canonical JSON of the minimised fields."""
+    """One event's minimised record kept for a figures flow (``stages.outcome.Contribution``), once
+    for all the flow's consumers (they receive the same figures): what the quarter's figures are
+    computed from, never sent. ``figures_id``: the flow's quarter (``decision.quarter_key``);
+    it and ``period`` are None when the record holds no event date (counted nowhere). ``data``:
+    canonical JSON of the minimised fields."""
 
-    record_id: str
+    record_id: str  # the contribution's id (``decision.contribution_id``)
     source: str
     lineage: str
-    consumer: str
     agreement_id: str
     flow_id: str
     figures_id: str | None
@@ -191,14 +192,14 @@ class ContributionChange:
 
 @dataclass(frozen=True, slots=True)
 class FiguresPending:
-    """A figures quarter whose inputs changed since its last release (or never released).
+    """A figures flow's quarter whose inputs changed since its last release (or never released);
+    ``figures_id`` is the flow's quarter key, each consumer's release has its own figures id.
 
     ``mark``: the audit sequence of the commit that last changed its inputs. The figures job
     clears a quarter only up to the mark it read before counting, so a contribution committed
     while it counted keeps the quarter pending (a lost update would leave figures stale for ever)."""
 
     figures_id: str
-    consumer: str
     agreement_id: str
     flow_id: str
     period: str

@@ -99,15 +99,20 @@ class ReleasedRecord:
 
 @dataclass(frozen=True, slots=True)
 class Contribution:
-    """One event's minimised record counted in a figures flow (``Release.figures``): kept by the
-    broker, in the commit that audits it, to compute its consumer's figures; never sent.
+    """One event's minimised record counted in a figures flow (its ``Release.figures`` releases, one
+    per consumer, the same record): kept once by the broker, in the commit that audits it, to
+    compute the flow's figures; never sent.
 
     ``period``: the quarter by event date ("2026-Q3"), None when the record holds no event date
-    the figures can read (then it is counted nowhere, and the audit entry says so)."""
+    the figures can read (then it is counted nowhere, and the audit entry says so); ``key`` the
+    flow's quarter (``decision.quarter_key``), ``figures_ids`` each consumer's release of it."""
 
-    release: Release
+    release: Release  # the first consumer's: the agreement, flow, fields and record
+    consumers: tuple[str, ...]
+    contribution_id: str
     period: str | None
-    figures_id: str | None
+    key: str | None
+    figures_ids: tuple[str | None, ...]
 
     @property
     def data(self) -> dict[str, object]:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from broker.figures.specs import Quarter, quarter_end, quarter_of_record
-from broker.policy.decision import Decision, Refusal, Release, figures_id
+from broker.policy.decision import Decision, Refusal, Release, contribution_id, figures_id, quarter_key
 from broker.policy.model import local_midnight
 from broker.ports.store import ContributionChange, CountedRow, LineageUpdate, QuarantineItem, StoredRecord
 from broker.stages.lineage import NO_LINEAGE, NO_LONGER_ENTITLED, Holding, Lineage, holders_to_tell
@@ -78,7 +78,7 @@ def accept(
             decision.counted,
         )
     records = []
-    counted = [contribution(decision.event_type, release) for release in decision.counted]
+    counted = contributions(decision)
     for release in decision.releases:
         body = record_body(decision, release)
         records.append(ReleasedRecord(release, body, sha256_hex(body)))
@@ -105,12 +105,31 @@ def accept(
     return Accepted(inbound, decision, tuple(records), tuple(notices), lineage, tuple(counted))
 
 
-def contribution(event_type: str, release: Release) -> Contribution:
-    """A figures flow's release, placed in its quarter by the event's own (generalised) date."""
-    quarter = quarter_of_record(event_type, release.record)
-    period = str(quarter) if quarter is not None else None
-    fid = figures_id(release.consumer, release.agreement_id, release.flow_id, period) if period else None
-    return Contribution(release, period, fid)
+def contributions(decision: Decision[Admitted]) -> list[Contribution]:
+    """A figures flow's releases (one per consumer, one record), as one contribution, placed in
+    its quarter by the event's own (generalised) date."""
+    by_flow: dict[tuple[str, str], list[Release]] = {}
+    for release in decision.counted:
+        by_flow.setdefault((release.agreement_id, release.flow_id), []).append(release)
+    env = decision.subject.envelope
+    out = []
+    for (agreement, flow), releases in by_flow.items():
+        first = releases[0]
+        quarter = quarter_of_record(decision.event_type, first.record)
+        period = str(quarter) if quarter is not None else None
+        out.append(
+            Contribution(
+                release=first,
+                consumers=tuple(r.consumer for r in releases),
+                contribution_id=contribution_id(env.source, env.lineage, agreement, flow),
+                period=period,
+                key=quarter_key(agreement, flow, period) if period else None,
+                figures_ids=tuple(
+                    figures_id(r.consumer, agreement, flow, period) if period else None for r in releases
+                ),
+            )
+        )
+    return out
 
 
 def _expires(outcome: Accepted, release: Release, now: datetime) -> datetime:
@@ -172,13 +191,12 @@ def contribution_change(outcome: Accepted, now: datetime) -> ContributionChange 
             expires = now + timedelta(days=r.retention_days)
         rows.append(
             CountedRow(
-                record_id=r.record_id,
+                record_id=c.contribution_id,
                 source=env.source,
                 lineage=env.lineage,
-                consumer=r.consumer,
                 agreement_id=r.agreement_id,
                 flow_id=r.flow_id,
-                figures_id=c.figures_id,
+                figures_id=c.key,
                 period=c.period,
                 event_type=env.type,
                 revision=env.revision,
