@@ -38,10 +38,15 @@ from broker.stages.outcome import Accepted
 from broker.stages.types import Inbound
 from schemas.messages import CONSUMER_FIGURES
 from schemas.schema_files import SCHEMA_DIR
+from tests import test_broker_amqp
 from tests.helpers import audit_entries
+from tests.test_broker_amqp import Starter
 from tests.test_console import Console
 from tests.test_http_access import auth, token
+from tests.test_lineage import consumer_bodies
 from tests.test_reload import broker_on, own_copy
+
+start_broker = test_broker_amqp.start_broker
 
 POLICE = "derbyshire-police"
 BOARD, VRU, COUNTY_CSP = "sv-board", "derbyshire-vru", "derbyshire-csp-analysts"
@@ -402,3 +407,34 @@ def test_round_to_rounds_every_shown_figure_and_says_so() -> None:
     assert all(v % 5 == 0 for v in shown)
     what = board.table("police_sv_offence.what")
     assert any("rounded to the nearest 5" in note for note in what.footnotes())
+
+
+async def test_over_rabbitmq_a_figures_consumer_s_queue_holds_figures_only_each_revision_once(
+    start_broker: Starter, env: DemoEnvironment
+) -> None:
+    harness = await start_broker(user_map={"guest": POLICE})
+    quarter = last_quarter(harness.broker.clock())
+    events = [offence(i, quarter, "E07000034") for i in range(40)]  # Chesterfield
+    key = f"{POLICE}.police_sv_offence"
+    for i, data in enumerate(events):
+        await harness.publish(sign(env, data, f"Q-{i}"), key, user_id="guest")
+    await harness.wait_processed(40)
+    assert await consumer_bodies(harness, BOARD) == []  # counted, nothing sent
+    assert len(await consumer_bodies(harness, COUNTY_CSP)) == 40  # its records, as ever
+    at = release_time(harness.broker, quarter)
+    await harness.broker.release_figures(at)
+    [first] = await consumer_bodies(harness, BOARD)
+    assert (first["period"], first["revision"], first["counted"]) == (str(quarter), 1, 40)
+    assert "data" not in first
+    assert "record_id" not in first
+    # A withdrawal recounts the quarter: revision 2 on the queue, under the same figures id.
+    await harness.publish(sign(env, {}, "Q-0", revision=2, withdrawn="sent_in_error"), key, user_id="guest")
+    await harness.wait_processed(41)
+    await harness.broker.release_figures(at + timedelta(minutes=1))
+    [second] = await consumer_bodies(harness, BOARD)
+    assert (second["figures_id"], second["revision"], second["counted"]) == (first["figures_id"], 2, 39)
+    vru = [b for b in await consumer_bodies(harness, VRU) if "figures_id" in b]
+    assert [b["revision"] for b in vru] == [1, 2]
+    # Nothing changed since: nothing new on the queue.
+    await harness.broker.release_figures(at + timedelta(minutes=2))
+    assert await consumer_bodies(harness, BOARD) == []
