@@ -11,9 +11,12 @@ is later: no fixed date.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import random
+import subprocess
+import sys
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -438,3 +441,21 @@ async def test_over_rabbitmq_a_figures_consumer_s_queue_holds_figures_only_each_
     # Nothing changed since: nothing new on the queue.
     await harness.broker.release_figures(at + timedelta(minutes=2))
     assert await consumer_bodies(harness, BOARD) == []
+
+
+async def test_the_cli_pack_of_a_figures_consumer_is_its_released_figures(env: DemoEnvironment, broker: Broker) -> None:
+    quarter = last_quarter(broker.clock())
+    events = [offence(i, quarter) for i in range(50)]
+    await send(broker, [sign(env, e, f"R-{i}") for i, e in enumerate(events)])
+    await broker.release_figures(release_time(broker, quarter))
+    [(_, _, _, released)] = await feed(broker, BOARD)
+    out = broker.settings.data_dir.parent / "pack"
+    args = [sys.executable, "-m", "broker.cli", "report", "quarterly", "--quarter", str(quarter), "--consumer", BOARD,
+            "--data-dir", str(broker.settings.data_dir), "--out", str(out)]  # fmt: skip
+    run = await asyncio.to_thread(subprocess.run, args, capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "50 events counted in its figures" in run.stdout
+    doc = json.loads((out / "board.json").read_text())
+    [section] = [s for s in released["sections"] if s["event_type"] == "police_sv_offence"]
+    assert doc["sections"][0]["tables"] == section["tables"]  # as released, never recounted
+    assert (out / "police_sv_offence.where.png").read_bytes().startswith(b"\x89PNG")
