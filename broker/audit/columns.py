@@ -17,7 +17,8 @@ sequence number, naming the column, never the values (they may be personal data)
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from itertools import repeat
 from typing import Any, NamedTuple
 
 
@@ -68,6 +69,29 @@ def columns_of(doc: Mapping[str, Any]) -> Columns:
         _text(doc, "agreement_id"),
         _text(doc, "record_id"),
         record_index(doc.get("record_ids")),
+    )
+
+
+# Each text column holds the body's member of the column's name (``columns_of``).
+_TEXT_COLUMNS = Columns._fields[:-1]
+_TEXT = {str, type(None)}
+
+
+def columns_match(stored: Sequence[Columns], docs: Sequence[dict[str, Any]]) -> bool:
+    """``list(stored) == [columns_of(doc) for doc in docs]``, a column at a time for a page of
+    entries (verification): equal, or not, exactly as that comparison is."""
+    if len(stored) != len(docs) or set(map(len, stored)) - {len(Columns._fields)}:
+        return list(stored) == [columns_of(doc) for doc in docs]
+    kept = list(zip(*stored, strict=True)) if stored else [()] * len(Columns._fields)
+    for i, name in enumerate(_TEXT_COLUMNS):
+        values = tuple(map(dict.get, docs, repeat(name)))
+        if not set(map(type, values)) <= _TEXT:
+            # a member that is not a string is indexed as nothing: compare entry by entry
+            return list(stored) == [columns_of(doc) for doc in docs]
+        if kept[i] != values:
+            return False
+    return kept[-1] == tuple(
+        () if ids is None else record_index(ids) for ids in map(dict.get, docs, repeat("record_ids"))
     )
 
 

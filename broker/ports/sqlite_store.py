@@ -770,10 +770,9 @@ class SqliteStore:
         params = bind.params
 
         def run(conn: sqlite3.Connection) -> list[FeedRow]:
-            return [
-                FeedRow(int(i), str(rid), str(et), str(ag), str(at), bytes(body), int(rev), str(kind))
-                for i, rid, et, ag, at, body, rev, kind in conn.execute(sql, params)
-            ]
+            # The columns come back as FeedRow's types (INTEGER and NOT NULL TEXT columns; body is
+            # written as a BLOB), in FEED_COLUMNS' order: no per-value conversion.
+            return list(map(FeedRow._make, conn.execute(sql, params)))
 
         return await self._query(run)
 
