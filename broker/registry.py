@@ -31,7 +31,8 @@ from schemas.errors import ContractError, Reason
 from schemas.events import EVENT_TYPES
 from schemas.signing import b64u_decode, check_public_key
 
-CONSUMER_ROLES = frozenset({"analyst", "licensing", "youth_justice", "early_help", "vru", "police", "board"})
+FIGURES_ONLY_ROLE = "board"  # a consumer of this role may be named only in figures flows (the loader)
+CONSUMER_ROLES = frozenset({"analyst", "licensing", "youth_justice", "early_help", "vru", "police", FIGURES_ONLY_ROLE})
 _Doc = TypeVar("_Doc", bound="DocumentModel")
 
 

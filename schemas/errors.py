@@ -91,6 +91,7 @@ class Reason(StrEnum):
     BAD_HELD_REQUEST = "bad_held_request"
     # figures flows (counts only, disclosure-controlled)
     FIGURES_UNPROTECTED = "figures_unprotected"
+    FIGURES_NOT_RELEASED = "figures_not_released"
     # bearer tokens (RFC 8725)
     TOKEN_MISSING = "token_missing"
     TOKEN_MALFORMED = "token_malformed"
@@ -226,6 +227,7 @@ REASONS: dict[Reason, ReasonInfo] = {
     Reason.FIGURES_UNPROTECTED: _r(
         "figures", 422, "a quarter's figures could not be protected from disclosure: not released, audited"
     ),
+    Reason.FIGURES_NOT_RELEASED: _r("figures", 404, "no figures for that quarter have been released to the consumer"),
     Reason.TOKEN_MISSING: _r("token", 401, "no bearer token"),
     Reason.TOKEN_MALFORMED: _r("token", 401, "the token is not a compact JWS"),
     Reason.TOKEN_ALG_NOT_ALLOWED: _r("token", 401, "the token's alg is not EdDSA"),

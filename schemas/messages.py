@@ -177,8 +177,9 @@ class ConsumerFigures(TypedDict):
     tables the broker computed from the flow's minimised events, disclosure-controlled, never a
     record. Told apart from a record by its ``figures_id`` member. ``revision`` 2, 3, ...: the
     same quarter recounted after a correction, withdrawal or late event (replace the earlier one).
-    ``disclosure_check``: the output-checking report (every suppressed entry, why, the method,
-    the rules, the linear-programming attacker's interval for it)."""
+    ``disclosure_check``: the method, the rules, which entries are suppressed and that the
+    linear-programming attack found every one protected (not which are small: that would narrow
+    them)."""
 
     figures_id: str
     consumer: str
@@ -188,8 +189,7 @@ class ConsumerFigures(TypedDict):
     released_at: str  # RFC 3339 UTC
     agreement: Agreement
     rules: Literal["source", "partnership"]
-    counted: int  # events counted in the quarter
-    not_counted: dict[str, int]  # events of the flow not counted here, by why
+    counted: Count  # events counted in the quarter, as the tables publish their total ("[c]": suppressed)
     sections: list[FiguresSection]
     disclosure_check: dict[str, Any]
 

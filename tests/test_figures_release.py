@@ -305,7 +305,7 @@ async def test_the_board_pack_over_http_is_the_released_figures_for_their_own_co
             assert resp.status == 200
             pack = await resp.json()
         assert pack["built_from"] == "figures"
-        assert pack["records_included"] == 80
+        assert pack["events"] == {"police_sv_offence": 80}
         [police] = [s for s in pack["sections"] if s["event_type"] == "police_sv_offence"]
         [section] = [s for s in released["sections"] if s["event_type"] == "police_sv_offence"]
         assert police["tables"] == section["tables"]  # the pack is the release, not a recount
@@ -459,3 +459,56 @@ async def test_the_cli_pack_of_a_figures_consumer_is_its_released_figures(env: D
     [section] = [s for s in released["sections"] if s["event_type"] == "police_sv_offence"]
     assert doc["sections"][0]["tables"] == section["tables"]  # as released, never recounted
     assert (out / "police_sv_offence.where.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_board_consumer_in_a_records_flow_is_refused(env: DemoEnvironment, tmp_path: Path) -> None:
+    flow = POLICE_FLOW + 'consumers = ["sv-board"]\nrule_set = "police-figures"\n'  # no figures table
+    policy_dir = write_flow(tmp_path / "policies", flow)
+    with pytest.raises(PolicyError) as caught:
+        load_policy(policy_dir, load_registry(policy_dir, env.keys_dir), {})
+    assert "receives figures only" in str(caught.value)
+
+
+async def test_the_released_figures_say_nothing_the_tables_hide(env: DemoEnvironment, broker: Broker) -> None:
+    """Few events: the totals are small cells too. Neither the body nor the pack may give them
+    (or say which suppressed cells are the small ones); the IG lead's audit entry has them."""
+    quarter = last_quarter(broker.clock())
+    await send(broker, [sign(env, offence(i, quarter, "E06000015"), f"S-{i}") for i in range(3)])
+    await send(broker, [sign(env, offence(50 + i, quarter.previous(), "E06000015"), f"T-{i}") for i in range(30)])
+    await broker.release_figures(release_time(broker, quarter))
+    [(_, _, _, doc)] = [row for row in await feed(broker, BOARD) if row[3]["period"] == str(quarter)]
+    assert doc["counted"] == "[c]"
+    assert "not_counted" not in doc
+    assert all(set(c) == {"table", "row", "col"} for c in doc["disclosure_check"]["cells"])
+    assert doc["disclosure_check"]["suppressed"] == len(doc["disclosure_check"]["cells"]) > 0
+    [entry] = [
+        e
+        for e in audit_entries(broker.settings.data_dir / "broker.db", "figures_released")
+        if e["period"] == str(quarter) and e["consumer"] == BOARD
+    ]
+    assert entry["counted"] == 3
+    assert any(c["kind"] == "primary" for c in entry["disclosure_check"]["cells"])
+    # A figures consumer asking for a quarter not released: a 404 that says so, not an empty pack.
+    mine = auth(token(broker, "analyst", BOARD))
+    async with aiohttp.ClientSession() as session:
+        url = f"{broker.url}/v1/feeds/{BOARD}/board"
+        async with session.get(url, params={"quarter": "2019-Q1"}, headers=mine) as resp:
+            assert resp.status == 404
+            assert (await resp.json())["reason"] == "figures_not_released"
+        async with session.get(url, params={"quarter": str(quarter), "format": "html"}, headers=mine) as resp:
+            assert resp.status == 200
+            assert "style-src 'sha256-" in resp.headers["Content-Security-Policy"]
+            assert resp.headers["X-Content-Type-Options"] == "nosniff"
+
+
+async def test_a_held_event_released_later_changes_only_its_own_agreement_s_count() -> None:
+    from broker.audit.commit_plan import replaced
+    from broker.ports.store import ContributionChange
+
+    existing = [("cnt-a", "dsa-a", "fq-a", "f", "2026-Q3"), ("cnt-b", "dsa-b", "fq-b", "g", "2026-Q3")]
+    held = ContributionChange("p", "m", "m:r2", True, only_agreement="dsa-a")
+    gone, pending = replaced(held, existing)
+    assert gone == ["cnt-a"]
+    assert [p.figures_id for p in pending] == ["fq-a"]
+    live = ContributionChange("p", "m", "m:r2", True, frozenset({"dsa-b"}))
+    assert replaced(live, existing)[0] == ["cnt-a"]

@@ -96,3 +96,51 @@ def test_an_older_postgresql_store_is_migrated(pg_store_url: str) -> None:
 
     asyncio.run(old_store())
     asyncio.run(check_migrated(store_for(pg_store_url)))
+
+
+# The records table as the lifecycle release (issue 12) left it: revisions, no event-date period.
+LIFECYCLE_RECORDS = """
+CREATE TABLE records (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    record_id TEXT NOT NULL,
+    consumer TEXT NOT NULL,
+    agreement_id TEXT NOT NULL,
+    agreement_revision INTEGER NOT NULL,
+    event_type TEXT NOT NULL,
+    source TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    released_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL,
+    body BLOB NOT NULL,
+    revision INTEGER NOT NULL DEFAULT 1,
+    kind TEXT NOT NULL DEFAULT 'record',
+    current INTEGER NOT NULL DEFAULT 1,
+    UNIQUE (record_id, revision, kind)
+);
+CREATE INDEX records_consumer ON records(consumer, id);
+CREATE INDEX records_record ON records(record_id);
+"""
+
+
+def test_a_sqlite_store_from_the_lifecycle_release_gains_the_event_date_period(tmp_path: Path) -> None:
+    db = tmp_path / "broker.db"
+    conn = sqlite3.connect(db)
+    conn.executescript(LIFECYCLE_RECORDS)
+    conn.executemany(INSERT + "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [(*row, b"{}") for row in ROWS])
+    conn.commit()
+    conn.close()
+
+    async def check() -> None:
+        store = store_for(db)
+        await store.open()
+        try:
+            assert [r.record_id for r in await store.feed_page("c1", after=0, limit=10)] == ["rec-a", "rec-c"]
+            assert await store.feed_page("c1", after=0, limit=10, period="2026-Q2") == []  # none had one
+        finally:
+            await store.close()
+        await store.open()  # and again: nothing to do
+        await store.close()
+
+    asyncio.run(check())
+    columns = {row[1] for row in sqlite3.connect(db).execute("PRAGMA table_info(records)")}
+    assert "period" in columns

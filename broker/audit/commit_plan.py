@@ -137,7 +137,7 @@ def replaced(
     ones are written, and the figures quarters that lose them (pending: recounted, re-released)."""
     if not change.replaces:
         return [], []
-    gone = [row for row in existing if row[1] not in change.keep_agreements]
+    gone = [row for row in existing if row[1] not in change.keep_agreements and change.only_agreement in (None, row[1])]
     pending = [
         FiguresPending(fid, agreement, flow, period)
         for _, agreement, fid, flow, period in gone

@@ -306,6 +306,8 @@ def figures_released(
     counted: int,
     suppressed: int,
     body_sha256: str,
+    not_counted: Mapping[str, int] | None = None,
+    report: Mapping[str, Any] | None = None,
 ) -> Draft:
     """A figures quarter released to its consumer (revision 2, 3, ...: recounted after a change):
     what an IG lead needs to trace it (which flow, quarter, how many events counted, how many
@@ -323,6 +325,10 @@ def figures_released(
             "counted": counted,
             "suppressed": suppressed,
             "record_sha256": body_sha256,
+            # The IG lead's copy: exact counts and the full output-checking report (which cells
+            # are primary, why, the attack's intervals), never released with the figures.
+            "not_counted": dict(not_counted or {}),
+            "disclosure_check": dict(report or {}),
         },
     )
 

@@ -79,7 +79,7 @@ LIST_LIMIT = 20_000  # quarantine / held rows read for the counts
 MAX_TOKEN_FIELD = 8192
 MAX_FILTER = 200
 MESSAGE_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,63}:[0-9a-f]{32}(?::r[0-9]{1,9})?", re.ASCII)
-RECORD_ID = re.compile(r"rec-[0-9a-f]{32}", re.ASCII)
+RECORD_ID = re.compile(r"(?:rec|fig|cnt)-[0-9a-f]{32}", re.ASCII)  # records, figures, contributions
 
 # Threat: script injected into a page (stored in an audit value, a partner's reason sentence)
 # runs nowhere: no script source at all, styles only from the broker, forms only to itself, never

@@ -12,15 +12,14 @@ week is never split; a record with no such field, or outside the quarter, is exc
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from broker.figures.rules import DisclosureRule, RuleBook, Why
+from broker.figures.rules import RuleBook
 from broker.figures.specs import SPECS, Quarter, Spec, period_of
-from broker.figures.suppress import METHOD, CellCheck, DisclosureReport, Release, SharedMargin, protect
+from broker.figures.suppress import METHOD, DisclosureReport, Release, SharedMargin, protect
 from broker.figures.table import CountTable, PublishedTable
 from schemas.events.common import DISTRICT_NAMES
 
@@ -79,6 +78,20 @@ class Board:
     excluded: Mapping[str, int] = field(default_factory=dict)
     # "figures": rebuilt from figures releases (a figures-only consumer's), not from records
     built_from: Literal["records", "figures"] = "records"
+    # Built from figures: the disclosure check as released (``DisclosureReport.public_json``).
+    released_report: Mapping[str, Any] | None = None
+
+    def report_doc(self) -> Mapping[str, Any]:
+        """The disclosure check as published with the tables."""
+        return self.released_report if self.released_report is not None else self.release.report.public_json()
+
+    def totals(self) -> dict[str, int | None]:
+        """Each section's events as published (its first table's grand total; None: suppressed)."""
+        out: dict[str, int | None] = {}
+        for s in self.sections:
+            t = self.table(s.table_names[0])
+            out[s.event_type] = t.values[t.n_rows][t.n_cols]
+        return out
 
     def table(self, name: str) -> PublishedTable:
         return self.release.table(name)
@@ -313,45 +326,10 @@ def table_from_json(doc: Mapping[str, Any], rounding_base: int | None = None) ->
                           rounding_base)  # fmt: skip
 
 
-def _rule_from_json(doc: Mapping[str, Any]) -> DisclosureRule:
-    suppress = str(doc.get("suppress", "1..0"))
-    threshold = int(suppress.split("..")[1].split(maxsplit=1)[0]) if ".." in suppress else 0
-    return DisclosureRule(
-        name=str(doc["rule"]),
-        threshold=threshold,
-        protection_width=int(doc.get("protection_width") or 0),
-        suppress_zeros="and 0" in suppress,
-        dominance_pct=doc.get("dominance_pct"),
-        rounding_base=doc.get("rounding_base"),
-    )
-
-
-def report_from_json(doc: Mapping[str, Any]) -> DisclosureReport:
-    cells = []
-    for c in doc.get("cells", ()):
-        lo, hi = c["attacker_interval"]
-        cells.append(
-            CellCheck(
-                table=c["table"],
-                row=c["row"],
-                col=c["col"],
-                kind=c["kind"],
-                why=Why(c["why"]),
-                rule=c["rule"],
-                complementary_to=tuple(c["complementary_to"]),
-                lo=float(lo),
-                hi=math.inf if hi is None else float(hi),
-                earlier_release=bool(c.get("earlier_release")),
-            )
-        )
-    rules = tuple((t, _rule_from_json(r)) for t, r in dict(doc.get("rules", {})).items())
-    return DisclosureReport(str(doc["method"]), rules, tuple(cells), int(doc["lp_solves"]), bool(doc["protected"]))
-
-
 def board_from_json(doc: Mapping[str, Any], consumer: str = "") -> Board:
     """A figures release (``schemas.messages.ConsumerFigures``) as a Board, to render the pack."""
-    report = report_from_json(doc["disclosure_check"])
-    bases = {t: r.rounding_base for t, r in report.rules}
+    report: Mapping[str, Any] = doc["disclosure_check"]
+    bases = {str(t): r.get("rounding_base") for t, r in dict(report.get("rules", {})).items()}
     tables: list[PublishedTable] = []
     captions: dict[str, str] = {}
     sections = []
@@ -375,11 +353,11 @@ def board_from_json(doc: Mapping[str, Any], consumer: str = "") -> Board:
         quarter=Quarter.parse(str(doc["period"])),
         rules="partnership" if rules == "partnership" else "source",
         sections=tuple(sections),
-        release=Release(tables=tuple(tables), report=report),
+        release=Release(tables=tuple(tables), report=_empty_report()),
         captions=captions,
-        included=int(doc.get("counted", 0)),
-        excluded=dict(doc.get("not_counted", {})),
+        included=sum(v for v in (_count(doc.get("counted")),) if v is not None),
         built_from="figures",
+        released_report=report,
     )
 
 
@@ -394,25 +372,23 @@ def board_from_figures(docs: Sequence[Mapping[str, Any]], consumer: str = "") ->
         raise ValueError(f"figures of several quarters: {sorted(map(str, quarters))}")
     order = {name: i for i, name in enumerate(SPECS)}
     boards.sort(key=lambda b: min((order.get(s.event_type, 99) for s in b.sections), default=99))
-    excluded: Counter[str] = Counter()
-    for b in boards:
-        excluded.update(b.excluded)
-    reports = [b.release.report for b in boards]
-    report = DisclosureReport(
-        method=reports[0].method,
-        rules=tuple(r for rep in reports for r in rep.rules),
-        cells=tuple(c for rep in reports for c in rep.cells),
-        lp_solves=sum(rep.lp_solves for rep in reports),
-        protected=all(rep.protected for rep in reports),
-    )
+    reports = [b.report_doc() for b in boards]
+    report = {
+        "method": reports[0].get("method"),
+        "rules": {k: v for rep in reports for k, v in dict(rep.get("rules", {})).items()},
+        "suppressed": sum(int(rep.get("suppressed", 0)) for rep in reports),
+        "cells": [c for rep in reports for c in rep.get("cells", ())],
+        "lp_solves": sum(int(rep.get("lp_solves", 0)) for rep in reports),
+        "protected": all(bool(rep.get("protected")) for rep in reports),
+    }
     return Board(
         consumer=boards[0].consumer,
         quarter=boards[0].quarter,
         rules=boards[0].rules,
         sections=tuple(s for b in boards for s in b.sections),
-        release=Release(tables=tuple(t for b in boards for t in b.release.tables), report=report),
+        release=Release(tables=tuple(t for b in boards for t in b.release.tables), report=_empty_report()),
         captions={k: v for b in boards for k, v in b.captions.items()},
         included=sum(b.included for b in boards),
-        excluded=dict(sorted(excluded.items())),
         built_from="figures",
+        released_report=report,
     )

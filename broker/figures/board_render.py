@@ -238,10 +238,12 @@ def board_doc(board: Board) -> dict[str, object]:
         "consumer": board.consumer,
         "quarter": str(board.quarter),
         "rules": board.rules,
-        "records_included": board.included,
-        "records_excluded": dict(board.excluded),
+        # Each section's events as its tables publish them (suppressed: "[c]"); the exact counts,
+        # and how many records were not counted and why, are the analyst's (the CLI prints them),
+        # never in a file made to be published: a small total is itself a small cell.
+        "events": {k: SUPPRESSED if v is None else v for k, v in board.totals().items()},
         "sections": sections_doc(board),
-        "disclosure_check": board.release.report.to_json(),
+        "disclosure_check": dict(board.report_doc()),
     }
     return doc
 
@@ -296,45 +298,48 @@ def inline_charts(page: str, chart_files: dict[str, bytes]) -> str:
     return page
 
 
+def _shown_totals(board: Board) -> str:
+    parts = [f"{n if n is not None else SUPPRESSED}" for n in board.totals().values()]
+    return " + ".join(parts) if parts else "0"
+
+
 def _intro(board: Board) -> str:
     e = html.escape
     if board.built_from == "figures":
         return (
             f"<p>The figures released to <b>{e(board.consumer)}</b> by the broker under its agreement: "
-            f"{board.included} events counted with an event date in {board.quarter}, each table protected before it "
-            "was released. Periods are by <b>event date</b>, never by the time the broker received or released "
-            "anything: a late-reported offence counts in the quarter it happened (and the quarter is released again, "
-            "as a new revision, when it does).</p>"
+            f"{_shown_totals(board)} events counted with an event date in {board.quarter}, each table protected "
+            "before it was released. Periods are by <b>event date</b>, never by the time the broker received or "
+            "released anything: a late-reported offence counts in the quarter it happened (and the quarter is "
+            "released again, as a new revision, when it does).</p>"
         )
     return (
-        f"<p>Built from the records released to <b>{e(board.consumer)}</b>: {board.included} records with an event "
-        f"date in {board.quarter}. Periods are by <b>event date</b> (the record's own released date field, named "
-        "in each section), never by the time the broker released it: a late-reported offence counts in the quarter "
-        "it happened. An ISO week counts in the quarter holding its Thursday.</p>"
+        f"<p>Built from the records released to <b>{e(board.consumer)}</b>: {_shown_totals(board)} records with an "
+        f"event date in {board.quarter}. Periods are by <b>event date</b> (the record's own released date field, "
+        "named in each section), never by the time the broker released it: a late-reported offence counts in the "
+        "quarter it happened. An ISO week counts in the quarter holding its Thursday.</p>"
     )
 
 
 def to_html(board: Board, chart_files: dict[str, bytes], css_href: str | None = None) -> str:
     """The report: static HTML, print CSS, no script, no external asset (charts are files beside it)."""
     e = html.escape
-    rep = board.release.report.to_json()
+    rep = board.report_doc()
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>Serious violence quarterly board pack {board.quarter}</title>{_style(css_href)}</head><body>",
         f"<h1>Serious violence: quarterly board pack, {board.quarter}</h1>",
         _intro(board),
     ]
-    if board.excluded:
-        items = "".join(f"<li>{e(k)}: {v}</li>" for k, v in board.excluded.items())
-        parts.append(f"<p>Records not counted:</p><ul>{items}</ul>")
-    rules = ", ".join(sorted({r.name for _, r in board.release.report.rules}))
+    rules = ", ".join(sorted({str(r.get("rule")) for r in dict(rep.get("rules", {})).values()}))
     parts.append(
         "<h2>Disclosure control</h2>"
         f"<p>Every table is protected by the partnership's disclosure control (rules: {e(rules or 'none')}; "
-        f"--rules {e(board.rules)}): {rep['primary']} entries suppressed as small or dominated (primary), "
-        f"{rep['secondary']} more so they cannot be worked out from totals (secondary), checked by a "
-        f"linear-programming attack ({rep['lp_solves']} solves; protected: {rep['protected']}). The full "
-        "disclosure-check report is in board.json. Shares are computed from published counts only and are not "
+        f"--rules {e(board.rules)}): {rep.get('suppressed', 0)} entries suppressed [c], the small or dominated "
+        "cells and the others it takes so that none can be worked out from totals, checked by a "
+        f"linear-programming attack ({rep.get('lp_solves', 0)} solves; protected: {rep.get('protected')}). Which "
+        "suppressed cells are small is not said (that would narrow them); the full disclosure-check report is "
+        "the information governance lead's. Shares are computed from published counts only and are not "
         f"shown when their numerator or denominator is suppressed.</p><p class='note'>{e(FOOTNOTE)}</p>"
     )
     for s in board.sections:

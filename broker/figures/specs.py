@@ -124,8 +124,9 @@ def quarter_start(q: Quarter) -> date:
 
 def quarter_end(q: Quarter) -> date:
     """The quarter's last day."""
-    nxt = Quarter(q.year + 1, 1) if q.q == 4 else Quarter(q.year, q.q + 1)
-    return quarter_start(nxt) - timedelta(days=1)
+    if q.q == 4:  # (not via the next quarter's start: 9999-Q4 has none)
+        return date(q.year, 12, 31)
+    return quarter_start(Quarter(q.year, q.q + 1)) - timedelta(days=1)
 
 
 def period_field(event_type: str, fields: Collection[str]) -> str | None:

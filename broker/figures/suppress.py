@@ -134,6 +134,31 @@ class DisclosureReport:
             "protected": self.protected,
         }
 
+    def public_json(self) -> dict[str, object]:
+        """What is published with the tables: the method, the rules, which entries are suppressed
+        and that the attack found them protected; not which are small (primary) and which were
+        suppressed to protect them (secondary), nor why, nor the attack's intervals.
+
+        Threat: a cell labelled "primary, threshold" is known to be 1..threshold, exactly what
+        upper protection is there to hide (and "zero" would give its value). The full report
+        (``to_json``) is the IG lead's, in the audit entry of the release."""
+        return {
+            "method": self.method,
+            "rules": {
+                table: {
+                    "rule": r.name,
+                    "suppress": f"1..{r.threshold}" + (" and 0" if r.suppress_zeros else ""),
+                    "dominance_pct": r.dominance_pct,
+                    "rounding_base": r.rounding_base,
+                }
+                for table, r in self.rules
+            },
+            "suppressed": len(self.cells),
+            "cells": [{"table": c.table, "row": c.row, "col": c.col} for c in self.cells if not c.earlier_release],
+            "lp_solves": self.lp_solves,
+            "protected": self.protected,
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class Release:

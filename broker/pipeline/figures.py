@@ -26,11 +26,13 @@ A quarter whose tables cannot be protected (``UnderProtected``) is not released:
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Literal
 
 from broker.audit import entries
 from broker.figures.board import Board, build_board
@@ -39,12 +41,13 @@ from broker.figures.specs import Quarter, quarter_end
 from broker.figures.suppress import UnderProtected
 from broker.logs import get_logger
 from broker.policy.decision import figures_id, quarter_key
+from broker.policy.documents import MAX_RETENTION_DAYS
 from broker.policy.model import Flow, PolicySet, local_midnight
 from broker.ports.delivery import Deliverable, Delivery
 from broker.ports.store import CommitUnit, FiguresPending, FiguresRow, Store, StoredRecord
 from schemas.canonical import canonicalize
 from schemas.envelope import format_time
-from schemas.errors import Reason
+from schemas.errors import Reason, Unavailable
 from schemas.messages import ConsumerFigures, consumer_figures
 
 log = get_logger("sv_broker.figures")
@@ -58,6 +61,7 @@ class FiguresRun:
     released: int = 0
     unchanged: int = 0
     withheld: int = 0
+    failed: int = 0
     waiting: int = 0  # not yet due, agreement not in force, or flow gone
 
 
@@ -93,17 +97,23 @@ def figures_document(board: Board, flow: Flow, consumer: str, fid: str, revision
             "retention_days": ag.retention_days,
         },
         "rules": "partnership" if flow.figures.rules == "partnership" else "source",
-        "counted": board.included,
-        "not_counted": dict(board.excluded),
+        # The events counted as the tables publish them (a total of 1..4 is a small cell too);
+        # the exact count, and what was not counted, are in the audit entry only.
+        "counted": _published(board),
         "sections": sections_doc(board),  # type: ignore[typeddict-item]  # built by the board, typed by the schema
-        "disclosure_check": board.release.report.to_json(),
+        "disclosure_check": dict(board.report_doc()),
     }
+
+
+def _published(board: Board) -> int | Literal["[c]"]:
+    totals = board.totals().values()
+    return "[c]" if any(v is None for v in totals) else sum(v for v in totals if v is not None)
 
 
 def content_sha256(doc: ConsumerFigures) -> str:
     """What the release publishes (tables, shares, the report, counts), not when or at which
     revision: an unchanged recount is not released again."""
-    keys = ("period", "counted", "not_counted", "sections", "disclosure_check")
+    keys = ("period", "counted", "sections", "disclosure_check")
     published = {k: doc[k] for k in keys}  # type: ignore[literal-required]
     return hashlib.sha256(canonicalize(published)).hexdigest()
 
@@ -116,23 +126,37 @@ class FiguresFlow:
     async def run(self, policy: PolicySet, now: datetime) -> FiguresRun:
         result = FiguresRun()
         for pending in await self.store.figures_pending(MAX_PENDING):
-            await self._one(policy, pending, now, result)
+            try:
+                await self._one(policy, pending, now, result)
+            except Unavailable:
+                raise  # the store or RabbitMQ: the whole run is retried at the next round
+            except Exception as exc:  # a bug of ours in one quarter: the others still go out
+                log.exception(
+                    "figures_failed", flow_id=pending.flow_id, period=pending.period, error=type(exc).__name__
+                )
+                result.failed += 1
         return result
 
     async def _one(self, policy: PolicySet, p: FiguresPending, now: datetime, result: FiguresRun) -> None:
         flow = policy.flow(p.agreement_id, p.flow_id)
         spec = flow.figures if flow is not None else None
+        done = CommitUnit(figures_done=[(p.figures_id, p.mark)])
+        quarter = Quarter.parse(p.period)
+        ends = local_midnight(quarter_end(quarter)) + timedelta(days=1)
+        retention = timedelta(days=flow.agreement.retention_days if flow is not None else MAX_RETENTION_DAYS)
+        if now >= ends + retention:
+            # Its inputs are past retention (purged, or about to be): the last release stands. (A
+            # flow since removed: kept pending until the longest retention, in case it returns.)
+            await self.store.commit(done)
+            return
         if flow is None or spec is None:
             result.waiting += 1  # the flow is gone or no longer releases figures: kept pending
             return
-        done = CommitUnit(figures_done=[(p.figures_id, p.mark)])
-        quarter = Quarter.parse(p.period)
-        ends = local_midnight(quarter_end(quarter) + timedelta(days=1))
-        if now >= ends + timedelta(days=flow.agreement.retention_days):
-            # Its inputs are past retention (purged, or about to be): the last release stands.
-            await self.store.commit(done)
-            return
-        if now < due_at(spec.release_after_days, quarter) or flow.agreement.state(now) is not None:
+        state = flow.agreement.state(now)
+        # A quarter that ended while the agreement was in force is still released after it
+        # expires (its last quarter is due after valid_to); a review overdue releases nothing.
+        ended_in_force = state is Reason.EXPIRED and ends <= flow.agreement.ends
+        if now < due_at(spec.release_after_days, quarter) or (state is not None and not ended_in_force):
             result.waiting += 1
             return
         # Counted once for the flow: every consumer of it receives the same tables.
@@ -140,7 +164,9 @@ class FiguresFlow:
         rows = await self.store.contributions(keys)
         records = [{"event_type": event_type, "data": json.loads(data)} for _, event_type, data in rows]
         try:
-            board = build_board(
+            # Counting and the linear programmes are CPU work: off the event loop.
+            board = await asyncio.to_thread(
+                build_board,
                 records,
                 quarter,
                 rules="partnership" if spec.rules == "partnership" else "source",
@@ -213,6 +239,8 @@ class FiguresFlow:
             counted=board.included,
             suppressed=len(board.release.report.cells),
             body_sha256=sha,
+            not_counted=dict(board.excluded),
+            report=board.release.report.to_json(),
         )
         # Audited (and, embedded, in the feed) before it leaves; over RabbitMQ published after
         # the commit. The quarter stays pending until every consumer's release is out: a crash
@@ -220,7 +248,10 @@ class FiguresFlow:
         await self.store.commit(CommitUnit(drafts=[draft], figures=[row], records=list(durable.records)))
         log.info("figures_released", figures_id=fid, period=period, revision=row.revision)
         if not durable.complete:
-            await self.delivery.deliver(batch)
+            # The stored revision's bytes, not ours: if another run (a leadership handover) wrote
+            # this revision first, its row and its audit entry are the ones that stand.
+            stored_row = await self.store.latest_figures(fid)
+            await self.delivery.deliver(Deliverable(now, notices=[_stored(stored_row or row, flow.event_type)]))
 
     async def _redeliver(self, latest: FiguresRow) -> None:
         """The last release again, byte for byte, where delivery is not the store (a crash may have

@@ -417,7 +417,10 @@ class Pipeline:
         durable = self.delivery.with_audit(deliverable)
         unit = CommitUnit(records=list(durable.records), unhold=list(unhold))
         unit.lineages.extend(lineage_update(outcome, now) for outcome in accepted)  # what consumers now hold
-        unit.contributions.extend(c for o in accepted if (c := contribution_change(o, now)) is not None)
+        # A held event released under one agreement changes only what that agreement counted.
+        unit.contributions.extend(
+            c for item, o in releases if (c := contribution_change(o, now, only=item.agreement_id)) is not None
+        )
         for item, outcome in releases:
             unit.drafts.extend(entries.verdict(outcome))
             revision = (outcome.releases or outcome.decision.counted)[0].agreement_revision

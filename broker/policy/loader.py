@@ -94,7 +94,7 @@ from broker.policy.transforms import (
     parse_bands,
     parse_groups,
 )
-from broker.registry import Registry
+from broker.registry import FIGURES_ONLY_ROLE, Registry
 from schemas.documents import DocumentModel, ErrorDetails, key_path
 from schemas.errors import CheckCode as C
 from schemas.errors import Reason
@@ -631,6 +631,15 @@ class _Compiler:
                     "consumers",
                     C.PARTY_NOT_IN_AGREEMENT,
                     f"consumer {consumer!r} is not listed in the agreement's parties",
+                )
+            elif self.registry.consumers[consumer].role == FIGURES_ONLY_ROLE and flow.figures is None:
+                # Threat: a Board (whose papers are public) sent event-level records by a flow
+                # that forgot its figures table.
+                error(
+                    "consumers",
+                    C.BAD_VALUE,
+                    f"consumer {consumer!r} (role {FIGURES_ONLY_ROLE}) receives figures only: give this flow a "
+                    "figures table",
                 )
 
     def _note_rule_id(self, document: Document, source: _RuleSource, rule_ids: dict[str, str]) -> None:

@@ -111,6 +111,7 @@ EXPIRED_SEEN = (
     "SELECT source, message_id FROM seen WHERE state = 'done' AND first_seen < $1 "
     "AND NOT EXISTS (SELECT 1 FROM holdings h WHERE h.lineage = seen.message_id AND h.source = seen.source) "
     "AND NOT EXISTS (SELECT 1 FROM lineage l WHERE l.message_id = seen.message_id AND l.source = seen.source) "
+    "AND NOT EXISTS (SELECT 1 FROM contributions c WHERE c.lineage = seen.message_id AND c.source = seen.source) "
     "ORDER BY first_seen LIMIT $2"
 )
 HOLDING_COLUMNS = (
@@ -157,10 +158,13 @@ def feed_page_query(
         ("event_type =", event_type),
         ("released_at >=", since),
         ("released_at <", until),
-        ("period =", period),  # by event date (``StoredRecord.period``)
     ):
         if value:
             sql += f" AND {clause} {bind(value)}"
+    if period:
+        # By event date (``StoredRecord.period``); withdrawal and deletion notices have none and
+        # are always in: a feed read by quarter must still hear that a record it holds is gone.
+        sql += f" AND (period = {bind(period)} OR kind IN ('withdrawn', 'deleted'))"
     return sql + f" ORDER BY id LIMIT {bind(limit)}"
 
 
@@ -431,10 +435,10 @@ CREATE INDEX IF NOT EXISTS figures_consumer ON figures(consumer, period);
 CREATE INDEX IF NOT EXISTS figures_expiry ON figures(expires_at);
 """
 # Feeds by event date: each feed row's quarter (``StoredRecord.period``); rows from before it, none.
-RECORDS_PERIOD = """
-ALTER TABLE records ADD COLUMN period TEXT;
+RECORDS_PERIOD_INDEX = """
 CREATE INDEX IF NOT EXISTS records_period ON records(consumer, period, id);
 """
+RECORDS_PERIOD = "ALTER TABLE records ADD COLUMN period TEXT;" + RECORDS_PERIOD_INDEX
 CONTRIBUTION_COLUMNS = (
     "record_id, source, lineage, agreement_id, flow_id, figures_id, period, event_type, revision, "
     "message_id, data, expires_at"

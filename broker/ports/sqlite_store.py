@@ -66,6 +66,7 @@ from broker.ports.sql import (
     RECORDS_BEFORE_NOTICE,
     RECORDS_CURRENT,
     RECORDS_PERIOD,
+    RECORDS_PERIOD_INDEX,
     SEEN_KINDS,
     SESSION_ENDED_QUERY,
     Binder,
@@ -212,7 +213,6 @@ CREATE TABLE IF NOT EXISTS records (
 );
 CREATE INDEX IF NOT EXISTS records_consumer ON records(consumer, id);
 CREATE INDEX IF NOT EXISTS records_record ON records(record_id);
-CREATE INDEX IF NOT EXISTS records_period ON records(consumer, period, id);
 """
 # A store made before records had revisions (one row per record id, ``UNIQUE``): rebuilt with
 # its rows as revision 1, in one transaction, keeping every row's feed position (``id``).
@@ -264,6 +264,8 @@ def _migrate_records(conn: sqlite3.Connection) -> None:
         script += LINEAGE_TABLES + FIGURES_TABLES
         if columns and "period" not in columns and "revision" in columns:
             script += RECORDS_PERIOD  # a store from before feeds could be read by event date
+        else:
+            script += RECORDS_PERIOD_INDEX
         if columns and not lineage_exists:
             script += BACKFILL_LINEAGE
         for statement in script.split(";"):

@@ -188,6 +188,8 @@ class ContributionChange:
     replaces: bool
     keep_agreements: frozenset[str] = frozenset()
     rows: tuple[CountedRow, ...] = ()
+    # Set (a held event released under this one agreement): only its contributions are replaced.
+    only_agreement: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -170,7 +170,7 @@ def lineage_update(outcome: Accepted, now: datetime) -> LineageUpdate:
     )
 
 
-def contribution_change(outcome: Accepted, now: datetime) -> ContributionChange | None:
+def contribution_change(outcome: Accepted, now: datetime, *, only: str | None = None) -> ContributionChange | None:
     """What an accepted message changes in the figures flows' inputs (None: nothing, the hot path
     of a first revision no figures flow counts).
 
@@ -184,11 +184,13 @@ def contribution_change(outcome: Accepted, now: datetime) -> ContributionChange 
     rows = []
     for c in outcome.contributions:
         r = c.release
+        expires = now + timedelta(days=r.retention_days)
         if c.period is not None:
-            end = local_midnight(quarter_end(Quarter.parse(c.period)) + timedelta(days=1))
-            expires = end + timedelta(days=r.retention_days)
-        else:
-            expires = now + timedelta(days=r.retention_days)
+            try:
+                end = local_midnight(quarter_end(Quarter.parse(c.period))) + timedelta(days=1)
+                expires = end + timedelta(days=r.retention_days)
+            except OverflowError:  # an event dated in 9999: kept for the retention from now
+                pass
         rows.append(
             CountedRow(
                 record_id=c.contribution_id,
@@ -212,7 +214,7 @@ def contribution_change(outcome: Accepted, now: datetime) -> ContributionChange 
         if env.withdrawn is not None
         else frozenset(r.agreement_id for r in outcome.refusals if r.reason in _WINDOW and r.agreement_id)
     )
-    return ContributionChange(env.source, env.lineage, env.id, replaces, keep, tuple(rows))
+    return ContributionChange(env.source, env.lineage, env.id, replaces, keep, tuple(rows), only)
 
 
 def stored_records(accepted: Sequence[Accepted], now: datetime) -> list[StoredRecord]:

@@ -11,6 +11,8 @@ before the answer is written; counting and drawing run off the event loop.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
 from typing import Any
 
@@ -18,7 +20,7 @@ from aiohttp import web
 
 from broker.errors import ApiError
 from broker.figures.board import Board, board_from_figures, build_board
-from broker.figures.board_render import board_doc, charts, inline_charts, to_html
+from broker.figures.board_render import CSS, board_doc, charts, inline_charts, to_html
 from broker.figures.specs import Quarter
 from broker.figures.suppress import UnderProtected
 from broker.ports.store import Store
@@ -27,6 +29,18 @@ from broker.transports.http_feeds import QUARTER, analyst_for
 from schemas.errors import Reason
 
 PAGE = 1000
+# The standalone page: its one inline stylesheet allowed by hash, its charts as data images, nothing
+# else (threat: served on the console's origin, any markup that slipped in could not run or load).
+_STYLE = base64.b64encode(hashlib.sha256(CSS.encode()).digest()).decode()
+HTML_HEADERS = {
+    "Content-Security-Policy": (
+        f"default-src 'none'; style-src 'sha256-{_STYLE}'; img-src data:; base-uri 'none'; form-action 'none'; "
+        "frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
 
 
 def quarter_of(request: web.Request) -> Quarter:
@@ -59,6 +73,14 @@ async def board_pack(request: web.Request) -> web.StreamResponse:
     fmt = response_format(request, ("json", "html"))
     ctx = request.app[ACCESS]
     figures = [json.loads(r.body) for r in await ctx.store.figures_of(consumer) if r.period == str(quarter)]
+    by_records = any(consumer in f.consumers for f in ctx.policy.flows if f.figures is None)
+    if not figures and not by_records:
+        # A figures-only consumer's pack is its released figures: none yet is not an empty pack.
+        raise ApiError(
+            Reason.FIGURES_NOT_RELEASED,
+            f"No figures for {quarter} have been released to this consumer (a quarter is released some days "
+            "after it ends; one that cannot be protected is not released).",
+        )
     records = [] if figures else await _records(ctx.store, consumer)
     await ctx.audit.read(
         principal,
@@ -86,7 +108,8 @@ async def board_pack(request: web.Request) -> web.StreamResponse:
             Reason.FIGURES_UNPROTECTED, "The quarter's tables cannot be protected from disclosure; nothing is shown."
         ) from None
     if fmt == "html":
-        return web.Response(text=await asyncio.to_thread(_inline, board), content_type="text/html", charset="utf-8")
+        page = await asyncio.to_thread(_inline, board)
+        return web.Response(text=page, content_type="text/html", charset="utf-8", headers=HTML_HEADERS)
     return web.json_response(board_doc(board) | {"built_from": board.built_from})
 
 
