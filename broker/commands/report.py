@@ -13,14 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from broker.commands.audit import _store_args, _with_store
-from broker.figures.board import Board, board_from_figures, build_board
-from broker.figures.board_render import render
 from broker.figures.specs import Quarter
-from broker.figures.suppress import UnderProtected
 from broker.ports.store import Store
+
+if TYPE_CHECKING:  # the figures modules load numpy, scipy and matplotlib: only when a pack is made
+    from broker.figures.board import Board
 
 PAGE = 500
 
@@ -63,6 +63,8 @@ def pack_for(records: list[dict[str, Any]], figures: list[dict[str, Any]], quart
              rules: str) -> Board:  # fmt: skip
     """A figures-only consumer's pack is its released figures, as released (never recounted, it
     has no records); any other consumer's is built from its released records."""
+    from broker.figures.board import board_from_figures, build_board
+
     if figures:
         return board_from_figures(figures, consumer)
     return build_board(records, quarter, consumer=consumer, rules="source" if rules == "source" else "partnership")
@@ -96,6 +98,9 @@ def run(args: argparse.Namespace) -> int:
     except SystemExit as exc:
         print(exc)
         return 2
+    from broker.figures.board_render import render
+    from broker.figures.suppress import UnderProtected
+
     try:
         board = pack_for(records, figures, quarter, args.consumer, args.rules)
     except UnderProtected as exc:

@@ -40,8 +40,7 @@ from broker.dpia.flowmap import Side, build_flow_map
 from broker.dpia.register import Register, build_register
 from broker.dpia.render_map import to_svg
 from broker.errors import AuthError
-from broker.figures import board_render
-from broker.figures.board import board_from_figures
+from broker.figures.pack_css import CSS as PACK_CSS
 from broker.logs import get_logger
 from broker.monitor.alerts import Alert
 from broker.pipeline.access import screened
@@ -877,7 +876,7 @@ def load_static() -> dict[str, tuple[bytes, str]]:
         suffix = Path(item.name).suffix
         if item.is_file() and suffix in STATIC_TYPES:
             out[item.name] = (item.read_bytes(), STATIC_TYPES[suffix])
-    out["board.css"] = (board_render.CSS.encode(), STATIC_TYPES[".css"])  # the board pack's, one source
+    out["board.css"] = (PACK_CSS.encode(), STATIC_TYPES[".css"])  # the board pack's, one source
     return out
 
 
@@ -916,6 +915,9 @@ async def figures_pack(request: web.Request) -> web.Response:
     )
     if not releases:
         raise Refusal(404, "Page not found", f"No figures for {consumer} in {period} have been released.")
+    from broker.figures import board_render  # numpy, scipy, matplotlib: with the first pack shown
+    from broker.figures.board import board_from_figures
+
     board = board_from_figures([json.loads(r.body) for r in releases], consumer)
 
     def page() -> str:

@@ -32,13 +32,10 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from broker.audit import entries
-from broker.figures.board import Board, build_board
-from broker.figures.board_render import sections_doc
 from broker.figures.specs import Quarter, quarter_end
-from broker.figures.suppress import UnderProtected
 from broker.logs import get_logger
 from broker.policy.decision import figures_id, quarter_key
 from broker.policy.documents import MAX_RETENTION_DAYS
@@ -49,6 +46,9 @@ from schemas.canonical import canonicalize
 from schemas.envelope import format_time
 from schemas.errors import Reason, Unavailable
 from schemas.messages import ConsumerFigures, consumer_figures
+
+if TYPE_CHECKING:
+    from broker.figures.board import Board
 
 log = get_logger("sv_broker.figures")
 
@@ -100,9 +100,15 @@ def figures_document(board: Board, flow: Flow, consumer: str, fid: str, revision
         # The events counted as the tables publish them (a total of 1..4 is a small cell too);
         # the exact count, and what was not counted, are in the audit entry only.
         "counted": _published(board),
-        "sections": sections_doc(board),  # type: ignore[typeddict-item]  # built by the board, typed by the schema
+        "sections": _sections(board),  # type: ignore[typeddict-item]  # built by the board, typed by the schema
         "disclosure_check": dict(board.report_doc()),
     }
+
+
+def _sections(board: Board) -> object:
+    from broker.figures.board_render import sections_doc
+
+    return sections_doc(board)
 
 
 def _published(board: Board) -> int | Literal["[c]"]:
@@ -163,6 +169,9 @@ class FiguresFlow:
         keys = [quarter_key(p.agreement_id, p.flow_id, str(q)) for q in trend_quarters(quarter, spec.trend_quarters)]
         rows = await self.store.contributions(keys)
         records = [{"event_type": event_type, "data": json.loads(data)} for _, event_type, data in rows]
+        from broker.figures.board import build_board  # numpy and scipy: loaded when a quarter is due
+        from broker.figures.suppress import UnderProtected
+
         try:
             # Counting and the linear programmes are CPU work: off the event loop.
             board = await asyncio.to_thread(

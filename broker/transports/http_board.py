@@ -14,33 +14,37 @@ import asyncio
 import base64
 import hashlib
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from broker.errors import ApiError
-from broker.figures.board import Board, board_from_figures, build_board
-from broker.figures.board_render import CSS, board_doc, charts, inline_charts, to_html
+
+if TYPE_CHECKING:
+    from broker.figures.board import Board
 from broker.figures.specs import Quarter
-from broker.figures.suppress import UnderProtected
 from broker.ports.store import Store
 from broker.transports.http_access import ACCESS, audited_route, response_format
 from broker.transports.http_feeds import QUARTER, analyst_for
 from schemas.errors import Reason
 
 PAGE = 1000
-# The standalone page: its one inline stylesheet allowed by hash, its charts as data images, nothing
-# else (threat: served on the console's origin, any markup that slipped in could not run or load).
-_STYLE = base64.b64encode(hashlib.sha256(CSS.encode()).digest()).decode()
-HTML_HEADERS = {
-    "Content-Security-Policy": (
-        f"default-src 'none'; style-src 'sha256-{_STYLE}'; img-src data:; base-uri 'none'; form-action 'none'; "
-        "frame-ancestors 'none'"
-    ),
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "Cache-Control": "no-store",
-}
+
+
+def html_headers(css: str) -> dict[str, str]:
+    """The standalone page's headers: its one inline stylesheet allowed by hash, its charts as data
+    images, nothing else (threat: served on the console's origin, any markup that slipped in could
+    neither run nor load anything)."""
+    style = base64.b64encode(hashlib.sha256(css.encode()).digest()).decode()
+    return {
+        "Content-Security-Policy": (
+            f"default-src 'none'; style-src 'sha256-{style}'; img-src data:; base-uri 'none'; "
+            "form-action 'none'; frame-ancestors 'none'"
+        ),
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+        "Cache-Control": "no-store",
+    }
 
 
 def quarter_of(request: web.Request) -> Quarter:
@@ -63,6 +67,8 @@ async def _records(store: Store, consumer: str) -> list[dict[str, Any]]:
 
 def _inline(board: Board) -> str:
     """The pack's HTML with each chart inlined (one file to save or print)."""
+    from broker.figures.board_render import charts, inline_charts, to_html
+
     files = charts(board)
     return inline_charts(to_html(board, files), files)
 
@@ -96,6 +102,12 @@ async def board_pack(request: web.Request) -> web.StreamResponse:
         },
     )
 
+    # numpy, scipy and matplotlib load with the first pack asked for, not with every broker process
+    from broker.figures.board import board_from_figures, build_board
+    from broker.figures.board_render import board_doc
+    from broker.figures.pack_css import CSS
+    from broker.figures.suppress import UnderProtected
+
     def build() -> Board:
         if figures:
             return board_from_figures(figures, consumer)
@@ -109,7 +121,7 @@ async def board_pack(request: web.Request) -> web.StreamResponse:
         ) from None
     if fmt == "html":
         page = await asyncio.to_thread(_inline, board)
-        return web.Response(text=page, content_type="text/html", charset="utf-8", headers=HTML_HEADERS)
+        return web.Response(text=page, content_type="text/html", charset="utf-8", headers=html_headers(CSS))
     return web.json_response(board_doc(board) | {"built_from": board.built_from})
 
 
