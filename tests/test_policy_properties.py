@@ -40,7 +40,7 @@ from broker.policy.model import (
     FieldSpec,
     PolicySet,
 )
-from broker.registry import load_registry
+from broker.registry import FIGURES_ONLY_ROLE, load_registry
 from broker.settings import REPO_POLICIES
 from schemas.events import DIRECT_IDENTIFIER_FIELDS, EVENT_MODELS, EventModel
 from tests.strategies import any_event, event_strategy
@@ -49,7 +49,8 @@ from tests.test_policy_support import NOBODY, NOW, TEST_SECRETS, validated_event
 LONDON = ZoneInfo("Europe/London")
 TODAY = NOW.astimezone(LONDON).date()  # NOW is noon UTC: no day boundary is near
 REGISTRY = load_registry(REPO_POLICIES, REPO_POLICIES / "keys")  # parties only; no keys needed
-CONSUMERS = sorted(c for c in REGISTRY.consumers if c != NOBODY)
+# Records flows only: a consumer of the figures-only role may not be named in one (the loader refuses).
+CONSUMERS = sorted(c for c, info in REGISTRY.consumers.items() if c != NOBODY and info.role != FIGURES_ONLY_ROLE)
 PARTNERS = {t: sorted(p.id for p in REGISTRY.partners.values() if t in p.event_types) for t, _ in EVENT_MODELS}
 SETTINGS = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
