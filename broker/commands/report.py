@@ -17,12 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 from broker.commands.audit import _store_args, _with_store
 from broker.figures.specs import Quarter
+from broker.pipeline.access import feed_bodies
 from broker.ports.store import Store
 
 if TYPE_CHECKING:  # the figures modules load numpy, scipy and matplotlib: only when a pack is made
     from broker.figures.board import Board
-
-PAGE = 500
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -70,18 +69,6 @@ def pack_for(records: list[dict[str, Any]], figures: list[dict[str, Any]], quart
     return build_board(records, quarter, consumer=consumer, rules="source" if rules == "source" else "partnership")
 
 
-async def consumer_records(store: Store, consumer: str) -> list[dict[str, Any]]:
-    """Every latest row of the consumer's feed (records and notices), in cursor order."""
-    out: list[dict[str, Any]] = []
-    after = 0
-    while True:
-        rows = await store.feed_page(consumer, after=after, limit=PAGE)
-        out.extend(json.loads(r.body) for r in rows)
-        if len(rows) < PAGE:
-            return out
-        after = rows[-1].id
-
-
 def run(args: argparse.Namespace) -> int:
     try:
         quarter = Quarter.parse(args.quarter)
@@ -91,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
 
     async def read(store: Store) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         figures = await consumer_figures(store, args.consumer, quarter)
-        return ([] if figures else await consumer_records(store, args.consumer)), figures
+        return ([] if figures else await feed_bodies(store, args.consumer)), figures
 
     try:
         records, figures = _with_store(args, read)

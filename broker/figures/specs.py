@@ -137,6 +137,12 @@ def period_field(event_type: str, fields: Collection[str]) -> str | None:
     return next((f for f in spec.period if f in fields), None)
 
 
+def period_label(event_type: str, data: Mapping[str, object]) -> str | None:
+    """``quarter_of_record`` as its label ("2026-Q3"), None when the record releases no event date."""
+    quarter = quarter_of_record(event_type, data)
+    return str(quarter) if quarter is not None else None
+
+
 def quarter_of_record(event_type: str, data: Mapping[str, object]) -> Quarter | None:
     """The quarter (by event date) of a minimised record, or None when it releases no event date."""
     spec = SPECS.get(event_type)

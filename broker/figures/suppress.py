@@ -102,8 +102,9 @@ class CellCheck:
 class DisclosureReport:
     """The output-checking report: every suppressed entry, why, and the attack's interval for it.
 
-    It holds nothing an attacker could not compute from the release (no true values, no
-    per-cell protection levels, which would give the value away), so it is released with it.
+    It holds no true value and no per-cell protection level (which would give the value away);
+    ``to_json`` is the IG lead's copy (which cells are primary, why, the attack's intervals),
+    ``public_json`` what is released with the tables.
     """
 
     method: str
@@ -112,19 +113,23 @@ class DisclosureReport:
     lp_solves: int
     protected: bool = True
 
+    def _rules_json(self, *, widths: bool) -> dict[str, dict[str, object]]:
+        out: dict[str, dict[str, object]] = {}
+        for table, r in self.rules:
+            doc: dict[str, object] = {
+                "rule": r.name,
+                "suppress": f"1..{r.threshold}" + (" and 0" if r.suppress_zeros else ""),
+                "dominance_pct": r.dominance_pct,
+            }
+            if widths:
+                doc["protection_width"] = r.protection_width
+            out[table] = doc | {"rounding_base": r.rounding_base}
+        return out
+
     def to_json(self) -> dict[str, object]:
         return {
             "method": self.method,
-            "rules": {
-                table: {
-                    "rule": r.name,
-                    "suppress": f"1..{r.threshold}" + (" and 0" if r.suppress_zeros else ""),
-                    "dominance_pct": r.dominance_pct,
-                    "protection_width": r.protection_width,
-                    "rounding_base": r.rounding_base,
-                }
-                for table, r in self.rules
-            },
+            "rules": self._rules_json(widths=True),
             "protection": "attacker interval [lo, hi]: hi >= v + upper, lo <= v - lower, hi - lo >= width",
             "integrality": "relaxed (linear programming)",
             "cells": [c.to_json() for c in self.cells],
@@ -144,15 +149,7 @@ class DisclosureReport:
         (``to_json``) is the IG lead's, in the audit entry of the release."""
         return {
             "method": self.method,
-            "rules": {
-                table: {
-                    "rule": r.name,
-                    "suppress": f"1..{r.threshold}" + (" and 0" if r.suppress_zeros else ""),
-                    "dominance_pct": r.dominance_pct,
-                    "rounding_base": r.rounding_base,
-                }
-                for table, r in self.rules
-            },
+            "rules": self._rules_json(widths=False),
             "suppressed": len(self.cells),
             "cells": [{"table": c.table, "row": c.row, "col": c.col} for c in self.cells if not c.earlier_release],
             "lp_solves": self.lp_solves,

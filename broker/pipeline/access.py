@@ -12,6 +12,7 @@ steps 1-3 and 5; this module writes 4.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -109,3 +110,19 @@ class AccessAudit:
         trail never says "signed out" for a session another host still accepts."""
         draft = entries.accessed(principal.sub, principal.role, resource, route, screened(dict(details), self.known))
         await self.store.commit(CommitUnit(drafts=[draft], end_sessions=[ended]))
+
+
+FEED_PAGE = 1000
+
+
+async def feed_bodies(store: Store, consumer: str) -> list[dict[str, Any]]:
+    """Every latest row of a consumer's feed (records, notices, figures), parsed, in cursor order:
+    what a pack built from the consumer's own releases reads."""
+    out: list[dict[str, Any]] = []
+    after = 0
+    while rows := await store.feed_page(consumer, after=after, limit=FEED_PAGE):
+        out.extend(json.loads(r.body) for r in rows)
+        if len(rows) < FEED_PAGE:
+            break
+        after = rows[-1].id
+    return out

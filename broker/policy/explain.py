@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from broker.figures.specs import quarter_of_record
+from broker.figures.specs import period_label
 from broker.policy.decision import Decision, Refusal
 from broker.policy.engine import decide
 from broker.policy.model import PolicySet
@@ -177,13 +177,12 @@ def _consumer_entry(
     # A figures flow's consumer gets no record: the event is counted in its quarter's figures.
     counted = []
     for release in (r for r in decision.counted if r.consumer == consumer_id):
-        quarter = quarter_of_record(decision.event_type, release.record)
         counted.append(
             {
                 "agreement_id": release.agreement_id,
                 "agreement_revision": release.agreement_revision,
                 "flow_id": release.flow_id,
-                "quarter": str(quarter) if quarter is not None else None,
+                "quarter": period_label(decision.event_type, release.record),
                 "counted_by": release.record,
             }
         )

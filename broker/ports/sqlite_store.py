@@ -230,12 +230,8 @@ DROP TABLE records_v0;
 """
 MIGRATE_RECORDS = "".join((_RENAME_V0, RECORDS_TABLE, _COPY_V0))
 
+
 # The shared queries (``broker/ports/sql.py``) in SQLite's numbered-parameter style, made once.
-_BEFORE_NOTICE = RECORDS_BEFORE_NOTICE.replace("$1", "?1")
-_CURRENT = RECORDS_CURRENT.replace("$1", "?1")
-_EXPIRED_SEEN = EXPIRED_SEEN.replace("$1", "?1").replace("$2", "?2")
-
-
 def _q(query: str) -> str:
     """A shared query in SQLite's numbered-parameter style ($1 -> ?1)."""
     for n in range(9, 0, -1):
@@ -243,11 +239,18 @@ def _q(query: str) -> str:
     return query
 
 
+_BEFORE_NOTICE = _q(RECORDS_BEFORE_NOTICE)
+_CURRENT = _q(RECORDS_CURRENT)
+_EXPIRED_SEEN = _q(EXPIRED_SEEN)
 _CONTRIBUTIONS_OF_RECORD = _q(CONTRIBUTIONS_OF_RECORD)
 _PENDING_DONE = _q(PENDING_DONE)
 _PENDING_QUERY = _q(PENDING_QUERY)
 _LATEST_FIGURES = _q(LATEST_FIGURES)
 _FIGURES_OF_CONSUMER = _q(FIGURES_OF_CONSUMER)
+_FIGURES_EXPIRING = _q(FIGURES_EXPIRING)
+_PURGE_CONTRIBUTIONS = _q(PURGE_CONTRIBUTIONS)
+_PURGE_FIGURES = _q(PURGE_FIGURES)
+_PURGE_FIGURES_FEED = _q(PURGE_FIGURES_FEED)
 
 _STOP = object()
 T = TypeVar("T")
@@ -677,10 +680,10 @@ class SqliteStore:
             figures_values(plan.figures),
         )
         if plan.purge_contributions_before is not None:
-            conn.execute(_q(PURGE_CONTRIBUTIONS), (plan.purge_contributions_before,))
+            conn.execute(_PURGE_CONTRIBUTIONS, (plan.purge_contributions_before,))
         if plan.purge_figures_before is not None:
-            conn.execute(_q(PURGE_FIGURES), (plan.purge_figures_before,))
-            conn.execute(_q(PURGE_FIGURES_FEED), (plan.purge_figures_before,))
+            conn.execute(_PURGE_FIGURES, (plan.purge_figures_before,))
+            conn.execute(_PURGE_FIGURES_FEED, (plan.purge_figures_before,))
 
     # -- reads -----------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -1004,7 +1007,7 @@ class SqliteStore:
 
     async def figures_expiring(self, before: str) -> tuple[int, int]:
         def run(conn: sqlite3.Connection) -> tuple[int, int]:
-            row = conn.execute(_q(FIGURES_EXPIRING), (before,)).fetchone()
+            row = conn.execute(_FIGURES_EXPIRING, (before,)).fetchone()
             return int(row[0]), int(row[1])
 
         return await self._query(run)

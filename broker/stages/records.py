@@ -6,7 +6,7 @@ import hashlib
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from broker.figures.specs import Quarter, quarter_end, quarter_of_record
+from broker.figures.specs import Quarter, period_label, quarter_end
 from broker.policy.decision import Decision, Refusal, Release, contribution_id, figures_id, quarter_key
 from broker.policy.model import local_midnight
 from broker.ports.store import ContributionChange, CountedRow, LineageUpdate, QuarantineItem, StoredRecord
@@ -115,8 +115,7 @@ def contributions(decision: Decision[Admitted]) -> list[Contribution]:
     out = []
     for (agreement, flow), releases in by_flow.items():
         first = releases[0]
-        quarter = quarter_of_record(decision.event_type, first.record)
-        period = str(quarter) if quarter is not None else None
+        period = period_label(decision.event_type, first.record)
         out.append(
             Contribution(
                 release=first,
@@ -236,7 +235,7 @@ def stored_records(accepted: Sequence[Accepted], now: datetime) -> list[StoredRe
                     expires_at=_expires(outcome, record.release, now),
                     body=record.body,
                     revision=revision,
-                    period=_period(outcome.event_type, record.release.record),
+                    period=period_label(outcome.event_type, record.release.record),
                 )
             )
         for notice in outcome.notices:
@@ -257,11 +256,6 @@ def stored_records(accepted: Sequence[Accepted], now: datetime) -> list[StoredRe
                 )
             )
     return out
-
-
-def _period(event_type: str, data: dict[str, object]) -> str | None:
-    quarter = quarter_of_record(event_type, data)
-    return str(quarter) if quarter is not None else None
 
 
 def quarantine_item(outcome: Rejected, now: datetime) -> QuarantineItem:

@@ -14,21 +14,19 @@ import asyncio
 import base64
 import hashlib
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from broker.errors import ApiError
+from broker.pipeline.access import feed_bodies
 
 if TYPE_CHECKING:
     from broker.figures.board import Board
 from broker.figures.specs import Quarter
-from broker.ports.store import Store
 from broker.transports.http_access import ACCESS, audited_route, response_format
 from broker.transports.http_feeds import QUARTER, analyst_for
 from schemas.errors import Reason
-
-PAGE = 1000
 
 
 def html_headers(css: str) -> dict[str, str]:
@@ -54,17 +52,6 @@ def quarter_of(request: web.Request) -> Quarter:
     return Quarter.parse(text)
 
 
-async def _records(store: Store, consumer: str) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    after = 0
-    while rows := await store.feed_page(consumer, after=after, limit=PAGE):
-        out.extend(json.loads(r.body) for r in rows)
-        if len(rows) < PAGE:
-            break
-        after = rows[-1].id
-    return out
-
-
 def _inline(board: Board) -> str:
     """The pack's HTML with each chart inlined (one file to save or print)."""
     from broker.figures.board_render import charts, inline_charts, to_html
@@ -87,7 +74,7 @@ async def board_pack(request: web.Request) -> web.StreamResponse:
             f"No figures for {quarter} have been released to this consumer (a quarter is released some days "
             "after it ends; one that cannot be protected is not released).",
         )
-    records = [] if figures else await _records(ctx.store, consumer)
+    records = [] if figures else await feed_bodies(ctx.store, consumer)
     await ctx.audit.read(
         principal,
         "board",
